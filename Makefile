@@ -1,0 +1,51 @@
+# containerd-shim-contrast-cc-v2 — build, image, test, demo, bench.
+# Quick start on a fresh Debian bookworm machine (root): `make demo`, then `make test`.
+
+SHELL := /bin/sh
+BUILD ?= build
+AGENT_TARGET ?= x86_64-unknown-linux-musl
+AGENT_BIN := target/$(AGENT_TARGET)/release-agent/contrast-agent
+IMAGE_DIR := $(BUILD)/image
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all deps build agent image test lint demo bench clean
+
+all: build image
+
+deps:
+	./scripts/install-deps.sh
+
+build:
+	$(CARGO) build --release --workspace --exclude contrast-agent
+
+agent:
+	$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent
+
+# Kernel + initrd with the agent as /init. Inputs: the Debian cloud kernel package (resolved
+# by name from the metapackage), the static agent, busybox-static.
+image: agent
+	$(CARGO) build --release -p contrast-image
+	KERNEL_TREE=$$(./scripts/fetch-kernel.sh $(BUILD)/kernel) && \
+	target/release/contrast-image --kernel-tree "$$KERNEL_TREE" --agent $(AGENT_BIN) \
+		--busybox /bin/busybox --out $(IMAGE_DIR)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The whole suite: unit + golden tests, then the VM integration tests against the real image.
+test: image lint
+	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) $(CARGO) test --workspace --exclude contrast-agent
+	$(CARGO) test -p contrast-agent
+
+demo: deps image
+	$(CARGO) build --release -p contrast-vmm --example boot-pod-vm
+	target/release/examples/boot-pod-vm $(abspath $(IMAGE_DIR))
+
+bench: image
+	$(CARGO) build --release -p contrast-vmm --example bench-boot
+	target/release/examples/bench-boot $(abspath $(IMAGE_DIR)) docs/performance.md
+
+clean:
+	rm -rf $(BUILD) target

@@ -1,0 +1,375 @@
+//! The runtime-class configuration file (TOML) and per-pod annotation overrides.
+//!
+//! Key names follow kata-containers' `configuration.toml` where the meaning is the same
+//! (`[hypervisor.qemu]`, `[agent.kata]`); keys kata does not have are ours and documented
+//! in `packaging/config/*.toml`.
+
+mod annotations;
+mod error;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use annotations::{PodOverrides, ANNOTATION_HYPERVISOR_PREFIX, ANNOTATION_POLICY};
+pub use error::Error;
+
+/// Smallest VM memory we accept in MiB; below this the guest kernel cannot boot.
+pub const MIN_MEMORY_MIB: u32 = 128;
+
+/// Confidential-computing platform a runtime class targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    /// AMD SEV-SNP.
+    Snp,
+    /// Intel TDX.
+    Tdx,
+    /// Plain VM without memory encryption: development and CI only.
+    Insecure,
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Platform::Snp => "snp",
+            Platform::Tdx => "tdx",
+            Platform::Insecure => "insecure",
+        })
+    }
+}
+
+/// How the host reaches the guest's vsock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VsockMode {
+    /// `vhost` when `/dev/vhost-vsock` exists, else `hybrid`.
+    #[default]
+    Auto,
+    /// Kernel vhost-vsock (`vhost-vsock-pci`), dialed with AF_VSOCK.
+    Vhost,
+    /// vhost-user-vsock through `vhost-device-vsock`, dialed as a unix socket.
+    Hybrid,
+}
+
+/// The whole runtime-class configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeClassConfig {
+    pub hypervisor: HypervisorSection,
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HypervisorSection {
+    pub qemu: QemuConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    #[serde(default)]
+    pub kata: AgentConfig,
+}
+
+/// `[hypervisor.qemu]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuConfig {
+    pub platform: Platform,
+    /// QEMU binary.
+    pub path: PathBuf,
+    /// OVMF (SNP) / TDVF (TDX) firmware; required for confidential platforms without IGVM.
+    #[serde(default)]
+    pub firmware: Option<PathBuf>,
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// IGVM file holding firmware, kernel, initrd and command line.
+    #[serde(default)]
+    pub igvm: Option<PathBuf>,
+    /// Root disk image (read-only, dm-verity protected).
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    #[serde(default)]
+    pub kernel_params: String,
+    #[serde(default = "defaults::vcpus")]
+    pub default_vcpus: u32,
+    #[serde(default = "defaults::max_vcpus")]
+    pub default_maxvcpus: u32,
+    /// MiB.
+    #[serde(default = "defaults::memory")]
+    pub default_memory: u32,
+    /// MiB; the largest a pod may ask for through annotations or container limits.
+    #[serde(default = "defaults::max_memory")]
+    pub default_maxmemory: u32,
+    #[serde(default)]
+    pub vsock_mode: VsockMode,
+    /// `vhost-device-vsock` binary for hybrid vsock; looked up on `PATH` when unset.
+    #[serde(default)]
+    pub vhost_device_vsock_path: Option<PathBuf>,
+    /// Annotation names (the part after `io.katacontainers.config.hypervisor.`) a pod may set.
+    #[serde(default)]
+    pub enable_annotations: Vec<String>,
+    /// SEV-SNP: C-bit position in page table entries.
+    #[serde(default = "defaults::cbitpos")]
+    pub cbitpos: u32,
+    /// SEV-SNP: physical address bits lost to encryption.
+    #[serde(default = "defaults::reduced_phys_bits")]
+    pub reduced_phys_bits: u32,
+    /// SEV-SNP guest policy (AMD SEV-SNP ABI spec, chapter 4.3).
+    #[serde(default = "defaults::snp_guest_policy")]
+    pub snp_guest_policy: u64,
+    /// Milliseconds to wait for QEMU's QMP socket.
+    #[serde(default = "defaults::qmp_timeout_ms")]
+    pub qmp_timeout_ms: u64,
+    /// Milliseconds the guest gets to power off after `system_powerdown`.
+    #[serde(default = "defaults::powerdown_timeout_ms")]
+    pub powerdown_timeout_ms: u64,
+    /// Milliseconds QEMU gets to exit after `quit` before SIGKILL.
+    #[serde(default = "defaults::quit_timeout_ms")]
+    pub quit_timeout_ms: u64,
+}
+
+/// `[agent.kata]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Seconds to keep dialing the agent after QEMU started (kata: `dial_timeout`).
+    #[serde(default = "defaults::dial_timeout")]
+    pub dial_timeout: u64,
+    /// Seconds one agent request may take.
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout: u64,
+    /// Start a shell on the guest's serial console (never on confidential platforms in production).
+    #[serde(default)]
+    pub debug_console_enabled: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            dial_timeout: defaults::dial_timeout(),
+            request_timeout: defaults::request_timeout(),
+            debug_console_enabled: false,
+        }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Directory under which each pod gets its state dir `<state_dir>/<namespace>/<sandbox-id>`.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection { state_dir: defaults::state_dir() }
+    }
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    pub fn vcpus() -> u32 {
+        1
+    }
+    pub fn max_vcpus() -> u32 {
+        8
+    }
+    pub fn memory() -> u32 {
+        512
+    }
+    pub fn max_memory() -> u32 {
+        16384
+    }
+    // AMD EPYC (Milan, Genoa): C-bit 51, one physical address bit lost.
+    pub fn cbitpos() -> u32 {
+        51
+    }
+    pub fn reduced_phys_bits() -> u32 {
+        1
+    }
+    // SEV-SNP ABI spec, guest policy: bit 17 "reserved, must be one", bit 16 SMT allowed.
+    pub fn snp_guest_policy() -> u64 {
+        0x30000
+    }
+    pub fn qmp_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn powerdown_timeout_ms() -> u64 {
+        3_000
+    }
+    pub fn quit_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn dial_timeout() -> u64 {
+        90
+    }
+    pub fn request_timeout() -> u64 {
+        60
+    }
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("/run/contrast")
+    }
+}
+
+impl RuntimeClassConfig {
+    /// Reads, parses and validates a config file, including that the files it names exist.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let config = Self::parse(&text, path)?;
+        config.check_files(path)?;
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `origin` names the file in errors. Does not touch
+    /// the file system.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, Error> {
+        let config: RuntimeClassConfig = toml::from_str(text).map_err(|e| Error::Parse {
+            path: origin.to_owned(),
+            message: e.message().to_owned(),
+            span: e.span().map(|s| line_of(text, s.start)),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &Path) -> Result<(), Error> {
+        let q = &self.hypervisor.qemu;
+        let invalid = |key: &str, problem: String| Error::Invalid {
+            path: origin.to_owned(),
+            key: format!("hypervisor.qemu.{key}"),
+            problem,
+        };
+        if q.default_vcpus == 0 || q.default_vcpus > q.default_maxvcpus {
+            return Err(invalid(
+                "default_vcpus",
+                format!("{} is not within 1..={} (default_maxvcpus)", q.default_vcpus, q.default_maxvcpus),
+            ));
+        }
+        if q.default_memory < MIN_MEMORY_MIB || q.default_memory > q.default_maxmemory {
+            return Err(invalid(
+                "default_memory",
+                format!(
+                    "{} MiB is not within {MIN_MEMORY_MIB}..={} MiB (default_maxmemory)",
+                    q.default_memory, q.default_maxmemory
+                ),
+            ));
+        }
+        match (&q.igvm, &q.kernel) {
+            (None, None) => {
+                return Err(invalid("kernel", "either `kernel` or `igvm` must be set".into()));
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "igvm",
+                    "`igvm` already contains the kernel; remove `kernel`/`initrd` or `igvm`".into(),
+                ));
+            }
+            _ => {}
+        }
+        if q.platform != Platform::Insecure && q.igvm.is_none() && q.firmware.is_none() {
+            return Err(invalid("firmware", format!("platform {} needs `firmware` (or `igvm`) to boot", q.platform)));
+        }
+        if q.platform == Platform::Insecure && q.igvm.is_some() {
+            return Err(invalid("igvm", "IGVM boot is only for snp and tdx".into()));
+        }
+        if q.platform == Platform::Tdx && q.vsock_mode == VsockMode::Hybrid {
+            // Hybrid vsock needs a shared memory backend, which private TDX memory is not.
+            return Err(invalid("vsock_mode", "hybrid vsock cannot work with TDX guest memory".into()));
+        }
+        for (key, ms) in [
+            ("qmp_timeout_ms", q.qmp_timeout_ms),
+            ("powerdown_timeout_ms", q.powerdown_timeout_ms),
+            ("quit_timeout_ms", q.quit_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        for name in &q.enable_annotations {
+            if !annotations::KNOWN.contains(&name.as_str()) {
+                return Err(invalid(
+                    "enable_annotations",
+                    format!("`{name}` is not an annotation we support (known: {})", annotations::KNOWN.join(", ")),
+                ));
+            }
+        }
+        if self.agent.kata.dial_timeout == 0 {
+            return Err(Error::Invalid {
+                path: origin.to_owned(),
+                key: "agent.kata.dial_timeout".into(),
+                problem: "must be greater than 0".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that every file the config names exists (and QEMU is executable).
+    pub fn check_files(&self, origin: &Path) -> Result<(), Error> {
+        let q = &self.hypervisor.qemu;
+        let files = [
+            ("firmware", q.firmware.as_deref()),
+            ("kernel", q.kernel.as_deref()),
+            ("initrd", q.initrd.as_deref()),
+            ("igvm", q.igvm.as_deref()),
+            ("image", q.image.as_deref()),
+        ];
+        for (key, path) in std::iter::once(("path", Some(q.path.as_path()))).chain(files) {
+            let Some(path) = path else { continue };
+            let meta = std::fs::metadata(path).map_err(|e| Error::Invalid {
+                path: origin.to_owned(),
+                key: format!("hypervisor.qemu.{key}"),
+                problem: format!("{}: {e}", path.display()),
+            })?;
+            if !meta.is_file() {
+                return Err(Error::Invalid {
+                    path: origin.to_owned(),
+                    key: format!("hypervisor.qemu.{key}"),
+                    problem: format!("{} is not a regular file", path.display()),
+                });
+            }
+            if key == "path" && meta.permissions().mode() & 0o111 == 0 {
+                return Err(Error::Invalid {
+                    path: origin.to_owned(),
+                    key: "hypervisor.qemu.path".into(),
+                    problem: format!("{} is not executable", path.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a pod's `io.katacontainers.config.hypervisor.*` annotations; only names in
+    /// `enable_annotations` are accepted and values are bounds-checked.
+    pub fn pod_overrides(&self, annotations: &BTreeMap<String, String>) -> Result<PodOverrides, Error> {
+        annotations::apply(&self.hypervisor.qemu, annotations)
+    }
+
+    pub fn dial_timeout(&self) -> Duration {
+        Duration::from_secs(self.agent.kata.dial_timeout)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.agent.kata.request_timeout)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+#[cfg(test)]
+mod tests;

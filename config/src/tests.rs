@@ -1,0 +1,129 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[hypervisor.qemu]
+platform = "insecure"
+path = "/usr/bin/qemu-system-x86_64"
+kernel = "/k"
+initrd = "/i"
+enable_annotations = ["default_memory"]
+default_maxmemory = 2048
+"#;
+
+fn origin() -> &'static Path {
+    Path::new("/etc/contrast/test.toml")
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = RuntimeClassConfig::parse(MINIMAL, origin()).expect("valid");
+    let q = &c.hypervisor.qemu;
+    assert_eq!(q.platform, Platform::Insecure);
+    assert_eq!(q.default_memory, 512);
+    assert_eq!(q.default_vcpus, 1);
+    assert_eq!(q.vsock_mode, VsockMode::Auto);
+    assert_eq!(c.agent.kata.dial_timeout, 90);
+    assert_eq!(c.runtime.state_dir, Path::new("/run/contrast"));
+}
+
+#[test]
+fn garbage_names_file_and_line() {
+    let err = RuntimeClassConfig::parse("[hypervisor.qemu]\nplatform = = 3\n", origin()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("/etc/contrast/test.toml"), "{msg}");
+    assert!(msg.contains("line 2"), "{msg}");
+}
+
+#[test]
+fn unknown_key_is_rejected_by_name() {
+    let text = MINIMAL.replace("kernel = \"/k\"", "kernel = \"/k\"\nkernal_params = \"x\"");
+    let msg = RuntimeClassConfig::parse(&text, origin()).unwrap_err().to_string();
+    assert!(msg.contains("kernal_params"), "{msg}");
+}
+
+#[test]
+fn unknown_platform_is_rejected() {
+    let text = MINIMAL.replace("insecure", "sgx");
+    let msg = RuntimeClassConfig::parse(&text, origin()).unwrap_err().to_string();
+    assert!(msg.contains("sgx"), "{msg}");
+}
+
+#[test]
+fn confidential_platform_needs_firmware() {
+    let text = MINIMAL.replace("insecure", "snp");
+    let msg = RuntimeClassConfig::parse(&text, origin()).unwrap_err().to_string();
+    assert!(msg.contains("hypervisor.qemu.firmware"), "{msg}");
+}
+
+#[test]
+fn memory_above_max_in_config_is_rejected() {
+    let text = MINIMAL.replace("default_maxmemory = 2048", "default_maxmemory = 2048\ndefault_memory = 4096");
+    let msg = RuntimeClassConfig::parse(&text, origin()).unwrap_err().to_string();
+    assert!(msg.contains("hypervisor.qemu.default_memory"), "{msg}");
+}
+
+#[test]
+fn missing_kernel_file_is_named() {
+    let c = RuntimeClassConfig::parse(MINIMAL, origin()).expect("valid");
+    let msg = c.check_files(origin()).unwrap_err().to_string();
+    // QEMU exists on test machines only after install; either error must name its key.
+    assert!(msg.contains("hypervisor.qemu.path") || msg.contains("hypervisor.qemu.kernel"), "{msg}");
+}
+
+#[test]
+fn non_executable_qemu_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let qemu = dir.path().join("qemu");
+    std::fs::write(&qemu, "").expect("write");
+    let text = MINIMAL.replace("/usr/bin/qemu-system-x86_64", qemu.to_str().expect("utf8"));
+    let c = RuntimeClassConfig::parse(&text, origin()).expect("valid");
+    let msg = c.check_files(origin()).unwrap_err().to_string();
+    assert!(msg.contains("not executable"), "{msg}");
+}
+
+fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn allowlisted_memory_annotation_applies() {
+    let c = RuntimeClassConfig::parse(MINIMAL, origin()).expect("valid");
+    let o = c.pod_overrides(&ann(&[("io.katacontainers.config.hypervisor.default_memory", "1024")])).expect("allowed");
+    assert_eq!(o.memory_mib, 1024);
+    assert_eq!(o.vcpus, 1);
+}
+
+#[test]
+fn annotation_not_in_allowlist_is_rejected() {
+    let c = RuntimeClassConfig::parse(MINIMAL, origin()).expect("valid");
+    let err = c.pod_overrides(&ann(&[("io.katacontainers.config.hypervisor.default_vcpus", "2")])).unwrap_err();
+    assert!(err.is_pod_input());
+    assert!(err.to_string().contains("not allowed"), "{err}");
+}
+
+#[test]
+fn memory_annotation_above_max_is_rejected() {
+    let c = RuntimeClassConfig::parse(MINIMAL, origin()).expect("valid");
+    let err = c.pod_overrides(&ann(&[("io.katacontainers.config.hypervisor.default_memory", "4096")])).unwrap_err();
+    assert!(err.to_string().contains("2048"), "{err}");
+}
+
+#[test]
+fn unrelated_annotations_are_ignored() {
+    let c = RuntimeClassConfig::parse(MINIMAL, origin()).expect("valid");
+    let o = c.pod_overrides(&ann(&[("io.kubernetes.cri.sandbox-id", "x")])).expect("ignored");
+    assert_eq!(o.memory_mib, 512);
+}
+
+#[test]
+fn example_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config");
+    for name in ["configuration-insecure.toml", "configuration-snp.toml", "configuration-tdx.toml"] {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).expect("example config exists");
+        RuntimeClassConfig::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

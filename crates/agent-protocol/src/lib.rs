@@ -1,0 +1,77 @@
+//! The kata agent ttrpc API, generated at build time from `protos/`.
+//!
+//! Wire-compatible with kata-agent: package `grpc`, services `grpc.AgentService` and
+//! `grpc.Health`, same method names and field numbers.
+
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    clippy::uninlined_format_args,
+    non_camel_case_types,
+    non_upper_case_globals,
+    unused_mut,
+    unused_imports,
+    dead_code
+)]
+pub mod health {
+    include!(concat!(env!("OUT_DIR"), "/health.rs"));
+}
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    clippy::uninlined_format_args,
+    non_camel_case_types,
+    non_upper_case_globals,
+    unused_mut,
+    unused_imports,
+    dead_code
+)]
+pub mod health_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/health_ttrpc.rs"));
+}
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    clippy::uninlined_format_args,
+    non_camel_case_types,
+    non_upper_case_globals,
+    unused_mut,
+    unused_imports,
+    dead_code
+)]
+pub mod diagnostics {
+    include!(concat!(env!("OUT_DIR"), "/diagnostics.rs"));
+}
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    clippy::uninlined_format_args,
+    non_camel_case_types,
+    non_upper_case_globals,
+    unused_mut,
+    unused_imports,
+    dead_code
+)]
+pub mod diagnostics_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/diagnostics_ttrpc.rs"));
+}
+
+/// vsock port the agent listens on (kata: `vSockPort` in the runtime's agent config).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Largest single write the agent makes to a vsock connection. vhost-device-vsock 0.3 stalls a
+/// connection for good when the guest (Linux 6.12) sends one write of 64 KiB or more as a
+/// multi-descriptor chain; every guest-side write stays at or below this.
+pub const MAX_GUEST_WRITE: usize = 32 * 1024;
+
+/// Largest payload the diagnostics `Pattern` call returns.
+pub const MAX_PATTERN_LEN: u32 = 1 << 20;
+
+/// Byte `i` of the diagnostics pattern that starts at `seed`.
+pub fn pattern_byte(seed: u32, i: usize) -> u8 {
+    ((seed as usize + i) % 251) as u8
+}

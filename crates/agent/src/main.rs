@@ -1,0 +1,48 @@
+//! `contrast-agent`: the pod VM's guest agent.
+//!
+//! Runs as the guest's PID 1 from the initrd: sets up the minimal system (mounts, kernel
+//! modules, power button), then serves the kata agent ttrpc API on vsock port 1024.
+
+mod init;
+mod services;
+mod transport;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Guest-local socket the ttrpc server listens on; vsock connections are proxied to it.
+const TTRPC_SOCKET: &str = "/run/contrast-agent.sock";
+
+macro_rules! log {
+    ($($arg:tt)*) => { eprintln!("contrast-agent: {}", format_args!($($arg)*)) };
+}
+pub(crate) use log;
+
+fn main() {
+    log!("started (version {})", env!("CARGO_PKG_VERSION"));
+    let is_init = std::process::id() == 1;
+    if let Err(e) = run(is_init) {
+        log!("fatal: {e:#}");
+        if is_init {
+            init::power_off();
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(is_init: bool) -> Result<()> {
+    let cmdline = if is_init { init::setup_system().context("system setup")? } else { init::KernelCmdline::read()? };
+    if is_init && cmdline.debug_console {
+        init::spawn_debug_console();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    runtime.block_on(async move {
+        if is_init {
+            tokio::spawn(init::reap_zombies());
+        }
+        let _server = services::start(Path::new(TTRPC_SOCKET), cmdline.diagnostics).await?;
+        log!("ready on vsock port {}", contrast_agent_protocol::AGENT_VSOCK_PORT);
+        transport::serve_vsock(contrast_agent_protocol::AGENT_VSOCK_PORT, Path::new(TTRPC_SOCKET)).await
+    })
+}
