@@ -40,12 +40,12 @@ test: image lint
 	$(CARGO) test -p contrast-agent
 
 demo: deps image
-	$(CARGO) build --release -p contrast-vmm --example boot-pod-vm
-	target/release/examples/boot-pod-vm $(abspath $(IMAGE_DIR))
+	$(CARGO) build --release -p contrast-tests --example demo
+	target/release/examples/demo $(abspath $(IMAGE_DIR))
 
 bench: image
-	$(CARGO) build --release -p contrast-vmm --example bench-boot
-	target/release/examples/bench-boot $(abspath $(IMAGE_DIR)) docs/performance.md
+	$(CARGO) build --release -p contrast-tests --example bench_boot
+	target/release/examples/bench_boot $(abspath $(IMAGE_DIR)) docs/performance.md
 
 clean:
 	rm -rf $(BUILD) target

@@ -56,6 +56,16 @@ pub enum VsockMode {
     Hybrid,
 }
 
+/// QEMU accelerator choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
 /// The whole runtime-class configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +124,10 @@ pub struct QemuConfig {
     pub default_maxmemory: u32,
     #[serde(default)]
     pub vsock_mode: VsockMode,
+    /// QEMU accelerator: `auto` (KVM when `/dev/kvm` is usable, else TCG; always KVM on
+    /// confidential platforms), `kvm` or `tcg`.
+    #[serde(default)]
+    pub accel: Accel,
     /// `vhost-device-vsock` binary for hybrid vsock; looked up on `PATH` when unset.
     #[serde(default)]
     pub vhost_device_vsock_path: Option<PathBuf>,
@@ -283,8 +297,8 @@ impl RuntimeClassConfig {
         if q.platform != Platform::Insecure && q.igvm.is_none() && q.firmware.is_none() {
             return Err(invalid("firmware", format!("platform {} needs `firmware` (or `igvm`) to boot", q.platform)));
         }
-        if q.platform == Platform::Insecure && q.igvm.is_some() {
-            return Err(invalid("igvm", "IGVM boot is only for snp and tdx".into()));
+        if q.platform != Platform::Insecure && q.accel == Accel::Tcg {
+            return Err(invalid("accel", format!("platform {} needs KVM", q.platform)));
         }
         if q.platform == Platform::Tdx && q.vsock_mode == VsockMode::Hybrid {
             // Hybrid vsock needs a shared memory backend, which private TDX memory is not.

@@ -1,1 +1,150 @@
+//! Harness shared by the integration tests, the demo and the benchmarks: locates the built
+//! pod-VM image, writes a runtime-class config for it, talks to the agent, and finds
+//! leftovers (processes, state dirs) of a pod.
 
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use contrast_agent_protocol::{diagnostics, diagnostics_ttrpc, health, health_ttrpc};
+use contrast_config::RuntimeClassConfig;
+
+/// Per-request deadline for agent calls made by tests.
+pub const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pod-VM image built by `make image` (`CONTRAST_IMAGE_DIR`, default `build/image`).
+pub fn image_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("CONTRAST_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/image"));
+    for file in ["vmlinux", "initrd.img"] {
+        if !dir.join(file).is_file() {
+            bail!("{} missing: run `make image` first", dir.join(file).display());
+        }
+    }
+    Ok(dir)
+}
+
+/// Options of the development runtime config the tests use.
+pub struct TestConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub qemu: PathBuf,
+    pub state_dir: PathBuf,
+    pub extra: String,
+}
+
+impl TestConfig {
+    /// `insecure` platform, TCG (KVM for ordinary guests does not work on our machines),
+    /// hybrid vsock, diagnostics enabled on the guest command line.
+    pub fn new(image: &Path, state_dir: &Path) -> Self {
+        TestConfig {
+            kernel: image.join("vmlinux"),
+            initrd: image.join("initrd.img"),
+            qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            state_dir: state_dir.to_owned(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        format!(
+            r#"[hypervisor.qemu]
+platform = "insecure"
+accel = "tcg"
+path = "{qemu}"
+kernel = "{kernel}"
+initrd = "{initrd}"
+kernel_params = "quiet contrast.diagnostics=1"
+default_memory = 512
+default_maxmemory = 2048
+vsock_mode = "hybrid"
+enable_annotations = ["default_memory"]
+{extra}
+[agent.kata]
+dial_timeout = 60
+
+[runtime]
+state_dir = "{state}"
+"#,
+            qemu = self.qemu.display(),
+            kernel = self.kernel.display(),
+            initrd = self.initrd.display(),
+            state = self.state_dir.display(),
+            extra = self.extra,
+        )
+    }
+
+    /// Writes the config to `path` and loads it the way the shim does.
+    pub fn write_and_load(&self, path: &Path) -> Result<RuntimeClassConfig> {
+        std::fs::write(path, self.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+        Ok(RuntimeClassConfig::load(path)?)
+    }
+}
+
+/// ttrpc client on a connected agent stream.
+pub fn ttrpc_client(fd: OwnedFd) -> ttrpc::r#async::Client {
+    ttrpc::r#async::Client::new(fd.into_raw_fd())
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(AGENT_REQUEST_TIMEOUT.as_nanos() as i64)
+}
+
+/// `grpc.Health/Check`: the serving status as kata names it (`SERVING`, ...).
+pub async fn health_check(client: &ttrpc::r#async::Client) -> Result<String> {
+    let health = health_ttrpc::HealthClient::new(client.clone());
+    let resp = health.check(ctx(), &health::CheckRequest::new()).await.context("Health/Check")?;
+    Ok(format!("{:?}", resp.status.enum_value_or_default()))
+}
+
+/// `grpc.Health/Version`: (API version, agent version).
+pub async fn agent_version(client: &ttrpc::r#async::Client) -> Result<(String, String)> {
+    let health = health_ttrpc::HealthClient::new(client.clone());
+    let resp = health.version(ctx(), &health::CheckRequest::new()).await.context("Health/Version")?;
+    Ok((resp.grpc_version, resp.agent_version))
+}
+
+/// Pulls `total` bytes of the diagnostics pattern from the guest in 1 MiB calls and checks
+/// every byte. Returns the number of bytes verified.
+pub async fn pull_pattern(client: &ttrpc::r#async::Client, total: usize) -> Result<usize> {
+    let diag = diagnostics_ttrpc::DiagnosticsClient::new(client.clone());
+    let chunk = contrast_agent_protocol::MAX_PATTERN_LEN as usize;
+    let mut verified = 0;
+    let mut seed = 7u32;
+    while verified < total {
+        let len = chunk.min(total - verified);
+        let mut req = diagnostics::PatternRequest::new();
+        req.length = len as u32;
+        req.seed = seed;
+        let resp = diag.pattern(ctx(), &req).await.context("Diagnostics/Pattern")?;
+        if resp.data.len() != len {
+            bail!("asked for {len} bytes, got {}", resp.data.len());
+        }
+        if let Some(i) = (0..len).find(|&i| resp.data[i] != contrast_agent_protocol::pattern_byte(seed, i)) {
+            bail!("byte {} of the transfer is wrong", verified + i);
+        }
+        verified += len;
+        seed = seed.wrapping_add(13);
+    }
+    Ok(verified)
+}
+
+/// Processes whose command line mentions `needle` (e.g. a pod's state dir): QEMU and helpers.
+pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
+    let needle = needle.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+            // A zombie has an empty cmdline and no longer holds anything.
+            cmd.contains(&needle).then_some((pid, cmd))
+        })
+        .collect()
+}

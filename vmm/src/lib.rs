@@ -1,1 +1,16 @@
+//! Pod VMs with QEMU: the command line per platform, process supervision, the QMP client,
+//! vsock dialing (kernel vhost-vsock or hybrid vsock through vhost-device-vsock) and the
+//! helper daemons.
 
+pub mod helper;
+mod pod_vm;
+pub mod qemu_args;
+pub mod qmp;
+pub mod supervisor;
+pub mod vsock;
+
+pub use pod_vm::{Error, LaunchRequest, PodVm};
+pub use supervisor::VmExit;
+
+/// vsock port of the kata agent API (kata runtime `vSockPort`).
+pub const AGENT_VSOCK_PORT: u32 = 1024;

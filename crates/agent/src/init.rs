@@ -57,7 +57,9 @@ pub fn setup_system() -> Result<KernelCmdline> {
         mount(Some(source), target, Some(fstype), flags, None::<&str>)
             .with_context(|| format!("mounting {fstype} on {target}"))?;
     }
+    log!("mounted");
     load_modules().context("loading kernel modules")?;
+    log!("modules loaded");
     watch_power_button();
     KernelCmdline::read()
 }

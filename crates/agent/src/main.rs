@@ -14,10 +14,17 @@ use anyhow::{Context, Result};
 /// Guest-local socket the ttrpc server listens on; vsock connections are proxied to it.
 const TTRPC_SOCKET: &str = "/run/contrast-agent.sock";
 
+/// Logs one line to the serial console, prefixed with seconds since boot.
 macro_rules! log {
-    ($($arg:tt)*) => { eprintln!("contrast-agent: {}", format_args!($($arg)*)) };
+    ($($arg:tt)*) => { eprintln!("[{:>8.3}] contrast-agent: {}", $crate::uptime(), format_args!($($arg)*)) };
 }
 pub(crate) use log;
+
+/// Seconds since boot (CLOCK_BOOTTIME), like the kernel's own console timestamps.
+pub(crate) fn uptime() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+}
 
 fn main() {
     log!("started (version {})", env!("CARGO_PKG_VERSION"));
@@ -41,6 +48,7 @@ fn run(is_init: bool) -> Result<()> {
         if is_init {
             tokio::spawn(init::reap_zombies());
         }
+        log!("runtime up");
         let _server = services::start(Path::new(TTRPC_SOCKET), cmdline.diagnostics).await?;
         log!("ready on vsock port {}", contrast_agent_protocol::AGENT_VSOCK_PORT);
         transport::serve_vsock(contrast_agent_protocol::AGENT_VSOCK_PORT, Path::new(TTRPC_SOCKET)).await

@@ -1,0 +1,418 @@
+//! One pod VM: state dir, helpers, QEMU under supervision, QMP, agent dialing, orderly stop.
+//! Every failure while launching undoes what was done: nothing stays behind.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use contrast_config::{Accel, PodOverrides, RuntimeClassConfig, VsockMode};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::helper::{self, Helper};
+use crate::qemu_args::{BootSource, QemuSpec, SnpParams, VsockDevice};
+use crate::qmp::{self, QmpClient};
+use crate::supervisor::{LogFiles, Supervisor, VmExit};
+use crate::vsock::{self, VsockEndpoint};
+
+/// How long vhost-device-vsock gets to create its socket.
+const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Kernel parameters every pod VM gets: serial console (captured to `console.log`), power off
+/// instead of reboot, and no reboot loop after a panic (QEMU runs with `-no-reboot`).
+const BASE_KERNEL_PARAMS: &str = "console=ttyS0 reboot=k panic=-1";
+/// `sun_path` holds 108 bytes including the terminating NUL (linux/un.h).
+const MAX_SOCKET_PATH: usize = 107;
+/// Guest CID of the VM behind its own vhost-device-vsock (every pod has its own instance).
+const HYBRID_GUEST_CID: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create pod state dir {}", path.display())]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter runtime.state_dir", path.display())]
+    SocketPathTooLong { path: PathBuf },
+    #[error("vhost-device-vsock not found on PATH; install it or set hypervisor.qemu.vhost_device_vsock_path")]
+    VhostDeviceVsockMissing,
+    #[error(transparent)]
+    Helper(#[from] helper::Error),
+    #[error("cannot start QEMU ({})", path.display())]
+    QemuSpawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Qmp(#[from] qmp::Error),
+    #[error("QEMU is not running after start (status {0})")]
+    NotRunning(String),
+    #[error(transparent)]
+    Vsock(#[from] vsock::Error),
+}
+
+/// What a pod VM is launched from.
+pub struct LaunchRequest<'a> {
+    /// Pod (sandbox) id; names the VM.
+    pub id: &'a str,
+    pub config: &'a RuntimeClassConfig,
+    pub overrides: &'a PodOverrides,
+    /// Must not exist yet; created with mode 0700 and removed when the VM is stopped.
+    pub state_dir: PathBuf,
+    /// SHA-256 of the pod policy, bound into SNP `host-data` / TDX `mrconfigid`.
+    pub launch_digest: Option<[u8; 32]>,
+}
+
+pub struct PodVm {
+    state_dir: PathBuf,
+    supervisor: Supervisor,
+    qmp: QmpClient,
+    vsock: VsockEndpoint,
+    accel: &'static str,
+    dial_timeout: Duration,
+    powerdown_timeout: Duration,
+    quit_timeout: Duration,
+    stopped: bool,
+}
+
+struct Paths {
+    qmp: PathBuf,
+    console: PathBuf,
+    qemu_log: PathBuf,
+    vhost_user: PathBuf,
+    hybrid_uds: PathBuf,
+    helper_log: PathBuf,
+}
+
+impl Paths {
+    fn new(dir: &Path) -> Result<Self, Error> {
+        let p = Paths {
+            qmp: dir.join("qmp.sock"),
+            console: dir.join("console.log"),
+            qemu_log: dir.join("qemu.log"),
+            vhost_user: dir.join("vhost.sock"),
+            hybrid_uds: dir.join("vm.vsock"),
+            helper_log: dir.join("vhost-device-vsock.log"),
+        };
+        for s in [&p.qmp, &p.vhost_user, &p.hybrid_uds] {
+            if s.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(Error::SocketPathTooLong { path: s.clone() });
+            }
+        }
+        Ok(p)
+    }
+}
+
+impl PodVm {
+    /// Boots the pod VM: state dir, vsock helper, QEMU with QMP, running state confirmed.
+    /// Does not wait for the agent: see [`PodVm::dial_agent`].
+    pub async fn launch(req: LaunchRequest<'_>) -> Result<PodVm, Error> {
+        let paths = Paths::new(&req.state_dir)?;
+        if let Some(parent) = req.state_dir.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(parent)
+                .map_err(|source| Error::StateDir { path: parent.to_owned(), source })?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&req.state_dir)
+            .map_err(|source| Error::StateDir { path: req.state_dir.clone(), source })?;
+        let result = Self::launch_in(&req, &paths).await;
+        if result.is_err() {
+            remove_state_dir(&req.state_dir);
+        }
+        result
+    }
+
+    async fn launch_in(req: &LaunchRequest<'_>, paths: &Paths) -> Result<PodVm, Error> {
+        let q = &req.config.hypervisor.qemu;
+        let confidential = q.platform != contrast_config::Platform::Insecure;
+        let kvm = match q.accel {
+            Accel::Kvm => true,
+            Accel::Tcg => false,
+            Accel::Auto => confidential || kvm_usable(),
+        };
+        let use_vhost = match q.vsock_mode {
+            VsockMode::Vhost => true,
+            VsockMode::Hybrid => false,
+            VsockMode::Auto => Path::new("/dev/vhost-vsock").exists(),
+        };
+
+        let mut helpers = Vec::new();
+        let mut vhost: Option<vsock::VhostVsock> = None;
+        let (vsock_device, endpoint) = if use_vhost {
+            let v = vsock::allocate_vhost_cid(seed_of(req.id))?;
+            let device = VsockDevice::Vhost { guest_cid: v.cid, vhostfd: v.fd.as_raw_fd() };
+            let endpoint = VsockEndpoint::Vhost { cid: v.cid };
+            vhost = Some(v);
+            (device, endpoint)
+        } else {
+            let program = match &q.vhost_device_vsock_path {
+                Some(p) => p.clone(),
+                None => find_on_path("vhost-device-vsock").ok_or(Error::VhostDeviceVsockMissing)?,
+            };
+            let vm_arg = format!(
+                "guest-cid={HYBRID_GUEST_CID},socket={},uds-path={}",
+                paths.vhost_user.display(),
+                paths.hybrid_uds.display()
+            );
+            let helper = Helper::spawn(
+                "vhost-device-vsock",
+                &program,
+                ["--vm", vm_arg.as_str()],
+                paths.helper_log.clone(),
+                &paths.vhost_user,
+                HELPER_READY_TIMEOUT,
+            )
+            .await?;
+            helpers.push(helper);
+            (
+                VsockDevice::Hybrid { socket: paths.vhost_user.clone() },
+                VsockEndpoint::Hybrid { uds: paths.hybrid_uds.clone() },
+            )
+        };
+
+        let boot = match (&q.igvm, &q.kernel) {
+            (Some(file), _) => BootSource::Igvm { file: file.clone() },
+            (None, Some(kernel)) => BootSource::Kernel {
+                firmware: q.firmware.clone(),
+                kernel: kernel.clone(),
+                initrd: q.initrd.clone(),
+                cmdline: kernel_cmdline(req.config, req.overrides),
+            },
+            // RuntimeClassConfig::parse guarantees one of them.
+            (None, None) => unreachable!("validated config has kernel or igvm"),
+        };
+        let spec = QemuSpec {
+            name: format!("contrast-{}", req.id),
+            platform: q.platform,
+            kvm,
+            vcpus: req.overrides.vcpus,
+            memory_mib: req.overrides.memory_mib,
+            boot,
+            root_disk: q.image.clone(),
+            vsock: vsock_device,
+            qmp_socket: paths.qmp.clone(),
+            console_log: paths.console.clone(),
+            launch_digest: req.launch_digest,
+            snp: SnpParams { cbitpos: q.cbitpos, reduced_phys_bits: q.reduced_phys_bits, policy: q.snp_guest_policy },
+        };
+        let accel = if kvm { "kvm" } else { "tcg" };
+        tracing::info!(pod = req.id, platform = %q.platform, accel, "launching pod VM");
+
+        let log = std::fs::File::create(&paths.qemu_log)
+            .map_err(|source| Error::StateDir { path: paths.qemu_log.clone(), source })?;
+        let log_err = log.try_clone().map_err(|source| Error::StateDir { path: paths.qemu_log.clone(), source })?;
+        let mut cmd = Command::new(&q.path);
+        cmd.args(spec.args()).stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true);
+        if let Some(v) = &vhost {
+            let fd = v.fd.as_raw_fd();
+            // SAFETY: the closure only calls fcntl, which is async-signal-safe, on an fd that
+            // stays open in the parent until spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(|source| Error::QemuSpawn { path: q.path.clone(), source })?;
+        // QEMU holds its own copy of the vhost fd now.
+        drop(vhost);
+        let supervisor = Supervisor::start(
+            child,
+            helpers,
+            LogFiles { console: paths.console.clone(), qemu_log: paths.qemu_log.clone() },
+        );
+
+        let qmp =
+            match QmpClient::connect(&paths.qmp, Duration::from_millis(q.qmp_timeout_ms), supervisor.exited()).await {
+                Ok(qmp) => qmp,
+                Err(e) => {
+                    supervisor.kill().await;
+                    return Err(e.into());
+                }
+            };
+        match qmp.query_status().await {
+            Ok(status) if status == "running" => {}
+            Ok(status) => {
+                supervisor.kill().await;
+                return Err(Error::NotRunning(status));
+            }
+            Err(e) => {
+                supervisor.kill().await;
+                return Err(e.into());
+            }
+        }
+        Ok(PodVm {
+            state_dir: req.state_dir.clone(),
+            supervisor,
+            qmp,
+            vsock: endpoint,
+            accel,
+            dial_timeout: req.config.dial_timeout(),
+            powerdown_timeout: Duration::from_millis(q.powerdown_timeout_ms),
+            quit_timeout: Duration::from_millis(q.quit_timeout_ms),
+            stopped: false,
+        })
+    }
+
+    /// Connects to a guest vsock port within the configured dial timeout.
+    pub async fn dial(&self, port: u32) -> Result<OwnedFd, Error> {
+        Ok(self.vsock.dial(port, self.dial_timeout, self.supervisor.exited()).await?)
+    }
+
+    /// Connects to the agent (vsock port 1024).
+    pub async fn dial_agent(&self) -> Result<OwnedFd, Error> {
+        self.dial(crate::AGENT_VSOCK_PORT).await
+    }
+
+    pub fn qmp(&self) -> &QmpClient {
+        &self.qmp
+    }
+
+    pub fn vsock(&self) -> &VsockEndpoint {
+        &self.vsock
+    }
+
+    pub fn qemu_pid(&self) -> u32 {
+        self.supervisor.pid()
+    }
+
+    pub fn accel(&self) -> &'static str {
+        self.accel
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// `Some(exit)` once QEMU has exited and its helpers are stopped.
+    pub fn exited(&self) -> watch::Receiver<Option<VmExit>> {
+        self.supervisor.exited()
+    }
+
+    /// Waits until QEMU exits (for whatever reason).
+    pub async fn wait(&self) -> VmExit {
+        self.supervisor.wait().await
+    }
+
+    /// Orderly stop: ACPI power button, then `quit`, then SIGKILL, each after its deadline.
+    /// Removes the state dir. Safe to call after QEMU already died.
+    pub async fn stop(mut self) -> VmExit {
+        self.supervisor.expect_exit();
+        let exit = self.shut_down().await;
+        remove_state_dir(&self.state_dir);
+        self.stopped = true;
+        exit
+    }
+
+    async fn shut_down(&self) -> VmExit {
+        let exited = self.exited();
+        if let Some(exit) = exited.borrow().clone() {
+            return exit;
+        }
+        if self.qmp.system_powerdown().await.is_ok() {
+            if let Ok(exit) = tokio::time::timeout(self.powerdown_timeout, self.wait()).await {
+                return exit;
+            }
+            tracing::warn!(timeout = ?self.powerdown_timeout, "guest ignored the power button; sending quit");
+        }
+        if self.qmp.quit().await.is_ok() {
+            if let Ok(exit) = tokio::time::timeout(self.quit_timeout, self.wait()).await {
+                return exit;
+            }
+            tracing::warn!(timeout = ?self.quit_timeout, "QEMU ignored quit; killing it");
+        }
+        self.supervisor.kill().await
+    }
+}
+
+impl Drop for PodVm {
+    /// A VM dropped without `stop` is killed; its state dir is removed.
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.supervisor.expect_exit();
+            if let Some(pid) = self.exited().borrow().is_none().then(|| self.supervisor.pid()) {
+                tracing::warn!(pid, "pod VM dropped without stop; killing QEMU");
+            }
+            // The supervisor task kills QEMU (or its Child does on drop when the runtime ends).
+            let _ = self.supervisor.request_kill();
+            remove_state_dir(&self.state_dir);
+        }
+    }
+}
+
+fn kernel_cmdline(config: &RuntimeClassConfig, overrides: &PodOverrides) -> String {
+    let mut parts = vec![BASE_KERNEL_PARAMS.to_owned()];
+    for extra in [config.hypervisor.qemu.kernel_params.trim(), overrides.extra_kernel_params.trim()] {
+        if !extra.is_empty() {
+            parts.push(extra.to_owned());
+        }
+    }
+    if config.agent.kata.debug_console_enabled {
+        parts.push("contrast.debug_console=1".into());
+    }
+    parts.join(" ")
+}
+
+fn remove_state_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove pod state dir");
+        }
+    }
+}
+
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn seed_of(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_cmdline_joins_base_config_and_pod_params() {
+        let text = r#"
+[hypervisor.qemu]
+platform = "insecure"
+path = "/q"
+kernel = "/k"
+kernel_params = "quiet"
+[agent.kata]
+debug_console_enabled = true
+"#;
+        let config = RuntimeClassConfig::parse(text, Path::new("t.toml")).expect("valid");
+        let overrides = PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: "foo=1".into() };
+        assert_eq!(
+            kernel_cmdline(&config, &overrides),
+            "console=ttyS0 reboot=k panic=-1 quiet foo=1 contrast.debug_console=1"
+        );
+    }
+
+    #[test]
+    fn overlong_state_dir_is_refused() {
+        let long = PathBuf::from(format!("/run/{}", "x".repeat(100)));
+        assert!(matches!(Paths::new(&long), Err(Error::SocketPathTooLong { .. })));
+        assert!(Paths::new(Path::new("/run/contrast/k8s.io/abc")).is_ok());
+    }
+}

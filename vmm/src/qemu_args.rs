@@ -1,0 +1,218 @@
+//! The QEMU command line of a pod VM, built as an argument vector (never through a shell).
+//!
+//! Property names are QEMU's (`qemu-system-x86_64 -object <type>,help`, `-device <type>,help`,
+//! QMP schema `qapi/qom.json`); the golden tests in `tests/golden/` hold the exact vectors.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use contrast_config::Platform;
+
+/// Everything that decides a pod VM's command line.
+#[derive(Debug, Clone)]
+pub struct QemuSpec {
+    pub name: String,
+    pub platform: Platform,
+    pub kvm: bool,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub boot: BootSource,
+    /// Read-only root disk, attached as `virtio-blk`.
+    pub root_disk: Option<PathBuf>,
+    pub vsock: VsockDevice,
+    pub qmp_socket: PathBuf,
+    pub console_log: PathBuf,
+    /// SHA-256 of the pod policy: SNP `host-data`, TDX `mrconfigid` (zero-padded to 48 bytes).
+    pub launch_digest: Option<[u8; 32]>,
+    pub snp: SnpParams,
+}
+
+#[derive(Debug, Clone)]
+pub enum BootSource {
+    /// Firmware (SNP/TDX; none for insecure: SeaBIOS) plus direct kernel boot.
+    Kernel { firmware: Option<PathBuf>, kernel: PathBuf, initrd: Option<PathBuf>, cmdline: String },
+    /// One IGVM file with firmware, kernel, initrd and command line.
+    Igvm { file: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub enum VsockDevice {
+    /// vhost-user-vsock through `vhost-device-vsock` listening on `socket`.
+    Hybrid { socket: PathBuf },
+    /// Kernel vhost-vsock; `vhostfd` is an open `/dev/vhost-vsock` with the CID already set.
+    Vhost { guest_cid: u32, vhostfd: i32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SnpParams {
+    pub cbitpos: u32,
+    pub reduced_phys_bits: u32,
+    pub policy: u64,
+}
+
+/// ID of the confidential-guest object, referenced by `-machine confidential-guest-support`.
+const CGS_ID: &str = "cgs0";
+const MEMORY_ID: &str = "mem0";
+const IGVM_ID: &str = "igvm0";
+/// TDX `mrconfigid` is a SHA-384-sized field (48 bytes; TDX module ABI, TD_PARAMS).
+const MRCONFIGID_LEN: usize = 48;
+
+impl QemuSpec {
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a = Args::default();
+        a.push(["-name", &format!("{},debug-threads=on", self.name)]);
+        a.push(["-no-user-config", "-nodefaults", "-display", "none", "-no-reboot"]);
+        a.push(["-accel", &self.accel()]);
+        if self.kvm {
+            a.push(["-cpu", "host"]);
+        }
+        a.push(["-machine", &self.machine()]);
+        a.push(["-smp", &self.vcpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
+        a.push(["-object", &self.memory_backend()]);
+        if let Some(object) = self.confidential_object() {
+            a.push(["-object", &object]);
+        }
+        match &self.boot {
+            BootSource::Kernel { firmware, kernel, initrd, cmdline } => {
+                if let Some(fw) = firmware {
+                    a.push(["-bios"]).path(fw);
+                }
+                a.push(["-kernel"]).path(kernel);
+                if let Some(initrd) = initrd {
+                    a.push(["-initrd"]).path(initrd);
+                }
+                a.push(["-append", cmdline]);
+            }
+            BootSource::Igvm { file } => {
+                a.push(["-object"]).joined(&format!("igvm-cfg,id={IGVM_ID},file="), file);
+            }
+        }
+        if let Some(disk) = &self.root_disk {
+            a.push(["-drive"]).joined_suffix("if=none,id=root,format=raw,readonly=on,file=", disk, "");
+            a.push(["-device", "virtio-blk-pci,drive=root,disable-legacy=on"]);
+        }
+        match &self.vsock {
+            VsockDevice::Hybrid { socket } => {
+                a.push(["-chardev"]).joined("socket,id=vsock0,path=", socket);
+                a.push(["-device", "vhost-user-vsock-pci,chardev=vsock0,disable-legacy=on"]);
+            }
+            VsockDevice::Vhost { guest_cid, vhostfd } => {
+                a.push([
+                    "-device",
+                    &format!("vhost-vsock-pci,guest-cid={guest_cid},vhostfd={vhostfd},disable-legacy=on"),
+                ]);
+            }
+        }
+        a.push(["-serial"]).joined("file:", &self.console_log);
+        a.push(["-qmp"]).joined_suffix("unix:", &self.qmp_socket, ",server=on,wait=off");
+        a.0
+    }
+
+    fn machine(&self) -> String {
+        let mut m = format!("q35,memory-backend={MEMORY_ID}");
+        if self.platform != Platform::Insecure {
+            m.push_str(&format!(",confidential-guest-support={CGS_ID}"));
+        }
+        if matches!(self.boot, BootSource::Igvm { .. }) {
+            m.push_str(&format!(",igvm-cfg={IGVM_ID}"));
+        }
+        m
+    }
+
+    fn accel(&self) -> String {
+        match (self.kvm, self.platform) {
+            // TDX guests need the IOAPIC emulated in userspace (kvm-accel property).
+            (true, Platform::Tdx) => "kvm,kernel-irqchip=split".into(),
+            (true, _) => "kvm".into(),
+            (false, _) => "tcg".into(),
+        }
+    }
+
+    fn memory_backend(&self) -> String {
+        // vhost-user devices map guest memory from a shareable fd.
+        let share = matches!(self.vsock, VsockDevice::Hybrid { .. });
+        format!(
+            "memory-backend-memfd,id={MEMORY_ID},size={}M,share={}",
+            self.memory_mib,
+            if share { "on" } else { "off" }
+        )
+    }
+
+    fn confidential_object(&self) -> Option<String> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        match self.platform {
+            Platform::Insecure => None,
+            Platform::Snp => {
+                let s = self.snp;
+                let mut o = format!(
+                    "sev-snp-guest,id={CGS_ID},cbitpos={},reduced-phys-bits={},policy={:#x}",
+                    s.cbitpos, s.reduced_phys_bits, s.policy
+                );
+                if matches!(self.boot, BootSource::Kernel { .. }) {
+                    // Firmware measures kernel, initrd and command line into the launch digest.
+                    o.push_str(",kernel-hashes=on");
+                }
+                if let Some(d) = self.launch_digest {
+                    o.push_str(&format!(",host-data={}", b64.encode(d)));
+                }
+                Some(o)
+            }
+            Platform::Tdx => {
+                // tdx-guest is only accepted in JSON form when it carries binary properties.
+                let mut o = serde_json::json!({ "qom-type": "tdx-guest", "id": CGS_ID });
+                if let Some(d) = self.launch_digest {
+                    let mut field = [0u8; MRCONFIGID_LEN];
+                    field[..d.len()].copy_from_slice(&d);
+                    o["mrconfigid"] = b64.encode(field).into();
+                }
+                Some(o.to_string())
+            }
+        }
+    }
+}
+
+/// Argument vector under construction; paths are appended as `OsString` so that non-UTF-8
+/// paths survive unchanged.
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push<const N: usize>(&mut self, items: [&str; N]) -> &mut Self {
+        self.0.extend(items.iter().map(OsString::from));
+        self
+    }
+
+    fn path(&mut self, p: &Path) -> &mut Self {
+        self.0.push(p.as_os_str().to_owned());
+        self
+    }
+
+    fn joined(&mut self, prefix: &str, p: &Path) -> &mut Self {
+        self.joined_suffix(prefix, p, "")
+    }
+
+    fn joined_suffix(&mut self, prefix: &str, p: &Path, suffix: &str) -> &mut Self {
+        let mut s = OsString::from(prefix);
+        s.push(escape_commas(p));
+        s.push(suffix);
+        self.0.push(s);
+        self
+    }
+}
+
+/// QEMU option values split at commas; a literal comma in a path is written twice.
+fn escape_commas(p: &Path) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::new();
+    for &b in p.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests;

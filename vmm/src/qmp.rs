@@ -1,0 +1,150 @@
+//! Async QMP client on the `qapi` crate: connect (watching that QEMU is still alive),
+//! capability negotiation, commands, and the event stream.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use qapi::futures::{QapiService, QmpStreamTokio};
+use tokio::io::WriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use crate::supervisor::VmExit;
+
+/// Pause between attempts to connect to a QMP socket that QEMU has not created yet.
+const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+/// After a failed handshake, how long to wait for QEMU's exit to explain it.
+const EXIT_EXPLAINS_FAILURE_WAIT: Duration = Duration::from_secs(2);
+/// Events kept for subscribers that fall behind.
+const EVENT_BACKLOG: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("QEMU exited before its QMP socket was ready: {0}")]
+    QemuExited(VmExit),
+    #[error("QMP socket {path} not ready within {timeout:?}")]
+    Timeout { path: String, timeout: Duration },
+    #[error("QMP handshake failed")]
+    Handshake(#[source] io::Error),
+    #[error("QMP command {command} failed: {message}")]
+    Command { command: &'static str, message: String },
+}
+
+/// An event QEMU sent (`SHUTDOWN`, `POWERDOWN`, `GUEST_PANICKED`, `STOP`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QmpEvent {
+    pub name: String,
+    pub data: serde_json::Value,
+}
+
+type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
+
+pub struct QmpClient {
+    service: QapiService<Writer>,
+    events: broadcast::Sender<QmpEvent>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl QmpClient {
+    /// Connects to QEMU's QMP socket, retrying until `timeout`; gives up at once when the
+    /// supervisor reports that QEMU exited.
+    pub async fn connect(
+        path: &Path,
+        timeout: Duration,
+        mut exited: watch::Receiver<Option<VmExit>>,
+    ) -> Result<Self, Error> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            if let Some(exit) = exited.borrow_and_update().clone() {
+                return Err(Error::QemuExited(exit));
+            }
+            match UnixStream::connect(path).await {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(CONNECT_RETRY_INTERVAL) => {}
+                        _ = exited.changed() => {}
+                    }
+                }
+                Err(_) => return Err(Error::Timeout { path: path.display().to_string(), timeout }),
+            }
+        };
+        let handshake = async {
+            let (r, w) = tokio::io::split(stream);
+            QmpStreamTokio::open_split(r, w).await?.negotiate().await
+        };
+        let stream = match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                // QEMU creates the socket before it loads the kernel; a handshake cut short
+                // usually means it is exiting. Its exit status and log say why.
+                let exit = tokio::time::timeout(EXIT_EXPLAINS_FAILURE_WAIT, exited.wait_for(|e| e.is_some())).await;
+                if let Ok(Ok(exit)) = exit {
+                    if let Some(exit) = exit.clone() {
+                        return Err(Error::QemuExited(exit));
+                    }
+                }
+                return Err(Error::Handshake(e));
+            }
+            Err(_) => return Err(Error::Timeout { path: path.display().to_string(), timeout }),
+        };
+        let (service, mut event_stream) = stream.into_parts();
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let sender = events.clone();
+        // Polling the event stream also delivers command responses to `service`.
+        let reader = tokio::spawn(async move {
+            while let Some(item) = event_stream.next().await {
+                let Ok(event) = item else { break };
+                if let Some(event) = to_event(&event) {
+                    tracing::debug!(event = %event.name, data = %event.data, "QMP event");
+                    let _ = sender.send(event);
+                }
+            }
+        });
+        Ok(QmpClient { service, events, reader })
+    }
+
+    /// Subscribes to QEMU's events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<QmpEvent> {
+        self.events.subscribe()
+    }
+
+    /// The VM's run state (`running`, `paused`, `shutdown`, ...).
+    pub async fn query_status(&self) -> Result<String, Error> {
+        let info =
+            self.service.execute(qapi::qmp::query_status {}).await.map_err(|e| command_error("query-status", e))?;
+        Ok(serde_json::to_value(info.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+    }
+
+    /// Presses the ACPI power button.
+    pub async fn system_powerdown(&self) -> Result<(), Error> {
+        self.service.execute(qapi::qmp::system_powerdown {}).await.map_err(|e| command_error("system_powerdown", e))?;
+        Ok(())
+    }
+
+    /// Asks QEMU to exit now.
+    pub async fn quit(&self) -> Result<(), Error> {
+        self.service.execute(qapi::qmp::quit {}).await.map_err(|e| command_error("quit", e))?;
+        Ok(())
+    }
+}
+
+impl Drop for QmpClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn command_error(command: &'static str, e: qapi::ExecuteError) -> Error {
+    Error::Command { command, message: e.to_string() }
+}
+
+fn to_event(event: &qapi::qmp::Event) -> Option<QmpEvent> {
+    let mut v = serde_json::to_value(event).ok()?;
+    let name = v.get("event")?.as_str()?.to_owned();
+    let data = v.get_mut("data").map(serde_json::Value::take).unwrap_or_default();
+    Some(QmpEvent { name, data })
+}
