@@ -6,8 +6,16 @@ set -eu
 OUT=${1:?usage: fetch-kernel.sh <out-dir>}
 SUITE=${KERNEL_SUITE:-bookworm-backports}
 mkdir -p "$OUT"
-PKG=$(apt-cache depends -t "$SUITE" linux-image-cloud-amd64 2>/dev/null \
-      | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+resolve() {
+    apt-cache depends -t "$SUITE" linux-image-cloud-amd64 2>/dev/null \
+        | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+}
+PKG=$(resolve)
+if [ -z "$PKG" ]; then
+    # Package lists may predate the backports entry: refresh once.
+    apt-get update -qq >&2
+    PKG=$(resolve)
+fi
 [ -n "$PKG" ] || { echo "fetch-kernel: cannot resolve linux-image-cloud-amd64 in $SUITE (apt-get update?)" >&2; exit 1; }
 VERSION=$(apt-cache policy -t "$SUITE" "$PKG" | awk '/Candidate:/ {print $2}')
 TREE="$OUT/$PKG"
