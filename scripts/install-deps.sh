@@ -5,6 +5,7 @@
 set -eu
 
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
+VIRTIOFSD_VERSION=1.14.0
 
 log() { echo "install-deps: $*" >&2; }
 
@@ -60,6 +61,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! vhost-device-vsock --version 2>/dev/null | grep -q "$VHOST_DEVICE_VSOCK_VERSION"; then
     log "cargo install vhost-device-vsock $VHOST_DEVICE_VSOCK_VERSION"
     cargo install --quiet --locked vhost-device-vsock --version "$VHOST_DEVICE_VSOCK_VERSION"
+fi
+
+if ! virtiofsd --version 2>/dev/null | grep -q "$VIRTIOFSD_VERSION"; then
+    log "cargo install virtiofsd $VIRTIOFSD_VERSION"
+    cargo install --quiet --locked virtiofsd --version "$VIRTIOFSD_VERSION"
 fi
 
 if ! rustup target list --installed | grep -q x86_64-unknown-linux-musl; then

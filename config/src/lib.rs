@@ -56,6 +56,16 @@ pub enum VsockMode {
     Hybrid,
 }
 
+/// How container root filesystems reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum SharedFs {
+    #[serde(rename = "virtio-fs")]
+    VirtioFs,
+    #[default]
+    #[serde(rename = "none")]
+    None,
+}
+
 /// QEMU accelerator choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,6 +141,13 @@ pub struct QemuConfig {
     /// `vhost-device-vsock` binary for hybrid vsock; looked up on `PATH` when unset.
     #[serde(default)]
     pub vhost_device_vsock_path: Option<PathBuf>,
+    /// `virtio-fs` shares container root filesystems from the host (insecure platform only:
+    /// confidential guests must not run host-provided files unverified); `none` shares nothing.
+    #[serde(default)]
+    pub shared_fs: SharedFs,
+    /// virtiofsd binary; looked up on `PATH` when unset (kata: `virtio_fs_daemon`).
+    #[serde(default)]
+    pub virtio_fs_daemon: Option<PathBuf>,
     /// Annotation names (the part after `io.katacontainers.config.hypervisor.`) a pod may set.
     #[serde(default)]
     pub enable_annotations: Vec<String>,
@@ -299,6 +316,12 @@ impl RuntimeClassConfig {
         }
         if q.platform != Platform::Insecure && q.accel == Accel::Tcg {
             return Err(invalid("accel", format!("platform {} needs KVM", q.platform)));
+        }
+        if q.platform != Platform::Insecure && q.shared_fs == SharedFs::VirtioFs {
+            return Err(invalid(
+                "shared_fs",
+                format!("platform {} must not run files shared from the host; use \"none\"", q.platform),
+            ));
         }
         if q.platform == Platform::Tdx && q.vsock_mode == VsockMode::Hybrid {
             // Hybrid vsock needs a shared memory backend, which private TDX memory is not.

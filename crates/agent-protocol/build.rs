@@ -5,7 +5,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 fn main() {
-    let protos = ["protos/health.proto", "protos/diagnostics.proto"];
+    let protos = [
+        "protos/health.proto",
+        "protos/diagnostics.proto",
+        "protos/oci.proto",
+        "protos/types.proto",
+        "protos/agent.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

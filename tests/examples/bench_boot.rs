@@ -94,6 +94,7 @@ async fn vmm_boot(image: &Path, run: usize) -> Result<(Duration, Duration)> {
         overrides: &overrides,
         state_dir: scratch.path().join("run/default").join(&id),
         launch_digest: None,
+        shared_dir: None,
     })
     .await?;
     let qmp = start.elapsed();

@@ -29,6 +29,7 @@ async fn main() -> Result<()> {
         overrides: &overrides,
         state_dir: state_dir.clone(),
         launch_digest: None,
+        shared_dir: None,
     })
     .await
     .context("launching the pod VM")?;

@@ -2,8 +2,11 @@
 //! agent, reached through hybrid vsock via the real vhost-device-vsock.
 
 mod bad_input;
+mod containers;
 mod crash;
+mod exec;
 mod lifecycle;
+mod policy;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,6 +61,7 @@ pub async fn launch(scratch: &Scratch, config: &RuntimeClassConfig, id: &str) ->
         overrides: &overrides,
         state_dir: scratch.pod_dir(id),
         launch_digest: None,
+        shared_dir: None,
     })
     .await
 }

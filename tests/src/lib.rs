@@ -2,6 +2,8 @@
 //! pod-VM image, writes a runtime-class config for it, talks to the agent, and finds
 //! leftovers (processes, state dirs) of a pod.
 
+pub mod pod;
+
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +62,7 @@ kernel_params = "quiet contrast.diagnostics=1"
 default_memory = 512
 default_maxmemory = 2048
 vsock_mode = "hybrid"
+shared_fs = "virtio-fs"
 enable_annotations = ["default_memory"]
 {extra}
 [agent.kata]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use contrast_config::{Accel, PodOverrides, RuntimeClassConfig, VsockMode};
+use contrast_config::{Accel, PodOverrides, RuntimeClassConfig, SharedFs, VsockMode};
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -39,6 +39,10 @@ pub enum Error {
     SocketPathTooLong { path: PathBuf },
     #[error("vhost-device-vsock not found on PATH; install it or set hypervisor.qemu.vhost_device_vsock_path")]
     VhostDeviceVsockMissing,
+    #[error("virtiofsd not found on PATH; install it or set hypervisor.qemu.virtio_fs_daemon")]
+    VirtiofsdMissing,
+    #[error("a shared directory needs hypervisor.qemu.shared_fs = \"virtio-fs\"")]
+    SharedFsDisabled,
     #[error(transparent)]
     Helper(#[from] helper::Error),
     #[error("cannot start QEMU ({})", path.display())]
@@ -65,6 +69,8 @@ pub struct LaunchRequest<'a> {
     pub state_dir: PathBuf,
     /// SHA-256 of the pod policy, bound into SNP `host-data` / TDX `mrconfigid`.
     pub launch_digest: Option<[u8; 32]>,
+    /// Host directory shared with the guest over virtio-fs (`shared_fs = "virtio-fs"` only).
+    pub shared_dir: Option<PathBuf>,
 }
 
 pub struct PodVm {
@@ -86,6 +92,8 @@ struct Paths {
     vhost_user: PathBuf,
     hybrid_uds: PathBuf,
     helper_log: PathBuf,
+    virtiofsd: PathBuf,
+    virtiofsd_log: PathBuf,
 }
 
 impl Paths {
@@ -97,8 +105,10 @@ impl Paths {
             vhost_user: dir.join("vhost.sock"),
             hybrid_uds: dir.join("vm.vsock"),
             helper_log: dir.join("vhost-device-vsock.log"),
+            virtiofsd: dir.join("virtiofsd.sock"),
+            virtiofsd_log: dir.join("virtiofsd.log"),
         };
-        for s in [&p.qmp, &p.vhost_user, &p.hybrid_uds] {
+        for s in [&p.qmp, &p.vhost_user, &p.hybrid_uds, &p.virtiofsd] {
             if s.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(Error::SocketPathTooLong { path: s.clone() });
             }
@@ -145,38 +155,16 @@ impl PodVm {
         };
 
         let mut helpers = Vec::new();
-        let mut vhost: Option<vsock::VhostVsock> = None;
-        let (vsock_device, endpoint) = if use_vhost {
-            let v = vsock::allocate_vhost_cid(seed_of(req.id))?;
-            let device = VsockDevice::Vhost { guest_cid: v.cid, vhostfd: v.fd.as_raw_fd() };
-            let endpoint = VsockEndpoint::Vhost { cid: v.cid };
-            vhost = Some(v);
-            (device, endpoint)
-        } else {
-            let program = match &q.vhost_device_vsock_path {
-                Some(p) => p.clone(),
-                None => find_on_path("vhost-device-vsock").ok_or(Error::VhostDeviceVsockMissing)?,
+        let (vsock_device, endpoint, virtio_fs, vhost) =
+            match Self::start_helpers(req, paths, use_vhost, &mut helpers).await {
+                Ok(started) => started,
+                Err(e) => {
+                    for helper in &mut helpers {
+                        helper.stop().await;
+                    }
+                    return Err(e);
+                }
             };
-            let vm_arg = format!(
-                "guest-cid={HYBRID_GUEST_CID},socket={},uds-path={}",
-                paths.vhost_user.display(),
-                paths.hybrid_uds.display()
-            );
-            let helper = Helper::spawn(
-                "vhost-device-vsock",
-                &program,
-                ["--vm", vm_arg.as_str()],
-                paths.helper_log.clone(),
-                &paths.vhost_user,
-                HELPER_READY_TIMEOUT,
-            )
-            .await?;
-            helpers.push(helper);
-            (
-                VsockDevice::Hybrid { socket: paths.vhost_user.clone() },
-                VsockEndpoint::Hybrid { uds: paths.hybrid_uds.clone() },
-            )
-        };
 
         let boot = match (&q.igvm, &q.kernel) {
             (Some(file), _) => BootSource::Igvm { file: file.clone() },
@@ -198,6 +186,7 @@ impl PodVm {
             boot,
             root_disk: q.image.clone(),
             vsock: vsock_device,
+            virtio_fs,
             qmp_socket: paths.qmp.clone(),
             console_log: paths.console.clone(),
             launch_digest: req.launch_digest,
@@ -264,6 +253,81 @@ impl PodVm {
             quit_timeout: Duration::from_millis(q.quit_timeout_ms),
             stopped: false,
         })
+    }
+
+    /// Starts vhost-device-vsock (hybrid) or claims a vhost CID, and virtiofsd when a
+    /// directory is shared. Started helpers are pushed to `helpers` as they come up, so the
+    /// caller can stop them if a later one fails.
+    async fn start_helpers(
+        req: &LaunchRequest<'_>,
+        paths: &Paths,
+        use_vhost: bool,
+        helpers: &mut Vec<Helper>,
+    ) -> Result<(VsockDevice, VsockEndpoint, Option<PathBuf>, Option<vsock::VhostVsock>), Error> {
+        let mut vhost: Option<vsock::VhostVsock> = None;
+        let q = &req.config.hypervisor.qemu;
+        let (vsock_device, endpoint) = if use_vhost {
+            let v = vsock::allocate_vhost_cid(seed_of(req.id))?;
+            let device = VsockDevice::Vhost { guest_cid: v.cid, vhostfd: v.fd.as_raw_fd() };
+            let endpoint = VsockEndpoint::Vhost { cid: v.cid };
+            vhost = Some(v);
+            (device, endpoint)
+        } else {
+            let program = match &q.vhost_device_vsock_path {
+                Some(p) => p.clone(),
+                None => find_on_path("vhost-device-vsock").ok_or(Error::VhostDeviceVsockMissing)?,
+            };
+            let vm_arg = format!(
+                "guest-cid={HYBRID_GUEST_CID},socket={},uds-path={}",
+                paths.vhost_user.display(),
+                paths.hybrid_uds.display()
+            );
+            let helper = Helper::spawn(
+                "vhost-device-vsock",
+                &program,
+                ["--vm", vm_arg.as_str()],
+                paths.helper_log.clone(),
+                &paths.vhost_user,
+                HELPER_READY_TIMEOUT,
+            )
+            .await?;
+            helpers.push(helper);
+            (
+                VsockDevice::Hybrid { socket: paths.vhost_user.clone() },
+                VsockEndpoint::Hybrid { uds: paths.hybrid_uds.clone() },
+            )
+        };
+
+        let virtio_fs = match &req.shared_dir {
+            None => None,
+            Some(_) if q.shared_fs != SharedFs::VirtioFs => return Err(Error::SharedFsDisabled),
+            Some(shared) => {
+                let program = match &q.virtio_fs_daemon {
+                    Some(p) => p.clone(),
+                    None => find_on_path("virtiofsd").ok_or(Error::VirtiofsdMissing)?,
+                };
+                let args: Vec<std::ffi::OsString> = vec![
+                    format!("--socket-path={}", paths.virtiofsd.display()).into(),
+                    format!("--shared-dir={}", shared.display()).into(),
+                    // Container files change on the host while the pod runs.
+                    "--cache=never".into(),
+                    "--announce-submounts".into(),
+                ];
+                let helper = Helper::spawn(
+                    "virtiofsd",
+                    &program,
+                    args,
+                    paths.virtiofsd_log.clone(),
+                    &paths.virtiofsd,
+                    HELPER_READY_TIMEOUT,
+                )
+                .await?;
+                helpers.push(helper);
+                Some(paths.virtiofsd.clone())
+            }
+        };
+
+        Ok((vsock_device, endpoint, virtio_fs, vhost))
     }
 
     /// Connects to a guest vsock port within the configured dial timeout.

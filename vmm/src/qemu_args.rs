@@ -21,6 +21,8 @@ pub struct QemuSpec {
     /// Read-only root disk, attached as `virtio-blk`.
     pub root_disk: Option<PathBuf>,
     pub vsock: VsockDevice,
+    /// vhost-user socket of virtiofsd sharing host files under [`SHARED_FS_TAG`].
+    pub virtio_fs: Option<PathBuf>,
     pub qmp_socket: PathBuf,
     pub console_log: PathBuf,
     /// SHA-256 of the pod policy: SNP `host-data`, TDX `mrconfigid` (zero-padded to 48 bytes).
@@ -50,6 +52,9 @@ pub struct SnpParams {
     pub reduced_phys_bits: u32,
     pub policy: u64,
 }
+
+/// virtio-fs tag the guest mounts the shared directory by.
+pub const SHARED_FS_TAG: &str = "contrast";
 
 /// ID of the confidential-guest object, referenced by `-machine confidential-guest-support`.
 const CGS_ID: &str = "cgs0";
@@ -104,6 +109,10 @@ impl QemuSpec {
                 ]);
             }
         }
+        if let Some(socket) = &self.virtio_fs {
+            a.push(["-chardev"]).joined("socket,id=fs0,path=", socket);
+            a.push(["-device", &format!("vhost-user-fs-pci,chardev=fs0,tag={SHARED_FS_TAG}")]);
+        }
         a.push(["-serial"]).joined("file:", &self.console_log);
         a.push(["-qmp"]).joined_suffix("unix:", &self.qmp_socket, ",server=on,wait=off");
         a.0
@@ -130,8 +139,8 @@ impl QemuSpec {
     }
 
     fn memory_backend(&self) -> String {
-        // vhost-user devices map guest memory from a shareable fd.
-        let share = matches!(self.vsock, VsockDevice::Hybrid { .. });
+        // vhost-user devices (hybrid vsock, virtio-fs) map guest memory from a shareable fd.
+        let share = matches!(self.vsock, VsockDevice::Hybrid { .. }) || self.virtio_fs.is_some();
         format!(
             "memory-backend-memfd,id={MEMORY_ID},size={}M,share={}",
             self.memory_mib,

@@ -60,6 +60,74 @@ pub mod diagnostics_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/diagnostics_ttrpc.rs"));
 }
 
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    clippy::uninlined_format_args,
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    unused_mut,
+    unused_imports,
+    dead_code
+)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    clippy::uninlined_format_args,
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    unused_mut,
+    unused_imports,
+    dead_code
+)]
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    clippy::uninlined_format_args,
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    unused_mut,
+    unused_imports,
+    dead_code
+)]
+pub mod oci {
+    include!(concat!(env!("OUT_DIR"), "/oci.rs"));
+}
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    clippy::uninlined_format_args,
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    unused_mut,
+    unused_imports,
+    dead_code
+)]
+pub mod types {
+    include!(concat!(env!("OUT_DIR"), "/types.rs"));
+}
+/// `google.protobuf.Empty`, as the generated service code names it.
+pub mod empty {
+    pub use protobuf::well_known_types::empty::*;
+}
+
+mod client;
+pub use client::{AgentClient, AgentError};
+
 /// vsock port the agent listens on (kata: `vSockPort` in the runtime's agent config).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 

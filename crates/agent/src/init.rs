@@ -57,9 +57,17 @@ pub fn setup_system() -> Result<KernelCmdline> {
         mount(Some(source), target, Some(fstype), flags, None::<&str>)
             .with_context(|| format!("mounting {fstype} on {target}"))?;
     }
-    log!("mounted");
+    std::fs::create_dir_all("/dev/pts").context("creating /dev/pts")?;
+    mount(
+        Some("devpts"),
+        "/dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666"),
+    )
+    .context("mounting devpts")?;
+    crate::cgroup::setup()?;
     load_modules().context("loading kernel modules")?;
-    log!("modules loaded");
     watch_power_button();
     KernelCmdline::read()
 }
@@ -106,23 +114,6 @@ pub fn power_off() {
     nix::unistd::sync();
     // Only fails without CAP_SYS_BOOT; then there is nothing better left to do.
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
-}
-
-/// As PID 1, collect every orphaned child that exits.
-pub async fn reap_zombies() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) else {
-        log!("cannot watch SIGCHLD: zombies will not be reaped");
-        return;
-    };
-    loop {
-        sigchld.recv().await;
-        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            if status == WaitStatus::StillAlive {
-                break;
-            }
-        }
-    }
 }
 
 pub fn spawn_debug_console() {

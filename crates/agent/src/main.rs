@@ -3,8 +3,19 @@
 //! Runs as the guest's PID 1 from the initrd: sets up the minimal system (mounts, kernel
 //! modules, power button), then serves the kata agent ttrpc API on vsock port 1024.
 
+mod agent_service;
+mod cgroup;
+mod error;
 mod init;
+mod policy;
+mod reaper;
+mod runner;
+mod runner_client;
+mod sandbox;
 mod services;
+mod spec;
+mod stdio;
+mod storage;
 mod transport;
 
 use std::path::Path;
@@ -27,6 +38,10 @@ pub(crate) fn uptime() -> f64 {
 }
 
 fn main() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("runner") {
+        runner::main(&args.next().unwrap_or_default());
+    }
     log!("started (version {})", env!("CARGO_PKG_VERSION"));
     let is_init = std::process::id() == 1;
     if let Err(e) = run(is_init) {
@@ -45,11 +60,9 @@ fn run(is_init: bool) -> Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     runtime.block_on(async move {
-        if is_init {
-            tokio::spawn(init::reap_zombies());
-        }
-        log!("runtime up");
-        let _server = services::start(Path::new(TTRPC_SOCKET), cmdline.diagnostics).await?;
+        let reaper = reaper::Reaper::new();
+        tokio::spawn(reaper.clone().run());
+        let _server = services::start(Path::new(TTRPC_SOCKET), cmdline.diagnostics, reaper).await?;
         log!("ready on vsock port {}", contrast_agent_protocol::AGENT_VSOCK_PORT);
         transport::serve_vsock(contrast_agent_protocol::AGENT_VSOCK_PORT, Path::new(TTRPC_SOCKET)).await
     })

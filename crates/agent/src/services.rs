@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use contrast_agent_protocol::{diagnostics, diagnostics_ttrpc, health, health_ttrpc, MAX_PATTERN_LEN};
+use contrast_agent_protocol::{agent_ttrpc, diagnostics, diagnostics_ttrpc, health, health_ttrpc, MAX_PATTERN_LEN};
 use ttrpc::r#async::{Server, TtrpcContext};
 
 /// Version of the agent API we speak (kata-agent reports the same string for its API).
@@ -59,14 +59,17 @@ impl diagnostics_ttrpc::Diagnostics for DiagnosticsService {
 }
 
 /// Starts the ttrpc server on the guest-local unix socket.
-pub async fn start(socket: &Path, diagnostics: bool) -> Result<Server> {
+pub async fn start(socket: &Path, diagnostics: bool, reaper: Arc<crate::reaper::Reaper>) -> Result<Server> {
     let _ = std::fs::remove_file(socket);
-    let health: Arc<dyn health_ttrpc::Health + Send + Sync> = Arc::new(HealthService);
+    let agent = crate::agent_service::AgentService {
+        sandbox: Arc::new(crate::sandbox::Sandbox::new(reaper)),
+        policy: Arc::new(crate::policy::Policy::new()),
+    };
     let mut server = Server::new()
         .bind(&format!("unix://{}", socket.display()))
         .context("binding the ttrpc socket")?
-        .register_service(health_ttrpc::create_health(Arc::new(Box::new(HealthService))));
-    drop(health);
+        .register_service(health_ttrpc::create_health(Arc::new(Box::new(HealthService))))
+        .register_service(agent_ttrpc::create_agent_service(Arc::new(Box::new(agent))));
     if diagnostics {
         crate::log!("diagnostics service enabled (contrast.diagnostics=1)");
         server = server.register_service(diagnostics_ttrpc::create_diagnostics(Arc::new(Box::new(DiagnosticsService))));

@@ -40,6 +40,7 @@ fn spec(platform: Platform, igvm: bool) -> QemuSpec {
         } else {
             VsockDevice::Hybrid { socket: dir.join("vhost.sock") }
         },
+        virtio_fs: (!confidential).then(|| dir.join("virtiofsd.sock")),
         qmp_socket: dir.join("qmp.sock"),
         console_log: dir.join("console.log"),
         launch_digest: confidential.then_some([0xab; 32]),

@@ -1,0 +1,127 @@
+//! Typed async client of the agent API for the shim and the tests: every call carries the
+//! request timeout, and errors keep the ttrpc status code the agent answered with.
+
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::time::Duration;
+
+use ttrpc::r#async::Client;
+
+use crate::{agent, agent_ttrpc, health, health_ttrpc};
+
+/// An agent call that failed: the status code the agent sent (or `Unavailable` for transport
+/// failures) and its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("agent {method}: {code:?}: {message}")]
+pub struct AgentError {
+    pub method: &'static str,
+    pub code: ttrpc::Code,
+    pub message: String,
+}
+
+impl AgentError {
+    fn from_ttrpc(method: &'static str, e: ttrpc::Error) -> Self {
+        match e {
+            ttrpc::Error::RpcStatus(s) => {
+                AgentError { method, code: s.code.enum_value_or(ttrpc::Code::UNKNOWN), message: s.message }
+            }
+            other => AgentError { method, code: ttrpc::Code::UNAVAILABLE, message: other.to_string() },
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AgentClient {
+    agent: agent_ttrpc::AgentServiceClient,
+    health: health_ttrpc::HealthClient,
+    timeout: Duration,
+}
+
+macro_rules! calls {
+    ($($(#[$doc:meta])* $name:ident($req:ty) -> $resp:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(&self, req: &$req) -> Result<$resp, AgentError> {
+                self.agent.$name(self.ctx(), req).await.map_err(|e| AgentError::from_ttrpc(stringify!($name), e))
+            }
+        )*
+    };
+}
+
+impl AgentClient {
+    /// Wraps a connected agent stream (from vsock dialing); `timeout` bounds each call.
+    pub fn new(stream: OwnedFd, timeout: Duration) -> Self {
+        let client = Client::new(stream.into_raw_fd());
+        AgentClient {
+            agent: agent_ttrpc::AgentServiceClient::new(client.clone()),
+            health: health_ttrpc::HealthClient::new(client),
+            timeout,
+        }
+    }
+
+    fn ctx(&self) -> ttrpc::context::Context {
+        ttrpc::context::with_timeout(self.timeout.as_nanos().min(i64::MAX as u128) as i64)
+    }
+
+    /// A context without deadline, for calls that block until something happens
+    /// (`WaitProcess`, `ReadStdout`, `GetOOMEvent`).
+    fn unbounded() -> ttrpc::context::Context {
+        ttrpc::context::Context::default()
+    }
+
+    pub async fn check(&self) -> Result<health::HealthCheckResponse, AgentError> {
+        self.health
+            .check(self.ctx(), &health::CheckRequest::new())
+            .await
+            .map_err(|e| AgentError::from_ttrpc("check", e))
+    }
+
+    pub async fn version(&self) -> Result<health::VersionCheckResponse, AgentError> {
+        self.health
+            .version(self.ctx(), &health::CheckRequest::new())
+            .await
+            .map_err(|e| AgentError::from_ttrpc("version", e))
+    }
+
+    calls! {
+        create_sandbox(agent::CreateSandboxRequest) -> crate::empty::Empty;
+        destroy_sandbox(agent::DestroySandboxRequest) -> crate::empty::Empty;
+        create_container(agent::CreateContainerRequest) -> crate::empty::Empty;
+        start_container(agent::StartContainerRequest) -> crate::empty::Empty;
+        remove_container(agent::RemoveContainerRequest) -> crate::empty::Empty;
+        exec_process(agent::ExecProcessRequest) -> crate::empty::Empty;
+        signal_process(agent::SignalProcessRequest) -> crate::empty::Empty;
+        update_container(agent::UpdateContainerRequest) -> crate::empty::Empty;
+        stats_container(agent::StatsContainerRequest) -> agent::StatsContainerResponse;
+        pause_container(agent::PauseContainerRequest) -> crate::empty::Empty;
+        resume_container(agent::ResumeContainerRequest) -> crate::empty::Empty;
+        write_stdin(agent::WriteStreamRequest) -> agent::WriteStreamResponse;
+        close_stdin(agent::CloseStdinRequest) -> crate::empty::Empty;
+        tty_win_resize(agent::TtyWinResizeRequest) -> crate::empty::Empty;
+        get_guest_details(agent::GuestDetailsRequest) -> agent::GuestDetailsResponse;
+        set_policy(agent::SetPolicyRequest) -> crate::empty::Empty;
+    }
+
+    /// Blocks until the process exits; returns its status (128+signal when killed).
+    pub async fn wait_process(
+        &self,
+        req: &agent::WaitProcessRequest,
+    ) -> Result<agent::WaitProcessResponse, AgentError> {
+        self.agent.wait_process(Self::unbounded(), req).await.map_err(|e| AgentError::from_ttrpc("wait_process", e))
+    }
+
+    /// Blocks until output is available; an error with `OutOfRange` means end of stream.
+    pub async fn read_stdout(&self, req: &agent::ReadStreamRequest) -> Result<agent::ReadStreamResponse, AgentError> {
+        self.agent.read_stdout(Self::unbounded(), req).await.map_err(|e| AgentError::from_ttrpc("read_stdout", e))
+    }
+
+    pub async fn read_stderr(&self, req: &agent::ReadStreamRequest) -> Result<agent::ReadStreamResponse, AgentError> {
+        self.agent.read_stderr(Self::unbounded(), req).await.map_err(|e| AgentError::from_ttrpc("read_stderr", e))
+    }
+
+    pub async fn get_oom_event(&self) -> Result<agent::OOMEvent, AgentError> {
+        self.agent
+            .get_oom_event(Self::unbounded(), &agent::GetOOMEventRequest::new())
+            .await
+            .map_err(|e| AgentError::from_ttrpc("get_oom_event", e))
+    }
+}

@@ -1,0 +1,207 @@
+//! `grpc.AgentService`: checks each request against the policy, then hands it to the sandbox.
+//! Methods we do not implement fall through to the generated defaults (Unimplemented).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use contrast_agent_protocol::{agent, agent_ttrpc, empty::Empty};
+use ttrpc::r#async::TtrpcContext;
+
+use crate::error::Error;
+use crate::policy::Policy;
+use crate::sandbox::Sandbox;
+
+pub struct AgentService {
+    pub sandbox: Arc<Sandbox>,
+    pub policy: Arc<Policy>,
+}
+
+type Result<T> = ttrpc::Result<T>;
+
+impl AgentService {
+    fn allow<M: protobuf::MessageFull>(&self, req: &M) -> std::result::Result<(), Error> {
+        Ok(self.policy.allow(req)?)
+    }
+}
+
+fn io_error(e: std::io::Error) -> ttrpc::Error {
+    Error::Internal(e.to_string()).into()
+}
+
+#[async_trait]
+impl agent_ttrpc::AgentService for AgentService {
+    async fn create_sandbox(&self, _: &TtrpcContext, req: agent::CreateSandboxRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        self.sandbox.create_sandbox(&req)?;
+        Ok(Empty::new())
+    }
+
+    async fn destroy_sandbox(&self, _: &TtrpcContext, req: agent::DestroySandboxRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        self.sandbox.destroy_sandbox().await?;
+        Ok(Empty::new())
+    }
+
+    async fn create_container(&self, _: &TtrpcContext, req: agent::CreateContainerRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        self.sandbox.create_container(&req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn start_container(&self, _: &TtrpcContext, req: agent::StartContainerRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        self.sandbox.start_container(&req.container_id).await?;
+        Ok(Empty::new())
+    }
+
+    async fn remove_container(&self, _: &TtrpcContext, req: agent::RemoveContainerRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        let timeout =
+            if req.timeout == 0 { Sandbox::default_remove_timeout() } else { Duration::from_secs(req.timeout.into()) };
+        self.sandbox.remove_container(&req.container_id, timeout).await?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(&self, _: &TtrpcContext, req: agent::ExecProcessRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        self.sandbox.exec_process(&req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn signal_process(&self, _: &TtrpcContext, req: agent::SignalProcessRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        self.sandbox.signal_process(&req.container_id, &req.exec_id, req.signal)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: agent::WaitProcessRequest,
+    ) -> Result<agent::WaitProcessResponse> {
+        self.allow(&req)?;
+        let p = self.sandbox.process(&req.container_id, &req.exec_id)?;
+        let mut resp = agent::WaitProcessResponse::new();
+        resp.status = p.wait().await;
+        Ok(resp)
+    }
+
+    async fn update_container(&self, _: &TtrpcContext, req: agent::UpdateContainerRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        self.sandbox.update(&req.container_id, req.resources.as_ref())?;
+        Ok(Empty::new())
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::StatsContainerRequest,
+    ) -> Result<agent::StatsContainerResponse> {
+        self.allow(&req)?;
+        Ok(self.sandbox.stats(&req.container_id)?)
+    }
+
+    async fn pause_container(&self, _: &TtrpcContext, req: agent::PauseContainerRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        self.sandbox.set_paused(&req.container_id, true).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resume_container(&self, _: &TtrpcContext, req: agent::ResumeContainerRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        self.sandbox.set_paused(&req.container_id, false).await?;
+        Ok(Empty::new())
+    }
+
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: agent::WriteStreamRequest,
+    ) -> Result<agent::WriteStreamResponse> {
+        self.allow(&req)?;
+        let p = self.sandbox.process(&req.container_id, &req.exec_id)?;
+        let n = p.io.write_stdin(&req.data).await.map_err(io_error)?;
+        let mut resp = agent::WriteStreamResponse::new();
+        resp.len = n as u32;
+        Ok(resp)
+    }
+
+    async fn read_stdout(&self, _: &TtrpcContext, req: agent::ReadStreamRequest) -> Result<agent::ReadStreamResponse> {
+        self.allow(&req)?;
+        let p = self.sandbox.process(&req.container_id, &req.exec_id)?;
+        let data = p.io.read_stdout(req.len as usize).await.map_err(io_error)?;
+        end_of_stream_or(data)
+    }
+
+    async fn read_stderr(&self, _: &TtrpcContext, req: agent::ReadStreamRequest) -> Result<agent::ReadStreamResponse> {
+        self.allow(&req)?;
+        let p = self.sandbox.process(&req.container_id, &req.exec_id)?;
+        let data = p.io.read_stderr(req.len as usize).await.map_err(io_error)?;
+        end_of_stream_or(data)
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, req: agent::CloseStdinRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        let p = self.sandbox.process(&req.container_id, &req.exec_id)?;
+        p.io.close_stdin().await.map_err(io_error)?;
+        Ok(Empty::new())
+    }
+
+    async fn tty_win_resize(&self, _: &TtrpcContext, req: agent::TtyWinResizeRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        let p = self.sandbox.process(&req.container_id, &req.exec_id)?;
+        let (rows, cols) = (u16::try_from(req.row), u16::try_from(req.column));
+        let (Ok(rows), Ok(cols)) = (rows, cols) else {
+            return Err(Error::InvalidArgument("terminal size out of range".into()).into());
+        };
+        p.io.resize(rows, cols).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        Ok(Empty::new())
+    }
+
+    async fn get_guest_details(
+        &self,
+        _: &TtrpcContext,
+        req: agent::GuestDetailsRequest,
+    ) -> Result<agent::GuestDetailsResponse> {
+        self.allow(&req)?;
+        let mut resp = agent::GuestDetailsResponse::new();
+        if req.mem_block_size {
+            resp.mem_block_size_bytes = std::fs::read_to_string("/sys/devices/system/memory/block_size_bytes")
+                .ok()
+                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                .unwrap_or(0);
+        }
+        let mut details = agent::AgentDetails::new();
+        details.version = env!("CARGO_PKG_VERSION").into();
+        details.init_daemon = std::process::id() == 1;
+        details.storage_handlers = vec!["virtio-fs".into(), "local".into(), "ephemeral".into()];
+        details.supports_seccomp = false;
+        resp.agent_details = Some(details).into();
+        Ok(resp)
+    }
+
+    async fn get_oom_event(&self, _: &TtrpcContext, req: agent::GetOOMEventRequest) -> Result<agent::OOMEvent> {
+        self.allow(&req)?;
+        let mut resp = agent::OOMEvent::new();
+        resp.container_id = self.sandbox.next_oom_event().await;
+        Ok(resp)
+    }
+
+    async fn set_policy(&self, _: &TtrpcContext, req: agent::SetPolicyRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        self.policy.set(&req.policy).map_err(Error::from)?;
+        crate::log!("policy set ({} bytes)", req.policy.len());
+        Ok(Empty::new())
+    }
+}
+
+/// kata-agent answers a read at end of stream with an error; runtimes stop copying on it.
+fn end_of_stream_or(data: Vec<u8>) -> Result<agent::ReadStreamResponse> {
+    if data.is_empty() {
+        return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::OUT_OF_RANGE, "EOF")));
+    }
+    let mut resp = agent::ReadStreamResponse::new();
+    resp.data = data;
+    Ok(resp)
+}

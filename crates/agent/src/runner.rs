@@ -1,0 +1,142 @@
+//! Runner mode: `/init runner '<json request>'` performs one libcontainer operation in a fresh
+//! single-threaded process and exits (as `runc create` / `runc start` do).
+//!
+//! libcontainer clones and runs Rust code in the child without exec; in a multithreaded
+//! process (the agent runs tokio) that deadlocks, and `with_console_socket` changes the
+//! process-wide working directory. A fresh process per operation avoids both. Container
+//! processes become the agent's children when the runner exits.
+//!
+//! Contract: stdio of the container process arrives as fds 3, 4, 5 when `stdio` is set. On
+//! success the runner prints one JSON line `{"pid": N}` (0 when no process was created) on
+//! stdout; on failure it prints the error on stderr and exits 1.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+
+/// libcontainer's state root inside the guest.
+pub const STATE_ROOT: &str = "/run/contrast/libcontainer";
+/// First of the three inherited stdio fds (stdin, stdout, stderr).
+pub const STDIO_FD_BASE: i32 = 3;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Create { id: String, bundle: PathBuf, console_socket: Option<PathBuf>, stdio: bool },
+    Start { id: String },
+    Exec { container_id: String, process: PathBuf, console_socket: Option<PathBuf>, stdio: bool },
+    Delete { id: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub pid: i32,
+}
+
+/// statfs(2) magic numbers (linux/magic.h) of the filesystems an initramfs root can be.
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// Entry point of runner mode.
+pub fn main(arg: &str) -> ! {
+    // libcontainer reports the cause of a failure through tracing; it goes to stderr, which
+    // the agent returns to the client.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_max_level(tracing::Level::WARN)
+        .init();
+    let result = serde_json::from_str::<Request>(arg).context("bad runner request").and_then(run);
+    match result {
+        Ok(pid) => {
+            println!("{}", serde_json::json!({ "pid": pid }));
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn stdio_fds() -> [OwnedFd; 3] {
+    // SAFETY: the agent passes exactly these three descriptors (dup2'ed before exec) and
+    // nothing else in this process owns them.
+    unsafe {
+        [
+            OwnedFd::from_raw_fd(STDIO_FD_BASE),
+            OwnedFd::from_raw_fd(STDIO_FD_BASE + 1),
+            OwnedFd::from_raw_fd(STDIO_FD_BASE + 2),
+        ]
+    }
+}
+
+fn builder(id: &str, console_socket: Option<&Path>, stdio: bool) -> Result<ContainerBuilder> {
+    let mut b = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(STATE_ROOT)
+        .context("libcontainer state root")?
+        .with_console_socket(console_socket);
+    if stdio {
+        let [i, o, e] = stdio_fds();
+        b = b.with_stdin(i).with_stdout(o).with_stderr(e);
+    }
+    Ok(b)
+}
+
+fn run(req: Request) -> Result<i32> {
+    match req {
+        Request::Create { id, bundle, console_socket, stdio } => {
+            let container = builder(&id, console_socket.as_deref(), stdio)?
+                .validate_id()
+                .context("container id")?
+                .as_init(bundle)
+                .with_no_pivot(root_is_initramfs())
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .context("creating the container")?;
+            Ok(container.pid().map_or(0, |p| p.as_raw()))
+        }
+        Request::Start { id } => {
+            load(&id)?.start().context("starting the container")?;
+            Ok(0)
+        }
+        Request::Exec { container_id, process, console_socket, stdio } => {
+            let pid = builder(&container_id, console_socket.as_deref(), stdio)?
+                .as_tenant()
+                .with_detach(true)
+                .with_process(Some(process))
+                .build()
+                .context("starting the process")?;
+            Ok(pid.as_raw())
+        }
+        Request::Delete { id } => {
+            load(&id)?.delete(true).context("deleting the container")?;
+            Ok(0)
+        }
+    }
+}
+
+/// pivot_root(2) cannot move away from the initial ramfs root; there libcontainer must use
+/// MS_MOVE + chroot instead (as `runc --no-pivot` does on ramdisks).
+#[allow(clippy::unnecessary_cast)]
+fn root_is_initramfs() -> bool {
+    nix::sys::statfs::statfs("/")
+        .map(|s| {
+            // The filesystems an initramfs root can be (linux/magic.h); the field's width
+            // differs between glibc and musl.
+            let t = s.filesystem_type().0 as u64;
+            t == RAMFS_MAGIC || t == TMPFS_MAGIC
+        })
+        .unwrap_or(false)
+}
+
+fn load(id: &str) -> Result<Container> {
+    Container::load(Path::new(STATE_ROOT).join(id)).with_context(|| format!("loading container {id}"))
+}

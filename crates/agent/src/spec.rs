@@ -1,0 +1,288 @@
+//! Converts the kata protobuf OCI spec into the runtime-spec JSON libcontainer reads, and
+//! rewrites what only makes sense on the host:
+//!
+//! - `linux.cgroupsPath` becomes `/contrast/<container id>` (guest cgroup tree);
+//! - namespaces that name a host path (CRI points them at the pause container) are dropped:
+//!   network, ipc and uts are then shared with the VM (the pod); a PID namespace path means
+//!   "share the sandbox's PID namespace" (see [`Converted::join_sandbox_pidns`]);
+//! - AppArmor profiles and SELinux labels name host policy that does not exist in the guest;
+//!   they are dropped with a log line (the VM is the isolation boundary).
+//!
+//! Settings the guest cannot honour are refused, never dropped: seccomp (built without
+//! libseccomp) and OCI hooks.
+
+use std::collections::HashMap;
+
+use contrast_agent_protocol::oci;
+use libcontainer::oci_spec::runtime::{Process, Spec};
+use serde_json::{json, Map, Value};
+
+use crate::log;
+
+/// Guest cgroup v2 directory under which every container gets its own cgroup.
+pub const CGROUP_PARENT: &str = "/contrast";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("OCI spec is missing `{0}`")]
+    Missing(&'static str),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("OCI spec is invalid: {0}")]
+    Invalid(String),
+}
+
+pub struct Converted {
+    pub spec: Spec,
+    /// The spec asked to share a PID namespace (a namespace path on the host).
+    pub join_sandbox_pidns: bool,
+}
+
+pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError> {
+    let process = s.Process.as_ref().ok_or(SpecError::Missing("process"))?;
+    let root = s.Root.as_ref().ok_or(SpecError::Missing("root"))?;
+    if root.Path.is_empty() {
+        return Err(SpecError::Missing("root.path"));
+    }
+    if let Some(h) = s.Hooks.as_ref() {
+        let n = h.Prestart.len()
+            + h.Poststart.len()
+            + h.Poststop.len()
+            + h.CreateRuntime.len()
+            + h.CreateContainer.len()
+            + h.StartContainer.len();
+        if n > 0 {
+            return Err(SpecError::Unsupported("OCI hooks are not supported in the pod VM".into()));
+        }
+    }
+    let mut join_sandbox_pidns = false;
+    let mut linux = Map::new();
+    if let Some(l) = s.Linux.as_ref() {
+        if l.Seccomp.as_ref().is_some_and(|sc| !sc.DefaultAction.is_empty() || !sc.Syscalls.is_empty()) {
+            return Err(SpecError::Unsupported(
+                "seccomp profiles are not supported by this agent yet; refusing rather than running without".into(),
+            ));
+        }
+        let mut namespaces = Vec::new();
+        for ns in &l.Namespaces {
+            let kind = ns.Type.as_str();
+            if ns.Path.is_empty() {
+                namespaces.push(json!({ "type": kind }));
+            } else if kind == "pid" {
+                join_sandbox_pidns = true;
+            }
+        }
+        linux.insert("namespaces".into(), Value::Array(namespaces));
+        if !l.UIDMappings.is_empty() || !l.GIDMappings.is_empty() {
+            linux.insert("uidMappings".into(), id_mappings(&l.UIDMappings));
+            linux.insert("gidMappings".into(), id_mappings(&l.GIDMappings));
+        }
+        if !l.Sysctl.is_empty() {
+            linux.insert("sysctl".into(), json!(l.Sysctl));
+        }
+        if let Some(r) = l.Resources.as_ref() {
+            linux.insert("resources".into(), resources(r));
+        }
+        linux.insert("maskedPaths".into(), json!(l.MaskedPaths));
+        linux.insert("readonlyPaths".into(), json!(l.ReadonlyPaths));
+        if !l.RootfsPropagation.is_empty() {
+            linux.insert("rootfsPropagation".into(), json!(l.RootfsPropagation));
+        }
+        let devices: Vec<Value> = l
+            .Devices
+            .iter()
+            .map(|d| {
+                json!({ "path": d.Path, "type": d.Type, "major": d.Major, "minor": d.Minor,
+                        "fileMode": d.FileMode, "uid": d.UID, "gid": d.GID })
+            })
+            .collect();
+        if !devices.is_empty() {
+            linux.insert("devices".into(), Value::Array(devices));
+        }
+    } else {
+        linux.insert("namespaces".into(), json!([{ "type": "pid" }, { "type": "mount" }]));
+    }
+    linux.insert("cgroupsPath".into(), json!(format!("{CGROUP_PARENT}/{container_id}")));
+
+    let mounts: Vec<Value> = s
+        .Mounts
+        .iter()
+        .map(|m| json!({ "destination": m.destination, "source": m.source, "type": m.type_, "options": m.options }))
+        .collect();
+    let annotations: HashMap<&String, &String> = s.Annotations.iter().collect();
+    let spec = json!({
+        "ociVersion": if s.Version.is_empty() { "1.1.0" } else { s.Version.as_str() },
+        "process": process_json(process)?,
+        "root": { "path": root.Path, "readonly": root.Readonly },
+        "hostname": s.Hostname,
+        "mounts": mounts,
+        "annotations": annotations,
+        "linux": Value::Object(linux),
+    });
+    let spec: Spec = serde_json::from_value(spec).map_err(|e| SpecError::Invalid(e.to_string()))?;
+    Ok(Converted { spec, join_sandbox_pidns })
+}
+
+/// An exec'd process: the same rules as a container's process.
+pub fn convert_process(p: &oci::Process) -> Result<Process, SpecError> {
+    serde_json::from_value(process_json(p)?).map_err(|e| SpecError::Invalid(e.to_string()))
+}
+
+fn process_json(p: &oci::Process) -> Result<Value, SpecError> {
+    if p.Args.is_empty() {
+        return Err(SpecError::Missing("process.args"));
+    }
+    if !p.ApparmorProfile.is_empty() || !p.SelinuxLabel.is_empty() {
+        log!("ignoring host AppArmor profile / SELinux label (no such policy in the pod VM)");
+    }
+    let user = p.User.as_ref();
+    let mut v = json!({
+        "terminal": p.Terminal,
+        "user": {
+            "uid": user.map_or(0, |u| u.UID),
+            "gid": user.map_or(0, |u| u.GID),
+            "additionalGids": user.map(|u| u.AdditionalGids.clone()).unwrap_or_default(),
+        },
+        "args": p.Args,
+        "env": p.Env,
+        "cwd": if p.Cwd.is_empty() { "/" } else { p.Cwd.as_str() },
+        "noNewPrivileges": p.NoNewPrivileges,
+        "rlimits": p.Rlimits.iter().map(|r| json!({ "type": r.Type, "hard": r.Hard, "soft": r.Soft })).collect::<Vec<_>>(),
+    });
+    if let Some(b) = p.ConsoleSize.as_ref() {
+        v["consoleSize"] = json!({ "height": b.Height, "width": b.Width });
+    }
+    if let Some(c) = p.Capabilities.as_ref() {
+        v["capabilities"] = json!({
+            "bounding": c.Bounding, "effective": c.Effective, "inheritable": c.Inheritable,
+            "permitted": c.Permitted, "ambient": c.Ambient,
+        });
+    }
+    if p.OOMScoreAdj != 0 {
+        v["oomScoreAdj"] = json!(p.OOMScoreAdj);
+    }
+    Ok(v)
+}
+
+fn id_mappings(m: &[oci::LinuxIDMapping]) -> Value {
+    m.iter().map(|m| json!({ "hostID": m.HostID, "containerID": m.ContainerID, "size": m.Size })).collect()
+}
+
+/// cgroup limits as the runtime spec names them; zero means "not set" in kata's encoding.
+pub fn resources(r: &oci::LinuxResources) -> Value {
+    let mut v = Map::new();
+    if let Some(m) = r.Memory.as_ref() {
+        let mut mem = Map::new();
+        for (k, val) in [("limit", m.Limit), ("reservation", m.Reservation), ("swap", m.Swap)] {
+            if val != 0 {
+                mem.insert(k.into(), json!(val));
+            }
+        }
+        v.insert("memory".into(), Value::Object(mem));
+    }
+    if let Some(c) = r.CPU.as_ref() {
+        let mut cpu = Map::new();
+        if c.Shares != 0 {
+            cpu.insert("shares".into(), json!(c.Shares));
+        }
+        if c.Quota != 0 {
+            cpu.insert("quota".into(), json!(c.Quota));
+        }
+        if c.Period != 0 {
+            cpu.insert("period".into(), json!(c.Period));
+        }
+        if !c.Cpus.is_empty() {
+            cpu.insert("cpus".into(), json!(c.Cpus));
+        }
+        if !c.Mems.is_empty() {
+            cpu.insert("mems".into(), json!(c.Mems));
+        }
+        v.insert("cpu".into(), Value::Object(cpu));
+    }
+    if let Some(p) = r.Pids.as_ref() {
+        if p.Limit != 0 {
+            v.insert("pids".into(), json!({ "limit": p.Limit }));
+        }
+    }
+    let devices: Vec<Value> = r
+        .Devices
+        .iter()
+        .map(|d| {
+            let mut o = json!({ "allow": d.Allow, "access": d.Access });
+            if !d.Type.is_empty() {
+                o["type"] = json!(d.Type);
+            }
+            if d.Major >= 0 && (d.Major != 0 || d.Minor != 0) {
+                o["major"] = json!(d.Major);
+                o["minor"] = json!(d.Minor);
+            }
+            o
+        })
+        .collect();
+    if !devices.is_empty() {
+        v.insert("devices".into(), Value::Array(devices));
+    }
+    Value::Object(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> oci::Spec {
+        let mut s = oci::Spec::new();
+        let mut p = oci::Process::new();
+        p.Args = vec!["echo".into(), "hello".into()];
+        p.Env = vec!["PATH=/bin".into()];
+        s.Process = Some(p).into();
+        let mut r = oci::Root::new();
+        r.Path = "/run/contrast/shared/c1/rootfs".into();
+        s.Root = Some(r).into();
+        s
+    }
+
+    #[test]
+    fn minimal_spec_converts_with_guest_cgroup() {
+        let c = convert("c1", &minimal()).expect("converts");
+        let linux = c.spec.linux().as_ref().expect("linux");
+        assert_eq!(linux.cgroups_path().as_deref(), Some(std::path::Path::new("/contrast/c1")));
+        assert_eq!(c.spec.process().as_ref().expect("process").args().as_ref().expect("args")[1], "hello");
+        assert!(!c.join_sandbox_pidns);
+    }
+
+    #[test]
+    fn missing_process_is_named() {
+        let mut s = minimal();
+        s.Process = None.into();
+        assert!(matches!(convert("c1", &s), Err(SpecError::Missing("process"))));
+    }
+
+    #[test]
+    fn seccomp_is_refused_not_dropped() {
+        let mut s = minimal();
+        let mut l = oci::Linux::new();
+        let mut sc = oci::LinuxSeccomp::new();
+        sc.DefaultAction = "SCMP_ACT_ERRNO".into();
+        l.Seccomp = Some(sc).into();
+        s.Linux = Some(l).into();
+        let err = convert("c1", &s).err().expect("refused");
+        assert!(err.to_string().contains("seccomp"), "{err}");
+    }
+
+    #[test]
+    fn host_namespace_paths_are_dropped_and_pid_path_means_sharing() {
+        let mut s = minimal();
+        let mut l = oci::Linux::new();
+        for (t, p) in [("pid", "/proc/77/ns/pid"), ("network", "/proc/77/ns/net"), ("mount", "")] {
+            let mut ns = oci::LinuxNamespace::new();
+            ns.Type = t.into();
+            ns.Path = p.into();
+            l.Namespaces.push(ns);
+        }
+        s.Linux = Some(l).into();
+        let c = convert("c1", &s).expect("converts");
+        assert!(c.join_sandbox_pidns);
+        let nss = c.spec.linux().as_ref().expect("linux").namespaces().clone().expect("namespaces");
+        assert_eq!(nss.len(), 1, "only the mount namespace is left: {nss:?}");
+    }
+}
