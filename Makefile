@@ -44,8 +44,9 @@ demo: deps image
 	target/release/examples/demo $(abspath $(IMAGE_DIR))
 
 bench: image
-	$(CARGO) build --release -p contrast-tests --example bench_boot
+	$(CARGO) build --release -p contrast-tests --example bench_boot --example bench_agent
 	target/release/examples/bench_boot $(abspath $(IMAGE_DIR)) docs/performance.md
+	target/release/examples/bench_agent $(abspath $(IMAGE_DIR)) docs/performance.md
 
 clean:
 	rm -rf $(BUILD) target

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use contrast_tests::{health_check, image_dir, ttrpc_client, TestConfig};
+use contrast_tests::{health_check, image_dir, ttrpc_client, write_section, TestConfig};
 use contrast_vmm::{LaunchRequest, PodVm};
 
 const RUNS: usize = 7;
@@ -120,15 +120,4 @@ fn qemu_version() -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().next().map(|l| l.trim_start_matches("QEMU emulator version ").to_owned()))
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// Replaces the text between `<!-- {name}:start -->` and `<!-- {name}:end -->` in `doc`.
-pub fn write_section(doc: &Path, name: &str, body: &str) -> Result<()> {
-    let text = std::fs::read_to_string(doc).with_context(|| format!("reading {}", doc.display()))?;
-    let (start, end) = (format!("<!-- {name}:start -->"), format!("<!-- {name}:end -->"));
-    let (Some(a), Some(b)) = (text.find(&start), text.find(&end)) else {
-        bail!("{} has no {start} … {end} section", doc.display());
-    };
-    let updated = format!("{}{start}\n{body}{}", &text[..a], &text[b..]);
-    std::fs::write(doc, updated).with_context(|| format!("writing {}", doc.display()))
 }

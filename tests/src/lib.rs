@@ -151,3 +151,15 @@ pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
         })
         .collect()
 }
+
+/// Replaces the text between `<!-- {name}:start -->` and `<!-- {name}:end -->` in `doc`
+/// (benchmarks write their tables into docs/performance.md this way).
+pub fn write_section(doc: &Path, name: &str, body: &str) -> Result<()> {
+    let text = std::fs::read_to_string(doc).with_context(|| format!("reading {}", doc.display()))?;
+    let (start, end) = (format!("<!-- {name}:start -->"), format!("<!-- {name}:end -->"));
+    let (Some(a), Some(b)) = (text.find(&start), text.find(&end)) else {
+        bail!("{} has no {start} … {end} section", doc.display());
+    };
+    let updated = format!("{}{start}\n{body}{}", &text[..a], &text[b..]);
+    std::fs::write(doc, updated).with_context(|| format!("writing {}", doc.display()))
+}

@@ -56,6 +56,28 @@ impl diagnostics_ttrpc::Diagnostics for DiagnosticsService {
         resp.data = (0..req.length as usize).map(|i| contrast_agent_protocol::pattern_byte(req.seed, i)).collect();
         Ok(resp)
     }
+
+    async fn agent_memory(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: diagnostics::AgentMemoryRequest,
+    ) -> ttrpc::Result<diagnostics::AgentMemoryResponse> {
+        let mut resp = diagnostics::AgentMemoryResponse::new();
+        resp.rss_kib = proc_kib("/proc/self/status", "VmRSS:");
+        let total = proc_kib("/proc/meminfo", "MemTotal:");
+        let available = proc_kib("/proc/meminfo", "MemAvailable:");
+        resp.guest_used_kib = total.saturating_sub(available);
+        Ok(resp)
+    }
+}
+
+/// A `Key:   123 kB` value from a /proc status-like file.
+fn proc_kib(file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Starts the ttrpc server on the guest-local unix socket.
