@@ -40,13 +40,15 @@ test: image lint
 	$(CARGO) test -p contrast-agent
 
 demo: deps image
-	$(CARGO) build --release -p contrast-tests --example demo
-	target/release/examples/demo $(abspath $(IMAGE_DIR))
+	$(CARGO) build --release -p containerd-shim-contrast-cc-v2 -p contrast-tests --example demo
+	target/release/examples/demo target/release/containerd-shim-contrast-cc-v2 $(abspath $(IMAGE_DIR))
 
 bench: image
-	$(CARGO) build --release -p contrast-tests --example bench_boot --example bench_agent
+	$(CARGO) build --release -p containerd-shim-contrast-cc-v2
+	$(CARGO) build --release -p contrast-tests --example bench_boot --example bench_agent --example bench_shim
 	target/release/examples/bench_boot $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_agent $(abspath $(IMAGE_DIR)) docs/performance.md
+	target/release/examples/bench_shim target/release/containerd-shim-contrast-cc-v2 $(abspath $(IMAGE_DIR)) docs/performance.md
 
 clean:
 	rm -rf $(BUILD) target

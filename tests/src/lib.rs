@@ -2,6 +2,7 @@
 //! pod-VM image, writes a runtime-class config for it, talks to the agent, and finds
 //! leftovers (processes, state dirs) of a pod.
 
+pub mod containerd;
 pub mod pod;
 
 use std::os::fd::{IntoRawFd, OwnedFd};

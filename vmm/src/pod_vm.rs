@@ -82,7 +82,7 @@ pub struct PodVm {
     dial_timeout: Duration,
     powerdown_timeout: Duration,
     quit_timeout: Duration,
-    stopped: bool,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 struct Paths {
@@ -251,7 +251,7 @@ impl PodVm {
             dial_timeout: req.config.dial_timeout(),
             powerdown_timeout: Duration::from_millis(q.powerdown_timeout_ms),
             quit_timeout: Duration::from_millis(q.quit_timeout_ms),
-            stopped: false,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -302,6 +302,7 @@ impl PodVm {
             None => None,
             Some(_) if q.shared_fs != SharedFs::VirtioFs => return Err(Error::SharedFsDisabled),
             Some(shared) => {
+                std::fs::create_dir_all(shared).map_err(|source| Error::StateDir { path: shared.clone(), source })?;
                 let program = match &q.virtio_fs_daemon {
                     Some(p) => p.clone(),
                     None => find_on_path("virtiofsd").ok_or(Error::VirtiofsdMissing)?,
@@ -312,6 +313,9 @@ impl PodVm {
                     // Container files change on the host while the pod runs.
                     "--cache=never".into(),
                     "--announce-submounts".into(),
+                    // Same mount namespace as the shim: container rootfs mounts made after
+                    // start must be visible (a private namespace would not receive them).
+                    "--sandbox=chroot".into(),
                 ];
                 let helper = Helper::spawn(
                     "virtiofsd",
@@ -371,12 +375,12 @@ impl PodVm {
     }
 
     /// Orderly stop: ACPI power button, then `quit`, then SIGKILL, each after its deadline.
-    /// Removes the state dir. Safe to call after QEMU already died.
-    pub async fn stop(mut self) -> VmExit {
+    /// Removes the state dir. Safe to call again and after QEMU already died.
+    pub async fn stop(&self) -> VmExit {
         self.supervisor.expect_exit();
         let exit = self.shut_down().await;
         remove_state_dir(&self.state_dir);
-        self.stopped = true;
+        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         exit
     }
 
@@ -404,7 +408,7 @@ impl PodVm {
 impl Drop for PodVm {
     /// A VM dropped without `stop` is killed; its state dir is removed.
     fn drop(&mut self) {
-        if !self.stopped {
+        if !self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
             self.supervisor.expect_exit();
             if let Some(pid) = self.exited().borrow().is_none().then(|| self.supervisor.pid()) {
                 tracing::warn!(pid, "pod VM dropped without stop; killing QEMU");
@@ -429,11 +433,29 @@ fn kernel_cmdline(config: &RuntimeClassConfig, overrides: &PodOverrides) -> Stri
     parts.join(" ")
 }
 
+/// Removes the state dir without ever descending into a mount point (a container rootfs
+/// or a bind-mounted host file left mounted by mistake must not lose its contents).
 fn remove_state_dir(dir: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove pod state dir");
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else { return };
+    if let Err(e) = remove_same_device(dir, meta.dev()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove pod state dir");
+    }
+}
+
+fn remove_same_device(path: &Path, dev: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.dev() != dev {
+        return Err(std::io::Error::other(format!("{} is a mount point; left in place", path.display())));
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            remove_same_device(&entry?.path(), dev)?;
         }
+        std::fs::remove_dir(path)
+    } else {
+        std::fs::remove_file(path)
     }
 }
 
@@ -471,6 +493,16 @@ debug_console_enabled = true
             kernel_cmdline(&config, &overrides),
             "console=ttyS0 reboot=k panic=-1 quiet foo=1 contrast.debug_console=1"
         );
+    }
+
+    #[test]
+    fn state_dir_removal_removes_plain_trees() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("pod");
+        std::fs::create_dir_all(state.join("a/b")).expect("mkdir");
+        std::fs::write(state.join("a/b/f"), "x").expect("write");
+        remove_state_dir(&state);
+        assert!(!state.exists());
     }
 
     #[test]

@@ -142,10 +142,23 @@ async fn supervise(
     let (cause, status) = tokio::select! {
         status = qemu.wait() => ("qemu".to_owned(), status.ok()),
         (name, status) = helper_exit => {
-            tracing::error!(helper = %name, "helper exited; stopping QEMU");
-            let _ = qemu.start_kill();
-            let _ = qemu.wait().await;
-            (name, status)
+            if expected.load(Ordering::SeqCst) {
+                // A stop was requested: helpers may go first (virtiofsd leaves when the guest
+                // resets its device). QEMU's own exit is the one to report.
+                tracing::debug!(helper = %name, "helper exited during stop");
+                tokio::select! {
+                    status = qemu.wait() => ("qemu".to_owned(), status.ok()),
+                    _ = kill.recv() => {
+                        let _ = qemu.start_kill();
+                        ("qemu".to_owned(), qemu.wait().await.ok())
+                    }
+                }
+            } else {
+                tracing::error!(helper = %name, "helper exited; stopping QEMU");
+                let _ = qemu.start_kill();
+                let _ = qemu.wait().await;
+                (name, status)
+            }
         }
         _ = kill.recv() => {
             let _ = qemu.start_kill();

@@ -44,10 +44,13 @@ const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 /// Entry point of runner mode.
 pub fn main(arg: &str) -> ! {
-    // libcontainer reports the cause of a failure through tracing; it goes to stderr, which
-    // the agent returns to the client.
+    // libcontainer reports the cause of a failure through tracing; it goes to the runner's
+    // stderr, which the agent returns to the client. Through a private duplicate: the
+    // container process is a clone of this one and swaps fd 2 for the container's stderr,
+    // where libcontainer's messages must not appear.
+    let log = private_stderr();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(move || LogWriter(log.clone()))
         .with_ansi(false)
         .without_time()
         .with_max_level(tracing::Level::WARN)
@@ -62,6 +65,26 @@ pub fn main(arg: &str) -> ! {
             eprintln!("{e:#}");
             std::process::exit(1)
         }
+    }
+}
+
+/// A close-on-exec duplicate of the runner's stderr.
+fn private_stderr() -> std::sync::Arc<std::fs::File> {
+    let fd = nix::fcntl::fcntl(2, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).unwrap_or(2);
+    // SAFETY: `fd` was just returned by fcntl and is owned by nobody else (or is fd 2 itself
+    // when duplication failed, which this process never closes).
+    std::sync::Arc::new(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+struct LogWriter(std::sync::Arc<std::fs::File>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

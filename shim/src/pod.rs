@@ -1,0 +1,178 @@
+//! The pod: one VM per sandbox, its agent connection and its shared directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use contrast_agent_protocol::{agent, AgentClient};
+use contrast_config::{RuntimeClassConfig, ANNOTATION_POLICY};
+use contrast_vmm::{LaunchRequest, PodVm};
+use sha2::{Digest, Sha256};
+
+use crate::error::ShimError;
+
+/// Where the guest mounts the pod's shared directory (virtio-fs tag `contrast`).
+pub const GUEST_SHARED: &str = "/run/contrast/shared";
+/// Config file looked for next to the shim binary when the runtime options name none.
+const CONFIG_NEXT_TO_BINARY: &str = "configuration.toml";
+/// Last resort, documented in the README.
+const DEFAULT_CONFIG: &str = "/etc/contrast/configuration.toml";
+const MIB: i64 = 1024 * 1024;
+
+pub struct Pod {
+    pub id: String,
+    pub vm: PodVm,
+    pub agent: AgentClient,
+    /// Host directory the guest sees at [`GUEST_SHARED`].
+    pub shared: PathBuf,
+}
+
+/// The runtime config: runtime options `ConfigPath`, else next to the binary, else the default.
+pub fn resolve_config(config_path: Option<&str>) -> Result<(PathBuf, RuntimeClassConfig), ShimError> {
+    let path = match config_path.filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join(CONFIG_NEXT_TO_BINARY)))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
+    };
+    let config = RuntimeClassConfig::load(&path).map_err(|e| ShimError::Config(e.to_string()))?;
+    Ok((path, config))
+}
+
+pub fn state_dir(config: &RuntimeClassConfig, namespace: &str, sandbox_id: &str) -> PathBuf {
+    config.runtime.state_dir.join(namespace).join(sandbox_id)
+}
+
+impl Pod {
+    /// Boots the pod VM for a sandbox: sizing from annotations and the first container's
+    /// memory limit, the policy (if annotated) bound into the launch and set before
+    /// `CreateSandbox`.
+    pub async fn boot(
+        config: &RuntimeClassConfig,
+        namespace: &str,
+        sandbox_id: &str,
+        annotations: &BTreeMap<String, String>,
+        container_memory: Option<i64>,
+    ) -> Result<Pod, ShimError> {
+        let mut overrides = config.pod_overrides(annotations).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        if let Some(limit) = container_memory {
+            let extra = u32::try_from((limit + MIB - 1) / MIB).unwrap_or(u32::MAX);
+            overrides.memory_mib = overrides.memory_mib.saturating_add(extra);
+        }
+        let max = config.hypervisor.qemu.default_maxmemory;
+        if overrides.memory_mib > max {
+            return Err(ShimError::InvalidArgument(format!(
+                "pod VM would need {} MiB (default {} MiB + container limits), more than the {max} MiB \
+                 this runtime class allows (hypervisor.qemu.default_maxmemory)",
+                overrides.memory_mib, config.hypervisor.qemu.default_memory
+            )));
+        }
+        let policy = match annotations.get(ANNOTATION_POLICY) {
+            Some(b64) => {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| {
+                    ShimError::InvalidArgument(format!("annotation {ANNOTATION_POLICY}: not base64: {e}"))
+                })?;
+                Some(String::from_utf8(bytes).map_err(|_| {
+                    ShimError::InvalidArgument(format!("annotation {ANNOTATION_POLICY}: policy is not UTF-8"))
+                })?)
+            }
+            None => None,
+        };
+        let launch_digest = policy.as_ref().map(|p| Sha256::digest(p.as_bytes()).into());
+        let state = state_dir(config, namespace, sandbox_id);
+        let shared = state.join("shared");
+        let use_share = config.hypervisor.qemu.shared_fs == contrast_config::SharedFs::VirtioFs;
+        let started = std::time::Instant::now();
+        let vm = PodVm::launch(LaunchRequest {
+            id: sandbox_id,
+            config,
+            overrides: &overrides,
+            state_dir: state,
+            launch_digest,
+            shared_dir: use_share.then(|| shared.clone()),
+        })
+        .await
+        .map_err(|e| ShimError::Vm(e.to_string()))?;
+        let qmp_ready = started.elapsed();
+        match Self::connect(&vm, config, sandbox_id, policy.as_deref(), use_share).await {
+            Ok(agent) => {
+                // Phase timings, read by `make bench` from containerd's log.
+                tracing::info!(
+                    pod = sandbox_id,
+                    qmp_ready_ms = qmp_ready.as_millis() as u64,
+                    agent_ready_ms = started.elapsed().as_millis() as u64,
+                    "pod VM ready"
+                );
+                Ok(Pod { id: sandbox_id.to_owned(), vm, agent, shared })
+            }
+            Err(e) => {
+                vm.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(
+        vm: &PodVm,
+        config: &RuntimeClassConfig,
+        sandbox_id: &str,
+        policy: Option<&str>,
+        use_share: bool,
+    ) -> Result<AgentClient, ShimError> {
+        let stream = vm.dial_agent().await.map_err(|e| ShimError::Vm(format!("agent unreachable: {e}")))?;
+        let agent = AgentClient::new(stream, config.request_timeout());
+        if let Some(policy) = policy {
+            let mut req = agent::SetPolicyRequest::new();
+            req.policy = policy.to_owned();
+            agent.set_policy(&req).await.map_err(ShimError::from)?;
+        }
+        let mut req = agent::CreateSandboxRequest::new();
+        req.sandbox_id = sandbox_id.to_owned();
+        req.hostname = sandbox_id.chars().take(63).collect();
+        if use_share {
+            let mut storage = agent::Storage::new();
+            storage.driver = "virtio-fs".into();
+            storage.source = contrast_vmm::qemu_args::SHARED_FS_TAG.into();
+            storage.fstype = "virtiofs".into();
+            storage.mount_point = GUEST_SHARED.into();
+            req.storages = vec![storage];
+        }
+        agent.create_sandbox(&req).await.map_err(ShimError::from)?;
+        Ok(agent)
+    }
+
+    /// Host and guest paths of a container's directory in the shared directory.
+    pub fn container_dirs(&self, id: &str) -> (PathBuf, String) {
+        (self.shared.join(id), format!("{GUEST_SHARED}/{id}"))
+    }
+
+    /// Destroys the guest sandbox, unmounts everything shared, stops the VM. Idempotent.
+    pub async fn teardown(&self) {
+        let _ = self.agent.destroy_sandbox(&agent::DestroySandboxRequest::new()).await;
+        crate::rootfs::unmount_all(&self.shared);
+        let exit = self.vm.stop().await;
+        tracing::info!(pod = %self.id, %exit, "pod VM stopped");
+    }
+}
+
+/// Cleanup without a daemon (`delete` bootstrap): kill every process started for the pod
+/// (identified by the pod's state dir on its command line), unmount, remove the state dir.
+pub fn cleanup_dead_pod(state: &Path) {
+    let needle = state.to_string_lossy().into_owned();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for pid in entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            if String::from_utf8_lossy(&raw).contains(&needle) && pid != std::process::id() as i32 {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+    crate::rootfs::unmount_all(state);
+    if let Err(e) = std::fs::remove_dir_all(state) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %state.display(), error = %e, "cannot remove state dir");
+        }
+    }
+}

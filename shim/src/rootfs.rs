@@ -1,0 +1,105 @@
+//! Container root filesystems and bind-mounted host files, mounted into the pod's shared
+//! directory (served to the guest by virtiofsd) and unmounted on delete.
+
+use std::path::{Path, PathBuf};
+
+use containerd_shim_protos::api::Mount as RootfsMount;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use oci_spec::runtime::Mount;
+
+/// Mounts containerd's rootfs mounts (overlay, bind) at `target`; an empty list means the
+/// bundle's own `rootfs/` directory, which is bind-mounted.
+pub fn mount_rootfs(mounts: &[RootfsMount], bundle: &Path, target: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(target).map_err(|e| format!("creating {}: {e}", target.display()))?;
+    if mounts.is_empty() {
+        return bind(&bundle.join("rootfs"), target, false);
+    }
+    for m in mounts {
+        let (flags, data) = split_options(&m.options);
+        let kind = if m.type_.is_empty() { "none" } else { m.type_.as_str() };
+        if kind == "bind" || flags.contains(MsFlags::MS_BIND) {
+            bind(Path::new(&m.source), target, flags.contains(MsFlags::MS_RDONLY))?;
+            continue;
+        }
+        mount(Some(m.source.as_str()), target, Some(kind), flags, (!data.is_empty()).then_some(data.as_str()))
+            .map_err(|e| format!("mounting {kind} rootfs on {}: {e}", target.display()))?;
+    }
+    Ok(())
+}
+
+fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| format!("bind-mounting {} on {}: {e}", source.display(), target.display()))?;
+    if readonly {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| format!("remounting {} read-only: {e}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// Rewrites the spec's bind mounts of host paths: each source is bind-mounted under
+/// `host_dir` (inside the shared directory) and the mount then points at `guest_dir`.
+pub fn share_bind_mounts(mounts: &[Mount], host_dir: &Path, guest_dir: &str) -> Result<Vec<Mount>, String> {
+    let mut out = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"));
+        let Some(source) = m.source().as_ref().filter(|_| is_bind) else {
+            out.push(m.clone());
+            continue;
+        };
+        let target = host_dir.join(i.to_string());
+        std::fs::create_dir_all(host_dir).map_err(|e| format!("creating {}: {e}", host_dir.display()))?;
+        if source.is_dir() {
+            std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+        } else {
+            std::fs::write(&target, b"").map_err(|e| e.to_string())?;
+        }
+        bind(source, &target, false)?;
+        let mut shared = m.clone();
+        shared.set_source(Some(PathBuf::from(format!("{guest_dir}/{i}"))));
+        out.push(shared);
+    }
+    Ok(out)
+}
+
+/// Unmounts everything mounted at or below `dir` (deepest first) and removes `dir`.
+pub fn unmount_all(dir: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Err(e) = umount2(&p, MntFlags::MNT_DETACH) {
+            tracing::warn!(mount = %p.display(), error = %e, "cannot unmount");
+        }
+    }
+}
+
+fn split_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" | "defaults" => {}
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}

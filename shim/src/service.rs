@@ -1,0 +1,609 @@
+//! containerd's Task service (v2) for one pod: every call is forwarded to the pod VM's agent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim_protos::api::{self, Status};
+use containerd_shim_protos::events::task as ev;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::topics;
+use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
+use contrast_agent_protocol::{agent, oci};
+use tokio::sync::watch;
+
+use crate::error::ShimError;
+use crate::io::Streams;
+use crate::pod::{self, Pod};
+use crate::{rootfs, spec};
+
+type TResult<T> = ttrpc::Result<T>;
+
+/// Exit status reported for tasks whose VM died (kata uses the same).
+const VM_DIED_STATUS: u32 = 255;
+
+struct Proc {
+    exec_id: String,
+    terminal: bool,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    /// Exec processes: the process spec until Start.
+    spec: Mutex<Option<oci::Process>>,
+    status: Mutex<Status>,
+    exit: watch::Sender<Option<(u32, Timestamp)>>,
+    streams: tokio::sync::Mutex<Option<Streams>>,
+}
+
+impl Proc {
+    fn new(exec_id: &str, terminal: bool, stdin: &str, stdout: &str, stderr: &str) -> Arc<Proc> {
+        Arc::new(Proc {
+            exec_id: exec_id.into(),
+            terminal,
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            spec: Mutex::new(None),
+            status: Mutex::new(Status::CREATED),
+            exit: watch::channel(None).0,
+            streams: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn status(&self) -> Status {
+        *lock(&self.status)
+    }
+
+    fn set_status(&self, s: Status) {
+        *lock(&self.status) = s;
+    }
+
+    fn exited(&self) -> Option<(u32, Timestamp)> {
+        self.exit.borrow().clone()
+    }
+
+    /// Records the exit once; returns false when it was already recorded.
+    fn record_exit(&self, status: u32) -> bool {
+        let mut first = false;
+        self.exit.send_if_modified(|e| {
+            if e.is_none() {
+                *e = Some((status, Timestamp::now()));
+                first = true;
+            }
+            first
+        });
+        if first {
+            self.set_status(Status::STOPPED);
+        }
+        first
+    }
+}
+
+struct Ctr {
+    id: String,
+    bundle: String,
+    init: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Inner {
+    namespace: String,
+    publisher: RemotePublisher,
+    exit: Arc<ExitSignal>,
+    pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
+    ctrs: Mutex<HashMap<String, Arc<Ctr>>>,
+}
+
+#[derive(Clone)]
+pub struct TaskService(Arc<Inner>);
+
+impl TaskService {
+    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+        TaskService(Arc::new(Inner {
+            namespace: namespace.into(),
+            publisher,
+            exit,
+            pod: tokio::sync::Mutex::new(None),
+            ctrs: Mutex::new(HashMap::new()),
+        }))
+    }
+}
+
+impl Inner {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let ctx = ttrpc::context::Context::default();
+        if let Err(e) = self.publisher.publish(ctx, topic, &self.namespace, event).await {
+            tracing::warn!(topic, error = %e, "cannot publish event");
+        }
+    }
+
+    fn ctr(&self, id: &str) -> Result<Arc<Ctr>, ShimError> {
+        lock(&self.ctrs).get(id).cloned().ok_or_else(|| ShimError::NotFound(format!("container {id}")))
+    }
+
+    fn proc(&self, id: &str, exec_id: &str) -> Result<(Arc<Ctr>, Arc<Proc>), ShimError> {
+        let c = self.ctr(id)?;
+        if exec_id.is_empty() {
+            let p = c.init.clone();
+            return Ok((c, p));
+        }
+        let p = lock(&c.execs).get(exec_id).cloned().ok_or_else(|| ShimError::NotFound(format!("exec {exec_id}")))?;
+        Ok((c, p))
+    }
+
+    async fn pod(&self) -> Result<Arc<Pod>, ShimError> {
+        self.pod.lock().await.clone().ok_or_else(|| ShimError::FailedPrecondition("pod VM is not running".into()))
+    }
+
+    fn task_pid(&self, pod: &Pod) -> u32 {
+        pod.vm.qemu_pid()
+    }
+
+    /// Waits for a started process to exit in the guest, drains its output, publishes TaskExit.
+    fn watch_exit(self: &Arc<Self>, pod: Arc<Pod>, ctr: Arc<Ctr>, proc_: Arc<Proc>) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let mut req = agent::WaitProcessRequest::new();
+            req.container_id = ctr.id.clone();
+            req.exec_id = proc_.exec_id.clone();
+            let status = match pod.agent.wait_process(&req).await {
+                Ok(r) => r.status as u32,
+                Err(e) => {
+                    tracing::warn!(container = %ctr.id, error = %e, "wait failed");
+                    VM_DIED_STATUS
+                }
+            };
+            if let Some(streams) = proc_.streams.lock().await.as_mut() {
+                streams.drain().await;
+            }
+            if proc_.record_exit(status) {
+                inner.publish_exit(&ctr, &proc_, inner.task_pid(&pod)).await;
+            }
+        });
+    }
+
+    async fn publish_exit(&self, ctr: &Ctr, proc_: &Proc, pid: u32) {
+        let Some((status, at)) = proc_.exited() else { return };
+        let event = ev::TaskExit {
+            container_id: ctr.id.clone(),
+            id: if proc_.exec_id.is_empty() { ctr.id.clone() } else { proc_.exec_id.clone() },
+            pid,
+            exit_status: status,
+            exited_at: Some(at).into(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event)).await;
+    }
+
+    /// QEMU died: every process that has not exited gets status 255.
+    fn watch_vm(self: &Arc<Self>, pod: Arc<Pod>) {
+        let inner = self.clone();
+        let mut exited = pod.vm.exited();
+        tokio::spawn(async move {
+            let Ok(exit) = exited.wait_for(|e| e.is_some()).await.map(|e| e.clone()) else { return };
+            if exit.as_ref().is_some_and(|e| e.expected) {
+                return;
+            }
+            tracing::error!(pod = %pod.id, exit = ?exit, "pod VM died; failing its tasks");
+            let ctrs: Vec<Arc<Ctr>> = lock(&inner.ctrs).values().cloned().collect();
+            for c in ctrs {
+                let procs: Vec<Arc<Proc>> =
+                    std::iter::once(c.init.clone()).chain(lock(&c.execs).values().cloned()).collect();
+                for p in procs {
+                    if p.status() != Status::CREATED || p.exec_id.is_empty() {
+                        if let Some(s) = p.streams.lock().await.as_mut() {
+                            s.abort();
+                        }
+                        if p.record_exit(VM_DIED_STATUS) {
+                            inner.publish_exit(&c, &p, inner.task_pid(&pod)).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    async fn create(self: &Arc<Self>, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse, ShimError> {
+        if lock(&self.ctrs).contains_key(&req.id) {
+            return Err(ShimError::AlreadyExists(format!("container {}", req.id)));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .map_err(|e| ShimError::InvalidArgument(format!("bundle config.json: {e}")))?;
+        let sandbox_id = spec::sandbox_id(&spec, &req.id);
+        let mut pod_guard = self.pod.lock().await;
+        let pod = match pod_guard.as_ref() {
+            Some(p) => p.clone(),
+            None => {
+                let config_path = runtime_config_path(req.options.as_ref());
+                let (_, config) = pod::resolve_config(config_path.as_deref())?;
+                let annotations: BTreeMap<String, String> =
+                    spec.annotations().clone().unwrap_or_default().into_iter().collect();
+                let pod = Arc::new(
+                    Pod::boot(&config, &self.namespace, &sandbox_id, &annotations, spec::memory_limit(&spec)).await?,
+                );
+                self.watch_vm(pod.clone());
+                *pod_guard = Some(pod.clone());
+                pod
+            }
+        };
+        drop(pod_guard);
+        let result = self.create_in_pod(&pod, &req, &spec).await;
+        if result.is_err() && lock(&self.ctrs).is_empty() {
+            // The pod was booted for this container only: nothing must stay behind.
+            if let Some(p) = self.pod.lock().await.take() {
+                p.teardown().await;
+            }
+        }
+        result
+    }
+
+    async fn create_in_pod(
+        self: &Arc<Self>,
+        pod: &Arc<Pod>,
+        req: &api::CreateTaskRequest,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<api::CreateTaskResponse, ShimError> {
+        let (host_dir, guest_dir) = pod.container_dirs(&req.id);
+        let host_rootfs = host_dir.join("rootfs");
+        let undo = || rootfs::unmount_all(&host_dir);
+        rootfs::mount_rootfs(&req.rootfs, std::path::Path::new(&req.bundle), &host_rootfs).map_err(|e| {
+            undo();
+            ShimError::InvalidArgument(e)
+        })?;
+        let mounts = rootfs::share_bind_mounts(
+            spec.mounts().as_deref().unwrap_or_default(),
+            &host_dir.join("mounts"),
+            &format!("{guest_dir}/mounts"),
+        )
+        .map_err(|e| {
+            undo();
+            ShimError::InvalidArgument(e)
+        })?;
+        let oci = spec::convert(spec, &format!("{guest_dir}/rootfs"), &mounts).map_err(|e| {
+            undo();
+            ShimError::InvalidArgument(e)
+        })?;
+        let mut creq = agent::CreateContainerRequest::new();
+        creq.container_id = req.id.clone();
+        creq.exec_id = req.id.clone();
+        creq.OCI = Some(oci).into();
+        if let Err(e) = pod.agent.create_container(&creq).await {
+            undo();
+            return Err(e.into());
+        }
+        let init = Proc::new("", req.terminal, &req.stdin, &req.stdout, &req.stderr);
+        let streams = Streams::start(&pod.agent, &req.id, "", &req.stdin, &req.stdout, &req.stderr, req.terminal)
+            .map_err(|e| ShimError::Internal(format!("opening stdio FIFOs: {e}")))?;
+        *init.streams.lock().await = Some(streams);
+        let ctr =
+            Arc::new(Ctr { id: req.id.clone(), bundle: req.bundle.clone(), init, execs: Mutex::new(HashMap::new()) });
+        lock(&self.ctrs).insert(req.id.clone(), ctr);
+        let pid = self.task_pid(pod);
+        let event = ev::TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: Some(ev::TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                ..Default::default()
+            })
+            .into(),
+            pid,
+            ..Default::default()
+        };
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    async fn start(self: &Arc<Self>, req: api::StartRequest) -> Result<api::StartResponse, ShimError> {
+        let (ctr, p) = self.proc(&req.id, &req.exec_id)?;
+        let pod = self.pod().await?;
+        if p.status() != Status::CREATED {
+            return Err(ShimError::FailedPrecondition(format!("{} is not in created state", req.id)));
+        }
+        if req.exec_id.is_empty() {
+            let mut sreq = agent::StartContainerRequest::new();
+            sreq.container_id = req.id.clone();
+            pod.agent.start_container(&sreq).await?;
+        } else {
+            let process = lock(&p.spec).take().ok_or_else(|| ShimError::Internal("exec has no process".into()))?;
+            let mut ereq = agent::ExecProcessRequest::new();
+            ereq.container_id = req.id.clone();
+            ereq.exec_id = req.exec_id.clone();
+            ereq.process = Some(process).into();
+            pod.agent.exec_process(&ereq).await?;
+            let streams = Streams::start(&pod.agent, &req.id, &req.exec_id, &p.stdin, &p.stdout, &p.stderr, p.terminal)
+                .map_err(|e| ShimError::Internal(format!("opening stdio FIFOs: {e}")))?;
+            *p.streams.lock().await = Some(streams);
+        }
+        p.set_status(Status::RUNNING);
+        self.watch_exit(pod.clone(), ctr.clone(), p.clone());
+        let pid = self.task_pid(&pod);
+        if req.exec_id.is_empty() {
+            let e = ev::TaskStart { container_id: req.id.clone(), pid, ..Default::default() };
+            self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(e)).await;
+        } else {
+            let e = ev::TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                ..Default::default()
+            };
+            self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(e)).await;
+        }
+        Ok(api::StartResponse { pid, ..Default::default() })
+    }
+
+    async fn delete(self: &Arc<Self>, req: api::DeleteRequest) -> Result<api::DeleteResponse, ShimError> {
+        let (ctr, p) = self.proc(&req.id, &req.exec_id)?;
+        let pod = self.pod().await.ok();
+        let pid = pod.as_ref().map_or(0, |p| self.task_pid(p));
+        if p.status() == Status::RUNNING || p.status() == Status::PAUSED {
+            return Err(ShimError::FailedPrecondition(format!("{} is still running; kill it first", req.id)));
+        }
+        let (status, at) = p.exited().unwrap_or((0, Timestamp::now()));
+        if !req.exec_id.is_empty() {
+            lock(&ctr.execs).remove(&req.exec_id);
+            return Ok(api::DeleteResponse {
+                pid,
+                exit_status: status,
+                exited_at: Some(at).into(),
+                ..Default::default()
+            });
+        }
+        if let Some(s) = p.streams.lock().await.as_mut() {
+            s.abort();
+        }
+        if let Some(pod) = &pod {
+            let mut rreq = agent::RemoveContainerRequest::new();
+            rreq.container_id = req.id.clone();
+            if let Err(e) = pod.agent.remove_container(&rreq).await {
+                if pod.vm.exited().borrow().is_none() && e.code != ttrpc::Code::NOT_FOUND {
+                    return Err(e.into());
+                }
+            }
+            rootfs::unmount_all(&pod.container_dirs(&req.id).0);
+        }
+        lock(&self.ctrs).remove(&req.id);
+        let e = ev::TaskDelete {
+            container_id: req.id.clone(),
+            id: req.id.clone(),
+            pid,
+            exit_status: status,
+            exited_at: Some(at.clone()).into(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(e)).await;
+        if lock(&self.ctrs).is_empty() {
+            if let Some(pod) = self.pod.lock().await.take() {
+                pod.teardown().await;
+            }
+        }
+        Ok(api::DeleteResponse { pid, exit_status: status, exited_at: Some(at).into(), ..Default::default() })
+    }
+
+    async fn kill(&self, req: api::KillRequest) -> Result<(), ShimError> {
+        let (_, p) = self.proc(&req.id, &req.exec_id)?;
+        if p.exited().is_some() {
+            return Ok(());
+        }
+        let pod = self.pod().await?;
+        let mut kreq = agent::SignalProcessRequest::new();
+        kreq.container_id = req.id.clone();
+        kreq.exec_id = req.exec_id.clone();
+        kreq.signal = req.signal;
+        match pod.agent.signal_process(&kreq).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == ttrpc::Code::NOT_FOUND => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// `runtimeoptions.v1.Options.config_path` (field 2) from the task's options, if any.
+fn runtime_config_path(options: Option<&Any>) -> Option<String> {
+    let any = options?;
+    let mut input = protobuf::CodedInputStream::from_bytes(&any.value);
+    while let Ok(Some(tag)) = input.read_raw_tag_or_eof() {
+        let (field, wire) = (tag >> 3, tag & 7);
+        if field == 2 && wire == 2 {
+            return input.read_string().ok();
+        }
+        if input.skip_field(protobuf::rt::WireType::new(wire).unwrap_or(protobuf::rt::WireType::Varint)).is_err() {
+            return None;
+        }
+    }
+    None
+}
+
+fn status_of(p: &Proc) -> Status {
+    p.status()
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> TResult<api::CreateTaskResponse> {
+        tracing::info!(id = %req.id, "create");
+        Ok(self.0.create(req).await?)
+    }
+
+    async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TResult<api::StartResponse> {
+        Ok(self.0.start(req).await?)
+    }
+
+    async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> TResult<api::DeleteResponse> {
+        Ok(self.0.delete(req).await?)
+    }
+
+    async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TResult<api::Empty> {
+        self.0.kill(req).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TResult<api::WaitResponse> {
+        let (_, p) = self.0.proc(&req.id, &req.exec_id)?;
+        let mut rx = p.exit.subscribe();
+        let exit = rx.wait_for(|e| e.is_some()).await.map(|e| e.clone()).ok().flatten();
+        let (status, at) = exit.unwrap_or((VM_DIED_STATUS, Timestamp::now()));
+        Ok(api::WaitResponse { exit_status: status, exited_at: Some(at).into(), ..Default::default() })
+    }
+
+    async fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TResult<api::StateResponse> {
+        let (c, p) = self.0.proc(&req.id, &req.exec_id)?;
+        let pid = match self.0.pod().await {
+            Ok(pod) => self.0.task_pid(&pod),
+            Err(_) => 0,
+        };
+        let (exit_status, exited_at) = p.exited().map_or((0, None), |(s, t)| (s, Some(t)));
+        Ok(api::StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.clone(),
+            pid,
+            status: status_of(&p).into(),
+            stdin: p.stdin.clone(),
+            stdout: p.stdout.clone(),
+            stderr: p.stderr.clone(),
+            terminal: p.terminal,
+            exit_status,
+            exited_at: exited_at.into(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TResult<api::PidsResponse> {
+        self.0.ctr(&req.id)?;
+        let pod = self.0.pod().await?;
+        let info = api::ProcessInfo { pid: self.0.task_pid(&pod), ..Default::default() };
+        Ok(api::PidsResponse { processes: vec![info], ..Default::default() })
+    }
+
+    async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TResult<api::Empty> {
+        let (_, p) = self.0.proc(&req.id, "")?;
+        let pod = self.0.pod().await?;
+        let mut preq = agent::PauseContainerRequest::new();
+        preq.container_id = req.id.clone();
+        pod.agent.pause_container(&preq).await.map_err(ShimError::from)?;
+        p.set_status(Status::PAUSED);
+        let e = ev::TaskPaused { container_id: req.id.clone(), ..Default::default() };
+        self.0.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(e)).await;
+        Ok(api::Empty::new())
+    }
+
+    async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TResult<api::Empty> {
+        let (_, p) = self.0.proc(&req.id, "")?;
+        let pod = self.0.pod().await?;
+        let mut rreq = agent::ResumeContainerRequest::new();
+        rreq.container_id = req.id.clone();
+        pod.agent.resume_container(&rreq).await.map_err(ShimError::from)?;
+        p.set_status(Status::RUNNING);
+        let e = ev::TaskResumed { container_id: req.id.clone(), ..Default::default() };
+        self.0.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(e)).await;
+        Ok(api::Empty::new())
+    }
+
+    async fn checkpoint(&self, _: &TtrpcContext, _: api::CheckpointTaskRequest) -> TResult<api::Empty> {
+        Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+            ttrpc::Code::UNIMPLEMENTED,
+            "checkpoint is not supported for confidential pods",
+        )))
+    }
+
+    async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TResult<api::Empty> {
+        let c = self.0.ctr(&req.id)?;
+        if lock(&c.execs).contains_key(&req.exec_id) {
+            return Err(ShimError::AlreadyExists(format!("exec {}", req.exec_id)).into());
+        }
+        let process: oci_spec::runtime::Process = serde_json::from_slice(&req.spec.value)
+            .map_err(|e| ShimError::InvalidArgument(format!("exec process spec: {e}")))?;
+        let p = Proc::new(&req.exec_id, req.terminal, &req.stdin, &req.stdout, &req.stderr);
+        *lock(&p.spec) = Some(spec::process(&process));
+        lock(&c.execs).insert(req.exec_id.clone(), p);
+        let e = ev::TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() };
+        self.0.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(e)).await;
+        Ok(api::Empty::new())
+    }
+
+    async fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TResult<api::Empty> {
+        self.0.proc(&req.id, &req.exec_id)?;
+        let pod = self.0.pod().await?;
+        let mut r = agent::TtyWinResizeRequest::new();
+        r.container_id = req.id.clone();
+        r.exec_id = req.exec_id.clone();
+        r.row = req.height;
+        r.column = req.width;
+        pod.agent.tty_win_resize(&r).await.map_err(ShimError::from)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TResult<api::Empty> {
+        let (_, p) = self.0.proc(&req.id, &req.exec_id)?;
+        if req.stdin {
+            let pod = self.0.pod().await?;
+            if let Some(s) = p.streams.lock().await.as_mut() {
+                s.close_stdin(&pod.agent, &req.id, &req.exec_id).await;
+            }
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TResult<api::Empty> {
+        self.0.ctr(&req.id)?;
+        let pod = self.0.pod().await?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&req.resources.value)
+            .map_err(|e| ShimError::InvalidArgument(format!("resources: {e}")))?;
+        let mut u = agent::UpdateContainerRequest::new();
+        u.container_id = req.id.clone();
+        u.resources = Some(spec::resources(&resources)).into();
+        pod.agent.update_container(&u).await.map_err(ShimError::from)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TResult<api::StatsResponse> {
+        self.0.ctr(&req.id)?;
+        let pod = self.0.pod().await?;
+        let mut s = agent::StatsContainerRequest::new();
+        s.container_id = req.id.clone();
+        let stats = pod.agent.stats_container(&s).await.map_err(ShimError::from)?;
+        let any = crate::metrics::to_any(&stats).map_err(|e| ShimError::Internal(e.to_string()))?;
+        Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
+    }
+
+    async fn connect(&self, _: &TtrpcContext, req: api::ConnectRequest) -> TResult<api::ConnectResponse> {
+        let task_pid = match self.0.pod().await {
+            Ok(pod) => self.0.task_pid(&pod),
+            Err(_) => 0,
+        };
+        let _ = req;
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TResult<api::Empty> {
+        if lock(&self.0.ctrs).is_empty() {
+            if let Some(pod) = self.0.pod.lock().await.take() {
+                pod.teardown().await;
+            }
+            self.0.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+}

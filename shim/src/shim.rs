@@ -1,0 +1,83 @@
+//! Bootstrap: `start` (group containers of a pod onto one daemon), `delete` (clean up after a
+//! daemon that is gone), and the daemon's lifetime.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::{Config, Error, Flags, StartOpts};
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+
+use crate::pod;
+use crate::service::TaskService;
+
+/// Exit status reported for a task whose shim died (SIGKILL, as containerd's runc shim).
+const DEAD_SHIM_STATUS: u32 = 128 + 9;
+
+pub struct ContrastShim {
+    namespace: String,
+    id: String,
+    bundle: String,
+    exit: Arc<ExitSignal>,
+}
+
+#[async_trait]
+impl Shim for ContrastShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        ContrastShim {
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            bundle: args.bundle.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    /// Containers of one pod share the daemon of its sandbox: the socket is derived from the
+    /// sandbox id (CRI annotation), so later containers get the running daemon's address.
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        let grouping = oci_spec::runtime::Spec::load("config.json")
+            .map(|s| crate::spec::sandbox_id(&s, &opts.id))
+            .unwrap_or_else(|_| opts.id.clone());
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        // containerd 1.6/1.7 reconnect after a restart through `<bundle>/address`.
+        std::fs::write("address", &address)
+            .map_err(|e| Error::Other(format!("writing the address file into the bundle: {e}")))?;
+        Ok(address)
+    }
+
+    /// The daemon is gone: kill what it started for this pod and remove its traces.
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
+        let bundle = if self.bundle.is_empty() { std::path::PathBuf::from(".") } else { self.bundle.clone().into() };
+        let sandbox = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .map(|s| crate::spec::sandbox_id(&s, &self.id))
+            .unwrap_or_else(|_| self.id.clone());
+        match pod::resolve_config(None) {
+            Ok((_, config)) => {
+                let state = pod::state_dir(&config, &self.namespace, &sandbox);
+                if sandbox == self.id {
+                    pod::cleanup_dead_pod(&state);
+                } else {
+                    crate::rootfs::unmount_all(&state.join("shared").join(&self.id));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "delete: no runtime config; nothing to clean"),
+        }
+        Ok(DeleteResponse {
+            exit_status: DEAD_SHIM_STATUS,
+            exited_at: Some(Timestamp::now()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        TaskService::new(&self.namespace, publisher, self.exit.clone())
+    }
+}

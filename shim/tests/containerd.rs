@@ -1,0 +1,198 @@
+//! The shim under the real containerd (Debian 1.6), driven with ctr: real QEMU (TCG), real
+//! image, real agent. Each test has its own containerd and checks that nothing is left.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use contrast_tests::containerd::{Containerd, IMAGE, RUNTIME};
+use contrast_tests::image_dir;
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-contrast-cc-v2");
+/// containerd must see a task exit within this long after QEMU dies (issue acceptance).
+const EXIT_SEEN_DEADLINE: Duration = Duration::from_secs(1);
+/// How long cleanup after a dead shim may take (containerd runs `delete`, which kills QEMU).
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(20);
+
+fn containerd() -> Containerd {
+    Containerd::start(Path::new(SHIM), &image_dir().expect("pod-VM image")).expect("containerd starts")
+}
+
+fn assert_clean(cd: &Containerd) {
+    let left = cd.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}\ncontainerd log:\n{}", cd.log());
+}
+
+fn wait_clean(cd: &Containerd, deadline: Duration) {
+    let end = Instant::now() + deadline;
+    while !cd.leftovers().is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_clean(cd);
+}
+
+fn task_status(cd: &Containerd, id: &str) -> String {
+    let out = cd.ctr_ok(&["task", "ls"]).unwrap_or_default();
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn wait_status(cd: &Containerd, id: &str, want: &str, deadline: Duration) {
+    let end = Instant::now() + deadline;
+    while task_status(cd, id) != want && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn processes_named(cd: &Containerd, name: &str) -> Vec<i32> {
+    contrast_tests::processes_mentioning(&cd.pod_root())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(name))
+        .map(|(p, _)| p as i32)
+        .collect()
+}
+
+#[test]
+fn ctr_run_prints_output_and_returns_exit_codes() {
+    let cd = containerd();
+    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--rm", IMAGE, "t1", "echo", "hi"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cd.log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--rm", IMAGE, "t2", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_clean(&cd);
+}
+
+#[test]
+fn task_exec_ps_metrics_pause_resume_and_kill() {
+    let cd = containerd();
+    cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "t", "sleep", "1000"]).expect("detached run");
+    assert_eq!(task_status(&cd, "t"), "RUNNING");
+    let out = cd.ctr_ok(&["task", "exec", "--exec-id", "e1", "t", "sh", "-c", "echo from-exec"]).expect("exec");
+    assert_eq!(out, "from-exec\n");
+    let ps = cd.ctr_ok(&["task", "ps", "t"]).expect("ps");
+    assert!(ps.lines().count() >= 2, "{ps}");
+    let metrics = cd.ctr_ok(&["task", "metrics", "t"]).expect("metrics");
+    let usage = metrics.lines().find(|l| l.starts_with("memory.usage_in_bytes")).expect("memory usage line");
+    let bytes = usage.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok());
+    assert!(bytes.is_some_and(|v| v > 0), "{metrics}");
+    cd.ctr_ok(&["task", "pause", "t"]).expect("pause");
+    assert_eq!(task_status(&cd, "t"), "PAUSED");
+    cd.ctr_ok(&["task", "resume", "t"]).expect("resume");
+    assert_eq!(task_status(&cd, "t"), "RUNNING");
+    cd.ctr_ok(&["task", "kill", "-s", "KILL", "t"]).expect("kill");
+    wait_status(&cd, "t", "STOPPED", Duration::from_secs(10));
+    let out = cd.ctr(&["task", "delete", "t"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exit code 137"), "{err}");
+    cd.ctr_ok(&["container", "rm", "t"]).expect("container rm");
+    assert_clean(&cd);
+}
+
+#[test]
+fn ctr_run_with_a_terminal() {
+    let cd = containerd();
+    let ctr = format!(
+        "timeout 180 ctr -a {} -n {} run -t --runtime {RUNTIME} --rm {IMAGE} tty sh -c 'tty; exit 4'",
+        cd.socket(),
+        contrast_tests::containerd::NAMESPACE
+    );
+    // script(1) gives ctr the terminal it expects on its own stdin.
+    let out = std::process::Command::new("script").args(["-qec", &ctr, "/dev/null"]).output().expect("script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "container sees a terminal: {text:?}");
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert_clean(&cd);
+}
+
+#[test]
+fn qemu_killed_under_a_running_pod() {
+    let cd = containerd();
+    cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "victim", "sleep", "1000"]).expect("detached run");
+    let qemu = processes_named(&cd, "qemu-system");
+    assert_eq!(qemu.len(), 1, "one QEMU per pod");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu[0]), nix::sys::signal::Signal::SIGKILL).expect("kill QEMU");
+    let killed = Instant::now();
+    while task_status(&cd, "victim") != "STOPPED" {
+        assert!(killed.elapsed() < EXIT_SEEN_DEADLINE, "containerd did not see the exit within 1 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = cd.ctr(&["task", "delete", "victim"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exit code 255"), "{err}");
+    cd.ctr_ok(&["container", "rm", "victim"]).expect("container rm");
+    wait_clean(&cd, CLEANUP_DEADLINE);
+}
+
+#[test]
+fn shim_killed_is_cleaned_up_by_containerd() {
+    let cd = containerd();
+    cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "orphan", "sleep", "1000"]).expect("detached run");
+    let shims: Vec<i32> = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap_or_default();
+            let cwd = std::fs::read_link(format!("/proc/{p}/cwd")).unwrap_or_default();
+            exe.to_string_lossy().contains("containerd-shim-contrast") && cwd.starts_with(cd.dir.path())
+        })
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim daemon per pod");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
+    // containerd notices the dead shim and runs `<shim> delete`, which stops the pod.
+    let end = Instant::now() + CLEANUP_DEADLINE;
+    while !processes_named(&cd, "qemu-system").is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = cd.ctr(&["task", "delete", "orphan"]);
+    let _ = cd.ctr(&["container", "rm", "orphan"]);
+    wait_clean(&cd, CLEANUP_DEADLINE);
+}
+
+#[test]
+fn containerd_restart_keeps_the_pod_reachable() {
+    let mut cd = containerd();
+    cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "keep", "sleep", "1000"]).expect("detached run");
+    cd.kill();
+    cd.spawn().expect("containerd restarts");
+    let out =
+        cd.ctr_ok(&["task", "exec", "--exec-id", "after", "keep", "echo", "still-here"]).expect("exec after restart");
+    assert_eq!(out, "still-here\n");
+    cd.ctr_ok(&["task", "kill", "-s", "KILL", "keep"]).expect("kill");
+    wait_status(&cd, "keep", "STOPPED", Duration::from_secs(10));
+    let _ = cd.ctr(&["task", "delete", "keep"]);
+    cd.ctr_ok(&["container", "rm", "keep"]).expect("container rm");
+    wait_clean(&cd, CLEANUP_DEADLINE);
+}
+
+#[test]
+fn bad_input_fails_create_with_a_clear_message_and_leaves_nothing() {
+    let cd = containerd();
+    let args = [
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        "/nonexistent/contrast.toml",
+        "--rm",
+        IMAGE,
+        "b1",
+        "true",
+    ];
+    let out = cd.ctr(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/contrast.toml"), "{err}");
+    let _ = cd.ctr(&["container", "rm", "b1"]);
+
+    // A 4 GiB limit: more than this runtime class allows (default_maxmemory 2048 MiB).
+    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--memory-limit", "4294967296", "--rm", IMAGE, "b2", "true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("default_maxmemory"), "{err}");
+    let _ = cd.ctr(&["container", "rm", "b2"]);
+    wait_clean(&cd, CLEANUP_DEADLINE);
+}

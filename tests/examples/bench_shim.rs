@@ -1,0 +1,110 @@
+//! `make bench` (shim part), through the real containerd and ctr: shim RSS per idle pod, the
+//! pod start breakdown, `ctr run --rm <image> true` through our shim vs runc side by side,
+//! and exec latency. Written to docs/performance.md between the `bench-shim` markers.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use contrast_tests::containerd::{Containerd, IMAGE, RUNTIME};
+use contrast_tests::{image_dir, write_section};
+
+const RUNS: usize = 5;
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn shim_rss_kib(dir: &Path) -> Result<u64> {
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        if exe.to_string_lossy().contains("containerd-shim-contrast") && cwd.starts_with(dir) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).context("VmRSS")?;
+            return Ok(rss.trim().trim_end_matches("kB").trim().parse()?);
+        }
+    }
+    anyhow::bail!("no shim daemon found")
+}
+
+/// `key=<n>` from the last containerd log line that has it.
+fn logged_ms(log: &str, key: &str) -> Option<u64> {
+    log.lines().rev().find_map(|l| {
+        let at = l.find(&format!("{key}="))? + key.len() + 1;
+        l[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    })
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let shim = PathBuf::from(args.next().context("usage: bench_shim <shim> [image dir] [doc]")?);
+    let image = args.next().map(PathBuf::from).map_or_else(image_dir, Ok)?;
+    let doc = args.next().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("docs/performance.md"));
+    let cd = Containerd::start(&shim, &image)?;
+
+    let (mut rss, mut start_total, mut qmp, mut agent, mut exec) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        let id = format!("idle{i}");
+        let t = Instant::now();
+        cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, &id, "sleep", "1000"])?;
+        start_total.push(t.elapsed());
+        let log = cd.log();
+        qmp.push(Duration::from_millis(logged_ms(&log, "qmp_ready_ms").context("qmp_ready_ms in log")?));
+        agent.push(Duration::from_millis(logged_ms(&log, "agent_ready_ms").context("agent_ready_ms in log")?));
+        std::thread::sleep(Duration::from_secs(1));
+        rss.push(shim_rss_kib(cd.dir.path())?);
+        let t = Instant::now();
+        let out = cd.ctr_ok(&["task", "exec", "--exec-id", "x", &id, "true"])?;
+        exec.push(t.elapsed());
+        ensure!(out.is_empty(), "exec printed {out:?}");
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", &id])?;
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = cd.ctr(&["task", "delete", &id]);
+        cd.ctr_ok(&["container", "rm", &id])?;
+    }
+    rss.sort();
+
+    let (mut ours, mut runc) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        let t = Instant::now();
+        cd.ctr_ok(&["run", "--runtime", RUNTIME, "--rm", IMAGE, &format!("c{i}"), "true"])?;
+        ours.push(t.elapsed());
+        let t = Instant::now();
+        cd.ctr_ok(&["run", "--runtime", "io.containerd.runc.v2", "--rm", IMAGE, &format!("r{i}"), "true"])?;
+        runc.push(t.elapsed());
+    }
+    let (st, q, a, e, o, r) = (
+        median(&mut start_total),
+        median(&mut qmp),
+        median(&mut agent),
+        median(&mut exec),
+        median(&mut ours),
+        median(&mut runc),
+    );
+    let shim_overhead = st.saturating_sub(a);
+    let section = format!(
+        "Command: `make bench` (runs `target/release/examples/bench_shim <shim> build/image docs/performance.md`), \
+         containerd 1.6 (Debian) driven with ctr, median of {RUNS} each, QEMU under TCG.\n\n\
+         | measurement | value |\n|---|---|\n\
+         | shim daemon RSS per idle pod (`VmRSS` of the shim, one pod running `sleep`) | {} KiB (min {}, max {}) |\n\
+         | pod start: QEMU spawned and QMP ready (`PodVm::launch`) | {q:.2?} |\n\
+         | pod start: agent ready (sandbox created in the guest) | {a:.2?} |\n\
+         | pod start: `ctr run -d … sleep` returns (container started) | {st:.2?} |\n\
+         | … of which not VM boot (ctr + containerd + shim + container create/start) | {shim_overhead:.2?} ({:.1} %) |\n\
+         | `ctr run --rm {IMAGE} true`, our shim (pod VM boot included) | {o:.2?} |\n\
+         | `ctr run --rm {IMAGE} true`, runc v2 (same containerd, same run) | {r:.2?} |\n\
+         | `ctr task exec … true` into a running pod | {e:.2?} |\n",
+        rss[RUNS / 2],
+        rss[0],
+        rss[RUNS - 1],
+        shim_overhead.as_secs_f64() / a.as_secs_f64() * 100.0,
+    );
+    println!("{section}");
+    write_section(&doc, "bench-shim", &section)?;
+    ensure!(cd.leftovers().is_empty(), "benchmark left something behind: {:?}", cd.leftovers());
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! A private containerd (Debian's 1.6) for tests and the demo: its own root, state and
+//! sockets under a temp dir, our shim on its PATH as `containerd-shim-contrast-cc-v2`, the
+//! runtime config next to the shim, and the busybox test image imported.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::TestConfig;
+
+/// Name under which the busybox test image is imported.
+pub const IMAGE: &str = "docker.io/library/contrast-busybox:test";
+/// Runtime type of our shim.
+pub const RUNTIME: &str = "io.containerd.contrast-cc.v2";
+/// containerd namespace the tests use.
+pub const NAMESPACE: &str = "contrast-test";
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound for one ctr call (seconds, for timeout(1)); pod VMs boot in ~5 s under TCG.
+const CTR_TIMEOUT: &str = "180";
+
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// Starts containerd with `shim` installed and configured for the image in `image_dir`.
+    pub fn start(shim: &Path, image_dir: &Path) -> Result<Containerd> {
+        let dir = tempfile::Builder::new().prefix("cd").tempdir()?;
+        let d = dir.path();
+        for sub in ["bin", "cni/bin", "cni/net.d", "opt"] {
+            std::fs::create_dir_all(d.join(sub))?;
+        }
+        std::fs::copy(shim, d.join("bin/containerd-shim-contrast-cc-v2")).context("installing the shim")?;
+        let config = TestConfig::new(image_dir, &d.join("run"));
+        std::fs::write(d.join("bin/configuration.toml"), config.to_toml())?;
+        std::fs::write(
+            d.join("config.toml"),
+            format!(
+                r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "{d}/cni/bin"
+  conf_dir = "{d}/cni/net.d"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.contrast-cc]
+  runtime_type = "{RUNTIME}"
+  pod_annotations = ["io.katacontainers.*"]
+"#,
+                d = d.display()
+            ),
+        )?;
+        let mut cd = Containerd { dir, child: None };
+        cd.spawn()?;
+        let image = cd.dir.path().join("busybox.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.py");
+        run(Command::new("python3").arg(script).arg(&image).arg(IMAGE))?;
+        cd.ctr_ok(&["image", "import", &image.to_string_lossy()])?;
+        Ok(cd)
+    }
+
+    /// (Re)starts the containerd daemon.
+    pub fn spawn(&mut self) -> Result<()> {
+        let d = self.dir.path();
+        let path = format!("{}:{}", d.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd (apt-get install containerd)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Command::new("ctr").args(["-a", &self.socket(), "version"]).output().map_or(true, |o| !o.status.success())
+        {
+            if Instant::now() > deadline {
+                bail!("containerd did not come up; see {}", d.join("containerd.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs containerd (shims and pods keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn socket(&self) -> String {
+        self.dir.path().join("containerd.sock").display().to_string()
+    }
+
+    /// State root of the pods this containerd's shim runs.
+    pub fn pod_root(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        // A hung call must fail the test, not hang the suite.
+        let mut cmd = Command::new("timeout");
+        cmd.args(["--kill-after=5", CTR_TIMEOUT, "ctr", "-a", &self.socket(), "-n", NAMESPACE])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.output().unwrap_or_else(|e| panic!("running ctr: {e}"))
+    }
+
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args);
+        if !out.status.success() {
+            bail!("ctr {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Everything a pod could leave behind: processes mentioning the pod root (QEMU,
+    /// vhost-device-vsock, virtiofsd), shim processes, mounts and state dirs.
+    pub fn leftovers(&self) -> Vec<String> {
+        let root = self.pod_root();
+        let mut out: Vec<String> =
+            crate::processes_mentioning(&root).into_iter().map(|(p, c)| format!("process {p}: {c}")).collect();
+        out.extend(shim_processes(self.dir.path()).into_iter().map(|p| format!("shim process {p}")));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        out.extend(
+            mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| Path::new(m).starts_with(&root))
+                .map(|m| format!("mount {m}")),
+        );
+        if let Ok(entries) = std::fs::read_dir(root.join(NAMESPACE)) {
+            out.extend(entries.flatten().map(|e| format!("state dir {}", e.path().display())));
+        }
+        out
+    }
+}
+
+/// Shim daemons whose working directory (the bundle) is under `dir`.
+fn shim_processes(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            exe.to_string_lossy().contains("containerd-shim-contrast") && cwd.starts_with(dir)
+        })
+        .collect()
+}
+
+impl Drop for Containerd {
+    /// Tests leave nothing running: containerd, shims, pods; mounts are undone.
+    fn drop(&mut self) {
+        self.kill();
+        for pid in shim_processes(self.dir.path()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        for (pid, _) in crate::processes_mentioning(&self.pod_root()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(self.dir.path()))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
