@@ -40,7 +40,8 @@ test: image lint
 	$(CARGO) test -p contrast-agent
 
 demo: deps image
-	$(CARGO) build --release -p containerd-shim-contrast-cc-v2 -p contrast-tests --example demo
+	$(CARGO) build --release -p containerd-shim-contrast-cc-v2
+	$(CARGO) build --release -p contrast-tests --example demo
 	target/release/examples/demo target/release/containerd-shim-contrast-cc-v2 $(abspath $(IMAGE_DIR))
 
 bench: image

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes a one-layer OCI image archive (busybox-static) for `ctr image import`.
 
-Usage: make-busybox-image.py OUT.tar [IMAGE_NAME]
+Usage: make-busybox-image.py OUT.tar [IMAGE_NAME [CMD_JSON]]
+CMD_JSON sets the image's command, e.g. '["sleep", "2147483647"]' for a pause image.
 No registry is reachable on our machines; this is the test and demo image.
 """
 import gzip, hashlib, io, json, os, sys, tarfile
@@ -37,12 +38,13 @@ def layer():
 def main():
     out = sys.argv[1]
     name = sys.argv[2] if len(sys.argv) > 2 else "docker.io/library/contrast-busybox:test"
+    cmd = json.loads(sys.argv[3]) if len(sys.argv) > 3 else ["sh"]
     with tarfile.open(out, "w") as tar:
         gz, diff_id = layer()
         layer_digest, layer_size = blob(tar, gz)
         config = json.dumps({
             "architecture": "amd64", "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+            "config": {"Env": ["PATH=/bin"], "Cmd": cmd},
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         }).encode()
         config_digest, config_size = blob(tar, config)

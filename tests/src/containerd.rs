@@ -12,6 +12,12 @@ use crate::TestConfig;
 
 /// Name under which the busybox test image is imported.
 pub const IMAGE: &str = "docker.io/library/contrast-busybox:test";
+/// Image CRI runs as each pod's sandbox ("pause") container: busybox sleeping.
+pub const PAUSE_IMAGE: &str = "docker.io/library/contrast-pause:test";
+/// containerd namespace the CRI plugin uses.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// CRI runtime handler registered for our shim.
+pub const CRI_HANDLER: &str = "contrast-cc";
 /// Runtime type of our shim.
 pub const RUNTIME: &str = "io.containerd.contrast-cc.v2";
 /// containerd namespace the tests use.
@@ -48,12 +54,14 @@ state = "{d}/state"
   address = "{d}/containerd.sock.ttrpc"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = "{d}/cni/bin"
   conf_dir = "{d}/cni/net.d"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.contrast-cc]
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{CRI_HANDLER}]
   runtime_type = "{RUNTIME}"
   pod_annotations = ["io.katacontainers.*"]
 "#,
@@ -64,8 +72,19 @@ state = "{d}/state"
         cd.spawn()?;
         let image = cd.dir.path().join("busybox.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.py");
-        run(Command::new("python3").arg(script).arg(&image).arg(IMAGE))?;
+        run(Command::new("python3").arg(&script).arg(&image).arg(IMAGE))?;
+        let pause = cd.dir.path().join("pause.tar");
+        run(Command::new("python3").arg(&script).arg(&pause).arg(PAUSE_IMAGE).arg(r#"["sleep", "2147483647"]"#))?;
         cd.ctr_ok(&["image", "import", &image.to_string_lossy()])?;
+        for tar in [&image, &pause] {
+            let out = Command::new("ctr")
+                .args(["-a", &cd.socket(), "-n", CRI_NAMESPACE, "image", "import"])
+                .arg(tar)
+                .output()?;
+            if !out.status.success() {
+                bail!("importing {} for CRI: {}", tar.display(), String::from_utf8_lossy(&out.stderr));
+            }
+        }
         Ok(cd)
     }
 
@@ -148,8 +167,10 @@ state = "{d}/state"
                 .filter(|m| Path::new(m).starts_with(&root))
                 .map(|m| format!("mount {m}")),
         );
-        if let Ok(entries) = std::fs::read_dir(root.join(NAMESPACE)) {
-            out.extend(entries.flatten().map(|e| format!("state dir {}", e.path().display())));
+        for ns in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            if let Ok(entries) = std::fs::read_dir(ns.path()) {
+                out.extend(entries.flatten().map(|e| format!("state dir {}", e.path().display())));
+            }
         }
         out
     }

@@ -72,6 +72,12 @@ pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError
                 join_sandbox_pidns = true;
             }
         }
+        // A hostname needs a private UTS namespace. A pod on the host's UTS namespace (CRI with
+        // host networking) has none left once host paths are dropped; in the guest the VM is
+        // the pod, so a private one is what "the pod's hostname" means.
+        if !s.Hostname.is_empty() && !namespaces.iter().any(|n| n["type"] == "uts") {
+            namespaces.push(json!({ "type": "uts" }));
+        }
         linux.insert("namespaces".into(), Value::Array(namespaces));
         if !l.UIDMappings.is_empty() || !l.GIDMappings.is_empty() {
             linux.insert("uidMappings".into(), id_mappings(&l.UIDMappings));
@@ -110,15 +116,18 @@ pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError
         .map(|m| json!({ "destination": m.destination, "source": m.source, "type": m.type_, "options": m.options }))
         .collect();
     let annotations: HashMap<&String, &String> = s.Annotations.iter().collect();
-    let spec = json!({
+    let mut spec = json!({
         "ociVersion": if s.Version.is_empty() { "1.1.0" } else { s.Version.as_str() },
         "process": process_json(process)?,
         "root": { "path": root.Path, "readonly": root.Readonly },
-        "hostname": s.Hostname,
         "mounts": mounts,
         "annotations": annotations,
         "linux": Value::Object(linux),
     });
+    // An empty hostname means "keep the namespace's", not "set an empty one".
+    if !s.Hostname.is_empty() {
+        spec["hostname"] = json!(s.Hostname);
+    }
     let spec: Spec = serde_json::from_value(spec).map_err(|e| SpecError::Invalid(e.to_string()))?;
     Ok(Converted { spec, join_sandbox_pidns })
 }
@@ -284,5 +293,9 @@ mod tests {
         assert!(c.join_sandbox_pidns);
         let nss = c.spec.linux().as_ref().expect("linux").namespaces().clone().expect("namespaces");
         assert_eq!(nss.len(), 1, "only the mount namespace is left: {nss:?}");
+        s.Hostname = "web".into();
+        let c = convert("c1", &s).expect("converts");
+        let nss = c.spec.linux().as_ref().expect("linux").namespaces().clone().expect("namespaces");
+        assert_eq!(nss.len(), 2, "a hostname brings a private UTS namespace: {nss:?}");
     }
 }

@@ -1,0 +1,148 @@
+//! A small CRI client over containerd's unix socket: the `crictl runp` / `create` / `start` /
+//! `exec` / `stopp` / `rmp` workflow, for tests and debugging (crictl is not packaged here).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{self as cri};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Seconds containerd may take for ExecSync before it gives up.
+const EXEC_SYNC_TIMEOUT_SECS: i64 = 120;
+
+pub struct CriClient {
+    runtime: RuntimeServiceClient<Channel>,
+}
+
+/// What a pod sandbox is created with; kept to create its containers.
+#[derive(Clone)]
+pub struct Pod {
+    pub id: String,
+    pub config: cri::PodSandboxConfig,
+}
+
+impl CriClient {
+    pub async fn connect(socket: &Path) -> Result<Self> {
+        let path: PathBuf = socket.to_owned();
+        let channel = Endpoint::try_from("http://[::]:50051")?
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        Ok(CriClient { runtime: RuntimeServiceClient::new(channel) })
+    }
+
+    /// `crictl runp`: a pod sandbox on the node's network (no CNI here) with `handler`.
+    pub async fn run_pod(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        handler: &str,
+        annotations: HashMap<String, String>,
+    ) -> Result<Pod> {
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: namespace.into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: String::new(),
+            annotations,
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let resp = self
+            .runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .context("RunPodSandbox")?;
+        Ok(Pod { id: resp.into_inner().pod_sandbox_id, config })
+    }
+
+    /// `crictl create` + `start`.
+    pub async fn run_container(&mut self, pod: &Pod, name: &str, image: &str, command: &[&str]) -> Result<String> {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+            command: command.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        };
+        let resp = self
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.config.clone()),
+            })
+            .await
+            .context("CreateContainer")?;
+        let id = resp.into_inner().container_id;
+        self.runtime
+            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .await
+            .context("StartContainer")?;
+        Ok(id)
+    }
+
+    /// `crictl exec -s`: (exit code, stdout, stderr).
+    pub async fn exec_sync(&mut self, container: &str, cmd: &[&str]) -> Result<(i32, Vec<u8>, Vec<u8>)> {
+        let resp = self
+            .runtime
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: container.into(),
+                cmd: cmd.iter().map(|c| c.to_string()).collect(),
+                timeout: EXEC_SYNC_TIMEOUT_SECS,
+            })
+            .await
+            .context("ExecSync")?
+            .into_inner();
+        Ok((resp.exit_code, resp.stdout, resp.stderr))
+    }
+
+    /// `crictl stopp` + `rmp`.
+    pub async fn remove_pod(&mut self, pod_id: &str) -> Result<()> {
+        self.runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod_id.into() })
+            .await
+            .context("StopPodSandbox")?;
+        self.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod_id.into() })
+            .await
+            .context("RemovePodSandbox")?;
+        Ok(())
+    }
+
+    /// `crictl pods`: (id, name, state).
+    pub async fn pods(&mut self) -> Result<Vec<(String, String, String)>> {
+        let resp = self.runtime.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await?.into_inner();
+        Ok(resp
+            .items
+            .into_iter()
+            .map(|p| {
+                let name = p.metadata.map(|m| m.name).unwrap_or_default();
+                let state =
+                    cri::PodSandboxState::try_from(p.state).map(|s| s.as_str_name().to_owned()).unwrap_or_default();
+                (p.id, name, state)
+            })
+            .collect())
+    }
+}

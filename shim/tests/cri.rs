@@ -1,0 +1,47 @@
+//! The shim under containerd's CRI plugin, driven like kubelet (crictl runp workflow): one
+//! pod sandbox with two containers boots exactly one QEMU; ExecSync works in each; removing
+//! the pod leaves nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use contrast_cri_client::CriClient;
+use contrast_tests::containerd::{Containerd, CRI_HANDLER, IMAGE};
+use contrast_tests::image_dir;
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-contrast-cc-v2");
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_with_two_containers_runs_in_one_vm() {
+    let cd = Containerd::start(Path::new(SHIM), &image_dir().expect("image")).expect("containerd starts");
+    let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+
+    let pod = cri.run_pod("web", "default", CRI_HANDLER, HashMap::new()).await.expect("RunPodSandbox");
+    let c1 = cri.run_container(&pod, "one", IMAGE, &["sleep", "1000"]).await.expect("first container");
+    let c2 = cri.run_container(&pod, "two", IMAGE, &["sleep", "1000"]).await.expect("second container");
+
+    let qemus: Vec<_> = contrast_tests::processes_mentioning(&cd.pod_root())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("qemu-system"))
+        .collect();
+    assert_eq!(qemus.len(), 1, "exactly one QEMU for the pod: {qemus:?}");
+
+    for (id, word) in [(&c1, "first"), (&c2, "second")] {
+        let (code, out, err) =
+            cri.exec_sync(id, &["sh", "-c", &format!("echo {word}; exit 0")]).await.expect("ExecSync");
+        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+        assert_eq!(String::from_utf8_lossy(&out), format!("{word}\n"));
+    }
+    let (code, _, _) = cri.exec_sync(&c1, &["sh", "-c", "exit 6"]).await.expect("ExecSync with failure");
+    assert_eq!(code, 6);
+
+    cri.remove_pod(&pod.id).await.expect("stop and remove the pod");
+    let end = Instant::now() + CLEANUP_DEADLINE;
+    while !cd.leftovers().is_empty() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = cd.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
+}
