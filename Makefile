@@ -6,10 +6,12 @@ BUILD ?= build
 AGENT_TARGET ?= x86_64-unknown-linux-musl
 AGENT_BIN := target/$(AGENT_TARGET)/release-agent/contrast-agent
 IMAGE_DIR := $(BUILD)/image
+# The shipped shim: static (musl) and size-optimised, since it runs once per pod.
+SHIM_BIN := target/$(AGENT_TARGET)/release-shim/containerd-shim-contrast-cc-v2
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build agent image test lint demo bench clean
+.PHONY: all deps build shim agent image test lint demo bench clean
 
 all: build image
 
@@ -18,6 +20,9 @@ deps:
 
 build:
 	$(CARGO) build --release --workspace --exclude contrast-agent
+
+shim:
+	$(CARGO) build --profile release-shim --target $(AGENT_TARGET) -p containerd-shim-contrast-cc-v2
 
 agent:
 	$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent
@@ -39,17 +44,15 @@ test: image lint
 	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) $(CARGO) test --workspace --exclude contrast-agent
 	$(CARGO) test -p contrast-agent
 
-demo: deps image
-	$(CARGO) build --release -p containerd-shim-contrast-cc-v2
+demo: deps image shim
 	$(CARGO) build --release -p contrast-tests --example demo
-	target/release/examples/demo target/release/containerd-shim-contrast-cc-v2 $(abspath $(IMAGE_DIR))
+	target/release/examples/demo $(SHIM_BIN) $(abspath $(IMAGE_DIR))
 
-bench: image
-	$(CARGO) build --release -p containerd-shim-contrast-cc-v2
+bench: image shim
 	$(CARGO) build --release -p contrast-tests --example bench_boot --example bench_agent --example bench_shim
 	target/release/examples/bench_boot $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_agent $(abspath $(IMAGE_DIR)) docs/performance.md
-	target/release/examples/bench_shim target/release/containerd-shim-contrast-cc-v2 $(abspath $(IMAGE_DIR)) docs/performance.md
+	target/release/examples/bench_shim $(SHIM_BIN) $(abspath $(IMAGE_DIR)) docs/performance.md
 
 clean:
 	rm -rf $(BUILD) target

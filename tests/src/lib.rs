@@ -42,6 +42,8 @@ impl TestConfig {
     /// `insecure` platform, TCG (KVM for ordinary guests does not work on our machines),
     /// hybrid vsock, diagnostics enabled on the guest command line.
     pub fn new(image: &Path, state_dir: &Path) -> Self {
+        // The shim reads the config from the bundle directory: paths must be absolute.
+        let image = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_owned());
         TestConfig {
             kernel: image.join("vmlinux"),
             initrd: image.join("initrd.img"),
