@@ -36,8 +36,20 @@ impl Streams {
             if path.is_empty() || (terminal && matches!(kind, Output::Stderr)) {
                 continue;
             }
+            // `file://<path>`: containerd's log-to-file URI; both streams append to the file.
+            if let Some(file) = path.strip_prefix("file://") {
+                let file = log_file(file)?;
+                outputs.push(tokio::spawn(pump_out(agent.clone(), id.to_owned(), exec_id.to_owned(), file, kind)));
+                continue;
+            }
+            if path.starts_with("binary://") {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "binary:// log URIs are not supported yet; use a FIFO or file://",
+                ));
+            }
             // Opened read-write so the open never blocks on a reader that is not there yet.
-            let fifo = pipe::OpenOptions::new().read_write(true).open_sender(path)?;
+            let fifo = Sink::Fifo(pipe::OpenOptions::new().read_write(true).open_sender(path)?);
             outputs.push(tokio::spawn(pump_out(agent.clone(), id.to_owned(), exec_id.to_owned(), fifo, kind)));
         }
         let stdin = if stdin.is_empty() {
@@ -77,7 +89,34 @@ impl Streams {
     }
 }
 
-async fn pump_out(agent: AgentClient, id: String, exec_id: String, mut fifo: pipe::Sender, kind: Output) {
+fn log_file(path: &str) -> std::io::Result<Sink> {
+    let path = std::path::Path::new(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    Ok(Sink::File(tokio::fs::File::from_std(file)))
+}
+
+/// Where a process's output goes: a FIFO containerd reads, or a log file.
+enum Sink {
+    Fifo(pipe::Sender),
+    File(tokio::fs::File),
+}
+
+impl Sink {
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Fifo(f) => f.write_all(data).await,
+            Sink::File(f) => {
+                f.write_all(data).await?;
+                f.flush().await
+            }
+        }
+    }
+}
+
+async fn pump_out(agent: AgentClient, id: String, exec_id: String, mut fifo: Sink, kind: Output) {
     let mut req = agent::ReadStreamRequest::new();
     req.container_id = id;
     req.exec_id = exec_id;

@@ -13,6 +13,23 @@ mod spec;
 /// Runtime type containerd knows this shim by (`runtime_type` in its config).
 const RUNTIME_ID: &str = "io.containerd.contrast-cc.v2";
 
+/// The value after `flag` in containerd's command line (`-id <id>`).
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// Daemon mode: log through `tracing` into containerd's `log` FIFO in the bundle directory
+/// (containerd copies it into its own log). The containerd-shim crate's `log` records are
+/// bridged in. Level from `RUST_LOG`, else info (debug with `-debug`).
+pub fn init_logging(debug: bool) {
+    let Ok(fifo) = std::fs::OpenOptions::new().write(true).open("log") else { return };
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let fifo = std::sync::Mutex::new(fifo);
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(fifo).try_init();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "-v" || a == "--version" || a == "-version") {
@@ -23,8 +40,18 @@ fn main() {
         // QEMU and the helpers are reaped by their own supervisors, never by a global reaper.
         no_reaper: true,
         no_sub_reaper: true,
+        // Our own subscriber writes to the log FIFO, with the pod id on every line.
+        no_setup_logger: true,
         ..Default::default()
     };
+    let pod = flag_value(&args, "-id").unwrap_or_default();
+    // Daemon mode (no `start`/`delete` action): log into the bundle's FIFO from the start.
+    if !matches!(args.last().map(String::as_str), Some("start" | "delete")) {
+        init_logging(args.iter().any(|a| a == "-debug"));
+    }
+    // The runtime is single-threaded: a span entered here is current for every task.
+    let span = tracing::info_span!("shim", pod = %pod);
+    let _entered = span.enter();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

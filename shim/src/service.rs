@@ -185,6 +185,19 @@ impl Inner {
         self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event)).await;
     }
 
+    /// Forwards the guest's OOM kills as TaskOOM events for as long as the pod runs.
+    fn watch_oom(self: &Arc<Self>, pod: Arc<Pod>) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            // Ends with an error once the VM or the connection is gone.
+            while let Ok(event) = pod.agent.get_oom_event().await {
+                tracing::warn!(container = %event.container_id, "out of memory kill in the guest");
+                let e = ev::TaskOOM { container_id: event.container_id, ..Default::default() };
+                inner.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e)).await;
+            }
+        });
+    }
+
     /// QEMU died: every process that has not exited gets status 255.
     fn watch_vm(self: &Arc<Self>, pod: Arc<Pod>) {
         let inner = self.clone();
@@ -233,6 +246,7 @@ impl Inner {
                     Pod::boot(&config, &self.namespace, &sandbox_id, &annotations, spec::memory_limit(&spec)).await?,
                 );
                 self.watch_vm(pod.clone());
+                self.watch_oom(pod.clone());
                 *pod_guard = Some(pod.clone());
                 pod
             }

@@ -62,6 +62,14 @@ fn ctr_run_prints_output_and_returns_exit_codes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     let out = cd.ctr(&["run", "--runtime", RUNTIME, "--rm", IMAGE, "t2", "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // file:// log URI: both streams appended to the file.
+    let log = cd.dir.path().join("logs/t3.log");
+    let uri = format!("file://{}", log.display());
+    let script = "echo to-stdout; echo to-stderr >&2";
+    cd.ctr_ok(&["run", "--runtime", RUNTIME, "--log-uri", &uri, "--rm", IMAGE, "t3", "sh", "-c", script])
+        .expect("log-uri run");
+    let text = std::fs::read_to_string(&log).expect("log file written");
+    assert!(text.contains("to-stdout\n") && text.contains("to-stderr\n"), "{text:?}");
     assert_clean(&cd);
 }
 

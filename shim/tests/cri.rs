@@ -45,3 +45,20 @@ async fn pod_with_two_containers_runs_in_one_vm() {
     let left = cd.leftovers();
     assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotation_outside_the_allowlist_fails_the_pod_and_leaves_nothing() {
+    let cd = Containerd::start(Path::new(SHIM), &image_dir().expect("image")).expect("containerd starts");
+    let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+    // The test runtime class allows only default_memory.
+    let annotations = HashMap::from([("io.katacontainers.config.hypervisor.default_vcpus".to_owned(), "2".to_owned())]);
+    let err = cri.run_pod("denied", "default", CRI_HANDLER, annotations).await.err().expect("RunPodSandbox must fail");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("default_vcpus") && msg.contains("not allowed"), "{msg}");
+    let end = Instant::now() + CLEANUP_DEADLINE;
+    while !cd.leftovers().is_empty() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = cd.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}

@@ -428,8 +428,9 @@ impl Sandbox {
             let ids: Vec<String> = lock(&self.registry).containers.keys().cloned().collect();
             for id in ids {
                 let n = cgroup::oom_kills(&id);
-                let before = seen.insert(id.clone(), n);
-                if before.is_some_and(|b| n > b) {
+                // A container seen for the first time started at zero kills.
+                let before = seen.insert(id.clone(), n).unwrap_or(0);
+                if n > before {
                     return id;
                 }
             }
