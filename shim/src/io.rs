@@ -22,8 +22,10 @@ enum Output {
 
 impl Streams {
     /// Opens the FIFOs containerd created (empty path: not attached) and starts pumping.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         agent: &AgentClient,
+        namespace: &str,
         id: &str,
         exec_id: &str,
         stdin: &str,
@@ -32,6 +34,23 @@ impl Streams {
         terminal: bool,
     ) -> std::io::Result<Streams> {
         let mut outputs = Vec::new();
+        // `binary://<logger>?k=v`: both streams go to a logging binary (containerd's shim
+        // logging protocol); it is started once for the process.
+        if stdout.starts_with("binary://") {
+            let (out, err) = crate::logbinary::start(stdout, id, namespace)?;
+            outputs.push(tokio::spawn(pump_out(agent.clone(), id.to_owned(), exec_id.to_owned(), out, Output::Stdout)));
+            if !terminal {
+                outputs.push(tokio::spawn(pump_out(
+                    agent.clone(),
+                    id.to_owned(),
+                    exec_id.to_owned(),
+                    err,
+                    Output::Stderr,
+                )));
+            }
+            let stdin = Self::pump_stdin(agent, id, exec_id, stdin)?;
+            return Ok(Streams { stdin, outputs });
+        }
         for (path, kind) in [(stdout, Output::Stdout), (stderr, Output::Stderr)] {
             if path.is_empty() || (terminal && matches!(kind, Output::Stderr)) {
                 continue;
@@ -42,23 +61,26 @@ impl Streams {
                 outputs.push(tokio::spawn(pump_out(agent.clone(), id.to_owned(), exec_id.to_owned(), file, kind)));
                 continue;
             }
-            if path.starts_with("binary://") {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    "binary:// log URIs are not supported yet; use a FIFO or file://",
-                ));
-            }
+
             // Opened read-write so the open never blocks on a reader that is not there yet.
             let fifo = Sink::Fifo(pipe::OpenOptions::new().read_write(true).open_sender(path)?);
             outputs.push(tokio::spawn(pump_out(agent.clone(), id.to_owned(), exec_id.to_owned(), fifo, kind)));
         }
-        let stdin = if stdin.is_empty() {
-            None
-        } else {
-            let fifo = pipe::OpenOptions::new().read_write(true).open_receiver(stdin)?;
-            Some(tokio::spawn(pump_in(agent.clone(), id.to_owned(), exec_id.to_owned(), fifo)))
-        };
+        let stdin = Self::pump_stdin(agent, id, exec_id, stdin)?;
         Ok(Streams { stdin, outputs })
+    }
+
+    fn pump_stdin(
+        agent: &AgentClient,
+        id: &str,
+        exec_id: &str,
+        stdin: &str,
+    ) -> std::io::Result<Option<JoinHandle<()>>> {
+        if stdin.is_empty() {
+            return Ok(None);
+        }
+        let fifo = pipe::OpenOptions::new().read_write(true).open_receiver(stdin)?;
+        Ok(Some(tokio::spawn(pump_in(agent.clone(), id.to_owned(), exec_id.to_owned(), fifo))))
     }
 
     /// Waits until all output has been copied (the process and its children closed it).
@@ -98,8 +120,8 @@ fn log_file(path: &str) -> std::io::Result<Sink> {
     Ok(Sink::File(tokio::fs::File::from_std(file)))
 }
 
-/// Where a process's output goes: a FIFO containerd reads, or a log file.
-enum Sink {
+/// Where a process's output goes: a FIFO containerd reads, a log file, or a logging binary.
+pub(crate) enum Sink {
     Fifo(pipe::Sender),
     File(tokio::fs::File),
 }

@@ -3,6 +3,7 @@
 
 mod error;
 mod io;
+mod logbinary;
 mod metrics;
 mod pod;
 mod rootfs;
@@ -12,6 +13,26 @@ mod spec;
 
 /// Runtime type containerd knows this shim by (`runtime_type` in its config).
 const RUNTIME_ID: &str = "io.containerd.contrast-cc.v2";
+
+/// `-info` (containerd 2.x): the runtime's name and version as a protobuf `RuntimeInfo` on
+/// stdout. containerd writes runtime options (an `Any`, or `BootstrapParams` from 2.3) to
+/// stdin; they are read and not needed for the answer.
+fn print_info() -> std::io::Result<()> {
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+    use std::io::{Read, Write};
+    let mut options = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut options);
+    let info = RuntimeInfo {
+        name: RUNTIME_ID.into(),
+        version: Some(RuntimeVersion { version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }).into(),
+        ..Default::default()
+    };
+    let bytes = info.write_to_bytes().map_err(std::io::Error::other)?;
+    let mut out = std::io::stdout();
+    out.write_all(&bytes)?;
+    out.flush()
+}
 
 /// The value after `flag` in containerd's command line (`-id <id>`).
 fn flag_value(args: &[String], flag: &str) -> Option<String> {
@@ -35,6 +56,15 @@ fn main() {
     if args.iter().any(|a| a == "-v" || a == "--version" || a == "-version") {
         println!("containerd-shim-contrast-cc-v2 {}", env!("CARGO_PKG_VERSION"));
         return;
+    }
+    if args.iter().any(|a| a == "-info" || a == "--info") {
+        std::process::exit(match print_info() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{RUNTIME_ID}: -info: {e}");
+                1
+            }
+        });
     }
     let config = containerd_shim::Config {
         // QEMU and the helpers are reaped by their own supervisors, never by a global reaper.

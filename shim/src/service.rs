@@ -297,8 +297,17 @@ impl Inner {
             return Err(e.into());
         }
         let init = Proc::new("", req.terminal, &req.stdin, &req.stdout, &req.stderr);
-        let streams = Streams::start(&pod.agent, &req.id, "", &req.stdin, &req.stdout, &req.stderr, req.terminal)
-            .map_err(|e| ShimError::Internal(format!("opening stdio FIFOs: {e}")))?;
+        let streams = Streams::start(
+            &pod.agent,
+            &self.namespace,
+            &req.id,
+            "",
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+            req.terminal,
+        )
+        .map_err(|e| ShimError::Internal(format!("opening stdio FIFOs: {e}")))?;
         *init.streams.lock().await = Some(streams);
         let ctr =
             Arc::new(Ctr { id: req.id.clone(), bundle: req.bundle.clone(), init, execs: Mutex::new(HashMap::new()) });
@@ -340,8 +349,17 @@ impl Inner {
             ereq.exec_id = req.exec_id.clone();
             ereq.process = Some(process).into();
             pod.agent.exec_process(&ereq).await?;
-            let streams = Streams::start(&pod.agent, &req.id, &req.exec_id, &p.stdin, &p.stdout, &p.stderr, p.terminal)
-                .map_err(|e| ShimError::Internal(format!("opening stdio FIFOs: {e}")))?;
+            let streams = Streams::start(
+                &pod.agent,
+                &self.namespace,
+                &req.id,
+                &req.exec_id,
+                &p.stdin,
+                &p.stdout,
+                &p.stderr,
+                p.terminal,
+            )
+            .map_err(|e| ShimError::Internal(format!("opening stdio FIFOs: {e}")))?;
             *p.streams.lock().await = Some(streams);
         }
         p.set_status(Status::RUNNING);

@@ -70,6 +70,38 @@ fn ctr_run_prints_output_and_returns_exit_codes() {
         .expect("log-uri run");
     let text = std::fs::read_to_string(&log).expect("log file written");
     assert!(text.contains("to-stdout\n") && text.contains("to-stderr\n"), "{text:?}");
+
+    // binary:// log URI: a logging binary gets stdout/stderr as fds 3/4, signals readiness
+    // by closing fd 5, sees CONTAINER_ID; query parameters become its arguments.
+    let logger = cd.dir.path().join("logger.sh");
+    let script =
+        "#!/bin/sh\nexec 5>&-\ncat <&3 >> \"$2\" &\ncat <&4 >> \"$2\"\nwait\necho \"$CONTAINER_ID\" > \"$2.id\"\n";
+    std::fs::write(&logger, script).expect("write logger");
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let out_file = cd.dir.path().join("logs/t4.log");
+    let uri = format!("binary://{}?out={}", logger.display(), out_file.display());
+    cd.ctr_ok(&[
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--log-uri",
+        &uri,
+        "--rm",
+        IMAGE,
+        "t4",
+        "sh",
+        "-c",
+        "echo via-binary; echo err >&2",
+    ])
+    .expect("binary log run");
+    let id_file = cd.dir.path().join("logs/t4.log.id");
+    let end = Instant::now() + Duration::from_secs(5);
+    while !id_file.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&out_file).expect("logger wrote");
+    assert!(text.contains("via-binary\n") && text.contains("err\n"), "{text:?}");
+    assert_eq!(std::fs::read_to_string(&id_file).expect("logger finished").trim(), "t4");
     assert_clean(&cd);
 }
 
@@ -196,6 +228,18 @@ fn bad_input_fails_create_with_a_clear_message_and_leaves_nothing() {
     assert!(err.contains("/nonexistent/contrast.toml"), "{err}");
     let _ = cd.ctr(&["container", "rm", "b1"]);
 
+    // A runtime config whose kernel does not exist.
+    let config = cd.dir.path().join("missing-kernel.toml");
+    let text = std::fs::read_to_string(cd.dir.path().join("bin/configuration.toml")).expect("test config");
+    let text = text.lines().map(|l| if l.starts_with("kernel =") { "kernel = \"/nonexistent/vmlinux\"" } else { l });
+    std::fs::write(&config, text.collect::<Vec<_>>().join("\n")).expect("write config");
+    let config = config.display().to_string();
+    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--runtime-config-path", &config, "--rm", IMAGE, "b3", "true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hypervisor.qemu.kernel") && err.contains("/nonexistent/vmlinux"), "{err}");
+    let _ = cd.ctr(&["container", "rm", "b3"]);
+
     // A 4 GiB limit: more than this runtime class allows (default_maxmemory 2048 MiB).
     let out = cd.ctr(&["run", "--runtime", RUNTIME, "--memory-limit", "4294967296", "--rm", IMAGE, "b2", "true"]);
     assert!(!out.status.success());
@@ -203,4 +247,18 @@ fn bad_input_fails_create_with_a_clear_message_and_leaves_nothing() {
     assert!(err.contains("default_maxmemory"), "{err}");
     let _ = cd.ctr(&["container", "rm", "b2"]);
     wait_clean(&cd, CLEANUP_DEADLINE);
+}
+
+#[test]
+fn version_and_info_flags() {
+    let out = std::process::Command::new(SHIM).arg("-v").output().expect("shim -v");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("containerd-shim-contrast-cc-v2 "));
+    let out =
+        std::process::Command::new(SHIM).arg("-info").stdin(std::process::Stdio::null()).output().expect("shim -info");
+    assert!(out.status.success());
+    use containerd_shim_protos::protobuf::Message;
+    let info =
+        containerd_shim_protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout).expect("protobuf");
+    assert_eq!(info.name, RUNTIME);
+    assert_eq!(info.version.version, env!("CARGO_PKG_VERSION"));
 }

@@ -130,16 +130,7 @@ impl Sandbox {
                 return Err(Error::AlreadyExists("sandbox".into()));
             }
         }
-        let mut mounted = Vec::new();
-        for s in &req.storages {
-            match storage::mount_storage(s) {
-                Ok(p) => mounted.push(p),
-                Err(e) => {
-                    mounted.iter().for_each(|p| storage::unmount(p));
-                    return Err(Error::from(e));
-                }
-            }
-        }
+        let mounted = mount_all(&req.storages)?;
         if !req.hostname.is_empty() {
             if let Err(e) = nix::unistd::sethostname(&req.hostname) {
                 mounted.iter().for_each(|p| storage::unmount(p));
@@ -189,16 +180,7 @@ impl Sandbox {
     async fn create_reserved(&self, id: &str, req: &agent::CreateContainerRequest) -> Result<Arc<Container>, Error> {
         let oci_spec = req.OCI.as_ref().ok_or_else(|| Error::InvalidArgument("request has no OCI spec".into()))?;
         let converted = spec::convert(id, oci_spec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let mut mounted = Vec::new();
-        for s in &req.storages {
-            match storage::mount_storage(s) {
-                Ok(p) => mounted.push(p),
-                Err(e) => {
-                    mounted.iter().for_each(|p| storage::unmount(p));
-                    return Err(Error::from(e));
-                }
-            }
-        }
+        let mounted = mount_all(&req.storages)?;
         let result = self.create_with_storages(id, req, converted, &mounted).await;
         match result {
             Ok(c) => Ok(Arc::new(Container { storages: mounted, ..c })),
@@ -441,6 +423,21 @@ impl Sandbox {
     pub fn default_remove_timeout() -> Duration {
         DEFAULT_REMOVE_TIMEOUT
     }
+}
+
+/// Mounts every storage, or none: on a failure the ones already mounted are undone.
+fn mount_all(storages: &[agent::Storage]) -> Result<Vec<PathBuf>, Error> {
+    let mut mounted = Vec::new();
+    for s in storages {
+        match storage::mount_storage(s) {
+            Ok(p) => mounted.push(p),
+            Err(e) => {
+                mounted.iter().for_each(|p| storage::unmount(p));
+                return Err(Error::from(e));
+            }
+        }
+    }
+    Ok(mounted)
 }
 
 fn join_pid_namespace(oci: &mut libcontainer::oci_spec::runtime::Spec, holder: i32) -> Result<(), Error> {
