@@ -27,6 +27,8 @@ type TResult<T> = ttrpc::Result<T>;
 
 /// Exit status reported for tasks whose VM died (kata uses the same).
 const VM_DIED_STATUS: u32 = 255;
+/// Exit status of a process that could not be started (shell: "cannot execute").
+const START_FAILED_STATUS: u32 = 126;
 
 struct Proc {
     exec_id: String,
@@ -474,7 +476,19 @@ impl Task for TaskService {
     }
 
     async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TResult<api::StartResponse> {
-        Ok(self.0.start(req).await?)
+        match self.0.start(req.clone()).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                // containerd waits on a process before starting it; a process that cannot
+                // start must count as exited or that Wait never returns.
+                if let Ok((_, p)) = self.0.proc(&req.id, &req.exec_id) {
+                    if p.status() == Status::CREATED {
+                        p.record_exit(START_FAILED_STATUS);
+                    }
+                }
+                Err(e.into())
+            }
+        }
     }
 
     async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> TResult<api::DeleteResponse> {

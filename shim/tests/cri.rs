@@ -62,3 +62,45 @@ async fn annotation_outside_the_allowlist_fails_the_pod_and_leaves_nothing() {
     let left = cd.leftovers();
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+/// Allows what the shim needs to run a pod, forbids exec (kata rule names).
+const NO_EXEC_POLICY: &str = r#"package agent_policy
+default CreateSandboxRequest := true
+default DestroySandboxRequest := true
+default CreateContainerRequest := true
+default StartContainerRequest := true
+default RemoveContainerRequest := true
+default WaitProcessRequest := true
+default SignalProcessRequest := true
+default ReadStreamRequest := true
+default WriteStreamRequest := true
+default CloseStdinRequest := true
+default GetOOMEventRequest := true
+default StatsContainerRequest := true
+default ExecProcessRequest := false
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_annotation_is_enforced_in_the_guest() {
+    use base64::Engine;
+    let cd = Containerd::start(Path::new(SHIM), &image_dir().expect("image")).expect("containerd starts");
+    let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+    let policy = base64::engine::general_purpose::STANDARD.encode(NO_EXEC_POLICY);
+    let annotations = HashMap::from([("io.katacontainers.config.agent.policy".to_owned(), policy)]);
+    let pod = cri.run_pod("guarded", "default", CRI_HANDLER, annotations).await.expect("RunPodSandbox");
+    let c = cri.run_container(&pod, "app", IMAGE, &["sleep", "1000"]).await.expect("create/start allowed");
+    let t = Instant::now();
+    let err = cri.exec_sync(&c, &["echo", "nope"]).await.expect_err("exec must be denied");
+    eprintln!("exec denied after {:?}", t.elapsed());
+    let msg = format!("{err:#}");
+    assert!(msg.contains("ExecProcessRequest") && msg.contains("denied"), "{msg}");
+    let t = Instant::now();
+    cri.remove_pod(&pod.id).await.expect("stop and remove the pod");
+    eprintln!("pod removed after {:?}", t.elapsed());
+    let end = Instant::now() + CLEANUP_DEADLINE;
+    while !cd.leftovers().is_empty() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = cd.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
