@@ -157,9 +157,13 @@ impl Pod {
     }
 }
 
-/// Cleanup without a daemon (`delete` bootstrap): kill every process started for the pod
-/// (identified by the pod's state dir on its command line), unmount, remove the state dir.
+/// Cleanup without a daemon (`delete` bootstrap): kill the processes recorded in the state
+/// dir (pid + start time, so a reused pid is never hit), then — as a fallback for anything
+/// started but not yet recorded — any process naming the pod's state dir on its command
+/// line; unmount; remove the state dir.
 pub fn cleanup_dead_pod(state: &Path) {
+    let killed = contrast_vmm::pidfile::kill_recorded(state);
+    tracing::info!(dir = %state.display(), ?killed, "cleaned up a pod whose shim is gone");
     let needle = state.to_string_lossy().into_owned();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for pid in entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {

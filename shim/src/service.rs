@@ -229,6 +229,14 @@ impl Inner {
     }
 
     async fn create(self: &Arc<Self>, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse, ShimError> {
+        let started = std::time::Instant::now();
+        let result = self.create_inner(req).await;
+        // Phase timing, read by `make bench` from containerd's log.
+        tracing::info!(create_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "create done");
+        result
+    }
+
+    async fn create_inner(self: &Arc<Self>, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse, ShimError> {
         if lock(&self.ctrs).contains_key(&req.id) {
             return Err(ShimError::AlreadyExists(format!("container {}", req.id)));
         }
@@ -294,10 +302,12 @@ impl Inner {
         creq.container_id = req.id.clone();
         creq.exec_id = req.id.clone();
         creq.OCI = Some(oci).into();
+        let agent_started = std::time::Instant::now();
         if let Err(e) = pod.agent.create_container(&creq).await {
             undo();
             return Err(e.into());
         }
+        tracing::info!(guest_create_ms = agent_started.elapsed().as_millis() as u64, "container created in the guest");
         let init = Proc::new("", req.terminal, &req.stdin, &req.stdout, &req.stderr);
         let streams = Streams::start(
             &pod.agent,
@@ -476,8 +486,12 @@ impl Task for TaskService {
     }
 
     async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TResult<api::StartResponse> {
+        let started = std::time::Instant::now();
         match self.0.start(req.clone()).await {
-            Ok(resp) => Ok(resp),
+            Ok(resp) => {
+                tracing::info!(start_ms = started.elapsed().as_millis() as u64, "start done");
+                Ok(resp)
+            }
             Err(e) => {
                 // containerd waits on a process before starting it; a process that cannot
                 // start must count as exited or that Wait never returns.

@@ -50,6 +50,7 @@ fn main() -> Result<()> {
     let cd = Containerd::start(&shim, &image)?;
 
     let mut anon = Vec::new();
+    let (mut create, mut guest_create, mut start) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rss, mut start_total, mut qmp, mut agent, mut exec) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..RUNS {
@@ -60,6 +61,9 @@ fn main() -> Result<()> {
         let log = cd.log();
         qmp.push(Duration::from_millis(logged_ms(&log, "qmp_ready_ms").context("qmp_ready_ms in log")?));
         agent.push(Duration::from_millis(logged_ms(&log, "agent_ready_ms").context("agent_ready_ms in log")?));
+        create.push(Duration::from_millis(logged_ms(&log, "create_ms").context("create_ms in log")?));
+        guest_create.push(Duration::from_millis(logged_ms(&log, "guest_create_ms").context("guest_create_ms")?));
+        start.push(Duration::from_millis(logged_ms(&log, "start_ms").context("start_ms in log")?));
         std::thread::sleep(Duration::from_secs(1));
         let (r, a) = shim_rss_kib(cd.dir.path())?;
         rss.push(r);
@@ -94,6 +98,9 @@ fn main() -> Result<()> {
         median(&mut runc),
     );
     let shim_overhead = st.saturating_sub(a);
+    let (cr, gc, sr) = (median(&mut create), median(&mut guest_create), median(&mut start));
+    let outside = st.saturating_sub(cr + sr);
+    let in_shim = cr.saturating_sub(a).saturating_sub(gc);
     let section = format!(
         "Command: `make bench` (runs `target/release/examples/bench_shim <shim> build/image docs/performance.md`; \
          the shim is the shipped build: static musl, `release-shim` profile), \
@@ -105,6 +112,10 @@ fn main() -> Result<()> {
          | pod start: agent ready (sandbox created in the guest) | {a:.2?} |\n\
          | pod start: `ctr run -d … sleep` returns (container started) | {st:.2?} |\n\
          | … of which not VM boot (ctr + containerd + shim + container create/start) | {shim_overhead:.2?} ({:.1} %) |\n\
+         | … … outside the shim's Create/Start (ctr, containerd, snapshot, shim process start) | {outside:.2?} |\n\
+         | … … CreateContainer in the guest (libcontainer under TCG) | {gc:.2?} |\n\
+         | … … StartContainer (guest) | {sr:.2?} |\n\
+         | … … the shim's own work in Create (config, rootfs mounts, spec, FIFOs, events) | {in_shim:.2?} |\n\
          | `ctr run --rm {IMAGE} true`, our shim (pod VM boot included) | {o:.2?} |\n\
          | `ctr run --rm {IMAGE} true`, runc v2 (same containerd, same run) | {r:.2?} |\n\
          | `ctr task exec … true` into a running pod | {e:.2?} |\n",

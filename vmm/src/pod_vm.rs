@@ -215,6 +215,10 @@ impl PodVm {
             }
         }
         let child = cmd.spawn().map_err(|source| Error::QemuSpawn { path: q.path.clone(), source })?;
+        if let Some(pid) = child.id() {
+            // For cleanup without this process (containerd's `<shim> delete`).
+            let _ = crate::pidfile::record(&req.state_dir, "qemu", pid);
+        }
         // QEMU holds its own copy of the vhost fd now.
         drop(vhost);
         let supervisor = Supervisor::start(
@@ -291,6 +295,7 @@ impl PodVm {
                 HELPER_READY_TIMEOUT,
             )
             .await?;
+            let _ = crate::pidfile::record(&req.state_dir, "vhost-device-vsock", helper.pid());
             helpers.push(helper);
             (
                 VsockDevice::Hybrid { socket: paths.vhost_user.clone() },
@@ -326,6 +331,7 @@ impl PodVm {
                     HELPER_READY_TIMEOUT,
                 )
                 .await?;
+                let _ = crate::pidfile::record(&req.state_dir, "virtiofsd", helper.pid());
                 helpers.push(helper);
                 Some(paths.virtiofsd.clone())
             }
