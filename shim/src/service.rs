@@ -474,10 +474,6 @@ fn runtime_config_path(options: Option<&Any>) -> Option<String> {
     None
 }
 
-fn status_of(p: &Proc) -> Status {
-    p.status()
-}
-
 #[async_trait]
 impl Task for TaskService {
     async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> TResult<api::CreateTaskResponse> {
@@ -533,7 +529,7 @@ impl Task for TaskService {
             id: req.id.clone(),
             bundle: c.bundle.clone(),
             pid,
-            status: status_of(&p).into(),
+            status: p.status().into(),
             stdin: p.stdin.clone(),
             stdout: p.stdout.clone(),
             stderr: p.stderr.clone(),
@@ -643,12 +639,11 @@ impl Task for TaskService {
         Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
     }
 
-    async fn connect(&self, _: &TtrpcContext, req: api::ConnectRequest) -> TResult<api::ConnectResponse> {
+    async fn connect(&self, _: &TtrpcContext, _: api::ConnectRequest) -> TResult<api::ConnectResponse> {
         let task_pid = match self.0.pod().await {
             Ok(pod) => self.0.task_pid(&pod),
             Err(_) => 0,
         };
-        let _ = req;
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,

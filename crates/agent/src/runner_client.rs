@@ -58,7 +58,7 @@ pub async fn run(reaper: &Reaper, req: &Request, stdio: Option<[OwnedFd; 3]>) ->
         let mut epoch = reaper.epoch();
         let child = cmd.spawn().map_err(RunnerError::Spawn)?;
         let exited = epoch.watch(child.id() as i32);
-        let since = reaper_mark_of(&epoch);
+        let since = epoch.since();
         (child, exited, since)
     };
     drop(stdio);
@@ -95,8 +95,4 @@ fn read_available(fd: OwnedFd) -> String {
         out.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn reaper_mark_of(epoch: &crate::reaper::Epoch<'_>) -> u64 {
-    epoch.since()
 }

@@ -181,9 +181,8 @@ impl Sandbox {
         let oci_spec = req.OCI.as_ref().ok_or_else(|| Error::InvalidArgument("request has no OCI spec".into()))?;
         let converted = spec::convert(id, oci_spec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mounted = mount_all(&req.storages)?;
-        let result = self.create_with_storages(id, req, converted, &mounted).await;
-        match result {
-            Ok(c) => Ok(Arc::new(Container { storages: mounted, ..c })),
+        match self.create_with_storages(id, req, converted, mounted.clone()).await {
+            Ok(c) => Ok(Arc::new(c)),
             Err(e) => {
                 mounted.iter().for_each(|p| storage::unmount(p));
                 Err(e)
@@ -196,7 +195,7 @@ impl Sandbox {
         id: &str,
         req: &agent::CreateContainerRequest,
         converted: spec::Converted,
-        _storages: &[PathBuf],
+        storages: Vec<PathBuf>,
     ) -> Result<Container, Error> {
         let mut oci = converted.spec;
         let rootfs = oci.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
@@ -245,7 +244,7 @@ impl Sandbox {
             init: Arc::new(init),
             execs: Mutex::new(HashMap::new()),
             state: Mutex::new(State::Created),
-            storages: Vec::new(),
+            storages,
         })
     }
 
