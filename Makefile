@@ -9,6 +9,8 @@ IMAGE_DIR := $(BUILD)/image
 # The shipped shim: static (musl) and size-optimised, since it runs once per pod.
 SHIM_BIN := target/$(AGENT_TARGET)/release-shim/containerd-shim-contrast-cc-v2
 CARGO ?= cargo
+# The suite runs in minutes; a hang must fail it with its output, not eat CI's budget.
+TEST_TIMEOUT ?= 30m
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all deps build shim agent image test lint demo bench clean
@@ -41,7 +43,9 @@ lint:
 
 # The whole suite: unit + golden tests, then the VM integration tests against the real image.
 test: image lint
-	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) $(CARGO) test --workspace --exclude contrast-agent
+	$(CARGO) test --workspace --exclude contrast-agent --no-run
+	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) timeout --kill-after=30 $(TEST_TIMEOUT) \
+		$(CARGO) test --workspace --exclude contrast-agent
 	$(CARGO) test -p contrast-agent
 
 demo: deps image shim

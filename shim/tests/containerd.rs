@@ -134,17 +134,15 @@ fn task_exec_ps_metrics_pause_resume_and_kill() {
 #[test]
 fn ctr_run_with_a_terminal() {
     let cd = containerd();
-    let ctr = format!(
-        "timeout 180 ctr -a {} -n {} run -t --runtime {RUNTIME} --rm {IMAGE} tty sh -c 'tty; exit 4'",
-        cd.socket(),
-        contrast_tests::containerd::NAMESPACE
-    );
-    // script(1) gives ctr the terminal it expects on its own stdin.
-    let out = std::process::Command::new("script").args(["-qec", &ctr, "/dev/null"]).output().expect("script");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (text, code) = cd
+        .ctr_in_terminal(
+            &["run", "-t", "--runtime", RUNTIME, "--rm", IMAGE, "tty", "sh", "-c", "tty; exit 4"],
+            Duration::from_secs(180),
+        )
+        .expect("ctr on a terminal");
     assert!(text.contains("/dev/pts/"), "container sees a terminal: {text:?}");
-    assert_eq!(out.status.code(), Some(4), "{text}");
-    assert_clean(&cd);
+    assert_eq!(code, Some(4), "ctr run -t exit code (None: killed at the deadline); it printed {text:?}");
+    wait_clean(&cd, CLEANUP_DEADLINE);
 }
 
 #[test]

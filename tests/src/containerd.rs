@@ -77,10 +77,7 @@ state = "{d}/state"
         run(Command::new("python3").arg(&script).arg(&pause).arg(PAUSE_IMAGE).arg(r#"["sleep", "2147483647"]"#))?;
         cd.ctr_ok(&["image", "import", &image.to_string_lossy()])?;
         for tar in [&image, &pause] {
-            let out = Command::new("ctr")
-                .args(["-a", &cd.socket(), "-n", CRI_NAMESPACE, "image", "import"])
-                .arg(tar)
-                .output()?;
+            let out = cd.ctr_command(CRI_NAMESPACE).args(["image", "import"]).arg(tar).output()?;
             if !out.status.success() {
                 bail!("importing {} for CRI: {}", tar.display(), String::from_utf8_lossy(&out.stderr));
             }
@@ -104,8 +101,7 @@ state = "{d}/state"
             .context("starting containerd (apt-get install containerd)")?;
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
-        while Command::new("ctr").args(["-a", &self.socket(), "version"]).output().map_or(true, |o| !o.status.success())
-        {
+        while self.ctr_command(NAMESPACE).arg("version").output().map_or(true, |o| !o.status.success()) {
             if Instant::now() > deadline {
                 bail!("containerd did not come up; see {}", d.join("containerd.log").display());
             }
@@ -131,13 +127,72 @@ state = "{d}/state"
         self.dir.path().join("run")
     }
 
-    pub fn ctr(&self, args: &[&str]) -> Output {
-        // A hung call must fail the test, not hang the suite.
+    /// `ctr` against this containerd in `namespace`, under a timeout: a hung call must fail
+    /// the test, not hang the suite.
+    fn ctr_command(&self, namespace: &str) -> Command {
         let mut cmd = Command::new("timeout");
-        cmd.args(["--kill-after=5", CTR_TIMEOUT, "ctr", "-a", &self.socket(), "-n", NAMESPACE])
+        cmd.args(["--kill-after=5", CTR_TIMEOUT, "ctr", "-a", &self.socket(), "-n", namespace]).stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_command(NAMESPACE).args(args).output().unwrap_or_else(|e| panic!("running ctr: {e}"))
+    }
+
+    /// Runs `ctr <args>` on a new pseudo-terminal as its controlling terminal (what `ctr run -t`
+    /// needs) and returns what it printed there and its exit code. ctr is SIGKILLed if it has
+    /// not exited within `deadline`; the exit code is then `None`.
+    pub fn ctr_in_terminal(&self, args: &[&str], deadline: Duration) -> Result<(String, Option<i32>)> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let pty = nix::pty::openpty(None, None)?;
+        let slave = std::fs::File::from(pty.slave);
+        let slave_fd = slave.as_raw_fd();
+        let mut cmd = Command::new("ctr");
+        cmd.args(["-a", &self.socket(), "-n", NAMESPACE])
             .args(args)
-            .stdin(Stdio::null());
-        cmd.output().unwrap_or_else(|e| panic!("running ctr: {e}"))
+            .stdin(slave.try_clone()?)
+            .stdout(slave.try_clone()?)
+            .stderr(slave.try_clone()?);
+        // SAFETY: setsid and ioctl are async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setsid()?;
+                if libc::ioctl(slave_fd, libc::TIOCSCTTY as _, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("starting ctr")?;
+        drop(cmd);
+        drop(slave);
+        let mut master = std::fs::File::from(pty.master);
+        // Reads until every holder of the terminal is gone (EIO) or the reader is abandoned.
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut master, &mut out);
+            out
+        });
+        let end = Instant::now() + deadline;
+        let code = loop {
+            if let Some(status) = child.try_wait()? {
+                break status.code();
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The reader ends once the terminal's last holder is gone; give it a moment.
+        let end = Instant::now() + Duration::from_secs(5);
+        while !reader.is_finished() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = if reader.is_finished() { reader.join().unwrap_or_default() } else { Vec::new() };
+        Ok((String::from_utf8_lossy(&out).into_owned(), code))
     }
 
     pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
