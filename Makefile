@@ -5,6 +5,7 @@ SHELL := /bin/sh
 BUILD ?= build
 AGENT_TARGET ?= x86_64-unknown-linux-musl
 AGENT_BIN := target/$(AGENT_TARGET)/release-agent/contrast-agent
+INIT_BIN := target/$(AGENT_TARGET)/release-agent/contrast-init
 IMAGE_DIR := $(BUILD)/image
 # The shipped shim: static (musl) and size-optimised, since it runs once per pod.
 SHIM_BIN := target/$(AGENT_TARGET)/release-shim/containerd-shim-contrast-cc-v2
@@ -27,15 +28,16 @@ shim:
 	$(CARGO) build --profile release-shim --target $(AGENT_TARGET) -p containerd-shim-contrast-cc-v2
 
 agent:
-	$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent
+	$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent -p contrast-init
 
-# Kernel + initrd with the agent as /init. Inputs: the Debian cloud kernel package (resolved
-# by name from the metapackage), the static agent, busybox-static.
+# Kernel, initrd (contrast-init), verity root disk (agent), command line, reference values.
+# Inputs: the Debian cloud kernel package (resolved
+# by name from the metapackage), the static agent and init, busybox-static, mkfs.erofs.
 image: agent
 	$(CARGO) build --release -p contrast-image
-	KERNEL_TREE=$$(./scripts/fetch-kernel.sh $(BUILD)/kernel) && \
-	target/release/contrast-image --kernel-tree "$$KERNEL_TREE" --agent $(AGENT_BIN) \
-		--busybox /bin/busybox --out $(IMAGE_DIR)
+	target/release/contrast-image --kernel-tree "$$(./scripts/fetch-kernel.sh $(BUILD)/kernel)" \
+		--agent $(AGENT_BIN) --init $(INIT_BIN) --busybox /bin/busybox --out $(IMAGE_DIR) >/dev/null
+	@echo "image: $(IMAGE_DIR) (reference values: $(IMAGE_DIR)/reference-values.json)"
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -44,8 +46,10 @@ lint:
 # The whole suite: unit + golden tests, then the VM integration tests against the real image.
 test: image lint
 	$(CARGO) test --workspace --exclude contrast-agent --no-run
-	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) timeout --kill-after=30 $(TEST_TIMEOUT) \
-		$(CARGO) test --workspace --exclude contrast-agent
+	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) \
+	CONTRAST_KERNEL_TREE="$$(realpath "$$(./scripts/fetch-kernel.sh $(BUILD)/kernel)")" \
+	CONTRAST_AGENT=$(abspath $(AGENT_BIN)) CONTRAST_INIT=$(abspath $(INIT_BIN)) \
+		timeout --kill-after=30 $(TEST_TIMEOUT) $(CARGO) test --workspace --exclude contrast-agent
 	$(CARGO) test -p contrast-agent
 
 demo: deps image shim

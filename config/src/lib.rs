@@ -120,8 +120,14 @@ pub struct QemuConfig {
     /// Root disk image (read-only, dm-verity protected).
     #[serde(default)]
     pub image: Option<PathBuf>,
+    /// Kernel parameters on the command line before `kernel_params`.
     #[serde(default)]
     pub kernel_params: String,
+    /// File holding the image's own command line (the `cmdline` the image builder writes, with
+    /// `roothash=`). When set it replaces the built-in base parameters; `kernel_params` and pod
+    /// annotations are appended to it.
+    #[serde(default)]
+    pub kernel_params_file: Option<PathBuf>,
     #[serde(default = "defaults::vcpus")]
     pub default_vcpus: u32,
     #[serde(default = "defaults::max_vcpus")]
@@ -363,6 +369,7 @@ impl RuntimeClassConfig {
             ("initrd", q.initrd.as_deref()),
             ("igvm", q.igvm.as_deref()),
             ("image", q.image.as_deref()),
+            ("kernel_params_file", q.kernel_params_file.as_deref()),
         ];
         for (key, path) in std::iter::once(("path", Some(q.path.as_path()))).chain(files) {
             let Some(path) = path else { continue };

@@ -146,6 +146,28 @@ fn ctr_run_with_a_terminal() {
 }
 
 #[test]
+fn tampered_root_disk_fails_create_naming_verity() {
+    let cd = containerd();
+    let disk = cd.dir.path().join("tampered-root.img");
+    let text = std::fs::read_to_string(cd.dir.path().join("bin/configuration.toml")).expect("test config");
+    let original = text
+        .lines()
+        .find_map(|l| l.strip_prefix("image = \"")?.strip_suffix('"'))
+        .expect("test config names the root disk")
+        .to_owned();
+    contrast_tests::tamper::flip_agent_byte(Path::new(&original), &disk).expect("tampered copy");
+    let config = cd.dir.path().join("tampered.toml");
+    std::fs::write(&config, text.replace(&original, &disk.display().to_string())).expect("write config");
+    let config = config.display().to_string();
+    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--runtime-config-path", &config, "--rm", IMAGE, "t1", "true"]);
+    assert!(!out.status.success(), "a container ran from a tampered root disk");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the guest powered off") && err.contains("contrast-init: verity:"), "{err}");
+    let _ = cd.ctr(&["container", "rm", "t1"]);
+    wait_clean(&cd, CLEANUP_DEADLINE);
+}
+
+#[test]
 fn qemu_killed_under_a_running_pod() {
     let cd = containerd();
     cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "victim", "sleep", "1000"]).expect("detached run");

@@ -4,6 +4,7 @@
 
 pub mod containerd;
 pub mod pod;
+pub mod tamper;
 
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ pub fn image_dir() -> Result<PathBuf> {
     let dir = std::env::var_os("CONTRAST_IMAGE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/image"));
-    for file in ["vmlinux", "initrd.img"] {
+    for file in ["vmlinux", "initrd.img", "root.img", "cmdline"] {
         if !dir.join(file).is_file() {
             bail!("{} missing: run `make image` first", dir.join(file).display());
         }
@@ -33,6 +34,9 @@ pub fn image_dir() -> Result<PathBuf> {
 pub struct TestConfig {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// The verity root disk and the command line that names its root hash.
+    pub root_disk: PathBuf,
+    pub cmdline: PathBuf,
     pub qemu: PathBuf,
     pub state_dir: PathBuf,
     pub extra: String,
@@ -47,6 +51,8 @@ impl TestConfig {
         TestConfig {
             kernel: image.join("vmlinux"),
             initrd: image.join("initrd.img"),
+            root_disk: image.join("root.img"),
+            cmdline: image.join("cmdline"),
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             state_dir: state_dir.to_owned(),
             extra: String::new(),
@@ -61,6 +67,8 @@ accel = "tcg"
 path = "{qemu}"
 kernel = "{kernel}"
 initrd = "{initrd}"
+image = "{root_disk}"
+kernel_params_file = "{cmdline}"
 kernel_params = "quiet contrast.diagnostics=1"
 default_memory = 512
 default_maxmemory = 2048
@@ -77,6 +85,8 @@ state_dir = "{state}"
             qemu = self.qemu.display(),
             kernel = self.kernel.display(),
             initrd = self.initrd.display(),
+            root_disk = self.root_disk.display(),
+            cmdline = self.cmdline.display(),
             state = self.state_dir.display(),
             extra = self.extra,
         )

@@ -57,6 +57,8 @@ pub enum Error {
     NotRunning(String),
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
+    #[error("hypervisor.qemu.kernel_params_file {}: {problem}", path.display())]
+    KernelParamsFile { path: PathBuf, problem: String },
 }
 
 /// What a pod VM is launched from.
@@ -172,7 +174,7 @@ impl PodVm {
                 firmware: q.firmware.clone(),
                 kernel: kernel.clone(),
                 initrd: q.initrd.clone(),
-                cmdline: kernel_cmdline(req.config, req.overrides),
+                cmdline: kernel_cmdline(req.config, req.overrides)?,
             },
             // RuntimeClassConfig::parse guarantees one of them.
             (None, None) => unreachable!("validated config has kernel or igvm"),
@@ -426,8 +428,21 @@ impl Drop for PodVm {
     }
 }
 
-fn kernel_cmdline(config: &RuntimeClassConfig, overrides: &PodOverrides) -> String {
-    let mut parts = vec![BASE_KERNEL_PARAMS.to_owned()];
+/// The image's command line (or the built-in base), then the config's and the pod's parameters.
+fn kernel_cmdline(config: &RuntimeClassConfig, overrides: &PodOverrides) -> Result<String, Error> {
+    let base = match &config.hypervisor.qemu.kernel_params_file {
+        None => BASE_KERNEL_PARAMS.to_owned(),
+        Some(path) => {
+            let bad = |problem: String| Error::KernelParamsFile { path: path.clone(), problem };
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+            let text = text.trim();
+            if text.is_empty() || text.contains(['\n', '\0']) {
+                return Err(bad("must hold one non-empty line".into()));
+            }
+            text.to_owned()
+        }
+    };
+    let mut parts = vec![base];
     for extra in [config.hypervisor.qemu.kernel_params.trim(), overrides.extra_kernel_params.trim()] {
         if !extra.is_empty() {
             parts.push(extra.to_owned());
@@ -436,7 +451,7 @@ fn kernel_cmdline(config: &RuntimeClassConfig, overrides: &PodOverrides) -> Stri
     if config.agent.kata.debug_console_enabled {
         parts.push("contrast.debug_console=1".into());
     }
-    parts.join(" ")
+    Ok(parts.join(" "))
 }
 
 /// Removes the state dir without ever descending into a mount point (a container rootfs
@@ -496,9 +511,28 @@ debug_console_enabled = true
         let config = RuntimeClassConfig::parse(text, Path::new("t.toml")).expect("valid");
         let overrides = PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: "foo=1".into() };
         assert_eq!(
-            kernel_cmdline(&config, &overrides),
+            kernel_cmdline(&config, &overrides).unwrap(),
             "console=ttyS0 reboot=k panic=-1 quiet foo=1 contrast.debug_console=1"
         );
+    }
+
+    #[test]
+    fn kernel_params_file_replaces_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cmdline");
+        std::fs::write(&file, "console=hvc0 roothash=ab\n").unwrap();
+        let text = format!(
+            "[hypervisor.qemu]\nplatform = \"insecure\"\npath = \"/q\"\nkernel = \"/k\"\nkernel_params_file = {file:?}\nkernel_params = \"quiet\"\n",
+        );
+        let config = RuntimeClassConfig::parse(&text, Path::new("t.toml")).expect("valid");
+        let overrides = PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: String::new() };
+        assert_eq!(kernel_cmdline(&config, &overrides).unwrap(), "console=hvc0 roothash=ab quiet");
+        std::fs::write(&file, "a\nb\n").unwrap();
+        let err = kernel_cmdline(&config, &overrides).unwrap_err().to_string();
+        assert!(err.contains("kernel_params_file") && err.contains("one non-empty line"), "{err}");
+        std::fs::remove_file(&file).unwrap();
+        let err = kernel_cmdline(&config, &overrides).unwrap_err().to_string();
+        assert!(err.contains("No such file"), "{err}");
     }
 
     #[test]

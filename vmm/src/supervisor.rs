@@ -18,6 +18,9 @@ use crate::helper::Helper;
 const CONSOLE_TAIL_LINES: usize = 10;
 /// Lines of QEMU's stderr quoted when a VM exits.
 const QEMU_LOG_TAIL_LINES: usize = 5;
+/// How long QEMU may take to exit on its own after a helper did, before the helper is taken to
+/// be the cause.
+const HELPER_EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// How and why a pod VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +37,28 @@ pub struct VmExit {
     pub qemu_log_tail: String,
 }
 
+impl VmExit {
+    /// The line that most likely says why the guest stopped: the last one our guest code
+    /// (`contrast-init`, `contrast-agent`) printed among the tail, else the last line that is
+    /// not the kernel's own shutdown notice.
+    pub fn guest_last_words(&self) -> Option<&str> {
+        let lines = || self.console_tail.lines().rev().map(str::trim).filter(|l| !l.is_empty());
+        lines()
+            .find(|l| l.contains("contrast-init:") || l.contains("contrast-agent:"))
+            .or_else(|| lines().find(|l| !l.contains("reboot: Power down") && !l.contains("reboot: Restarting")))
+    }
+}
+
 impl fmt::Display for VmExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.cause == "qemu" {
             write!(f, "QEMU {}", self.status)?;
+            if self.code == Some(0) && !self.expected {
+                f.write_str(" (the guest powered off)")?;
+            }
+            if let Some(line) = self.guest_last_words() {
+                write!(f, "; guest's last console line: {line:?}")?;
+            }
         } else {
             write!(f, "{} {} (QEMU was stopped)", self.cause, self.status)?;
         }
@@ -154,10 +175,17 @@ async fn supervise(
                     }
                 }
             } else {
-                tracing::error!(helper = %name, "helper exited; stopping QEMU");
-                let _ = qemu.start_kill();
-                let _ = qemu.wait().await;
-                (name, status)
+                // A guest that powers off takes its vhost-user backends down with it, and they
+                // may be reaped first: QEMU's exit is the cause when it follows at once.
+                match tokio::time::timeout(HELPER_EXIT_GRACE, qemu.wait()).await {
+                    Ok(qemu_status) => ("qemu".to_owned(), qemu_status.ok()),
+                    Err(_) => {
+                        tracing::error!(helper = %name, "helper exited; stopping QEMU");
+                        let _ = qemu.start_kill();
+                        let _ = qemu.wait().await;
+                        (name, status)
+                    }
+                }
             }
         }
         _ = kill.recv() => {
@@ -233,6 +261,39 @@ mod tests {
             console_tail: "verity: bad hash\n".into(),
             qemu_log_tail: String::new(),
         };
-        assert_eq!(exit.to_string(), "QEMU killed by signal 9; last console lines: verity: bad hash");
+        assert_eq!(
+            exit.to_string(),
+            "QEMU killed by signal 9; guest's last console line: \"verity: bad hash\"; last console lines: verity: bad hash"
+        );
+    }
+
+    #[test]
+    fn guest_last_words_skip_the_kernels_power_down_notice() {
+        let mut exit = VmExit {
+            status: "exit status 0".into(),
+            code: Some(0),
+            signal: None,
+            expected: false,
+            cause: "qemu".into(),
+            console_tail: "[ 4.06] device-mapper: verity: 254:1: data block 835 is corrupted\n\
+                           contrast-init: verity: /usr/bin/contrast-agent fails verification; powering off\n\
+                           [ 4.09] reboot: Power down\n"
+                .into(),
+            qemu_log_tail: String::new(),
+        };
+        assert_eq!(
+            exit.guest_last_words(),
+            Some("contrast-init: verity: /usr/bin/contrast-agent fails verification; powering off")
+        );
+        assert!(
+            exit.to_string().starts_with(
+                "QEMU exit status 0 (the guest powered off); guest's last console line: \"contrast-init: verity"
+            ),
+            "{exit}"
+        );
+        exit.console_tail = "Kernel panic - not syncing: VFS\n[ 4.09] reboot: Power down\n".into();
+        assert_eq!(exit.guest_last_words(), Some("Kernel panic - not syncing: VFS"));
+        exit.console_tail = String::new();
+        assert_eq!(exit.guest_last_words(), None);
     }
 }

@@ -67,21 +67,9 @@ pub fn setup_system() -> Result<KernelCmdline> {
     )
     .context("mounting devpts")?;
     crate::cgroup::setup()?;
-    load_modules().context("loading kernel modules")?;
+    contrast_init::modules::load_listed(Path::new(MODULE_LIST)).context("loading kernel modules")?;
     watch_power_button();
     KernelCmdline::read()
-}
-
-fn load_modules() -> Result<()> {
-    let list = std::fs::read_to_string(MODULE_LIST).with_context(|| format!("reading {MODULE_LIST}"))?;
-    for path in list.lines().filter(|l| !l.is_empty()) {
-        let file = File::open(path).with_context(|| format!("opening {path}"))?;
-        match nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(e).with_context(|| format!("loading {path}")),
-        }
-    }
-    Ok(())
 }
 
 /// Powers the VM off when the ACPI power button is pressed (QEMU `system_powerdown`).

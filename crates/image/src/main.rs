@@ -1,61 +1,80 @@
-//! `contrast-image`: builds the pod-VM boot files from an unpacked Debian kernel package and
-//! the static guest agent.
+//! `contrast-image`: builds the pod-VM image from an unpacked Debian kernel package, the static
+//! guest agent, the static initrd init and busybox.
 //!
 //! Output directory:
-//! - `vmlinuz`: the kernel as Debian ships it (bzImage);
-//! - `vmlinux`: the same kernel uncompressed (ELF, boots through PVH; faster under TCG);
-//! - `initrd.img`: gzip newc cpio with the agent as `/init`, the kernel modules the guest
-//!   loads (decompressed, in dependency order, listed in `/etc/contrast/modules`) and busybox;
-//! - `build-info.txt`: kernel package and version, SHA-256 of every output.
+//! - `vmlinuz`: the kernel as Debian ships it (bzImage); `vmlinux`: the same kernel
+//!   uncompressed (ELF, boots through PVH; faster under TCG);
+//! - `root.img`: GPT disk with the read-only erofs root file system (agent, busybox, the kernel
+//!   modules the agent loads) and its dm-verity hash partition, typed and named per the
+//!   Discoverable Partitions Specification, partition UUIDs derived from the root hash;
+//! - `cmdline`: the kernel command line, with `roothash=` and both partition identities;
+//! - `initrd.img`: `contrast-init` as `/init` with the modules that reach the root (virtio-blk,
+//!   device-mapper, dm-verity, erofs);
+//! - `initrd-agent.img`: the development layout without a disk: the whole root tree in the
+//!   initrd, the agent as `/init` (kept to compare boot times; not measured, not shipped);
+//! - `reference-values.json`: SHA-256 of kernel, initrd, command line and root disk, the root
+//!   hash and the verity parameters, and the build inputs with their package versions.
 //!
 //! The same inputs give byte-identical outputs.
 
 mod cpio;
 mod kernel;
+mod tree;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use contrast_init::cmdline::VerityRoot;
+use contrast_init::gpt::{self, Guid, PartitionSpec};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::cpio::CpioWriter;
+use crate::tree::Tree;
 
-/// Modules the agent needs: virtio vsock transport, and the ACPI power button with evdev so
+/// Modules the agent loads: virtio vsock transport, and the ACPI power button with evdev so
 /// that QEMU's `system_powerdown` reaches the agent.
 const GUEST_MODULES: &[&str] = &["vmw_vsock_virtio_transport", "button", "evdev"];
+/// Modules the initrd loads to reach the root.
+const INITRD_MODULES: &[&str] = &["virtio_blk", "dm_verity", "erofs"];
+/// Words every pod VM's command line starts with: serial console, and a panic or a reboot
+/// request ends the VM (QEMU runs with `-no-reboot`).
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// Where the agent lives in the root file system (contrast-init executes it).
+const AGENT_PATH: &str = "usr/bin/contrast-agent";
 
 struct Args {
     kernel_tree: PathBuf,
     agent: PathBuf,
+    init: PathBuf,
     busybox: Option<PathBuf>,
     out: PathBuf,
 }
 
+const USAGE: &str = "usage: contrast-image --kernel-tree DIR --agent FILE --init FILE [--busybox FILE] --out DIR";
+
 fn parse_args() -> Result<Args> {
-    let mut kernel_tree = None;
-    let mut agent = None;
-    let mut busybox = None;
-    let mut out = None;
+    let (mut kernel_tree, mut agent, mut init, mut busybox, mut out) = (None, None, None, None, None);
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().map(PathBuf::from).with_context(|| format!("{flag:?} needs a value"));
         match flag.to_str() {
             Some("--kernel-tree") => kernel_tree = Some(value()?),
             Some("--agent") => agent = Some(value()?),
+            Some("--init") => init = Some(value()?),
             Some("--busybox") => busybox = Some(value()?),
             Some("--out") => out = Some(value()?),
-            _ => bail!(
-                "unknown argument {flag:?}\nusage: contrast-image --kernel-tree DIR --agent FILE [--busybox FILE] --out DIR"
-            ),
+            _ => bail!("unknown argument {flag:?}\n{USAGE}"),
         }
     }
+    let need = |v: Option<PathBuf>, name: &str| v.with_context(|| format!("{name} is required\n{USAGE}"));
     Ok(Args {
-        kernel_tree: kernel_tree.context("--kernel-tree is required")?,
-        agent: agent.context("--agent is required")?,
+        kernel_tree: need(kernel_tree, "--kernel-tree")?,
+        agent: need(agent, "--agent")?,
+        init: need(init, "--init")?,
         busybox,
-        out: out.context("--out is required")?,
+        out: need(out, "--out")?,
     })
 }
 
@@ -63,58 +82,191 @@ fn main() -> Result<()> {
     let args = parse_args()?;
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let kernel = kernel::KernelTree::open(&args.kernel_tree)?;
-
     let bzimage = fs::read(&kernel.bzimage).with_context(|| format!("reading {}", kernel.bzimage.display()))?;
     let vmlinux = kernel::extract_vmlinux(&bzimage).context("extracting vmlinux from the bzImage")?;
     write_output(&args.out, "vmlinuz", &bzimage)?;
     write_output(&args.out, "vmlinux", &vmlinux)?;
 
-    let modules = kernel.resolve_modules(GUEST_MODULES)?;
-    let initrd = build_initrd(&args, &kernel, &modules)?;
-    write_output(&args.out, "initrd.img", &initrd)?;
+    let agent = read(&args.agent)?;
+    let init = read(&args.init)?;
+    let busybox = args.busybox.as_deref().map(read).transpose()?;
 
-    let mut info = format!("kernel-package: {}\n", kernel.package);
-    for name in ["vmlinuz", "vmlinux", "initrd.img"] {
-        let digest = Sha256::digest(fs::read(args.out.join(name))?);
-        info.push_str(&format!("sha256 {name}: {}\n", hex(&digest)));
+    let root = root_tree(&kernel, &agent, busybox.as_deref())?;
+    let erofs = make_erofs(&root).context("building the root file system")?;
+    let (disk, verity, formatted) = make_disk(&erofs)?;
+    let cmdline = format!("{BASE_CMDLINE} {}", verity.to_cmdline());
+    let initrd = initrd_tree(&kernel, &init)?.to_initrd()?;
+
+    let mut legacy = root;
+    legacy.symlink("init", AGENT_PATH);
+    write_output(&args.out, "initrd-agent.img", &legacy.to_initrd()?)?;
+    write_output(&args.out, "initrd.img", &initrd)?;
+    write_output(&args.out, "root.img", &disk)?;
+    write_output(&args.out, "cmdline", cmdline.as_bytes())?;
+
+    let sha = |b: &[u8]| hex(&Sha256::digest(b));
+    let file = |name: &str, data: &[u8]| json!({ "file": name, "sha256": sha(data), "size": data.len() });
+    let mut inputs = serde_json::Map::new();
+    inputs.insert("kernel".into(), json!({ "package": kernel.package, "sha256_bzimage": sha(&bzimage) }));
+    inputs.insert("agent".into(), json!({ "sha256": sha(&agent) }));
+    inputs.insert("init".into(), json!({ "sha256": sha(&init) }));
+    if let (Some(path), Some(data)) = (&args.busybox, &busybox) {
+        inputs.insert("busybox".into(), json!({ "package": debian_package_of(path), "sha256": sha(data) }));
     }
-    write_output(&args.out, "build-info.txt", info.as_bytes())?;
-    print!("{info}");
+    inputs.insert("erofs-utils".into(), json!({ "package": debian_package("erofs-utils") }));
+    inputs.insert("contrast-image".into(), json!({ "version": env!("CARGO_PKG_VERSION") }));
+    let salt = contrast_verity::Superblock::parse(&formatted.hash_area)?.salt;
+    let values = json!({
+        "kernel": file("vmlinux", &vmlinux),
+        "kernel_bzimage": file("vmlinuz", &bzimage),
+        "initrd": file("initrd.img", &initrd),
+        "cmdline": { "value": cmdline, "sha256": sha(cmdline.as_bytes()) },
+        "root_disk": file("root.img", &disk),
+        "root_hash": hex(&formatted.root_hash),
+        "verity": {
+            "format": 1,
+            "hash_algorithm": "sha256",
+            "data_block_size": contrast_verity::BLOCK_SIZE,
+            "hash_block_size": contrast_verity::BLOCK_SIZE,
+            "data_blocks": formatted.data_blocks,
+            "salt": hex(&salt),
+            "root_partition_uuid": verity.data_partition.to_string(),
+            "verity_partition_uuid": verity.hash_partition.to_string(),
+            "root_filesystem": { "type": "erofs", "sha256": sha(&erofs), "size": erofs.len() },
+        },
+        "inputs": inputs,
+    });
+    let text = serde_json::to_string_pretty(&values)? + "\n";
+    write_output(&args.out, "reference-values.json", text.as_bytes())?;
+    print!("{text}");
     Ok(())
 }
 
-fn build_initrd(args: &Args, kernel: &kernel::KernelTree, modules: &[PathBuf]) -> Result<Vec<u8>> {
-    let mut cpio = CpioWriter::new(Vec::new());
-    for dir in ["bin", "dev", "etc", "etc/contrast", "lib", "lib/modules", "proc", "run", "sys", "tmp"] {
-        cpio.dir(dir, 0o755)?;
+/// The root file system: agent, busybox (debug console), the modules the agent loads.
+fn root_tree(kernel: &kernel::KernelTree, agent: &[u8], busybox: Option<&[u8]>) -> Result<Tree> {
+    let mut t = Tree::default();
+    for dir in
+        ["bin", "dev", "etc", "etc/contrast", "lib", "lib/modules", "proc", "run", "sys", "tmp", "usr", "usr/bin"]
+    {
+        t.dir(dir);
     }
-    let agent = fs::read(&args.agent).with_context(|| format!("reading agent {}", args.agent.display()))?;
-    cpio.file("init", 0o755, &agent)?;
-
-    let mut list = String::new();
-    for module in modules {
-        let data = kernel.module_bytes(module)?;
-        let name = module_file_name(module)?;
-        cpio.file(&format!("lib/modules/{name}"), 0o644, &data)?;
-        list.push_str(&format!("/lib/modules/{name}\n"));
+    t.file(AGENT_PATH, 0o755, agent.to_vec());
+    add_modules(&mut t, kernel, GUEST_MODULES, "etc/contrast/modules")?;
+    if let Some(busybox) = busybox {
+        t.file("bin/busybox", 0o755, busybox.to_vec());
+        t.symlink("bin/sh", "busybox");
     }
-    cpio.file("etc/contrast/modules", 0o644, list.as_bytes())?;
-
-    if let Some(busybox) = &args.busybox {
-        let data = fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
-        cpio.file("bin/busybox", 0o755, &data)?;
-        cpio.symlink("bin/sh", "busybox")?;
-    }
-    let raw = cpio.finish()?;
-    // GzBuilder writes mtime 0 and no file name: reproducible.
-    let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::new(6));
-    gz.write_all(&raw)?;
-    Ok(gz.finish()?)
+    Ok(t)
 }
 
-fn module_file_name(module: &Path) -> Result<String> {
-    let name = module.file_name().and_then(|n| n.to_str()).context("module path without a name")?;
-    Ok(name.trim_end_matches(".xz").trim_end_matches(".zst").to_owned())
+/// The initrd: contrast-init and the modules that reach the root.
+fn initrd_tree(kernel: &kernel::KernelTree, init: &[u8]) -> Result<Tree> {
+    let mut t = Tree::default();
+    for dir in ["dev", "etc", "etc/contrast", "lib", "lib/modules", "proc", "sys", "sysroot"] {
+        t.dir(dir);
+    }
+    t.file("init", 0o755, init.to_vec());
+    add_modules(&mut t, kernel, INITRD_MODULES, "etc/contrast/initrd-modules")?;
+    Ok(t)
+}
+
+/// Adds `names` and their dependencies (decompressed, dependencies first) and the list file.
+fn add_modules(t: &mut Tree, kernel: &kernel::KernelTree, names: &[&str], list_path: &str) -> Result<()> {
+    let mut list = String::new();
+    for module in kernel.resolve_modules(names)? {
+        let name = module.file_name().and_then(|n| n.to_str()).context("module path without a name")?;
+        let name = name.trim_end_matches(".xz").trim_end_matches(".zst");
+        t.file(&format!("lib/modules/{name}"), 0o644, kernel.module_bytes(&module)?);
+        list.push_str(&format!("/lib/modules/{name}\n"));
+    }
+    t.file(list_path, 0o644, list.into_bytes());
+    Ok(())
+}
+
+/// `mkfs.erofs` of the tree, reproducibly: fixed timestamps, owner and UUID (derived from the
+/// contents), no xattrs.
+fn make_erofs(tree: &Tree) -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("root");
+    fs::create_dir(&src)?;
+    tree.write_to(&src)?;
+    let mut h = Sha256::new();
+    h.update(b"contrast erofs uuid");
+    tree.digest_into(&mut h);
+    let uuid = Guid::from_bytes(h.finalize()[..16].try_into()?);
+    let img = dir.path().join("root.erofs");
+    let out = Command::new("mkfs.erofs")
+        .args(["--quiet", "-T0", "--all-root", "-x-1", &format!("-U{uuid}")])
+        .arg(&img)
+        .arg(&src)
+        .output()
+        .context("running mkfs.erofs (apt-get install erofs-utils)")?;
+    if !out.status.success() {
+        bail!("mkfs.erofs failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    read(&img)
+}
+
+/// The root disk: root partition (the erofs image) and verity partition (superblock + hash
+/// tree). Salt and verity UUID are derived from the file system, partition UUIDs from the root
+/// hash (first and last 128 bits), so the disk is a function of its contents.
+fn make_disk(erofs: &[u8]) -> Result<(Vec<u8>, VerityRoot, contrast_verity::Formatted)> {
+    let derive = |label: &[u8]| Sha256::new().chain_update(label).chain_update(erofs).finalize();
+    let salt = derive(b"contrast verity salt");
+    let uuid: [u8; 16] = derive(b"contrast verity uuid")[..16].try_into()?;
+    let formatted = contrast_verity::format(erofs, &salt, uuid)?;
+    let rh = formatted.root_hash;
+    let verity = VerityRoot {
+        root_hash: rh.to_vec(),
+        data_partition: Guid::from_bytes(rh[..16].try_into()?),
+        hash_partition: Guid::from_bytes(rh[16..].try_into()?),
+    };
+    let disk_guid =
+        Guid::from_bytes(Sha256::new().chain_update(b"contrast disk").chain_update(rh).finalize()[..16].try_into()?);
+    let disk = gpt::build_disk(
+        disk_guid,
+        &[
+            PartitionSpec {
+                type_guid: gpt::ROOT_X86_64,
+                unique_guid: verity.data_partition,
+                name: "root-x86-64",
+                attributes: gpt::FLAG_READ_ONLY,
+                data: erofs,
+            },
+            PartitionSpec {
+                type_guid: gpt::ROOT_VERITY_X86_64,
+                unique_guid: verity.hash_partition,
+                name: "root-x86-64-verity",
+                attributes: gpt::FLAG_READ_ONLY,
+                data: &formatted.hash_area,
+            },
+        ],
+    );
+    Ok((disk, verity, formatted))
+}
+
+/// `package version` of the Debian package that installed `path`, if any.
+fn debian_package_of(path: &Path) -> String {
+    let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let out = Command::new("dpkg-query").arg("-S").arg(&canonical).output();
+    let owner = out
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).split(':').next().map(str::to_owned));
+    owner.map_or_else(|| "not from a Debian package".to_owned(), |p| debian_package(&p))
+}
+
+fn debian_package(name: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${Version}", name])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(|| format!("{name} (version unknown)"), |o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn write_output(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
