@@ -1,6 +1,8 @@
 //! `make bench` (boot part): boot-to-agent-ready of a pod VM through vmm, against the same
-//! kernel + initrd booted bare by QEMU to the first line of its init. Median of N runs each,
-//! written to docs/performance.md between the `bench-boot` markers.
+//! image booted bare by QEMU to the agent's first line; each for the shipped layout (initrd
+//! opens the dm-verity root disk, then runs the agent from it) and for the development layout
+//! without a disk (agent as the initrd's `/init`). Median of N runs each, written to
+//! docs/performance.md between the `bench-boot` markers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,10 +13,16 @@ use contrast_tests::{health_check, image_dir, ttrpc_client, write_section, TestC
 use contrast_vmm::{LaunchRequest, PodVm};
 
 const RUNS: usize = 7;
-/// First line the agent prints as PID 1: marks "reached init".
+/// First line the agent prints as PID 1: marks "reached the agent".
 const INIT_MARKER: &str = "contrast-agent: started";
 const BARE_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(2);
+
+#[derive(Clone, Copy)]
+enum Layout {
+    Verity,
+    InitrdOnly,
+}
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -22,52 +30,68 @@ async fn main() -> Result<()> {
     let image = args.next().map(PathBuf::from).map_or_else(image_dir, Ok)?;
     let doc = args.next().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("docs/performance.md"));
 
-    let mut bare = Vec::new();
-    let mut qmp_ready = Vec::new();
-    let mut agent_ready = Vec::new();
+    // [verity, initrd-only] × [bare to agent, vmm launch returns, vmm agent ready]
+    let mut m: [[Vec<Duration>; 3]; 2] = Default::default();
     for run in 0..RUNS {
-        bare.push(bare_boot(&image).await?);
-        let (q, a) = vmm_boot(&image, run).await?;
-        qmp_ready.push(q);
-        agent_ready.push(a);
-        eprintln!("run {run}: bare-to-init {:.2?}, vmm QMP ready {q:.2?}, agent ready {a:.2?}", bare[run]);
+        for (i, layout) in [Layout::Verity, Layout::InitrdOnly].into_iter().enumerate() {
+            let bare = bare_boot(&image, layout).await?;
+            let (q, a) = vmm_boot(&image, run, layout).await?;
+            eprintln!("run {run} layout {i}: bare-to-agent {bare:.2?}, vmm QMP ready {q:.2?}, agent ready {a:.2?}");
+            m[i][0].push(bare);
+            m[i][1].push(q);
+            m[i][2].push(a);
+        }
     }
-    let (b, q, a) = (median(&mut bare), median(&mut qmp_ready), median(&mut agent_ready));
+    let row = |label: &str, v: &mut Vec<Duration>| {
+        v.sort();
+        format!("| {label} | {:.2?} | {:.2?} | {:.2?} |\n", v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let [verity, initrd] = &mut m;
     let section = format!(
         "Command: `make bench` (runs `target/release/examples/bench_boot build/image docs/performance.md`), \
-         {RUNS} runs each, median (min–max). QEMU {qemu}, TCG, q35, 512 MiB, 1 vCPU, uncompressed vmlinux (PVH).\n\n\
-         | measurement | median | min | max |\n|---|---|---|---|\n\
-         | bare QEMU boot of the same kernel+initrd to init's first line | {b:.2?} | {bmin:.2?} | {bmax:.2?} |\n\
-         | vmm `PodVm::launch` returns (helper + QEMU spawned, QMP ready, `running`) | {q:.2?} | {qmin:.2?} | {qmax:.2?} |\n\
-         | vmm boot to agent ready (`Health/Check` = SERVING over hybrid vsock) | {a:.2?} | {amin:.2?} | {amax:.2?} |\n",
+         {RUNS} runs each, interleaved, median (min–max). QEMU {qemu}, TCG, q35, 512 MiB, 1 vCPU, uncompressed vmlinux \
+         (PVH). *Verity disk*: the shipped layout — `initrd.img` (contrast-init) opens the dm-verity root disk \
+         `root.img` read-only over virtio-blk, reads the agent through verity, switches root, runs the agent. \
+         *Initrd only*: `initrd-agent.img`, the same root tree packed into the initrd with the agent as `/init`, no disk.\n\n\
+         | measurement | median | min | max |\n|---|---|---|---|\n{}{}{}{}{}{}",
+        row("verity disk: bare QEMU boot to the agent's first line", &mut verity[0]),
+        row("initrd only: bare QEMU boot to the agent's first line", &mut initrd[0]),
+        row("verity disk: vmm `PodVm::launch` returns (helper + QEMU spawned, QMP ready, `running`)", &mut verity[1]),
+        row("initrd only: vmm `PodVm::launch` returns", &mut initrd[1]),
+        row("**verity disk: vmm boot to agent ready** (`Health/Check` = SERVING over hybrid vsock)", &mut verity[2]),
+        row("initrd only: vmm boot to agent ready", &mut initrd[2]),
         qemu = qemu_version(),
-        bmin = bare[0],
-        bmax = bare[RUNS - 1],
-        qmin = qmp_ready[0],
-        qmax = qmp_ready[RUNS - 1],
-        amin = agent_ready[0],
-        amax = agent_ready[RUNS - 1],
     );
     println!("{section}");
     write_section(&doc, "bench-boot", &section)?;
     Ok(())
 }
 
-async fn bare_boot(image: &Path) -> Result<Duration> {
+async fn bare_boot(image: &Path, layout: Layout) -> Result<Duration> {
     let dir = tempfile::tempdir()?;
     let console = dir.path().join("console.log");
-    let start = Instant::now();
-    let mut child = tokio::process::Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-M", "q35", "-m", "512", "-nodefaults", "-no-user-config", "-display", "none"])
+    let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-M", "q35", "-m", "512", "-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-no-reboot", "-kernel"])
         .arg(image.join("vmlinux"))
-        .arg("-initrd")
-        .arg(image.join("initrd.img"))
-        .args(["-append", "console=ttyS0 reboot=k panic=-1 quiet", "-serial"])
-        .arg(format!("file:{}", console.display()))
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()));
+    match layout {
+        Layout::Verity => {
+            let cmdline = std::fs::read_to_string(image.join("cmdline"))?;
+            cmd.arg("-initrd").arg(image.join("initrd.img"));
+            cmd.arg("-append").arg(format!("{} quiet", cmdline.trim()));
+            cmd.arg("-drive")
+                .arg(format!("if=none,id=root,format=raw,readonly=on,file={}", image.join("root.img").display()));
+            cmd.args(["-device", "virtio-blk-pci,drive=root"]);
+        }
+        Layout::InitrdOnly => {
+            cmd.arg("-initrd").arg(image.join("initrd-agent.img"));
+            cmd.args(["-append", "console=ttyS0 reboot=k panic=-1 quiet"]);
+        }
+    }
+    let start = Instant::now();
+    let mut child = cmd.kill_on_drop(true).spawn().context("starting qemu-system-x86_64")?;
     loop {
         if std::fs::read_to_string(&console).is_ok_and(|c| c.contains(INIT_MARKER)) {
             let took = start.elapsed();
@@ -75,16 +99,20 @@ async fn bare_boot(image: &Path) -> Result<Duration> {
             return Ok(took);
         }
         if start.elapsed() > BARE_BOOT_TIMEOUT {
-            bail!("bare boot did not reach init within {BARE_BOOT_TIMEOUT:?}");
+            bail!("bare boot did not reach the agent within {BARE_BOOT_TIMEOUT:?}");
         }
         tokio::time::sleep(POLL).await;
     }
 }
 
-async fn vmm_boot(image: &Path, run: usize) -> Result<(Duration, Duration)> {
+async fn vmm_boot(image: &Path, run: usize, layout: Layout) -> Result<(Duration, Duration)> {
     let scratch = tempfile::Builder::new().prefix("cb").tempdir()?;
-    let config = TestConfig::new(image, &scratch.path().join("run"))
-        .write_and_load(&scratch.path().join("configuration.toml"))?;
+    let state = scratch.path().join("run");
+    let config = match layout {
+        Layout::Verity => TestConfig::new(image, &state),
+        Layout::InitrdOnly => TestConfig::initrd_only(image, &state),
+    };
+    let config = config.write_and_load(&scratch.path().join("configuration.toml"))?;
     let overrides = config.pod_overrides(&BTreeMap::new())?;
     let id = format!("bench{run}");
     let start = Instant::now();
@@ -105,11 +133,6 @@ async fn vmm_boot(image: &Path, run: usize) -> Result<(Duration, Duration)> {
     drop(client);
     vm.stop().await;
     Ok((qmp, agent))
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn qemu_version() -> String {

@@ -31,7 +31,9 @@ async fn flipped_byte_in_the_agent_stops_the_pod() {
     config.root_disk = disk;
     let err = refused(&scratch, &config, "agent-byte").await;
     assert!(
-        err.contains("guest's last console line: \"contrast-init: verity: /usr/bin/contrast-agent on the root partition fails verification"),
+        err.contains("guest's last console line: \"[")
+            && err
+                .contains("] contrast-init: verity: /usr/bin/contrast-agent on the root partition fails verification"),
         "{err}"
     );
 }

@@ -34,9 +34,11 @@ pub fn image_dir() -> Result<PathBuf> {
 pub struct TestConfig {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
-    /// The verity root disk and the command line that names its root hash.
+    /// The verity root disk and the command line that names its root hash; used when
+    /// `verity_root` (the default) is set.
     pub root_disk: PathBuf,
     pub cmdline: PathBuf,
+    pub verity_root: bool,
     pub qemu: PathBuf,
     pub state_dir: PathBuf,
     pub extra: String,
@@ -53,13 +55,28 @@ impl TestConfig {
             initrd: image.join("initrd.img"),
             root_disk: image.join("root.img"),
             cmdline: image.join("cmdline"),
+            verity_root: true,
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             state_dir: state_dir.to_owned(),
             extra: String::new(),
         }
     }
 
+    /// The development layout without a disk: the agent as the initrd's `/init`
+    /// (`initrd-agent.img`), for comparing boot times.
+    pub fn initrd_only(image: &Path, state_dir: &Path) -> Self {
+        let mut c = Self::new(image, state_dir);
+        c.initrd = c.initrd.with_file_name("initrd-agent.img");
+        c.verity_root = false;
+        c
+    }
+
     pub fn to_toml(&self) -> String {
+        let root = if self.verity_root {
+            format!("image = \"{}\"\nkernel_params_file = \"{}\"\n", self.root_disk.display(), self.cmdline.display())
+        } else {
+            String::new()
+        };
         format!(
             r#"[hypervisor.qemu]
 platform = "insecure"
@@ -67,9 +84,7 @@ accel = "tcg"
 path = "{qemu}"
 kernel = "{kernel}"
 initrd = "{initrd}"
-image = "{root_disk}"
-kernel_params_file = "{cmdline}"
-kernel_params = "quiet contrast.diagnostics=1"
+{root}kernel_params = "quiet contrast.diagnostics=1"
 default_memory = 512
 default_maxmemory = 2048
 vsock_mode = "hybrid"
@@ -85,8 +100,6 @@ state_dir = "{state}"
             qemu = self.qemu.display(),
             kernel = self.kernel.display(),
             initrd = self.initrd.display(),
-            root_disk = self.root_disk.display(),
-            cmdline = self.cmdline.display(),
             state = self.state_dir.display(),
             extra = self.extra,
         )

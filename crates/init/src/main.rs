@@ -26,9 +26,18 @@ const DM_NAME: &str = "contrast-root";
 /// How long the disk's partitions may take to appear after virtio-blk is loaded.
 const DEVICE_WAIT: Duration = Duration::from_secs(10);
 
+/// Logs one line to the serial console, prefixed with seconds since boot like the agent's.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9);
+        eprintln!("[{t:>8.3}] contrast-init: {}", format_args!($($arg)*))
+    }};
+}
+
 fn main() {
     let Err(e) = run();
-    eprintln!("contrast-init: {e:#}; powering off");
+    log!("{e:#}; powering off");
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     loop {
@@ -72,6 +81,7 @@ fn run() -> Result<Infallible> {
     .with_context(|| format!("creating {ROOT_NODE}"))?;
 
     let hex: String = root.root_hash.iter().map(|b| format!("{b:02x}")).collect();
+    log!("opened {} ({} blocks) as {DM_NAME} with roothash={hex}", data.node.display(), sb.data_blocks);
     std::fs::create_dir_all(SYSROOT)?;
     mount(Some(ROOT_NODE), SYSROOT, Some("erofs"), MsFlags::MS_RDONLY | MsFlags::MS_NODEV, None::<&str>).with_context(
         || format!("verity: the root partition does not verify against roothash={hex} (mounting it failed)"),
@@ -86,7 +96,7 @@ fn run() -> Result<Infallible> {
     }
     drop(file);
 
-    eprintln!("contrast-init: root {hex} verified by dm-verity ({} blocks); starting the agent", sb.data_blocks);
+    log!("{AGENT} read and verified; starting it");
     for dir in ["/dev", "/sys", "/proc"] {
         umount2(dir, MntFlags::MNT_DETACH).with_context(|| format!("unmounting {dir}"))?;
     }
