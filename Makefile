@@ -14,7 +14,11 @@ CARGO ?= cargo
 TEST_TIMEOUT ?= 30m
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build shim agent image test lint demo bench clean
+INSTALLER_BIN := target/$(AGENT_TARGET)/release-agent/contrast-node-installer
+PAYLOAD := $(BUILD)/payload
+PLATFORM ?= insecure
+
+.PHONY: all deps build shim agent image test lint demo bench clean installer payload manifests installer-image
 
 all: build image
 
@@ -38,6 +42,31 @@ image: agent
 	target/release/contrast-image --kernel-tree "$$(./scripts/fetch-kernel.sh $(BUILD)/kernel)" \
 		--agent $(AGENT_BIN) --init $(INIT_BIN) --busybox /bin/busybox --out $(IMAGE_DIR) >/dev/null
 	@echo "image: $(IMAGE_DIR) (reference values: $(IMAGE_DIR)/reference-values.json)"
+
+# The node installer (static) and its payload: shim, pod-VM image, runtime-class templates.
+installer:
+	$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-node-installer
+
+payload: shim image
+	rm -rf $(PAYLOAD) && mkdir -p $(PAYLOAD)/bin $(PAYLOAD)/share $(PAYLOAD)/config
+	cp $(SHIM_BIN) $(PAYLOAD)/bin/
+	cp $(IMAGE_DIR)/vmlinux $(IMAGE_DIR)/initrd.img $(IMAGE_DIR)/root.img $(IMAGE_DIR)/cmdline \
+		$(IMAGE_DIR)/reference-values.json $(PAYLOAD)/share/
+	cp packaging/config/configuration-*.toml $(PAYLOAD)/config/
+
+# RuntimeClass + DaemonSet for PLATFORM (default insecure), named after the payload's hash.
+manifests: installer payload
+	$(INSTALLER_BIN) manifests --platform $(PLATFORM) --payload $(PAYLOAD) > $(BUILD)/contrast-$(PLATFORM).yaml
+	@echo "manifests: $(BUILD)/contrast-$(PLATFORM).yaml"
+
+# The installer's container image, where podman or docker exists (and can reach its base image).
+installer-image: installer payload
+	rm -rf $(BUILD)/installer-context && mkdir -p $(BUILD)/installer-context
+	cp $(INSTALLER_BIN) $(BUILD)/installer-context/
+	cp -r $(PAYLOAD) $(BUILD)/installer-context/payload
+	BUILDER=$$(command -v podman || command -v docker) || { echo "installer-image: needs podman or docker" >&2; exit 1; }; \
+	$$BUILDER build -f packaging/node-installer/Containerfile \
+		-t contrast-node-installer:$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) $(BUILD)/installer-context
 
 lint:
 	$(CARGO) fmt --all -- --check

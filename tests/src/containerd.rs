@@ -28,6 +28,7 @@ const CTR_TIMEOUT: &str = "180";
 
 pub struct Containerd {
     pub dir: tempfile::TempDir,
+    config: PathBuf,
     child: Option<Child>,
 }
 
@@ -36,16 +37,30 @@ impl Containerd {
     pub fn start(shim: &Path, image_dir: &Path) -> Result<Containerd> {
         let dir = tempfile::Builder::new().prefix("cd").tempdir()?;
         let d = dir.path();
-        for sub in ["bin", "cni/bin", "cni/net.d", "opt"] {
-            std::fs::create_dir_all(d.join(sub))?;
-        }
+        std::fs::create_dir_all(d.join("bin"))?;
         std::fs::copy(shim, d.join("bin/containerd-shim-contrast-cc-v2")).context("installing the shim")?;
         let config = TestConfig::new(image_dir, &d.join("run"));
         std::fs::write(d.join("bin/configuration.toml"), config.to_toml())?;
-        std::fs::write(
-            d.join("config.toml"),
-            format!(
-                r#"version = 2
+        let text = format!(
+            r#"{}[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{CRI_HANDLER}]
+  runtime_type = "{RUNTIME}"
+  pod_annotations = ["io.katacontainers.*"]
+"#,
+            Self::base_config(d)?
+        );
+        std::fs::write(d.join("config.toml"), text)?;
+        let config = d.join("config.toml");
+        Self::start_with_config(dir, &config)
+    }
+
+    /// A version 2 containerd config keeping everything inside `d` (root, state, sockets, CNI,
+    /// opt), with runc as the only runtime; creates the directories it names.
+    pub fn base_config(d: &Path) -> Result<String> {
+        for sub in ["bin", "cni/bin", "cni/net.d", "opt"] {
+            std::fs::create_dir_all(d.join(sub))?;
+        }
+        Ok(format!(
+            r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
 [grpc]
@@ -61,14 +76,15 @@ state = "{d}/state"
   conf_dir = "{d}/cni/net.d"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{CRI_HANDLER}]
-  runtime_type = "{RUNTIME}"
-  pod_annotations = ["io.katacontainers.*"]
 "#,
-                d = d.display()
-            ),
-        )?;
-        let mut cd = Containerd { dir, child: None };
+            d = d.display()
+        ))
+    }
+
+    /// Starts containerd in `dir` (which holds what [`Containerd::base_config`] names) on the
+    /// config file `config`, and imports the test images.
+    pub fn start_with_config(dir: tempfile::TempDir, config: &Path) -> Result<Containerd> {
+        let mut cd = Containerd { dir, config: config.to_owned(), child: None };
         cd.spawn()?;
         let image = cd.dir.path().join("busybox.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.py");
@@ -92,7 +108,7 @@ state = "{d}/state"
         let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("containerd.log"))?;
         let child = Command::new("containerd")
             .arg("--config")
-            .arg(d.join("config.toml"))
+            .arg(&self.config)
             .env("PATH", path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -1,0 +1,339 @@
+//! `install` and `uninstall` on a node's file system.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::containerd_config::{same_meaning, Config, Handler};
+use crate::payload::{Payload, QEMU, SHIM};
+
+/// Where things are on the node, and how to restart containerd.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Where the installer sees the node's root file system (`/host` in the DaemonSet).
+    pub host_root: PathBuf,
+    /// Where containerd (and the shim) see that same root: `/` on a real node; a test that runs
+    /// its own containerd against a temporary host root passes that directory.
+    pub node_root: PathBuf,
+    /// Node path of the directory holding one subdirectory per handler.
+    pub install_base: PathBuf,
+    /// Node path of the containerd config file to edit.
+    pub containerd_config: PathBuf,
+    /// For k3s: read the rendered config when the template does not exist yet.
+    pub k3s_rendered: Option<PathBuf>,
+    pub restart: Restart,
+    /// QEMU to use when the payload ships none.
+    pub qemu: PathBuf,
+    /// `key=value` overrides of the runtime-class config (dotted TOML keys, TOML values).
+    pub settings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Restart {
+    /// `sh -c <command>`.
+    Command(String),
+    /// systemd unit: over D-Bus, else `nsenter -t 1 -m -- systemctl restart`.
+    Systemd(String),
+}
+
+/// What an install or uninstall did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub files_written: usize,
+    pub config_changed: bool,
+    pub backup: Option<PathBuf>,
+    pub restarted: bool,
+}
+
+impl Node {
+    fn host(&self, node_path: &Path) -> PathBuf {
+        self.host_root.join(node_path.strip_prefix("/").unwrap_or(node_path))
+    }
+
+    fn seen_by_containerd(&self, node_path: &Path) -> PathBuf {
+        self.node_root.join(node_path.strip_prefix("/").unwrap_or(node_path))
+    }
+
+    fn handler_dir(&self, handler: &str) -> PathBuf {
+        self.install_base.join(handler)
+    }
+
+    /// The node path of a path as containerd sees it.
+    fn node_path_of(&self, seen: &Path) -> PathBuf {
+        match seen.strip_prefix(&self.node_root) {
+            Ok(rest) => Path::new("/").join(rest),
+            Err(_) => seen.to_owned(),
+        }
+    }
+
+    /// Host path of `<containerd opt dir>/bin/<shim>`.
+    fn shim_link(&self, config: &Config) -> PathBuf {
+        self.host(&self.node_path_of(Path::new(&config.opt_dir())).join("bin").join(SHIM))
+    }
+}
+
+pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
+    // Everything that can refuse does so before the first write.
+    let dir = node.handler_dir(&payload.handler);
+    let runtime_config = render_config(node, payload)?;
+    let handler = Handler {
+        name: payload.handler.clone(),
+        runtime_path: node.seen_by_containerd(&dir.join("bin").join(SHIM)).display().to_string(),
+        config_path: node.seen_by_containerd(&dir.join("etc/configuration.toml")).display().to_string(),
+    };
+    let (config_file, original) = read_containerd_config(node)?;
+    let mut config =
+        Config::parse(original.as_deref()).with_context(|| format!("containerd config {}", config_file.display()))?;
+    config.set_handler(&handler)?;
+    let updated = config.to_text();
+
+    let mut out = Outcome::default();
+    let host_dir = node.host(&dir);
+    for f in &payload.files {
+        let data = std::fs::read(&f.source).with_context(|| format!("reading {}", f.source.display()))?;
+        if write_if_changed(&host_dir.join(&f.rel), &data, f.mode)? {
+            out.files_written += 1;
+        }
+    }
+    if write_if_changed(&host_dir.join("etc/configuration.toml"), runtime_config.as_bytes(), 0o644)? {
+        out.files_written += 1;
+    }
+    // containerd 1.6 ignores `runtime_path` when it starts a sandbox's shim and looks the binary
+    // up by name on its PATH, which includes its opt dir's bin/: link the newest handler's shim
+    // there (1.7 and later use `runtime_path`, so each handler keeps its own shim).
+    if link_if_changed(&node.shim_link(&config), Path::new(&handler.runtime_path))? {
+        out.files_written += 1;
+    }
+    let target = node.host(&node.containerd_config);
+    let existing = std::fs::read_to_string(&target).ok();
+    if existing.as_deref().is_some_and(|e| same_meaning(e, &updated)) {
+        return Ok(out);
+    }
+    out.backup = replace_file(&target, &updated)?;
+    out.config_changed = true;
+    restart(node)?;
+    out.restarted = true;
+    Ok(out)
+}
+
+pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
+    let (config_file, original) = read_containerd_config(node)?;
+    let mut out = Outcome::default();
+    let from_target = config_file == node.host(&node.containerd_config);
+    let mut config = Config::parse(original.as_deref().filter(|_| from_target))
+        .with_context(|| format!("containerd config {}", config_file.display()))?;
+    if from_target && original.is_some() && config.remove_handler(handler)? {
+        out.backup = replace_file(&config_file, &config.to_text())?;
+        out.config_changed = true;
+    }
+    let link = node.shim_link(&config);
+    let ours = node.seen_by_containerd(&node.handler_dir(handler));
+    if std::fs::read_link(&link).is_ok_and(|target| target.starts_with(&ours)) {
+        std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+        out.files_written += 1;
+    }
+    let dir = node.host(&node.handler_dir(handler));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        out.files_written += 1;
+    }
+    if out.config_changed {
+        restart(node)?;
+        out.restarted = true;
+    }
+    Ok(out)
+}
+
+/// The config file to edit (host path) and its text: the file itself, or for k3s the rendered
+/// config when the template does not exist yet; `None` when neither exists.
+fn read_containerd_config(node: &Node) -> Result<(PathBuf, Option<String>)> {
+    let target = node.host(&node.containerd_config);
+    let mut candidates = vec![target.clone()];
+    if let Some(rendered) = &node.k3s_rendered {
+        candidates.push(node.host(rendered));
+    }
+    for path in candidates {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return Ok((path, Some(text))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    Ok((target, None))
+}
+
+/// The runtime-class config: the payload's template with every file path pointing into the
+/// handler's directory (as the shim will see it), then the overrides; validated.
+fn render_config(node: &Node, payload: &Payload) -> Result<String> {
+    let dir = node.seen_by_containerd(&node.handler_dir(&payload.handler));
+    let share = |name: &str| dir.join("share").join(name).display().to_string();
+    let mut doc: toml_edit::DocumentMut = payload.template.parse().context("payload config template")?;
+    let qemu = &mut doc["hypervisor"]["qemu"];
+    let qemu_path = if payload.has(&format!("bin/{QEMU}")) {
+        dir.join("bin").join(QEMU).display().to_string()
+    } else {
+        node.qemu.display().to_string()
+    };
+    qemu["path"] = toml_edit::value(qemu_path);
+    let kernel = if payload.has("share/vmlinux") { "vmlinux" } else { "vmlinuz" };
+    qemu["kernel"] = toml_edit::value(share(kernel));
+    qemu["initrd"] = toml_edit::value(share("initrd.img"));
+    qemu["image"] = toml_edit::value(share("root.img"));
+    qemu["kernel_params_file"] = toml_edit::value(share("cmdline"));
+    for setting in &node.settings {
+        apply_setting(&mut doc, setting)?;
+    }
+    let text = doc.to_string();
+    contrast_config::RuntimeClassConfig::parse(&text, Path::new("configuration.toml"))
+        .context("the runtime-class config the installer would write is invalid")?;
+    Ok(text)
+}
+
+/// `a.b.c=value`: value as TOML (`"tcg"`, `512`, `true`), or a bare string.
+pub fn apply_setting(doc: &mut toml_edit::DocumentMut, setting: &str) -> Result<()> {
+    let (key, raw) = setting.split_once('=').with_context(|| format!("--set {setting:?}: expected KEY=VALUE"))?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {setting:?}: bad key");
+    }
+    let value: toml_edit::Value = raw.trim().parse().unwrap_or_else(|_| toml_edit::Value::from(raw.trim().to_owned()));
+    let mut item = doc.as_item_mut();
+    for part in &parts[..parts.len() - 1] {
+        let table = item.as_table_like_mut().with_context(|| format!("--set {key}: {part} is not a table"))?;
+        if table.get(part).is_none() {
+            table.insert(part, toml_edit::Item::Table(toml_edit::Table::new()));
+        }
+        item = table.get_mut(part).context("just inserted")?;
+    }
+    let last = parts[parts.len() - 1];
+    item.as_table_like_mut()
+        .with_context(|| format!("--set {key}: not under a table"))?
+        .insert(last, toml_edit::value(value));
+    Ok(())
+}
+
+/// Writes `data` to `path` (temp file in the same directory, then rename) unless it already
+/// holds exactly that with that mode. Returns whether it wrote.
+fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> Result<bool> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o7777 == mode && std::fs::read(path).is_ok_and(|d| d == data) {
+            return Ok(false);
+        }
+    }
+    let dir = path.parent().context("path without a parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = write_temp(dir, path, data)?;
+    let done = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("installing {}", path.display()));
+    }
+    Ok(true)
+}
+
+/// Points the symlink `link` at `target` (replacing what is there) unless it already does.
+fn link_if_changed(link: &Path, target: &Path) -> Result<bool> {
+    if std::fs::read_link(link).is_ok_and(|t| t == target) {
+        return Ok(false);
+    }
+    let dir = link.parent().context("link without a parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{SHIM}.contrast-tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, link) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("installing {}", link.display()));
+    }
+    Ok(true)
+}
+
+fn write_temp(dir: &Path, path: &Path, data: &[u8]) -> Result<PathBuf> {
+    let name = path.file_name().context("path without a name")?.to_string_lossy();
+    let tmp = dir.join(format!(".{name}.contrast-tmp-{}", std::process::id()));
+    let result = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(data)?;
+        f.sync_all()
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
+    Ok(tmp)
+}
+
+/// Replaces the containerd config: temp file beside it, backup `<file>.<unix-seconds>.bak` of
+/// the old one (if any), rename. On failure nothing new is left behind.
+fn replace_file(path: &Path, text: &str) -> Result<Option<PathBuf>> {
+    let dir = path.parent().context("config path without a parent")?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let old = std::fs::metadata(path).ok();
+    let tmp = write_temp(dir, path, text.as_bytes())?;
+    let mode = old.as_ref().map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    let mut backup = None;
+    let result = (|| -> Result<()> {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        if old.is_some() {
+            let b = backup_name(path);
+            std::fs::copy(path, &b).with_context(|| format!("backing up to {}", b.display()))?;
+            backup = Some(b);
+        }
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        if let Some(b) = &backup {
+            let _ = std::fs::remove_file(b);
+        }
+        return Err(e);
+    }
+    Ok(backup)
+}
+
+fn backup_name(path: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let base = path.display().to_string();
+    let first = PathBuf::from(format!("{base}.{secs}.bak"));
+    if !first.exists() {
+        return first;
+    }
+    (1..).map(|n| PathBuf::from(format!("{base}.{secs}-{n}.bak"))).find(|p| !p.exists()).unwrap_or(first)
+}
+
+fn restart(node: &Node) -> Result<()> {
+    match &node.restart {
+        Restart::Command(cmd) => {
+            let status = Command::new("sh").args(["-c", cmd]).status().context("running the restart command")?;
+            if !status.success() {
+                bail!("restart command {cmd:?} failed ({status})");
+            }
+            Ok(())
+        }
+        Restart::Systemd(unit) => {
+            let bus = node.host(Path::new("/run/dbus/system_bus_socket"));
+            match crate::systemd::restart_unit(&bus, unit) {
+                Ok(()) => Ok(()),
+                Err(dbus) => {
+                    let out = Command::new("nsenter")
+                        .args(["-t", "1", "-m", "--", "systemctl", "restart", unit])
+                        .output()
+                        .context("running nsenter")?;
+                    if !out.status.success() {
+                        bail!(
+                            "restarting {unit}: over D-Bus: {dbus:#}; with nsenter: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `contrast-node-installer`: puts one Contrast runtime class onto a Kubernetes node.
+//!
+//! ```text
+//! contrast-node-installer install   --platform P [options]   files + containerd config + restart
+//! contrast-node-installer uninstall --platform P [options]   (or --handler NAME)
+//! contrast-node-installer handler   --platform P [--payload DIR] [--set K=V]...
+//! contrast-node-installer manifests --platform P [--payload DIR] [--set K=V]... [--image REF]
+//! ```
+
+mod containerd_config;
+mod install;
+mod manifests;
+mod payload;
+mod systemd;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use crate::install::{Node, Restart};
+
+const USAGE: &str = "usage: contrast-node-installer <install|uninstall|handler|manifests> --platform insecure|snp|tdx
+  --payload DIR            installer payload (default /contrast)
+  --set KEY=VALUE          override in the runtime-class config (dotted key, TOML value); repeatable
+install/uninstall:
+  --host-root DIR          where the node's / is mounted (default /)
+  --node-root DIR          where containerd sees that root (default /; tests: same as --host-root)
+  --install-base PATH      node path of the install directory (default /opt/contrast)
+  --containerd-config PATH node path of containerd's config (default /etc/containerd/config.toml)
+  --k3s                    edit k3s' config.toml.tmpl (default path under /var/lib/rancher/k3s)
+  --restart-command CMD    restart containerd with `sh -c CMD` instead of systemd
+  --restart-unit UNIT      systemd unit to restart (default containerd.service; k3s: k3s-agent.service)
+  --qemu PATH              node path of QEMU when the payload ships none (default /usr/bin/qemu-system-x86_64)
+uninstall:
+  --handler NAME           remove this handler instead of the payload's
+manifests:
+  --image REF              installer image (default contrast-node-installer:<version>, what `make installer-image` tags)
+  --namespace NS           DaemonSet namespace (default kube-system)
+  --pause-image REF        main container (default registry.k8s.io/pause:3.9)";
+
+const K3S_DIR: &str = "/var/lib/rancher/k3s/agent/etc/containerd";
+
+#[derive(Default)]
+struct Args {
+    command: String,
+    platform: Option<String>,
+    payload: Option<PathBuf>,
+    settings: Vec<String>,
+    host_root: Option<PathBuf>,
+    node_root: Option<PathBuf>,
+    install_base: Option<PathBuf>,
+    containerd_config: Option<PathBuf>,
+    k3s: bool,
+    restart_command: Option<String>,
+    restart_unit: Option<String>,
+    qemu: Option<PathBuf>,
+    handler: Option<String>,
+    image: Option<String>,
+    namespace: Option<String>,
+    pause_image: Option<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args { command: it.next().with_context(|| USAGE.to_owned())?, ..Default::default() };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
+        match flag.as_str() {
+            "--platform" => a.platform = Some(value()?),
+            "--payload" => a.payload = Some(value()?.into()),
+            "--set" => a.settings.push(value()?),
+            "--host-root" => a.host_root = Some(value()?.into()),
+            "--node-root" => a.node_root = Some(value()?.into()),
+            "--install-base" => a.install_base = Some(value()?.into()),
+            "--containerd-config" => a.containerd_config = Some(value()?.into()),
+            "--k3s" => a.k3s = true,
+            "--restart-command" => a.restart_command = Some(value()?),
+            "--restart-unit" => a.restart_unit = Some(value()?),
+            "--qemu" => a.qemu = Some(value()?.into()),
+            "--handler" => a.handler = Some(value()?),
+            "--image" => a.image = Some(value()?),
+            "--namespace" => a.namespace = Some(value()?),
+            "--pause-image" => a.pause_image = Some(value()?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("contrast-node-installer: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let a = parse_args()?;
+    let load = || -> Result<payload::Payload> {
+        let platform = a.platform.as_deref().with_context(|| format!("--platform is required\n{USAGE}"))?;
+        let dir = a.payload.clone().unwrap_or_else(|| PathBuf::from("/contrast"));
+        payload::Payload::load(&dir, platform, &a.settings)
+    };
+    match a.command.as_str() {
+        "handler" => println!("{}", load()?.handler),
+        "manifests" => {
+            let p = load()?;
+            let opts = manifests::Options {
+                image: a
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| format!("contrast-node-installer:{}", &p.handler[p.handler.len() - 8..])),
+                namespace: a.namespace.clone().unwrap_or_else(|| "kube-system".into()),
+                pause_image: a.pause_image.clone().unwrap_or_else(|| "registry.k8s.io/pause:3.9".into()),
+                settings: a.settings.clone(),
+            };
+            print!("{}", manifests::render(&p, &opts)?);
+        }
+        "install" => {
+            let p = load()?;
+            let out = install::install(&node(&a), &p)?;
+            report(&p.handler, "installed", &out);
+        }
+        "uninstall" => {
+            let handler = match &a.handler {
+                Some(h) => h.clone(),
+                None => load()?.handler,
+            };
+            if !handler.starts_with("contrast-cc-") || handler.contains('/') {
+                bail!("{handler:?} is not a Contrast runtime handler name");
+            }
+            let out = install::uninstall(&node(&a), &handler)?;
+            report(&handler, "uninstalled", &out);
+        }
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+    Ok(())
+}
+
+fn node(a: &Args) -> Node {
+    let (config, rendered) = match (&a.containerd_config, a.k3s) {
+        (Some(c), true) => (c.clone(), Some(c.with_file_name("config.toml"))),
+        (Some(c), false) => (c.clone(), None),
+        (None, true) => {
+            (PathBuf::from(K3S_DIR).join("config.toml.tmpl"), Some(PathBuf::from(K3S_DIR).join("config.toml")))
+        }
+        (None, false) => (PathBuf::from("/etc/containerd/config.toml"), None),
+    };
+    let restart = match (&a.restart_command, &a.restart_unit) {
+        (Some(cmd), _) => Restart::Command(cmd.clone()),
+        (None, Some(unit)) => Restart::Systemd(unit.clone()),
+        (None, None) if a.k3s => Restart::Systemd("k3s-agent.service".into()),
+        (None, None) => Restart::Systemd("containerd.service".into()),
+    };
+    Node {
+        host_root: a.host_root.clone().unwrap_or_else(|| "/".into()),
+        node_root: a.node_root.clone().unwrap_or_else(|| "/".into()),
+        install_base: a.install_base.clone().unwrap_or_else(|| "/opt/contrast".into()),
+        containerd_config: config,
+        k3s_rendered: rendered,
+        restart,
+        qemu: a.qemu.clone().unwrap_or_else(|| "/usr/bin/qemu-system-x86_64".into()),
+        settings: a.settings.clone(),
+    }
+}
+
+fn report(handler: &str, what: &str, out: &install::Outcome) {
+    let config = if out.config_changed { "containerd config updated" } else { "containerd config unchanged" };
+    let backup = out.backup.as_ref().map(|b| format!(", backup {}", b.display())).unwrap_or_default();
+    let restart = if out.restarted { ", containerd restarted" } else { "" };
+    println!("{handler}: {what} ({} files written, {config}{backup}{restart})", out.files_written);
+}

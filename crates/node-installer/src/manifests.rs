@@ -1,0 +1,137 @@
+//! The Kubernetes objects for one runtime handler: its RuntimeClass and the DaemonSet that
+//! installs it, built from the same payload as `install` so names and hashes cannot drift.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, HostPathVolumeSource, PodSpec, PodTemplateSpec, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::api::node::v1::{Overhead, RuntimeClass};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use crate::payload::Payload;
+
+/// Memory a pod VM costs beyond the guest RAM: the shim (≤ 5 MiB measured, rounded up) and
+/// QEMU's own allocations (device emulation, TCG/KVM structures, vhost backends).
+pub const SHIM_OVERHEAD_MIB: u64 = 10;
+pub const QEMU_OVERHEAD_MIB: u64 = 150;
+const HOST_ROOT: &str = "/host";
+const PAYLOAD: &str = "/contrast";
+
+pub struct Options {
+    /// The installer's container image.
+    pub image: String,
+    pub namespace: String,
+    pub pause_image: String,
+    /// `--set` overrides, passed on to the installer in the DaemonSet.
+    pub settings: Vec<String>,
+}
+
+pub fn render(payload: &Payload, opts: &Options) -> Result<String> {
+    let memory = default_memory(payload, &opts.settings)?;
+    let labels: BTreeMap<String, String> = [
+        ("app.kubernetes.io/name".to_owned(), "contrast-node-installer".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), payload.handler.clone()),
+    ]
+    .into();
+    let runtime_class = RuntimeClass {
+        metadata: ObjectMeta {
+            name: Some(payload.handler.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        handler: payload.handler.clone(),
+        overhead: Some(Overhead {
+            pod_fixed: Some(
+                [("memory".to_owned(), Quantity(format!("{}Mi", memory + SHIM_OVERHEAD_MIB + QEMU_OVERHEAD_MIB)))]
+                    .into(),
+            ),
+        }),
+        scheduling: None,
+    };
+    let mut args = vec![
+        "install".to_owned(),
+        "--platform".to_owned(),
+        payload.platform.clone(),
+        "--host-root".to_owned(),
+        HOST_ROOT.to_owned(),
+        "--payload".to_owned(),
+        PAYLOAD.to_owned(),
+    ];
+    for s in &opts.settings {
+        args.push("--set".to_owned());
+        args.push(s.clone());
+    }
+    let installer = Container {
+        name: "installer".to_owned(),
+        image: Some(opts.image.clone()),
+        command: Some(vec!["/contrast-node-installer".to_owned()]),
+        args: Some(args),
+        security_context: Some(SecurityContext { privileged: Some(true), ..Default::default() }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "host-root".to_owned(),
+            mount_path: HOST_ROOT.to_owned(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let pause = Container { name: "pause".to_owned(), image: Some(opts.pause_image.clone()), ..Default::default() };
+    let daemon_set = DaemonSet {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-installer", payload.handler)),
+            namespace: Some(opts.namespace.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector { match_labels: Some(labels.clone()), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    // nsenter into PID 1's mount namespace is the restart fallback.
+                    host_pid: Some(true),
+                    init_containers: Some(vec![installer]),
+                    containers: vec![pause],
+                    volumes: Some(vec![Volume {
+                        name: "host-root".to_owned(),
+                        host_path: Some(HostPathVolumeSource { path: "/".to_owned(), type_: None }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let mut out = String::new();
+    out.push_str(&serde_yaml::to_string(&with_kind(&runtime_class)?)?);
+    out.push_str("---\n");
+    out.push_str(&serde_yaml::to_string(&with_kind(&daemon_set)?)?);
+    Ok(out)
+}
+
+/// The object as JSON with `apiVersion` and `kind` set (k8s-openapi's serializer adds them).
+fn with_kind<T: serde::Serialize>(obj: &T) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(obj)?)
+}
+
+/// `hypervisor.qemu.default_memory` of the config the installer would write (MiB).
+fn default_memory(payload: &Payload, settings: &[String]) -> Result<u64> {
+    let mut doc: toml_edit::DocumentMut = payload.template.parse().context("payload config template")?;
+    for s in settings {
+        crate::install::apply_setting(&mut doc, s)?;
+    }
+    let text = doc.to_string();
+    let t: toml::Table = text.parse()?;
+    let memory = t
+        .get("hypervisor")
+        .and_then(|h| h.get("qemu"))
+        .and_then(|q| q.get("default_memory"))
+        .and_then(|m| m.as_integer())
+        .unwrap_or(512);
+    Ok(memory.try_into()?)
+}

@@ -1,0 +1,286 @@
+//! The installer against real-world containerd configs: only our runtime table changes, a
+//! second run is a no-op, bad input is refused without touching anything, uninstall restores
+//! the file; and the manifests it emits are well-typed Kubernetes objects.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{backups, fake_payload, installer, ok};
+
+struct Host {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    payload: PathBuf,
+    restarts: PathBuf,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("host");
+        std::fs::create_dir_all(root.join("etc/containerd")).expect("mkdir");
+        let payload = fake_payload(dir.path());
+        let restarts = dir.path().join("restarts");
+        Host { root, payload, restarts, _dir: dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.root.join("etc/containerd/config.toml")
+    }
+
+    fn args<'a>(&'a self, command: &'a str, restart: &'a str) -> Vec<&'a str> {
+        vec![
+            command,
+            "--platform",
+            "insecure",
+            "--payload",
+            self.payload.to_str().expect("utf-8 path"),
+            "--host-root",
+            self.root.to_str().expect("utf-8 path"),
+            "--restart-command",
+            restart,
+        ]
+    }
+
+    fn restart_cmd(&self) -> String {
+        format!("echo restart >> {}", self.restarts.display())
+    }
+
+    fn restart_count(&self) -> usize {
+        std::fs::read_to_string(&self.restarts).map_or(0, |s| s.lines().count())
+    }
+
+    fn handler(&self) -> String {
+        ok(&["handler", "--platform", "insecure", "--payload", self.payload.to_str().expect("utf-8 path")])
+            .trim()
+            .to_owned()
+    }
+}
+
+/// The CRI runtime plugin's name for the config's version.
+fn cri_plugin(t: &toml::Table) -> &'static str {
+    match t.get("version").and_then(|v| v.as_integer()) {
+        Some(3) => "io.containerd.cri.v1.runtime",
+        _ => "io.containerd.grpc.v1.cri",
+    }
+}
+
+fn runtimes(t: &toml::Table) -> Option<&toml::Table> {
+    let cri = t.get("plugins")?.as_table()?.get(cri_plugin(t))?;
+    cri.get("containerd")?.get("runtimes")?.as_table()
+}
+
+/// Every line of `original` is in `edited`, in the same order (ours are only added).
+fn keeps_every_line(original: &str, edited: &str) -> bool {
+    let mut rest = edited.lines();
+    original.lines().all(|line| rest.any(|l| l == line))
+}
+
+/// The comment lines of a TOML text, in order.
+fn comments(text: &str) -> Vec<&str> {
+    text.lines().map(str::trim).filter(|l| l.starts_with('#')).collect()
+}
+
+#[test]
+fn real_world_configs_gain_only_our_handler() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut names: Vec<_> = std::fs::read_dir(&fixtures).expect("fixtures").flatten().map(|e| e.path()).collect();
+    names.sort();
+    assert!(names.len() >= 5, "fixtures: {names:?}");
+    for fixture in names {
+        let host = Host::new();
+        let original = std::fs::read_to_string(&fixture).expect("fixture");
+        std::fs::write(host.config(), &original).expect("write config");
+        let restart = host.restart_cmd();
+        let handler = host.handler();
+        let what = fixture.display();
+
+        ok(&host.args("install", &restart));
+        let edited = std::fs::read_to_string(host.config()).expect("config");
+        let mut after: toml::Table = edited.parse().unwrap_or_else(|e| panic!("{what}: output is not TOML: {e}"));
+        let before: toml::Table = original.parse().expect("fixture parses");
+        let ours = runtimes(&after).and_then(|r| r.get(&handler)).unwrap_or_else(|| panic!("{what}: no {handler}"));
+        assert_eq!(ours["runtime_type"].as_str(), Some("io.containerd.contrast-cc.v2"), "{what}");
+        assert_eq!(ours["privileged_without_host_devices"].as_bool(), Some(true), "{what}");
+        assert_eq!(ours["pod_annotations"].as_array().map(|a| a.len()), Some(1), "{what}");
+        let dir = format!("/opt/contrast/{handler}");
+        assert_eq!(
+            ours["runtime_path"].as_str(),
+            Some(format!("{dir}/bin/containerd-shim-contrast-cc-v2").as_str()),
+            "{what}"
+        );
+        assert_eq!(
+            ours["options"]["ConfigPath"].as_str(),
+            Some(format!("{dir}/etc/configuration.toml").as_str()),
+            "{what}"
+        );
+        // Remove our table: what is left means exactly what the original meant.
+        remove_handler(&mut after, &handler);
+        assert_eq!(after, before, "{what}: something besides our handler changed");
+        assert_eq!(comments(&edited), comments(&original), "{what}: comments lost or moved");
+        assert!(keeps_every_line(&original, &edited), "{what}: existing text rewritten");
+        assert_eq!(host.restart_count(), 1, "{what}");
+        let b = backups(&host.config());
+        assert_eq!(b.len(), 1, "{what}");
+        assert_eq!(std::fs::read_to_string(&b[0]).expect("backup"), original, "{what}");
+        assert!(host.root.join(&dir[1..]).join("etc/configuration.toml").is_file());
+
+        // Second run: nothing to do.
+        let out = ok(&host.args("install", &restart));
+        assert!(out.contains("0 files written, containerd config unchanged"), "{what}: {out}");
+        assert_eq!(std::fs::read_to_string(host.config()).expect("config"), edited, "{what}");
+        assert_eq!(backups(&host.config()).len(), 1, "{what}: a no-op made a backup");
+        assert_eq!(host.restart_count(), 1, "{what}: a no-op restarted containerd");
+
+        ok(&host.args("uninstall", &restart));
+        assert_eq!(std::fs::read_to_string(host.config()).expect("config"), original, "{what}: uninstall");
+        assert!(!host.root.join(&dir[1..]).exists(), "{what}: install dir left");
+        assert_eq!(host.restart_count(), 2, "{what}");
+    }
+}
+
+fn remove_handler(t: &mut toml::Table, handler: &str) {
+    let key = cri_plugin(t);
+    let plugins = t.get_mut("plugins").and_then(|p| p.as_table_mut()).expect("plugins");
+    let cri = plugins.get_mut(key).and_then(|c| c.as_table_mut()).expect("cri");
+    let containerd = cri.get_mut("containerd").and_then(|c| c.as_table_mut()).expect("containerd");
+    let runtimes = containerd.get_mut("runtimes").and_then(|r| r.as_table_mut()).expect("runtimes");
+    runtimes.remove(handler);
+    // Tables the installer had to create for its entry were not there before.
+    if runtimes.is_empty() {
+        containerd.remove("runtimes");
+        if containerd.is_empty() {
+            cri.remove("containerd");
+        }
+    }
+}
+
+#[test]
+fn bad_configs_are_refused_and_nothing_is_touched() {
+    for (text, expect) in [
+        ("version = [\n", "not valid TOML"),
+        ("version = 99\n[plugins]\n", "version 99 is not supported"),
+        ("[plugins.cri.containerd]\nsnapshotter = \"overlayfs\"\n", "version 1"),
+    ] {
+        let host = Host::new();
+        std::fs::write(host.config(), text).expect("write");
+        let restart = host.restart_cmd();
+        let out = installer(&host.args("install", &restart));
+        assert!(!out.status.success(), "{text:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect) && err.contains("config.toml"), "{text:?}: {err}");
+        assert_eq!(std::fs::read_to_string(host.config()).expect("config"), text);
+        assert!(backups(&host.config()).is_empty(), "backup left behind");
+        assert!(!host.root.join("opt").exists(), "files installed for a refused config");
+        assert_eq!(host.restart_count(), 0);
+    }
+}
+
+#[test]
+fn unwritable_config_directory_fails_cleanly() {
+    let host = Host::new();
+    let original = "version = 2\n";
+    std::fs::write(host.config(), original).expect("write");
+    let etc = host.root.join("etc/containerd");
+    // Root ignores permission bits: a read-only bind mount makes the directory unwritable.
+    nix::mount::mount(Some(&etc), &etc, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).expect("bind");
+    let ro = nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY;
+    let remounted = nix::mount::mount(None::<&str>, &etc, None::<&str>, ro, None::<&str>);
+    let restart = host.restart_cmd();
+    let out = installer(&host.args("install", &restart));
+    nix::mount::umount(&etc).expect("umount");
+    remounted.expect("read-only remount");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Read-only file system") && err.contains("etc/containerd"), "{err}");
+    assert_eq!(std::fs::read_to_string(host.config()).expect("config"), original);
+    let left: Vec<_> = std::fs::read_dir(&etc).expect("dir").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 1, "only config.toml: {left:?}");
+    assert_eq!(host.restart_count(), 0);
+}
+
+#[test]
+fn missing_config_starts_from_a_minimal_one() {
+    let host = Host::new();
+    let restart = host.restart_cmd();
+    ok(&host.args("install", &restart));
+    let text = std::fs::read_to_string(host.config()).expect("config");
+    assert!(text.starts_with("version = 2\n"), "{text}");
+    let t: toml::Table = text.parse().expect("toml");
+    assert!(runtimes(&t).expect("runtimes").contains_key(&host.handler()));
+    assert!(backups(&host.config()).is_empty(), "nothing to back up");
+}
+
+#[test]
+fn k3s_template_is_seeded_from_the_rendered_config() {
+    let host = Host::new();
+    let dir = host.root.join("var/lib/rancher/k3s/agent/etc/containerd");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let rendered =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/k3s-rendered.toml"))
+            .expect("fixture");
+    std::fs::write(dir.join("config.toml"), &rendered).expect("write");
+    let restart = host.restart_cmd();
+    let mut args = host.args("install", &restart);
+    args.push("--k3s");
+    ok(&args);
+    assert_eq!(std::fs::read_to_string(dir.join("config.toml")).expect("rendered"), rendered, "k3s owns config.toml");
+    let tmpl = std::fs::read_to_string(dir.join("config.toml.tmpl")).expect("template written");
+    assert!(keeps_every_line(&rendered, &tmpl));
+    assert!(tmpl.contains(&host.handler()));
+}
+
+#[test]
+fn handler_name_follows_the_payload() {
+    let host = Host::new();
+    let first = host.handler();
+    assert!(first.starts_with("contrast-cc-insecure-") && first.len() == "contrast-cc-insecure-".len() + 8, "{first}");
+    std::fs::write(host.payload.join("share/root.img"), "another release\n").expect("write");
+    assert_ne!(host.handler(), first, "a new image must give a new handler");
+    let with_set = ok(&[
+        "handler",
+        "--platform",
+        "insecure",
+        "--payload",
+        host.payload.to_str().unwrap(),
+        "--set",
+        "hypervisor.qemu.default_memory=1024",
+    ]);
+    assert_ne!(with_set.trim(), host.handler());
+    let out = installer(&["handler", "--platform", "sgx", "--payload", host.payload.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown platform"));
+}
+
+#[test]
+fn manifests_are_kubernetes_objects_with_matching_names() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::node::v1::RuntimeClass;
+    use serde::Deserialize;
+
+    let host = Host::new();
+    let handler = host.handler();
+    let text = ok(&["manifests", "--platform", "insecure", "--payload", host.payload.to_str().unwrap()]);
+    let docs: Vec<serde_yaml::Value> =
+        serde_yaml::Deserializer::from_str(&text).map(|d| serde_yaml::Value::deserialize(d).expect("yaml")).collect();
+    assert_eq!(docs.len(), 2, "{text}");
+    let rc: RuntimeClass = serde_yaml::from_value(docs[0].clone()).expect("a RuntimeClass");
+    assert_eq!(rc.metadata.name.as_deref(), Some(handler.as_str()));
+    assert_eq!(rc.handler, handler);
+    let memory = &rc.overhead.expect("overhead").pod_fixed.expect("podFixed")["memory"];
+    assert_eq!(memory.0, "672Mi", "512 MiB guest + 10 shim + 150 QEMU");
+    assert_eq!(docs[0]["kind"], "RuntimeClass");
+    assert_eq!(docs[0]["apiVersion"], "node.k8s.io/v1");
+
+    let ds: DaemonSet = serde_yaml::from_value(docs[1].clone()).expect("a DaemonSet");
+    assert_eq!(docs[1]["kind"], "DaemonSet");
+    assert_eq!(ds.metadata.name.as_deref(), Some(format!("{handler}-installer").as_str()));
+    let spec = ds.spec.expect("spec").template.spec.expect("pod spec");
+    let init = &spec.init_containers.expect("init containers")[0];
+    let args = init.args.clone().expect("args");
+    assert_eq!(args[..3], ["install", "--platform", "insecure"]);
+    assert_eq!(init.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+    assert_eq!(init.volume_mounts.as_ref().expect("mounts")[0].mount_path, "/host");
+    assert_eq!(spec.volumes.expect("volumes")[0].host_path.as_ref().expect("hostPath").path, "/");
+    assert_eq!(spec.containers[0].name, "pause");
+}
