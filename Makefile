@@ -59,7 +59,7 @@ manifests: installer payload
 	$(INSTALLER_BIN) manifests --platform $(PLATFORM) --payload $(PAYLOAD) > $(BUILD)/contrast-$(PLATFORM).yaml
 	@echo "manifests: $(BUILD)/contrast-$(PLATFORM).yaml"
 
-# The installer's container image, where podman or docker exists (and can reach its base image).
+# The installer's container image (FROM scratch), where podman or docker runs.
 installer-image: installer payload
 	rm -rf $(BUILD)/installer-context && mkdir -p $(BUILD)/installer-context
 	cp $(INSTALLER_BIN) $(BUILD)/installer-context/

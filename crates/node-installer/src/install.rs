@@ -35,7 +35,7 @@ pub struct Node {
 pub enum Restart {
     /// `sh -c <command>`.
     Command(String),
-    /// systemd unit: over D-Bus, else `nsenter -t 1 -m -- systemctl restart`.
+    /// systemd unit: over D-Bus, else `systemctl restart` run in PID 1's mount namespace.
     Systemd(String),
 }
 
@@ -114,7 +114,14 @@ pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
     }
     out.backup = replace_file(&target, &updated)?;
     out.config_changed = true;
-    restart(node)?;
+    if let Err(e) = restart(node) {
+        // Put the old config back so that a re-run sees the change (and restarts) again.
+        let undo = restore(&target, existing.as_deref(), out.backup.as_deref());
+        return match undo {
+            Ok(_) => Err(e.context(format!("containerd config {} left as it was", target.display()))),
+            Err(u) => Err(e.context(format!("and restoring {} failed: {u:#}", target.display()))),
+        };
+    }
     out.restarted = true;
     Ok(out)
 }
@@ -297,6 +304,22 @@ fn replace_file(path: &Path, text: &str) -> Result<Option<PathBuf>> {
     Ok(backup)
 }
 
+/// Puts `old` back at `path` (or removes `path` if there was no file) and drops `backup`.
+fn restore(path: &Path, old: Option<&str>, backup: Option<&Path>) -> Result<()> {
+    match old {
+        Some(text) => {
+            if let Some(extra) = replace_file(path, text)? {
+                std::fs::remove_file(extra)?;
+            }
+        }
+        None => std::fs::remove_file(path)?,
+    }
+    if let Some(b) = backup {
+        std::fs::remove_file(b)?;
+    }
+    Ok(())
+}
+
 fn backup_name(path: &Path) -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let base = path.display().to_string();
@@ -321,19 +344,36 @@ fn restart(node: &Node) -> Result<()> {
             match crate::systemd::restart_unit(&bus, unit) {
                 Ok(()) => Ok(()),
                 Err(dbus) => {
-                    let out = Command::new("nsenter")
-                        .args(["-t", "1", "-m", "--", "systemctl", "restart", unit])
-                        .output()
-                        .context("running nsenter")?;
-                    if !out.status.success() {
-                        bail!(
-                            "restarting {unit}: over D-Bus: {dbus:#}; with nsenter: {}",
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        );
-                    }
-                    Ok(())
+                    let fallback = match systemctl_in_pid1_mount_namespace(&["restart", unit]) {
+                        Ok(out) if out.status.success() => return Ok(()),
+                        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    bail!("restarting {unit}: over D-Bus: {dbus:#}; with systemctl in PID 1's mount namespace: {fallback}")
                 }
             }
         }
     }
+}
+
+/// Runs the node's `systemctl` (what `nsenter -t 1 -m systemctl` does): the child joins PID 1's
+/// mount namespace before exec, so the binary and its libraries are the node's. Needs the host
+/// PID namespace (`hostPID: true` in the DaemonSet) and CAP_SYS_ADMIN.
+fn systemctl_in_pid1_mount_namespace(args: &[&str]) -> Result<std::process::Output> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ns = std::fs::File::open("/proc/1/ns/mnt").context("opening /proc/1/ns/mnt")?;
+    let fd = ns.as_raw_fd();
+    let mut cmd = Command::new("systemctl");
+    cmd.args(args);
+    // SAFETY: setns is async-signal-safe and the forked child is single-threaded.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().context("running systemctl in PID 1's mount namespace")
 }

@@ -91,7 +91,7 @@ pub fn render(payload: &Payload, opts: &Options) -> Result<String> {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
                 spec: Some(PodSpec {
-                    // nsenter into PID 1's mount namespace is the restart fallback.
+                    // systemctl in PID 1's mount namespace is the restart fallback.
                     host_pid: Some(true),
                     init_containers: Some(vec![installer]),
                     containers: vec![pause],

@@ -284,3 +284,29 @@ fn manifests_are_kubernetes_objects_with_matching_names() {
     assert_eq!(spec.volumes.expect("volumes")[0].host_path.as_ref().expect("hostPath").path, "/");
     assert_eq!(spec.containers[0].name, "pause");
 }
+
+#[test]
+fn failed_restart_leaves_the_config_as_it_was() {
+    let host = Host::new();
+    let original = "version = 2\n# mine\n";
+    std::fs::write(host.config(), original).expect("write");
+    let out = installer(&host.args("install", "exit 3"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("restart command") && err.contains("left as it was"), "{err}");
+    assert_eq!(std::fs::read_to_string(host.config()).expect("config"), original);
+    assert!(backups(&host.config()).is_empty(), "backup left behind");
+    // Without a restart command and without systemd, both systemd routes fail and say why.
+    let mut args = host.args("install", "");
+    args.truncate(args.len() - 2);
+    args.extend(["--restart-unit", "containerd.service"]);
+    let out = installer(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("over D-Bus") && err.contains("PID 1's mount namespace"), "{err}");
+    assert_eq!(std::fs::read_to_string(host.config()).expect("config"), original);
+    // A working restart afterwards does the whole change.
+    let restart = host.restart_cmd();
+    ok(&host.args("install", &restart));
+    assert_eq!(host.restart_count(), 1);
+}
