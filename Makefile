@@ -28,8 +28,11 @@ deps:
 build:
 	$(CARGO) build --release --workspace --exclude contrast-agent
 
+# Non-PIE (relocation-model=static): a static-pie binary relocates its data at start, which
+# dirties ~800 KiB per shim process; the shim runs once per pod (docs/performance.md).
 shim:
-	$(CARGO) build --profile release-shim --target $(AGENT_TARGET) -p containerd-shim-contrast-cc-v2
+	$(CARGO) rustc --profile release-shim --target $(AGENT_TARGET) -p containerd-shim-contrast-cc-v2 \
+		--bin containerd-shim-contrast-cc-v2 -- -C relocation-model=static
 
 agent:
 	$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent -p contrast-init

@@ -51,6 +51,8 @@ fn main() -> Result<()> {
 
     let mut anon = Vec::new();
     let (mut create, mut guest_create, mut start) = (Vec::new(), Vec::new(), Vec::new());
+    // Per run, then the median: medians of different series do not subtract.
+    let (mut outside, mut in_shim) = (Vec::new(), Vec::new());
     let (mut rss, mut start_total, mut qmp, mut agent, mut exec) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..RUNS {
@@ -64,6 +66,9 @@ fn main() -> Result<()> {
         create.push(Duration::from_millis(logged_ms(&log, "create_ms").context("create_ms in log")?));
         guest_create.push(Duration::from_millis(logged_ms(&log, "guest_create_ms").context("guest_create_ms")?));
         start.push(Duration::from_millis(logged_ms(&log, "start_ms").context("start_ms in log")?));
+        let last = |v: &Vec<Duration>| v[v.len() - 1];
+        outside.push(last(&start_total).saturating_sub(last(&create) + last(&start)));
+        in_shim.push(last(&create).saturating_sub(last(&agent)).saturating_sub(last(&guest_create)));
         std::thread::sleep(Duration::from_secs(1));
         let (r, a) = shim_rss_kib(cd.dir.path())?;
         rss.push(r);
@@ -98,12 +103,11 @@ fn main() -> Result<()> {
         median(&mut runc),
     );
     let shim_overhead = st.saturating_sub(a);
-    let (cr, gc, sr) = (median(&mut create), median(&mut guest_create), median(&mut start));
-    let outside = st.saturating_sub(cr + sr);
-    let in_shim = cr.saturating_sub(a).saturating_sub(gc);
+    let (gc, sr) = (median(&mut guest_create), median(&mut start));
+    let (outside, in_shim) = (median(&mut outside), median(&mut in_shim));
     let section = format!(
         "Command: `make bench` (runs `target/release/examples/bench_shim <shim> build/image docs/performance.md`; \
-         the shim is the shipped build: static musl, `release-shim` profile), \
+         the shim is the shipped build: static musl, non-PIE, `release-shim` profile), \
          containerd 1.6 (Debian) driven with ctr, median of {RUNS} each, QEMU under TCG.\n\n\
          | measurement | value |\n|---|---|\n\
          | shim daemon RSS per idle pod (`VmRSS` of the shim, one pod running `sleep`) | {} KiB (min {}, max {}) |\n\

@@ -24,6 +24,8 @@ const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
 const BASE_KERNEL_PARAMS: &str = "console=ttyS0 reboot=k panic=-1";
 /// `sun_path` holds 108 bytes including the terminating NUL (linux/un.h).
 const MAX_SOCKET_PATH: usize = 107;
+/// Console lines quoted when the agent cannot be reached.
+const DIAL_CONSOLE_LINES: usize = 5;
 /// Guest CID of the VM behind its own vhost-device-vsock (every pod has its own instance).
 const HYBRID_GUEST_CID: u32 = 3;
 
@@ -57,6 +59,12 @@ pub enum Error {
     NotRunning(String),
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
+    #[error("{source}; last console lines: {console}")]
+    AgentUnreachable {
+        source: Box<vsock::Error>,
+        /// The serial console's tail: the guest may say why the agent never came up.
+        console: String,
+    },
     #[error("hypervisor.qemu.kernel_params_file {}: {problem}", path.display())]
     KernelParamsFile { path: PathBuf, problem: String },
 }
@@ -344,7 +352,14 @@ impl PodVm {
 
     /// Connects to a guest vsock port within the configured dial timeout.
     pub async fn dial(&self, port: u32) -> Result<OwnedFd, Error> {
-        Ok(self.vsock.dial(port, self.dial_timeout, self.supervisor.exited()).await?)
+        match self.vsock.dial(port, self.dial_timeout, self.supervisor.exited()).await {
+            Ok(fd) => Ok(fd),
+            Err(e @ vsock::Error::Timeout { .. }) => {
+                let tail = crate::supervisor::tail(&self.state_dir.join("console.log"), DIAL_CONSOLE_LINES);
+                Err(Error::AgentUnreachable { source: Box::new(e), console: tail.trim_end().replace('\n', " | ") })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Connects to the agent (vsock port 1024).
