@@ -129,10 +129,11 @@ pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
 pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
     let (config_file, original) = read_containerd_config(node)?;
     let mut out = Outcome::default();
+    let mut config =
+        Config::parse(original.as_deref()).with_context(|| format!("containerd config {}", config_file.display()))?;
+    // k3s without a template yet: the rendered file is only read (for the opt dir), never written.
     let from_target = config_file == node.host(&node.containerd_config);
-    let mut config = Config::parse(original.as_deref().filter(|_| from_target))
-        .with_context(|| format!("containerd config {}", config_file.display()))?;
-    if from_target && original.is_some() && config.remove_handler(handler)? {
+    if from_target && config.remove_handler(handler)? {
         out.backup = replace_file(&config_file, &config.to_text())?;
         out.config_changed = true;
     }

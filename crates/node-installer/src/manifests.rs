@@ -108,30 +108,21 @@ pub fn render(payload: &Payload, opts: &Options) -> Result<String> {
         status: None,
     };
     let mut out = String::new();
-    out.push_str(&serde_yaml::to_string(&with_kind(&runtime_class)?)?);
+    // k8s-openapi's serializers write `apiVersion` and `kind`.
+    out.push_str(&serde_yaml::to_string(&runtime_class)?);
     out.push_str("---\n");
-    out.push_str(&serde_yaml::to_string(&with_kind(&daemon_set)?)?);
+    out.push_str(&serde_yaml::to_string(&daemon_set)?);
     Ok(out)
 }
 
-/// The object as JSON with `apiVersion` and `kind` set (k8s-openapi's serializer adds them).
-fn with_kind<T: serde::Serialize>(obj: &T) -> Result<serde_json::Value> {
-    Ok(serde_json::to_value(obj)?)
-}
-
-/// `hypervisor.qemu.default_memory` of the config the installer would write (MiB).
+/// `hypervisor.qemu.default_memory` (MiB) of the template with the overrides, defaults as the
+/// shim applies them.
 fn default_memory(payload: &Payload, settings: &[String]) -> Result<u64> {
     let mut doc: toml_edit::DocumentMut = payload.template.parse().context("payload config template")?;
     for s in settings {
         crate::install::apply_setting(&mut doc, s)?;
     }
-    let text = doc.to_string();
-    let t: toml::Table = text.parse()?;
-    let memory = t
-        .get("hypervisor")
-        .and_then(|h| h.get("qemu"))
-        .and_then(|q| q.get("default_memory"))
-        .and_then(|m| m.as_integer())
-        .unwrap_or(512);
-    Ok(memory.try_into()?)
+    let config =
+        contrast_config::RuntimeClassConfig::parse(&doc.to_string(), std::path::Path::new("configuration.toml"))?;
+    Ok(config.hypervisor.qemu.default_memory.into())
 }
