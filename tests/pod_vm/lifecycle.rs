@@ -44,11 +44,17 @@ async fn second_connection_and_qmp_events() {
     let mut events = vm.qmp().subscribe();
     assert_eq!(vm.qmp().query_status().await.expect("query-status"), "running");
 
-    let first = ttrpc_client(vm.dial_agent().await.expect("first connection"));
-    let second = ttrpc_client(vm.dial_agent().await.expect("second connection"));
-    assert_eq!(health_check(&first).await.expect("check 1"), "SERVING");
-    assert_eq!(health_check(&second).await.expect("check 2"), "SERVING");
-    drop((first, second));
+    // Three dials race the boot: each waits for the guest's vsock device and is retried until
+    // the agent listens, without ever closing a connection the guest may still accept (that
+    // would end vhost-device-vsock's worker and every later dial of this pod would time out).
+    let (first, second, third) = tokio::join!(vm.dial_agent(), vm.dial_agent(), vm.dial_agent());
+    let clients = [first, second, third].map(|c| ttrpc_client(c.expect("connection during boot")));
+    for client in &clients {
+        assert_eq!(health_check(client).await.expect("check"), "SERVING");
+    }
+    let fourth = ttrpc_client(vm.dial_agent().await.expect("connection after boot"));
+    assert_eq!(health_check(&fourth).await.expect("check 4"), "SERVING");
+    drop((clients, fourth));
 
     let exit = vm.stop().await;
     assert_eq!(exit.code, Some(0), "{exit}");

@@ -12,7 +12,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::helper::{self, Helper};
-use crate::qemu_args::{BootSource, QemuSpec, SnpParams, VsockDevice};
+use crate::qemu_args::{BootSource, QemuSpec, SnpParams, VsockDevice, VSOCK_QOM_PATH};
 use crate::qmp::{self, QmpClient};
 use crate::supervisor::{LogFiles, Supervisor, VmExit};
 use crate::vsock::{self, VsockEndpoint};
@@ -28,6 +28,10 @@ const MAX_SOCKET_PATH: usize = 107;
 const DIAL_CONSOLE_LINES: usize = 5;
 /// Guest CID of the VM behind its own vhost-device-vsock (every pod has its own instance).
 const HYBRID_GUEST_CID: u32 = 3;
+/// Pause between asking QEMU whether the guest has started the hybrid vsock device.
+const VSOCK_START_POLL: Duration = Duration::from_millis(10);
+/// Name of vhost-device-vsock's thread that serves the queues and host connections.
+const VSOCK_WORKER_THREAD: &str = "vring_worker";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,11 +63,13 @@ pub enum Error {
     NotRunning(String),
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
-    #[error("{source}; last console lines: {console}")]
+    #[error("{source}{worker}; last console lines: {console}")]
     AgentUnreachable {
         source: Box<vsock::Error>,
         /// The serial console's tail: the guest may say why the agent never came up.
         console: String,
+        /// Empty, or why vhost-device-vsock can no longer connect anything.
+        worker: String,
     },
     #[error("hypervisor.qemu.kernel_params_file {}: {problem}", path.display())]
     KernelParamsFile { path: PathBuf, problem: String },
@@ -88,6 +94,10 @@ pub struct PodVm {
     supervisor: Supervisor,
     qmp: QmpClient,
     vsock: VsockEndpoint,
+    /// vhost-device-vsock's pid (hybrid vsock only).
+    vsock_helper: Option<u32>,
+    /// Set once the guest has started the hybrid vsock device (see [`PodVm::dial`]).
+    vsock_started: tokio::sync::OnceCell<()>,
     accel: &'static str,
     dial_timeout: Duration,
     powerdown_timeout: Duration,
@@ -176,6 +186,8 @@ impl PodVm {
                 }
             };
 
+        let vsock_helper = if use_vhost { None } else { helpers.first().map(Helper::pid) };
+
         let boot = match (&q.igvm, &q.kernel) {
             (Some(file), _) => BootSource::Igvm { file: file.clone() },
             (None, Some(kernel)) => BootSource::Kernel {
@@ -261,6 +273,8 @@ impl PodVm {
             supervisor,
             qmp,
             vsock: endpoint,
+            vsock_helper,
+            vsock_started: tokio::sync::OnceCell::new(),
             accel,
             dial_timeout: req.config.dial_timeout(),
             powerdown_timeout: Duration::from_millis(q.powerdown_timeout_ms),
@@ -351,15 +365,75 @@ impl PodVm {
     }
 
     /// Connects to a guest vsock port within the configured dial timeout.
+    ///
+    /// With hybrid vsock the first dial waits until QEMU reports that the guest driver has
+    /// started the device: vhost-device-vsock 0.3 marks itself ready at the memory table, before
+    /// the queues, and a host connection arriving in between ends its only worker thread with
+    /// an error (the pod's vsock would be dead for good).
     pub async fn dial(&self, port: u32) -> Result<OwnedFd, Error> {
-        match self.vsock.dial(port, self.dial_timeout, self.supervisor.exited()).await {
-            Ok(fd) => Ok(fd),
-            Err(e @ vsock::Error::Timeout { .. }) => {
-                let tail = crate::supervisor::tail(&self.state_dir.join("console.log"), DIAL_CONSOLE_LINES);
-                Err(Error::AgentUnreachable { source: Box::new(e), console: tail.trim_end().replace('\n', " | ") })
+        let deadline = tokio::time::Instant::now() + self.dial_timeout;
+        let result = async {
+            if self.vsock_helper.is_some() {
+                self.vsock_started.get_or_try_init(|| self.wait_vsock_started(deadline)).await?;
             }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.vsock.dial(port, remaining, self.supervisor.exited()).await
+        }
+        .await;
+        match result {
+            Ok(fd) => Ok(fd),
+            Err(vsock::Error::Timeout { port, last, .. }) => {
+                let source = vsock::Error::Timeout { port, timeout: self.dial_timeout, last };
+                Err(self.unreachable(source))
+            }
+            Err(e @ vsock::Error::DeviceNotStarted { .. }) => Err(self.unreachable(e)),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Polls QMP until the guest has set DRIVER_OK on the hybrid vsock device.
+    async fn wait_vsock_started(&self, deadline: tokio::time::Instant) -> Result<(), vsock::Error> {
+        let mut exited = self.supervisor.exited();
+        loop {
+            if let Some(exit) = exited.borrow_and_update().clone() {
+                return Err(vsock::Error::VmExited(exit));
+            }
+            match self.qmp.virtio_driver_ok(VSOCK_QOM_PATH).await {
+                Ok(true) => {
+                    tracing::debug!("guest started the vsock device");
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    if let Some(exit) = exited.borrow_and_update().clone() {
+                        return Err(vsock::Error::VmExited(exit));
+                    }
+                    // An older QEMU without the command: dial without waiting.
+                    tracing::warn!(error = %e, "cannot ask QEMU whether the guest started the vsock device");
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() + VSOCK_START_POLL >= deadline {
+                return Err(vsock::Error::DeviceNotStarted { timeout: self.dial_timeout });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(VSOCK_START_POLL) => {}
+                _ = exited.changed() => {}
+            }
+        }
+    }
+
+    fn unreachable(&self, source: vsock::Error) -> Error {
+        let tail = crate::supervisor::tail(&self.state_dir.join("console.log"), DIAL_CONSOLE_LINES);
+        let worker = match self.vsock_helper.map(vsock_worker_alive) {
+            Some(Some(false)) => format!(
+                "; vhost-device-vsock's {VSOCK_WORKER_THREAD} thread has ended, so no host connection can reach \
+                 the guest any more (see {})",
+                self.state_dir.join("vhost-device-vsock.log").display()
+            ),
+            _ => String::new(),
+        };
+        Error::AgentUnreachable { source: Box::new(source), console: tail.trim_end().replace('\n', " | "), worker }
     }
 
     /// Connects to the agent (vsock port 1024).
@@ -508,9 +582,42 @@ fn seed_of(id: &str) -> u64 {
     id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
+/// Whether process `pid` still has vhost-device-vsock's queue worker thread; `None` when its
+/// threads cannot be listed (the process is gone).
+fn vsock_worker_alive(pid: u32) -> Option<bool> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == VSOCK_WORKER_THREAD)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_thread_is_found_by_name() {
+        let me = std::process::id();
+        assert_eq!(vsock_worker_alive(me), Some(false));
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        // The thread names itself when it starts, before running this closure.
+        let worker = std::thread::Builder::new()
+            .name(VSOCK_WORKER_THREAD.into())
+            .spawn(move || {
+                let _ = ready_tx.send(());
+                let _ = stop_rx.recv();
+            })
+            .expect("spawn");
+        ready_rx.recv().expect("worker started");
+        assert_eq!(vsock_worker_alive(me), Some(true));
+        drop(stop_tx);
+        worker.join().expect("join");
+        assert_eq!(vsock_worker_alive(me), Some(false));
+        assert_eq!(vsock_worker_alive(u32::MAX), None);
+    }
 
     #[test]
     fn kernel_cmdline_joins_base_config_and_pod_params() {

@@ -55,6 +55,10 @@ pub struct SnpParams {
 
 /// virtio-fs tag the guest mounts the shared directory by.
 pub const SHARED_FS_TAG: &str = "contrast";
+/// `id=` of the hybrid vsock device; its virtio state is at [`VSOCK_QOM_PATH`].
+const VSOCK_DEVICE_ID: &str = "vsock";
+/// QOM path of the hybrid vsock device's virtio backend (for `x-query-virtio-status`).
+pub const VSOCK_QOM_PATH: &str = "/machine/peripheral/vsock/virtio-backend";
 
 /// ID of the confidential-guest object, referenced by `-machine confidential-guest-support`.
 const CGS_ID: &str = "cgs0";
@@ -100,7 +104,10 @@ impl QemuSpec {
         match &self.vsock {
             VsockDevice::Hybrid { socket } => {
                 a.push(["-chardev"]).joined("socket,id=vsock0,path=", socket);
-                a.push(["-device", "vhost-user-vsock-pci,chardev=vsock0,disable-legacy=on"]);
+                a.push([
+                    "-device",
+                    &format!("vhost-user-vsock-pci,id={VSOCK_DEVICE_ID},chardev=vsock0,disable-legacy=on"),
+                ]);
             }
             VsockDevice::Vhost { guest_cid, vhostfd } => {
                 a.push([

@@ -119,6 +119,18 @@ impl QmpClient {
         Ok(serde_json::to_value(info.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
     }
 
+    /// Whether the guest driver of the virtio device at QOM `path` has set DRIVER_OK. QEMU
+    /// starts a vhost(-user) backend before it records that status, so `true` also means the
+    /// backend has all its queues.
+    pub async fn virtio_driver_ok(&self, path: &str) -> Result<bool, Error> {
+        let status = self
+            .service
+            .execute(qapi::qmp::x_query_virtio_status { path: path.to_owned() })
+            .await
+            .map_err(|e| command_error("x-query-virtio-status", e))?;
+        Ok(status.status.statuses.iter().any(|s| s.starts_with("VIRTIO_CONFIG_S_DRIVER_OK")))
+    }
+
     /// Presses the ACPI power button.
     pub async fn system_powerdown(&self) -> Result<(), Error> {
         self.service.execute(qapi::qmp::system_powerdown {}).await.map_err(|e| command_error("system_powerdown", e))?;

@@ -2,6 +2,12 @@
 //! hybrid vsock (a unix socket served by vhost-device-vsock, `CONNECT <port>` handshake).
 //!
 //! Dialing retries with backoff until the deadline and gives up at once when the VM exits.
+//!
+//! A hybrid attempt is never abandoned while the guest may still answer it: vhost-device-vsock
+//! 0.3 writes `OK <port>` to the host socket with `unwrap()` when the guest accepts, so a
+//! socket the host already closed panics its only vring worker thread and the pod's vsock is
+//! dead from then on (reproduced here by closing connections early while a VM boots). An attempt
+//! therefore waits until the guest accepts or resets it, or until the overall deadline.
 
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -18,11 +24,6 @@ use crate::supervisor::VmExit;
 /// First pause between dial attempts; doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(250);
-/// One attempt (connect + handshake) may take this long before it counts as failed; the limit
-/// doubles after each timed-out attempt up to [`MAX_ATTEMPT_TIMEOUT`]. Short at first because a
-/// `CONNECT` sent before the guest's vsock transport is up is never answered.
-const INITIAL_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
-const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest hybrid-vsock handshake reply we accept (`OK <port>\n`).
 const MAX_HANDSHAKE_REPLY: usize = 64;
 /// `/dev/vhost-vsock` ioctl (linux/vhost.h): `_IOW(VHOST_VIRTIO, 0x60, __u64)`.
@@ -41,6 +42,8 @@ pub enum Error {
     VmExited(VmExit),
     #[error("agent on vsock port {port} not reachable within {timeout:?} (last error: {last})")]
     Timeout { port: u32, timeout: Duration, last: String },
+    #[error("the guest did not start its vsock device within {timeout:?}")]
+    DeviceNotStarted { timeout: Duration },
     #[error("cannot open /dev/vhost-vsock")]
     OpenVhost(#[source] io::Error),
     #[error("no free guest CID among {CID_ATTEMPTS} candidates")]
@@ -69,34 +72,29 @@ impl VsockEndpoint {
     ) -> Result<OwnedFd, Error> {
         let deadline = Instant::now() + timeout;
         let mut backoff = INITIAL_BACKOFF;
-        let mut attempt_timeout = INITIAL_ATTEMPT_TIMEOUT;
         let mut last: String;
         loop {
             if let Some(exit) = exited.borrow_and_update().clone() {
                 return Err(Error::VmExited(exit));
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let limit = attempt_timeout.min(remaining);
-            let attempt = tokio::time::timeout(limit, self.connect_once(port));
-            let mut timed_out = false;
+            let started = Instant::now();
+            // The attempt runs until the guest answers (see the module doc); only the overall
+            // deadline or the VM's exit cut it short.
+            let attempt = tokio::time::timeout_at(deadline, self.connect_once(port));
             tokio::select! {
                 res = attempt => match res {
                     Ok(Ok(fd)) => return Ok(fd),
                     Ok(Err(e)) => last = e.to_string(),
                     Err(_) => {
-                        last = format!("no answer within {limit:?}");
-                        attempt_timeout = (attempt_timeout * 2).min(MAX_ATTEMPT_TIMEOUT);
-                        timed_out = true;
+                        let waited = Instant::now().saturating_duration_since(started);
+                        last = format!("no answer within {waited:.1?}");
+                        return Err(Error::Timeout { port, timeout, last });
                     }
                 },
                 _ = exited.changed() => continue,
             }
             if Instant::now() + backoff >= deadline {
                 return Err(Error::Timeout { port, timeout, last });
-            }
-            if timed_out {
-                // The attempt itself already waited.
-                continue;
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -232,6 +230,30 @@ mod tests {
         let err = tokio::time::timeout(Duration::from_secs(5), dial).await.expect("respects the deadline").unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err}");
         assert!(err.to_string().contains("no answer within"), "{err}");
+    }
+
+    /// A guest that answers late (its vsock transport came up after the `CONNECT`) is waited
+    /// for on the same connection: the host never closes a connection the guest may still
+    /// accept, which would kill vhost-device-vsock's worker thread.
+    #[tokio::test]
+    async fn slow_answer_is_awaited_on_one_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vm.vsock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 13];
+            s.read_exact(&mut buf).await.expect("CONNECT");
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            s.write_all(b"OK 1024\n").await.expect("answer");
+            let more = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+            (s, more.is_ok())
+        });
+        let (_tx, rx) = watch::channel(None);
+        let fd = VsockEndpoint::Hybrid { uds: path }.dial(1024, Duration::from_secs(10), rx).await.expect("dial");
+        let (_conn, second_connection) = server.await.expect("server");
+        assert!(!second_connection, "the dial opened another connection instead of waiting");
+        drop(fd);
     }
 
     #[tokio::test]
