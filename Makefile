@@ -34,8 +34,15 @@ shim:
 	$(CARGO) rustc --profile release-shim --target $(AGENT_TARGET) -p containerd-shim-contrast-cc-v2 \
 		--bin containerd-shim-contrast-cc-v2 -- -C relocation-model=static
 
+# The agent links libseccomp statically (seccomp profiles in the guest). Debian's libseccomp.a
+# is copied to a directory of its own: pointing the linker at /usr/lib/x86_64-linux-gnu would
+# let glibc's libc.a shadow musl's.
+SECCOMP_LIB_DIR := $(BUILD)/seccomp
 agent:
-	$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent -p contrast-init
+	mkdir -p $(SECCOMP_LIB_DIR)
+	cp -u /usr/lib/x86_64-linux-gnu/libseccomp.a $(SECCOMP_LIB_DIR)/
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
+		$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent -p contrast-init
 
 # Kernel, initrd (contrast-init), verity root disk (agent), command line, reference values.
 # Inputs: the Debian cloud kernel package (resolved

@@ -116,11 +116,51 @@ pub fn convert(spec: &Spec, rootfs: &str, mounts: &[Mount]) -> Result<oci::Spec,
             linux.Sysctl = sysctl.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         }
         if let Some(sc) = l.seccomp() {
-            let mut s = oci::LinuxSeccomp::new();
-            s.DefaultAction = format!("{:?}", sc.default_action());
-            linux.Seccomp = Some(s).into();
+            linux.Seccomp = Some(seccomp(sc)?).into();
         }
         out.Linux = Some(linux).into();
+    }
+    Ok(out)
+}
+
+/// The runtime spec's name of an enum value (`SCMP_ACT_ERRNO`, `SCMP_ARCH_X86_64`, ...).
+fn spec_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// The seccomp profile in kata's message, which has no `defaultErrnoRet`: the agent's
+/// libseccomp answers the default action's errno with EPERM, so any other value is refused
+/// rather than changed.
+fn seccomp(sc: &oci_spec::runtime::LinuxSeccomp) -> Result<oci::LinuxSeccomp, String> {
+    if let Some(errno) = sc.default_errno_ret().filter(|e| *e != nix::libc::EPERM as u32) {
+        return Err(format!(
+            "seccomp defaultErrnoRet {errno} cannot be passed to the pod VM (only EPERM, {})",
+            nix::libc::EPERM
+        ));
+    }
+    if sc.listener_path().is_some() {
+        return Err("seccomp listenerPath (notification) is not supported in the pod VM".into());
+    }
+    let mut out = oci::LinuxSeccomp::new();
+    out.DefaultAction = spec_name(&sc.default_action());
+    out.Architectures = sc.architectures().as_deref().unwrap_or_default().iter().map(spec_name).collect();
+    out.Flags = sc.flags().as_deref().unwrap_or_default().iter().map(spec_name).collect();
+    for sys in sc.syscalls().as_deref().unwrap_or_default() {
+        let mut ps = oci::LinuxSyscall::new();
+        ps.Names = sys.names().clone();
+        ps.Action = spec_name(&sys.action());
+        if let Some(errno) = sys.errno_ret() {
+            ps.set_errnoret(errno);
+        }
+        for a in sys.args().as_deref().unwrap_or_default() {
+            let mut pa = oci::LinuxSeccompArg::new();
+            pa.Index = a.index() as u64;
+            pa.Value = a.value();
+            pa.ValueTwo = a.value_two().unwrap_or(0);
+            pa.Op = spec_name(&a.op());
+            ps.Args.push(pa);
+        }
+        out.Syscalls.push(ps);
     }
     Ok(out)
 }
@@ -158,4 +198,63 @@ pub fn resources(r: &oci_spec::runtime::LinuxResources) -> oci::LinuxResources {
         out.Devices.push(dc);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_with_seccomp(seccomp: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.1.0",
+            "process": { "args": ["true"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+            "root": { "path": "rootfs" },
+            "linux": { "seccomp": seccomp },
+        }))
+        .expect("spec")
+    }
+
+    #[test]
+    fn seccomp_profile_is_passed_whole() {
+        let spec = spec_with_seccomp(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": 1,
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+            "flags": ["SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+            "syscalls": [
+                { "names": ["read", "write"], "action": "SCMP_ACT_ALLOW" },
+                { "names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{ "index": 0, "value": 8, "valueTwo": 0, "op": "SCMP_CMP_EQ" }] },
+                { "names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{ "index": 0, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ" }] },
+                { "names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13 },
+            ],
+        }));
+        let out = convert(&spec, "/run/rootfs", &[]).expect("converts");
+        let sc = out.Linux.Seccomp.as_ref().expect("seccomp");
+        assert_eq!(sc.DefaultAction, "SCMP_ACT_ERRNO");
+        assert_eq!(sc.Architectures, ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]);
+        assert_eq!(sc.Flags, ["SECCOMP_FILTER_FLAG_SPEC_ALLOW"]);
+        assert_eq!(sc.Syscalls.len(), 4);
+        assert_eq!(sc.Syscalls[0].Names, ["read", "write"]);
+        assert_eq!(sc.Syscalls[0].Action, "SCMP_ACT_ALLOW");
+        assert!(!sc.Syscalls[0].has_errnoret());
+        let arg = &sc.Syscalls[1].Args[0];
+        assert_eq!((arg.Index, arg.Value, arg.ValueTwo, arg.Op.as_str()), (0, 8, 0, "SCMP_CMP_EQ"));
+        assert_eq!(sc.Syscalls[2].Args[0].Op, "SCMP_CMP_MASKED_EQ");
+        assert_eq!(sc.Syscalls[3].errnoret(), 13);
+    }
+
+    #[test]
+    fn seccomp_settings_kata_cannot_carry_are_refused() {
+        let other_errno =
+            spec_with_seccomp(serde_json::json!({ "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38 }));
+        let err = convert(&other_errno, "/run/rootfs", &[]).unwrap_err();
+        assert!(err.contains("defaultErrnoRet 38"), "{err}");
+        let listener = spec_with_seccomp(
+            serde_json::json!({ "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/seccomp.sock" }),
+        );
+        let err = convert(&listener, "/run/rootfs", &[]).unwrap_err();
+        assert!(err.contains("listenerPath"), "{err}");
+    }
 }

@@ -1,12 +1,12 @@
 //! The shim under containerd's CRI plugin, driven like kubelet (crictl runp workflow): one
-//! pod sandbox with two containers boots exactly one QEMU; ExecSync works in each; removing
-//! the pod leaves nothing.
+//! pod sandbox with two containers boots exactly one QEMU; ExecSync works in each; a
+//! `RuntimeDefault` seccomp profile is in force in the guest; removing the pod leaves nothing.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use contrast_cri_client::CriClient;
+use contrast_cri_client::{cri, CriClient};
 use contrast_tests::containerd::{Containerd, CRI_HANDLER, IMAGE};
 use contrast_tests::image_dir;
 
@@ -20,7 +20,18 @@ async fn pod_with_two_containers_runs_in_one_vm() {
 
     let pod = cri.run_pod("web", "default", CRI_HANDLER, HashMap::new()).await.expect("RunPodSandbox");
     let c1 = cri.run_container(&pod, "one", IMAGE, &["sleep", "1000"]).await.expect("first container");
-    let c2 = cri.run_container(&pod, "two", IMAGE, &["sleep", "1000"]).await.expect("second container");
+    // kubelet's `seccompProfile: RuntimeDefault`: containerd's default profile in the spec.
+    let runtime_default = cri::LinuxContainerSecurityContext {
+        seccomp: Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let c2 = cri
+        .run_container_with(&pod, "two", IMAGE, &["sleep", "1002"], Some(runtime_default))
+        .await
+        .expect("second container, RuntimeDefault seccomp");
 
     let qemus: Vec<_> = contrast_tests::processes_mentioning(&cd.pod_root())
         .into_iter()
@@ -34,6 +45,21 @@ async fn pod_with_two_containers_runs_in_one_vm() {
         assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
         assert_eq!(String::from_utf8_lossy(&out), format!("{word}\n"));
     }
+    // The filter is loaded in container two's process and in what is exec'd into it, not in
+    // container one (the pod shares one PID namespace, so both are visible from either).
+    let mode_of = |cmdline: &str| {
+        format!(
+            "for p in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' < $p/cmdline)\" = '{cmdline} ' ] && grep Seccomp: $p/status; \
+             done; grep Seccomp: /proc/self/status"
+        )
+    };
+    let (_, out, _) = cri.exec_sync(&c2, &["sh", "-c", &mode_of("sleep 1002")]).await.expect("ExecSync two");
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("Seccomp:\t2").count(), 2, "container two and its exec are filtered:\n{out}");
+    let (_, out, _) = cri.exec_sync(&c1, &["sh", "-c", &mode_of("sleep 1000")]).await.expect("ExecSync one");
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("Seccomp:\t0").count(), 2, "container one is not:\n{out}");
+
     let (code, _, _) = cri.exec_sync(&c1, &["sh", "-c", "exit 6"]).await.expect("ExecSync with failure");
     assert_eq!(code, 6);
 

@@ -7,6 +7,7 @@ mod crash;
 mod exec;
 mod lifecycle;
 mod policy;
+mod seccomp;
 mod verity;
 
 use std::collections::BTreeMap;

@@ -176,7 +176,7 @@ impl agent_ttrpc::AgentService for AgentService {
         details.version = env!("CARGO_PKG_VERSION").into();
         details.init_daemon = std::process::id() == 1;
         details.storage_handlers = vec!["virtio-fs".into(), "local".into(), "ephemeral".into()];
-        details.supports_seccomp = false;
+        details.supports_seccomp = true;
         resp.agent_details = Some(details).into();
         Ok(resp)
     }

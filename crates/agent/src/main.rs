@@ -7,6 +7,8 @@ mod agent_service;
 mod cgroup;
 mod error;
 mod init;
+#[cfg(target_env = "musl")]
+mod libc_compat;
 mod policy;
 mod reaper;
 mod runner;

@@ -14,10 +14,14 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use caps::CapSet;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
+use libcontainer::oci_spec::runtime::{Capability, LinuxSeccomp, Process, Spec};
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 
 /// libcontainer's state root inside the guest.
 pub const STATE_ROOT: &str = "/run/contrast/libcontainer";
@@ -131,12 +135,12 @@ fn run(req: Request) -> Result<i32> {
             Ok(0)
         }
         Request::Exec { container_id, process, console_socket, stdio } => {
-            let pid = builder(&container_id, console_socket.as_deref(), stdio)?
-                .as_tenant()
-                .with_detach(true)
-                .with_process(Some(process))
-                .build()
-                .context("starting the process")?;
+            let mut b = builder(&container_id, console_socket.as_deref(), stdio)?;
+            if let Some(executor) = seccomp_executor(&process)? {
+                b = b.with_executor(executor);
+            }
+            let pid =
+                b.as_tenant().with_detach(true).with_process(Some(process)).build().context("starting the process")?;
             Ok(pid.as_raw())
         }
         Request::Delete { id } => {
@@ -162,4 +166,88 @@ fn root_is_initramfs() -> bool {
 
 fn load(id: &str) -> Result<Container> {
     Container::load(Path::new(STATE_ROOT).join(id)).with_context(|| format!("loading container {id}"))
+}
+
+/// Capabilities an exec'd process needs for a moment to load a seccomp filter without
+/// no_new_privs, in the order they are given back (CAP_SETPCAP, needed to shrink the
+/// bounding set, last).
+const FILTER_LOAD_CAPS: [Capability; 2] = [Capability::SysAdmin, Capability::Setpcap];
+
+/// Exec'd processes must run under their container's seccomp filter (runc and kata do this),
+/// but libcontainer's tenant processes get none. When the container has a profile (in its
+/// bundle's `config.json`, next to the process file), the process gets an executor that loads
+/// it right before the command runs.
+///
+/// Without no_new_privs, loading a filter needs CAP_SYS_ADMIN. A process not granted it (the
+/// Kubernetes default) is given CAP_SYS_ADMIN, and CAP_SETPCAP if missing, in the process
+/// file; the executor drops both from every set once the filter is loaded, so the command
+/// starts with exactly the capabilities it asked for.
+fn seccomp_executor(process_file: &Path) -> Result<Option<SeccompExecutor>> {
+    let bundle = process_file.parent().context("exec process file has no directory")?;
+    let spec = Spec::load(bundle.join("config.json")).context("reading the container's config.json")?;
+    let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().clone()) else {
+        return Ok(None);
+    };
+    let mut process: Process =
+        serde_json::from_reader(std::fs::File::open(process_file)?).context("reading the exec process file")?;
+    let mut borrowed = Vec::new();
+    if process.no_new_privileges() != Some(true) {
+        if let Some(caps) = process.capabilities().clone() {
+            let lacks = |c: &Capability| caps.effective().as_ref().is_some_and(|set| !set.contains(c));
+            let missing: Vec<Capability> = FILTER_LOAD_CAPS.into_iter().filter(lacks).collect();
+            // Only worth it when CAP_SYS_ADMIN itself is missing.
+            if missing.contains(&Capability::SysAdmin) {
+                let widen = |set: &Option<HashSet<Capability>>| {
+                    set.clone().map(|mut s| {
+                        s.extend(missing.iter().copied());
+                        s
+                    })
+                };
+                let mut widened = caps.clone();
+                widened.set_bounding(widen(caps.bounding()));
+                widened.set_effective(widen(caps.effective()));
+                widened.set_permitted(widen(caps.permitted()));
+                process.set_capabilities(Some(widened));
+                let file = std::fs::File::create(process_file)?;
+                serde_json::to_writer(file, &process).context("writing the exec process file")?;
+                borrowed = missing;
+            }
+        }
+    }
+    Ok(Some(SeccompExecutor { seccomp, borrowed }))
+}
+
+#[derive(Clone)]
+struct SeccompExecutor {
+    seccomp: LinuxSeccomp,
+    /// Capabilities added only to load the filter (see [`seccomp_executor`]).
+    borrowed: Vec<Capability>,
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        libcontainer::seccomp::initialize_seccomp(&self.seccomp)
+            .map_err(|e| ExecutorError::Other(format!("loading the container's seccomp filter: {e}")))?;
+        for cap in &self.borrowed {
+            let cap = cap_of(*cap);
+            // The bounding set first: shrinking it needs CAP_SETPCAP still in effect.
+            caps::drop(None, CapSet::Bounding, cap)
+                .and_then(|()| caps::drop(None, CapSet::Effective, cap))
+                .and_then(|()| caps::drop(None, CapSet::Permitted, cap))
+                .and_then(|()| caps::drop(None, CapSet::Inheritable, cap))
+                .map_err(|e| ExecutorError::Other(format!("dropping {cap} after loading seccomp: {e}")))?;
+        }
+        libcontainer::workload::default::get_executor().exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        libcontainer::workload::default::get_executor().validate(spec)
+    }
+}
+
+fn cap_of(c: Capability) -> caps::Capability {
+    match c {
+        Capability::SysAdmin => caps::Capability::CAP_SYS_ADMIN,
+        _ => caps::Capability::CAP_SETPCAP,
+    }
 }

@@ -8,8 +8,11 @@
 //! - AppArmor profiles and SELinux labels name host policy that does not exist in the guest;
 //!   they are dropped with a log line (the VM is the isolation boundary).
 //!
-//! Settings the guest cannot honour are refused, never dropped: seccomp (built without
-//! libseccomp) and OCI hooks.
+//! Seccomp profiles are handed to libcontainer (linked with libseccomp), which loads the
+//! filter into every process of the container, exec'd ones included.
+//!
+//! Settings the guest cannot honour are refused, never dropped: OCI hooks and seccomp
+//! notification (its listener would live outside the VM).
 
 use std::collections::HashMap;
 
@@ -58,10 +61,8 @@ pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError
     let mut join_sandbox_pidns = false;
     let mut linux = Map::new();
     if let Some(l) = s.Linux.as_ref() {
-        if l.Seccomp.as_ref().is_some_and(|sc| !sc.DefaultAction.is_empty() || !sc.Syscalls.is_empty()) {
-            return Err(SpecError::Unsupported(
-                "seccomp profiles are not supported by this agent yet; refusing rather than running without".into(),
-            ));
+        if let Some(sc) = l.Seccomp.as_ref().filter(|sc| !sc.DefaultAction.is_empty() || !sc.Syscalls.is_empty()) {
+            linux.insert("seccomp".into(), seccomp(sc)?);
         }
         let mut namespaces = Vec::new();
         for ns in &l.Namespaces {
@@ -155,9 +156,14 @@ fn process_json(p: &oci::Process) -> Result<Value, SpecError> {
         "args": p.Args,
         "env": p.Env,
         "cwd": if p.Cwd.is_empty() { "/" } else { p.Cwd.as_str() },
-        "noNewPrivileges": p.NoNewPrivileges,
         "rlimits": p.Rlimits.iter().map(|r| json!({ "type": r.Type, "hard": r.Hard, "soft": r.Soft })).collect::<Vec<_>>(),
     });
+    // Only `true` is passed on: libcontainer loads a seccomp filter while the process is still
+    // privileged when the field is absent, but after dropping capabilities (where loading
+    // without no_new_privs fails) whenever the field is present, even as `false`.
+    if p.NoNewPrivileges {
+        v["noNewPrivileges"] = json!(true);
+    }
     if let Some(b) = p.ConsoleSize.as_ref() {
         v["consoleSize"] = json!({ "height": b.Height, "width": b.Width });
     }
@@ -169,6 +175,46 @@ fn process_json(p: &oci::Process) -> Result<Value, SpecError> {
     }
     if p.OOMScoreAdj != 0 {
         v["oomScoreAdj"] = json!(p.OOMScoreAdj);
+    }
+    Ok(v)
+}
+
+/// libseccomp's name of the notify action (runtime spec `SCMP_ACT_NOTIFY`).
+const SECCOMP_NOTIFY: &str = "SCMP_ACT_NOTIFY";
+
+/// The runtime spec's `linux.seccomp`; names are kept as given, so libcontainer rejects unknown
+/// actions, architectures, flags and operators as a malformed spec.
+fn seccomp(sc: &oci::LinuxSeccomp) -> Result<Value, SpecError> {
+    if sc.DefaultAction == SECCOMP_NOTIFY || sc.Syscalls.iter().any(|s| s.Action == SECCOMP_NOTIFY) {
+        return Err(SpecError::Unsupported(
+            "seccomp notification (SCMP_ACT_NOTIFY) needs a listener outside the pod VM; not supported".into(),
+        ));
+    }
+    let syscalls: Vec<Value> = sc
+        .Syscalls
+        .iter()
+        .map(|sys| {
+            let args: Vec<Value> = sys
+                .Args
+                .iter()
+                .map(|a| json!({ "index": a.Index, "value": a.Value, "valueTwo": a.ValueTwo, "op": a.Op }))
+                .collect();
+            let mut v = json!({ "names": sys.Names, "action": sys.Action });
+            if !args.is_empty() {
+                v["args"] = Value::Array(args);
+            }
+            if sys.has_errnoret() {
+                v["errnoRet"] = json!(sys.errnoret());
+            }
+            v
+        })
+        .collect();
+    let mut v = json!({ "defaultAction": sc.DefaultAction, "syscalls": syscalls });
+    if !sc.Architectures.is_empty() {
+        v["architectures"] = json!(sc.Architectures);
+    }
+    if !sc.Flags.is_empty() {
+        v["flags"] = json!(sc.Flags);
     }
     Ok(v)
 }
@@ -266,16 +312,70 @@ mod tests {
         assert!(matches!(convert("c1", &s), Err(SpecError::Missing("process"))));
     }
 
-    #[test]
-    fn seccomp_is_refused_not_dropped() {
+    fn seccomp_profile() -> oci::LinuxSeccomp {
+        let mut sc = oci::LinuxSeccomp::new();
+        sc.DefaultAction = "SCMP_ACT_ALLOW".into();
+        sc.Architectures = vec!["SCMP_ARCH_X86_64".into()];
+        sc.Flags = vec!["SECCOMP_FILTER_FLAG_LOG".into()];
+        let mut deny = oci::LinuxSyscall::new();
+        deny.Names = vec!["mkdir".into(), "mkdirat".into()];
+        deny.Action = "SCMP_ACT_ERRNO".into();
+        deny.set_errnoret(13);
+        let mut personality = oci::LinuxSyscall::new();
+        personality.Names = vec!["personality".into()];
+        personality.Action = "SCMP_ACT_KILL_PROCESS".into();
+        let mut arg = oci::LinuxSeccompArg::new();
+        arg.Index = 0;
+        arg.Value = 0xffff_ffff;
+        arg.ValueTwo = 0;
+        arg.Op = "SCMP_CMP_NE".into();
+        personality.Args.push(arg);
+        sc.Syscalls = vec![deny, personality];
+        sc
+    }
+
+    fn with_seccomp(sc: oci::LinuxSeccomp) -> oci::Spec {
         let mut s = minimal();
         let mut l = oci::Linux::new();
-        let mut sc = oci::LinuxSeccomp::new();
-        sc.DefaultAction = "SCMP_ACT_ERRNO".into();
         l.Seccomp = Some(sc).into();
         s.Linux = Some(l).into();
-        let err = convert("c1", &s).err().expect("refused");
-        assert!(err.to_string().contains("seccomp"), "{err}");
+        s
+    }
+
+    #[test]
+    fn seccomp_profile_reaches_libcontainer_whole() {
+        let converted = convert("c1", &with_seccomp(seccomp_profile())).expect("converts");
+        let sc = converted.spec.linux().as_ref().and_then(|l| l.seccomp().clone()).expect("seccomp kept");
+        let v = serde_json::to_value(&sc).expect("json");
+        assert_eq!(v["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(v["architectures"], json!(["SCMP_ARCH_X86_64"]));
+        assert_eq!(v["flags"], json!(["SECCOMP_FILTER_FLAG_LOG"]));
+        assert_eq!(v["syscalls"][0]["names"], json!(["mkdir", "mkdirat"]));
+        assert_eq!(v["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(v["syscalls"][0]["errnoRet"], 13);
+        assert_eq!(v["syscalls"][1]["action"], "SCMP_ACT_KILL_PROCESS");
+        assert!(v["syscalls"][1].get("errnoRet").is_none_or(Value::is_null), "{v}");
+        assert_eq!(
+            v["syscalls"][1]["args"][0],
+            json!({ "index": 0, "value": 0xffff_ffffu64, "valueTwo": 0, "op": "SCMP_CMP_NE" })
+        );
+    }
+
+    #[test]
+    fn malformed_seccomp_and_notify_are_refused() {
+        let mut bad = seccomp_profile();
+        bad.DefaultAction = "SCMP_ACT_MAYBE".into();
+        assert!(matches!(convert("c1", &with_seccomp(bad)), Err(SpecError::Invalid(_))));
+        let mut bad_op = seccomp_profile();
+        bad_op.Syscalls[1].Args[0].Op = "SCMP_CMP_SOMETIMES".into();
+        assert!(matches!(convert("c1", &with_seccomp(bad_op)), Err(SpecError::Invalid(_))));
+        let mut notify = seccomp_profile();
+        notify.Syscalls[0].Action = "SCMP_ACT_NOTIFY".into();
+        let err = convert("c1", &with_seccomp(notify)).err().expect("refused");
+        assert!(err.to_string().contains("SCMP_ACT_NOTIFY"), "{err}");
+        // An empty message (what kata sends for "no profile") means no filter.
+        let converted = convert("c1", &with_seccomp(oci::LinuxSeccomp::new())).expect("converts");
+        assert!(converted.spec.linux().as_ref().and_then(|l| l.seccomp().clone()).is_none());
     }
 
     #[test]

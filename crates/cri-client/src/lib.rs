@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
+pub use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{self as cri};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Seconds containerd may take for ExecSync before it gives up.
@@ -80,10 +80,24 @@ impl CriClient {
 
     /// `crictl create` + `start`.
     pub async fn run_container(&mut self, pod: &Pod, name: &str, image: &str, command: &[&str]) -> Result<String> {
+        self.run_container_with(pod, name, image, command, None).await
+    }
+
+    /// `crictl create` + `start` with the container's Linux security context (e.g. a
+    /// `RuntimeDefault` seccomp profile).
+    pub async fn run_container_with(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        image: &str,
+        command: &[&str],
+        security: Option<cri::LinuxContainerSecurityContext>,
+    ) -> Result<String> {
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
             image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
             command: command.iter().map(|c| c.to_string()).collect(),
+            linux: security.map(|s| cri::LinuxContainerConfig { security_context: Some(s), ..Default::default() }),
             ..Default::default()
         };
         let resp = self
