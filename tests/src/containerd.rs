@@ -151,6 +151,11 @@ state = "{d}/state"
         cmd
     }
 
+    /// Starts `ctr <args>` in the background (under the same timeout) with stdout to `out`.
+    pub fn ctr_spawn(&self, args: &[&str], out: std::fs::File) -> Result<std::process::Child> {
+        Ok(self.ctr_command(NAMESPACE).args(args).stdout(out).stderr(Stdio::null()).spawn()?)
+    }
+
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_command(NAMESPACE).args(args).output().unwrap_or_else(|e| panic!("running ctr: {e}"))
     }
