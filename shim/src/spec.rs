@@ -53,7 +53,7 @@ pub fn process(p: &Process) -> oci::Process {
     }
     for r in p.rlimits().as_deref().unwrap_or_default() {
         let mut l = oci::POSIXRlimit::new();
-        l.Type = serde_json::to_value(r.typ()).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        l.Type = spec_name(&r.typ());
         l.Hard = r.hard();
         l.Soft = r.soft();
         out.Rlimits.push(l);
@@ -101,8 +101,7 @@ pub fn convert(spec: &Spec, rootfs: &str, mounts: &[Mount]) -> Result<oci::Spec,
         let mut linux = oci::Linux::new();
         for ns in l.namespaces().as_deref().unwrap_or_default() {
             let mut pn = oci::LinuxNamespace::new();
-            pn.Type =
-                serde_json::to_value(ns.typ()).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            pn.Type = spec_name(&ns.typ());
             pn.Path = ns.path().as_ref().map(|p| p.display().to_string()).unwrap_or_default();
             linux.Namespaces.push(pn);
         }
@@ -123,7 +122,7 @@ pub fn convert(spec: &Spec, rootfs: &str, mounts: &[Mount]) -> Result<oci::Spec,
     Ok(out)
 }
 
-/// The runtime spec's name of an enum value (`SCMP_ACT_ERRNO`, `SCMP_ARCH_X86_64`, ...).
+/// The runtime spec's name of an enum value (`pid`, `SCMP_ACT_ERRNO`, `SCMP_ARCH_X86_64`, ...).
 fn spec_name<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }

@@ -171,17 +171,13 @@ fn load(id: &str) -> Result<Container> {
 /// Capabilities an exec'd process needs for a moment to load a seccomp filter without
 /// no_new_privs, in the order they are given back (CAP_SETPCAP, needed to shrink the
 /// bounding set, last).
-const FILTER_LOAD_CAPS: [Capability; 2] = [Capability::SysAdmin, Capability::Setpcap];
+const FILTER_LOAD_CAPS: [(Capability, caps::Capability); 2] =
+    [(Capability::SysAdmin, caps::Capability::CAP_SYS_ADMIN), (Capability::Setpcap, caps::Capability::CAP_SETPCAP)];
 
 /// Exec'd processes must run under their container's seccomp filter (runc and kata do this),
 /// but libcontainer's tenant processes get none. When the container has a profile (in its
 /// bundle's `config.json`, next to the process file), the process gets an executor that loads
 /// it right before the command runs.
-///
-/// Without no_new_privs, loading a filter needs CAP_SYS_ADMIN. A process not granted it (the
-/// Kubernetes default) is given CAP_SYS_ADMIN, and CAP_SETPCAP if missing, in the process
-/// file; the executor drops both from every set once the filter is loaded, so the command
-/// starts with exactly the capabilities it asked for.
 fn seccomp_executor(process_file: &Path) -> Result<Option<SeccompExecutor>> {
     let bundle = process_file.parent().context("exec process file has no directory")?;
     let spec = Spec::load(bundle.join("config.json")).context("reading the container's config.json")?;
@@ -190,46 +186,57 @@ fn seccomp_executor(process_file: &Path) -> Result<Option<SeccompExecutor>> {
     };
     let mut process: Process =
         serde_json::from_reader(std::fs::File::open(process_file)?).context("reading the exec process file")?;
-    let mut borrowed = Vec::new();
-    if process.no_new_privileges() != Some(true) {
-        if let Some(caps) = process.capabilities().clone() {
-            let lacks = |c: &Capability| caps.effective().as_ref().is_some_and(|set| !set.contains(c));
-            let missing: Vec<Capability> = FILTER_LOAD_CAPS.into_iter().filter(lacks).collect();
-            // Only worth it when CAP_SYS_ADMIN itself is missing.
-            if missing.contains(&Capability::SysAdmin) {
-                let widen = |set: &Option<HashSet<Capability>>| {
-                    set.clone().map(|mut s| {
-                        s.extend(missing.iter().copied());
-                        s
-                    })
-                };
-                let mut widened = caps.clone();
-                widened.set_bounding(widen(caps.bounding()));
-                widened.set_effective(widen(caps.effective()));
-                widened.set_permitted(widen(caps.permitted()));
-                process.set_capabilities(Some(widened));
-                let file = std::fs::File::create(process_file)?;
-                serde_json::to_writer(file, &process).context("writing the exec process file")?;
-                borrowed = missing;
-            }
-        }
+    let borrowed = borrow_filter_caps(&mut process);
+    if !borrowed.is_empty() {
+        let file = std::fs::File::create(process_file)?;
+        serde_json::to_writer(file, &process).context("writing the exec process file")?;
     }
     Ok(Some(SeccompExecutor { seccomp, borrowed }))
+}
+
+/// Without no_new_privs, loading a filter needs CAP_SYS_ADMIN. A process not granted it (the
+/// Kubernetes default) is given CAP_SYS_ADMIN, and CAP_SETPCAP if missing (shrinking the
+/// bounding set needs it), in its bounding, effective and permitted sets. Returns what was
+/// added, for the executor to drop from every set once the filter is loaded, so the command
+/// starts with exactly the capabilities it asked for.
+fn borrow_filter_caps(process: &mut Process) -> Vec<caps::Capability> {
+    if process.no_new_privileges() == Some(true) {
+        return Vec::new();
+    }
+    let Some(caps) = process.capabilities().clone() else { return Vec::new() };
+    let lacks = |c: &Capability| caps.effective().as_ref().is_some_and(|set| !set.contains(c));
+    let missing: Vec<(Capability, caps::Capability)> = FILTER_LOAD_CAPS.into_iter().filter(|(c, _)| lacks(c)).collect();
+    // Only needed when CAP_SYS_ADMIN itself is missing.
+    if !missing.iter().any(|(c, _)| *c == Capability::SysAdmin) {
+        return Vec::new();
+    }
+    let widen = |set: &Option<HashSet<Capability>>| {
+        set.clone().map(|mut s| {
+            s.extend(missing.iter().map(|(c, _)| *c));
+            s
+        })
+    };
+    let mut widened = caps.clone();
+    widened.set_bounding(widen(caps.bounding()));
+    widened.set_effective(widen(caps.effective()));
+    widened.set_permitted(widen(caps.permitted()));
+    process.set_capabilities(Some(widened));
+    missing.into_iter().map(|(_, c)| c).collect()
 }
 
 #[derive(Clone)]
 struct SeccompExecutor {
     seccomp: LinuxSeccomp,
-    /// Capabilities added only to load the filter (see [`seccomp_executor`]).
-    borrowed: Vec<Capability>,
+    /// Capabilities added only to load the filter, in the order they are given back
+    /// (CAP_SETPCAP last: shrinking the bounding set needs it in effect).
+    borrowed: Vec<caps::Capability>,
 }
 
 impl Executor for SeccompExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         libcontainer::seccomp::initialize_seccomp(&self.seccomp)
             .map_err(|e| ExecutorError::Other(format!("loading the container's seccomp filter: {e}")))?;
-        for cap in &self.borrowed {
-            let cap = cap_of(*cap);
+        for &cap in &self.borrowed {
             // The bounding set first: shrinking it needs CAP_SETPCAP still in effect.
             caps::drop(None, CapSet::Bounding, cap)
                 .and_then(|()| caps::drop(None, CapSet::Effective, cap))
@@ -245,9 +252,40 @@ impl Executor for SeccompExecutor {
     }
 }
 
-fn cap_of(c: Capability) -> caps::Capability {
-    match c {
-        Capability::SysAdmin => caps::Capability::CAP_SYS_ADMIN,
-        _ => caps::Capability::CAP_SETPCAP,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(json: serde_json::Value) -> Process {
+        serde_json::from_value(json).expect("process")
+    }
+
+    #[test]
+    fn filter_caps_are_borrowed_only_when_loading_needs_them() {
+        let default_caps = serde_json::json!({
+            "args": ["sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 },
+            "capabilities": { "bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"], "permitted": ["CAP_CHOWN"] },
+        });
+        let mut p = process(default_caps.clone());
+        assert_eq!(borrow_filter_caps(&mut p), [caps::Capability::CAP_SYS_ADMIN, caps::Capability::CAP_SETPCAP]);
+        let c = p.capabilities().clone().expect("caps");
+        for set in [c.bounding(), c.effective(), c.permitted()] {
+            let set = set.as_ref().expect("set");
+            assert!(set.contains(&Capability::SysAdmin) && set.contains(&Capability::Setpcap) && set.len() == 3);
+        }
+
+        let mut nnp = default_caps.clone();
+        nnp["noNewPrivileges"] = serde_json::json!(true);
+        assert!(borrow_filter_caps(&mut process(nnp)).is_empty());
+
+        let mut admin = default_caps.clone();
+        admin["capabilities"]["effective"] = serde_json::json!(["CAP_SYS_ADMIN"]);
+        assert!(borrow_filter_caps(&mut process(admin)).is_empty());
+
+        let mut only_setpcap_missing = default_caps;
+        only_setpcap_missing["capabilities"]["effective"] = serde_json::json!(["CAP_CHOWN", "CAP_SETPCAP"]);
+        only_setpcap_missing["capabilities"]["bounding"] = serde_json::json!(["CAP_CHOWN", "CAP_SETPCAP"]);
+        only_setpcap_missing["capabilities"]["permitted"] = serde_json::json!(["CAP_CHOWN", "CAP_SETPCAP"]);
+        assert_eq!(borrow_filter_caps(&mut process(only_setpcap_missing)), [caps::Capability::CAP_SYS_ADMIN]);
     }
 }
