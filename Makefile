@@ -18,7 +18,8 @@ INSTALLER_BIN := target/$(AGENT_TARGET)/release-agent/contrast-node-installer
 PAYLOAD := $(BUILD)/payload
 PLATFORM ?= insecure
 
-.PHONY: all deps build shim agent image test lint demo bench clean installer payload manifests installer-image
+.PHONY: all deps build shim agent image test lint demo bench clean installer payload manifests installer-image \
+	containerd-releases
 
 all: build image
 
@@ -82,10 +83,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# containerd 1.7 and 2.1 (Debian trixie/sid packages, unpacked, never installed): the
+# containerd tests run against them and the host's 1.6.
+CONTAINERD_DIR := $(BUILD)/containerd
+containerd-releases:
+	./scripts/fetch-containerd.sh $(CONTAINERD_DIR) >/dev/null
+
 # The whole suite: unit + golden tests, then the VM integration tests against the real image.
-test: image lint
+test: image lint containerd-releases
 	$(CARGO) test --workspace --exclude contrast-agent --no-run
-	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) \
+	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) CONTRAST_CONTAINERD_DIR=$(abspath $(CONTAINERD_DIR)) \
 	CONTRAST_KERNEL_TREE="$$(realpath "$$(./scripts/fetch-kernel.sh $(BUILD)/kernel)")" \
 	CONTRAST_AGENT=$(abspath $(AGENT_BIN)) CONTRAST_INIT=$(abspath $(INIT_BIN)) \
 		timeout --kill-after=30 $(TEST_TIMEOUT) $(CARGO) test --workspace --exclude contrast-agent

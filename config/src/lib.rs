@@ -169,6 +169,10 @@ pub struct QemuConfig {
     /// Milliseconds to wait for QEMU's QMP socket.
     #[serde(default = "defaults::qmp_timeout_ms")]
     pub qmp_timeout_ms: u64,
+    /// Milliseconds one QMP command may take before it counts as failed (a hung QEMU must not
+    /// hang teardown: the VM is then killed).
+    #[serde(default = "defaults::qmp_command_timeout_ms")]
+    pub qmp_command_timeout_ms: u64,
     /// Milliseconds the guest gets to power off after `system_powerdown`.
     #[serde(default = "defaults::powerdown_timeout_ms")]
     pub powerdown_timeout_ms: u64,
@@ -244,6 +248,9 @@ mod defaults {
     }
     pub fn qmp_timeout_ms() -> u64 {
         10_000
+    }
+    pub fn qmp_command_timeout_ms() -> u64 {
+        5_000
     }
     pub fn powerdown_timeout_ms() -> u64 {
         3_000
@@ -335,6 +342,7 @@ impl RuntimeClassConfig {
         }
         for (key, ms) in [
             ("qmp_timeout_ms", q.qmp_timeout_ms),
+            ("qmp_command_timeout_ms", q.qmp_command_timeout_ms),
             ("powerdown_timeout_ms", q.powerdown_timeout_ms),
             ("quit_timeout_ms", q.quit_timeout_ms),
         ] {

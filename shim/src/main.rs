@@ -2,6 +2,7 @@
 //! (confidential) VM and forwards container operations to the guest agent.
 
 mod error;
+mod events;
 mod io;
 mod logbinary;
 mod metrics;
@@ -10,6 +11,7 @@ mod rootfs;
 mod service;
 mod shim;
 mod spec;
+mod task_state;
 
 /// Runtime type containerd knows this shim by (`runtime_type` in its config).
 const RUNTIME_ID: &str = "io.containerd.contrast-cc.v2";

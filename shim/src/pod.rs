@@ -19,8 +19,14 @@ const CONFIG_NEXT_TO_BINARY: &str = "configuration.toml";
 const DEFAULT_CONFIG: &str = "/etc/contrast/configuration.toml";
 const MIB: i64 = 1024 * 1024;
 
+/// File in a container's bundle naming the runtime config its pod was started with (as
+/// runc's shim keeps `options.json` there): `delete` reads it when the daemon is gone.
+pub const BUNDLE_CONFIG_PATH_FILE: &str = "contrast-runtime-config";
+
 pub struct Pod {
     pub id: String,
+    /// The runtime config the pod was started with.
+    pub config_path: PathBuf,
     pub vm: PodVm,
     pub agent: AgentClient,
     /// Host directory the guest sees at [`GUEST_SHARED`].
@@ -41,6 +47,23 @@ pub fn resolve_config(config_path: Option<&str>) -> Result<(PathBuf, RuntimeClas
     Ok((path, config))
 }
 
+/// Records in `bundle` which runtime config the container's pod uses.
+pub fn record_config_path(bundle: &Path, config_path: &Path) -> Result<(), ShimError> {
+    let path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_owned());
+    std::fs::write(bundle.join(BUNDLE_CONFIG_PATH_FILE), path.as_os_str().as_encoded_bytes()).map_err(|e| {
+        ShimError::Internal(format!("recording the runtime config path in the bundle {}: {e}", bundle.display()))
+    })
+}
+
+/// The runtime config for `delete`: the one recorded in `bundle`, else where the shim looks
+/// without runtime options.
+pub fn recorded_config(bundle: &Path) -> Result<(PathBuf, RuntimeClassConfig), ShimError> {
+    match std::fs::read_to_string(bundle.join(BUNDLE_CONFIG_PATH_FILE)) {
+        Ok(path) => resolve_config(Some(path.trim_end_matches('\n'))),
+        Err(_) => resolve_config(None),
+    }
+}
+
 pub fn state_dir(config: &RuntimeClassConfig, namespace: &str, sandbox_id: &str) -> PathBuf {
     config.runtime.state_dir.join(namespace).join(sandbox_id)
 }
@@ -51,6 +74,7 @@ impl Pod {
     /// `CreateSandbox`.
     pub async fn boot(
         config: &RuntimeClassConfig,
+        config_path: &Path,
         namespace: &str,
         sandbox_id: &str,
         annotations: &BTreeMap<String, String>,
@@ -105,7 +129,7 @@ impl Pod {
                     agent_ready_ms = started.elapsed().as_millis() as u64,
                     "pod VM ready"
                 );
-                Ok(Pod { id: sandbox_id.to_owned(), vm, agent, shared })
+                Ok(Pod { id: sandbox_id.to_owned(), config_path: config_path.to_owned(), vm, agent, shared })
             }
             Err(e) => {
                 vm.stop().await;

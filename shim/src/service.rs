@@ -16,17 +16,20 @@ use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use contrast_agent_protocol::{agent, oci};
-use tokio::sync::watch;
 
 use crate::error::ShimError;
+use crate::events::{self, EventQueue};
 use crate::io::Streams;
 use crate::pod::{self, Pod};
+use crate::task_state::{StateCell, Transition};
 use crate::{rootfs, spec};
 
 type TResult<T> = ttrpc::Result<T>;
 
 /// Exit status reported for tasks whose VM died (kata uses the same).
-const VM_DIED_STATUS: u32 = 255;
+pub const VM_DIED_STATUS: u32 = 255;
+/// How long `Shutdown` waits for queued events to reach containerd before the daemon exits.
+const EVENT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Exit status of a process that could not be started (shell: "cannot execute").
 const START_FAILED_STATUS: u32 = 126;
 
@@ -38,8 +41,8 @@ struct Proc {
     stderr: String,
     /// Exec processes: the process spec until Start.
     spec: Mutex<Option<oci::Process>>,
-    status: Mutex<Status>,
-    exit: watch::Sender<Option<(u32, Timestamp)>>,
+    /// Status and exit in one: see [`crate::task_state`].
+    state: StateCell,
     streams: tokio::sync::Mutex<Option<Streams>>,
 }
 
@@ -52,38 +55,28 @@ impl Proc {
             stdout: stdout.into(),
             stderr: stderr.into(),
             spec: Mutex::new(None),
-            status: Mutex::new(Status::CREATED),
-            exit: watch::channel(None).0,
+            state: StateCell::default(),
             streams: tokio::sync::Mutex::new(None),
         })
     }
 
     fn status(&self) -> Status {
-        *lock(&self.status)
-    }
-
-    fn set_status(&self, s: Status) {
-        *lock(&self.status) = s;
+        self.state.get().status()
     }
 
     fn exited(&self) -> Option<(u32, Timestamp)> {
-        self.exit.borrow().clone()
+        self.state.get().exit()
     }
 
     /// Records the exit once; returns false when it was already recorded.
     fn record_exit(&self, status: u32) -> bool {
-        let mut first = false;
-        self.exit.send_if_modified(|e| {
-            if e.is_none() {
-                *e = Some((status, Timestamp::now()));
-                first = true;
-            }
-            first
-        });
-        if first {
-            self.set_status(Status::STOPPED);
-        }
-        first
+        self.state.record_exit(status)
+    }
+
+    /// Applies a lifecycle step the guest has already taken; refused when the process exited
+    /// meanwhile (its VM died), which the caller reports instead of reviving it.
+    fn advance(&self, id: &str, t: Transition) -> Result<(), ShimError> {
+        self.state.apply(t).map(drop).map_err(|e| ShimError::FailedPrecondition(format!("{id}: {e}")))
     }
 }
 
@@ -100,7 +93,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub struct Inner {
     namespace: String,
-    publisher: RemotePublisher,
+    events: EventQueue,
     exit: Arc<ExitSignal>,
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     ctrs: Mutex<HashMap<String, Arc<Ctr>>>,
@@ -113,7 +106,7 @@ impl TaskService {
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
         TaskService(Arc::new(Inner {
             namespace: namespace.into(),
-            publisher,
+            events: EventQueue::start(events::Containerd { publisher, namespace: namespace.into() }),
             exit,
             pod: tokio::sync::Mutex::new(None),
             ctrs: Mutex::new(HashMap::new()),
@@ -122,11 +115,9 @@ impl TaskService {
 }
 
 impl Inner {
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let ctx = ttrpc::context::Context::default();
-        if let Err(e) = self.publisher.publish(ctx, topic, &self.namespace, event).await {
-            tracing::warn!(topic, error = %e, "cannot publish event");
-        }
+    /// Queues an event for containerd (never waits; see [`crate::events`]).
+    fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
+        self.events.send(topic, event);
     }
 
     fn ctr(&self, id: &str) -> Result<Arc<Ctr>, ShimError> {
@@ -169,12 +160,12 @@ impl Inner {
                 streams.drain().await;
             }
             if proc_.record_exit(status) {
-                inner.publish_exit(&ctr, &proc_, inner.task_pid(&pod)).await;
+                inner.publish_exit(&ctr, &proc_, inner.task_pid(&pod));
             }
         });
     }
 
-    async fn publish_exit(&self, ctr: &Ctr, proc_: &Proc, pid: u32) {
+    fn publish_exit(&self, ctr: &Ctr, proc_: &Proc, pid: u32) {
         let Some((status, at)) = proc_.exited() else { return };
         let event = ev::TaskExit {
             container_id: ctr.id.clone(),
@@ -184,7 +175,7 @@ impl Inner {
             exited_at: Some(at).into(),
             ..Default::default()
         };
-        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event)).await;
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
     }
 
     /// Forwards the guest's OOM kills as TaskOOM events for as long as the pod runs.
@@ -195,7 +186,7 @@ impl Inner {
             while let Ok(event) = pod.agent.get_oom_event().await {
                 tracing::warn!(container = %event.container_id, "out of memory kill in the guest");
                 let e = ev::TaskOOM { container_id: event.container_id, ..Default::default() };
-                inner.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e)).await;
+                inner.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e));
             }
         });
     }
@@ -220,7 +211,7 @@ impl Inner {
                             s.abort();
                         }
                         if p.record_exit(VM_DIED_STATUS) {
-                            inner.publish_exit(&c, &p, inner.task_pid(&pod)).await;
+                            inner.publish_exit(&c, &p, inner.task_pid(&pod));
                         }
                     }
                 }
@@ -246,14 +237,21 @@ impl Inner {
         let sandbox_id = spec::sandbox_id(&spec, &req.id);
         let mut pod_guard = self.pod.lock().await;
         let pod = match pod_guard.as_ref() {
-            Some(p) => p.clone(),
+            Some(p) => {
+                pod::record_config_path(&bundle, &p.config_path)?;
+                p.clone()
+            }
             None => {
                 let config_path = runtime_config_path(req.options.as_ref());
-                let (_, config) = pod::resolve_config(config_path.as_deref())?;
+                let (config_path, config) = pod::resolve_config(config_path.as_deref())?;
+                // Before anything is started: `delete` after a SIGKILLed shim finds the pod
+                // through this even when the config is not where it would look by itself.
+                pod::record_config_path(&bundle, &config_path)?;
                 let annotations: BTreeMap<String, String> =
                     spec.annotations().clone().unwrap_or_default().into_iter().collect();
+                let memory = spec::memory_limit(&spec);
                 let pod = Arc::new(
-                    Pod::boot(&config, &self.namespace, &sandbox_id, &annotations, spec::memory_limit(&spec)).await?,
+                    Pod::boot(&config, &config_path, &self.namespace, &sandbox_id, &annotations, memory).await?,
                 );
                 self.watch_vm(pod.clone());
                 self.watch_oom(pod.clone());
@@ -340,7 +338,7 @@ impl Inner {
             pid,
             ..Default::default()
         };
-        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event)).await;
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event));
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
@@ -374,12 +372,13 @@ impl Inner {
             .map_err(|e| ShimError::Internal(format!("opening stdio FIFOs: {e}")))?;
             *p.streams.lock().await = Some(streams);
         }
-        p.set_status(Status::RUNNING);
+        // The VM may have died while the guest started it: then it stays STOPPED (255).
+        p.advance(&req.id, Transition::Start)?;
         self.watch_exit(pod.clone(), ctr.clone(), p.clone());
         let pid = self.task_pid(&pod);
         if req.exec_id.is_empty() {
             let e = ev::TaskStart { container_id: req.id.clone(), pid, ..Default::default() };
-            self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(e)).await;
+            self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(e));
         } else {
             let e = ev::TaskExecStarted {
                 container_id: req.id.clone(),
@@ -387,7 +386,7 @@ impl Inner {
                 pid,
                 ..Default::default()
             };
-            self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(e)).await;
+            self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(e));
         }
         Ok(api::StartResponse { pid, ..Default::default() })
     }
@@ -431,7 +430,7 @@ impl Inner {
             exited_at: Some(at.clone()).into(),
             ..Default::default()
         };
-        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(e)).await;
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(e));
         if lock(&self.ctrs).is_empty() {
             if let Some(pod) = self.pod.lock().await.take() {
                 pod.teardown().await;
@@ -448,7 +447,9 @@ impl Inner {
         let pod = self.pod().await?;
         let mut kreq = agent::SignalProcessRequest::new();
         kreq.container_id = req.id.clone();
-        kreq.exec_id = req.exec_id.clone();
+        // kata's convention: an empty exec id signals every process of the container, so
+        // `all` (for the init) is sent as such (kata runtime, `signalProcess`).
+        kreq.exec_id = if req.all { String::new() } else { req.exec_id.clone() };
         kreq.signal = req.signal;
         match pod.agent.signal_process(&kreq).await {
             Ok(_) => Ok(()),
@@ -512,9 +513,7 @@ impl Task for TaskService {
 
     async fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TResult<api::WaitResponse> {
         let (_, p) = self.0.proc(&req.id, &req.exec_id)?;
-        let mut rx = p.exit.subscribe();
-        let exit = rx.wait_for(|e| e.is_some()).await.map(|e| e.clone()).ok().flatten();
-        let (status, at) = exit.unwrap_or((VM_DIED_STATUS, Timestamp::now()));
+        let (status, at) = p.state.wait_exit().await;
         Ok(api::WaitResponse { exit_status: status, exited_at: Some(at).into(), ..Default::default() })
     }
 
@@ -526,7 +525,8 @@ impl Task for TaskService {
         };
         let (exit_status, exited_at) = p.exited().map_or((0, None), |(s, t)| (s, Some(t)));
         Ok(api::StateResponse {
-            id: req.id.clone(),
+            // The process's own id: an exec is named by its exec id (as runc's shim does).
+            id: if req.exec_id.is_empty() { req.id.clone() } else { req.exec_id.clone() },
             bundle: c.bundle.clone(),
             pid,
             status: p.status().into(),
@@ -541,11 +541,25 @@ impl Task for TaskService {
         })
     }
 
+    /// The container's processes as guest pids (`ListProcesses`, format `json`). When the
+    /// guest cannot tell (VM gone, policy denies it), the task pid: containerd 1.7+ takes an
+    /// empty list for a task it does not know as a leaked shim.
     async fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TResult<api::PidsResponse> {
         self.0.ctr(&req.id)?;
         let pod = self.0.pod().await?;
-        let info = api::ProcessInfo { pid: self.0.task_pid(&pod), ..Default::default() };
-        Ok(api::PidsResponse { processes: vec![info], ..Default::default() })
+        let mut lreq = agent::ListProcessesRequest::new();
+        lreq.container_id = req.id.clone();
+        lreq.format = "json".into();
+        let guest = match pod.agent.list_processes(&lreq).await {
+            Ok(resp) => serde_json::from_slice::<Vec<u32>>(&resp.process_list).unwrap_or_default(),
+            Err(e) => {
+                tracing::debug!(container = %req.id, error = %e, "guest process list unavailable");
+                Vec::new()
+            }
+        };
+        let pids = if guest.is_empty() { vec![self.0.task_pid(&pod)] } else { guest };
+        let processes = pids.into_iter().map(|pid| api::ProcessInfo { pid, ..Default::default() }).collect();
+        Ok(api::PidsResponse { processes, ..Default::default() })
     }
 
     async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TResult<api::Empty> {
@@ -554,9 +568,9 @@ impl Task for TaskService {
         let mut preq = agent::PauseContainerRequest::new();
         preq.container_id = req.id.clone();
         pod.agent.pause_container(&preq).await.map_err(ShimError::from)?;
-        p.set_status(Status::PAUSED);
+        p.advance(&req.id, Transition::Pause)?;
         let e = ev::TaskPaused { container_id: req.id.clone(), ..Default::default() };
-        self.0.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(e)).await;
+        self.0.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(e));
         Ok(api::Empty::new())
     }
 
@@ -566,9 +580,9 @@ impl Task for TaskService {
         let mut rreq = agent::ResumeContainerRequest::new();
         rreq.container_id = req.id.clone();
         pod.agent.resume_container(&rreq).await.map_err(ShimError::from)?;
-        p.set_status(Status::RUNNING);
+        p.advance(&req.id, Transition::Resume)?;
         let e = ev::TaskResumed { container_id: req.id.clone(), ..Default::default() };
-        self.0.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(e)).await;
+        self.0.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(e));
         Ok(api::Empty::new())
     }
 
@@ -590,7 +604,7 @@ impl Task for TaskService {
         *lock(&p.spec) = Some(spec::process(&process));
         lock(&c.execs).insert(req.exec_id.clone(), p);
         let e = ev::TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() };
-        self.0.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(e)).await;
+        self.0.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(e));
         Ok(api::Empty::new())
     }
 
@@ -657,6 +671,7 @@ impl Task for TaskService {
             if let Some(pod) = self.0.pod.lock().await.take() {
                 pod.teardown().await;
             }
+            self.0.events.flush(EVENT_FLUSH_TIMEOUT).await;
             self.0.exit.signal();
         }
         Ok(api::Empty::new())

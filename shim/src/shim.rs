@@ -55,7 +55,7 @@ impl Shim for ContrastShim {
         let sandbox = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .map(|s| crate::spec::sandbox_id(&s, &self.id))
             .unwrap_or_else(|_| self.id.clone());
-        match pod::resolve_config(None) {
+        match pod::recorded_config(&bundle) {
             Ok((_, config)) => {
                 let state = pod::state_dir(&config, &self.namespace, &sandbox);
                 if sandbox == self.id {

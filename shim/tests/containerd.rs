@@ -1,22 +1,25 @@
-//! The shim under the real containerd (Debian 1.6), driven with ctr: real QEMU (TCG), real
+//! The shim under the real containerd (1.6, 1.7 and 2.1), driven with ctr: real QEMU (TCG), real
 //! image, real agent. Each test has its own containerd and checks that nothing is left.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use contrast_tests::containerd::{Containerd, IMAGE, RUNTIME};
-use contrast_tests::image_dir;
+use contrast_tests::containerd::{Containerd, Release, IMAGE, RUNTIME};
+use contrast_tests::{containerd_matrix, image_dir};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-contrast-cc-v2");
 /// containerd must see a task exit within this long after QEMU dies (issue acceptance).
 const EXIT_SEEN_DEADLINE: Duration = Duration::from_secs(1);
 /// Time `ctr events` gets to subscribe before the event it must see can happen.
 const EVENTS_SUBSCRIBE_GRACE: Duration = Duration::from_millis(500);
+/// How long the OOM test watches for repeated TaskOOM events after the kill (the agent polls
+/// every 500 ms, so a flood would show several).
+const OOM_FLOOD_WINDOW: Duration = Duration::from_secs(3);
 /// How long cleanup after a dead shim may take (containerd runs `delete`, which kills QEMU).
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(20);
 
-fn containerd() -> Containerd {
-    Containerd::start(Path::new(SHIM), &image_dir().expect("pod-VM image")).expect("containerd starts")
+fn containerd(release: Release) -> Containerd {
+    Containerd::start_release(release, Path::new(SHIM), &image_dir().expect("pod-VM image")).expect("containerd starts")
 }
 
 fn assert_clean(cd: &Containerd) {
@@ -65,234 +68,242 @@ fn processes_named(cd: &Containerd, name: &str) -> Vec<i32> {
         .collect()
 }
 
-#[test]
-fn ctr_run_prints_output_and_returns_exit_codes() {
-    let cd = containerd();
-    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--rm", IMAGE, "t1", "echo", "hi"]);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cd.log());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
-    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--rm", IMAGE, "t2", "sh", "-c", "exit 3"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    // file:// log URI: both streams appended to the file.
-    let log = cd.dir.path().join("logs/t3.log");
-    let uri = format!("file://{}", log.display());
-    let script = "echo to-stdout; echo to-stderr >&2";
-    cd.ctr_ok(&["run", "--runtime", RUNTIME, "--log-uri", &uri, "--rm", IMAGE, "t3", "sh", "-c", script])
-        .expect("log-uri run");
-    let text = std::fs::read_to_string(&log).expect("log file written");
-    assert!(text.contains("to-stdout\n") && text.contains("to-stderr\n"), "{text:?}");
+containerd_matrix! {
+    fn ctr_run_prints_output_and_returns_exit_codes(release: Release) {
+        let cd = containerd(release);
+        let out = cd.ctr(&["run", "--runtime", RUNTIME, "--rm", IMAGE, "t1", "echo", "hi"]);
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cd.log());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+        let out = cd.ctr(&["run", "--runtime", RUNTIME, "--rm", IMAGE, "t2", "sh", "-c", "exit 3"]);
+        assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+        // file:// log URI: both streams appended to the file.
+        let log = cd.dir.path().join("logs/t3.log");
+        let uri = format!("file://{}", log.display());
+        let script = "echo to-stdout; echo to-stderr >&2";
+        cd.ctr_ok(&["run", "--runtime", RUNTIME, "--log-uri", &uri, "--rm", IMAGE, "t3", "sh", "-c", script])
+            .expect("log-uri run");
+        let text = std::fs::read_to_string(&log).expect("log file written");
+        assert!(text.contains("to-stdout\n") && text.contains("to-stderr\n"), "{text:?}");
 
-    // binary:// log URI: a logging binary gets stdout/stderr as fds 3/4, signals readiness
-    // by closing fd 5, sees CONTAINER_ID; query parameters become its arguments.
-    let logger = cd.dir.path().join("logger.sh");
-    let script =
-        "#!/bin/sh\nexec 5>&-\ncat <&3 >> \"$2\" &\ncat <&4 >> \"$2\"\nwait\necho \"$CONTAINER_ID\" > \"$2.id\"\n";
-    std::fs::write(&logger, script).expect("write logger");
-    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let out_file = cd.dir.path().join("logs/t4.log");
-    let uri = format!("binary://{}?out={}", logger.display(), out_file.display());
-    cd.ctr_ok(&[
-        "run",
-        "--runtime",
-        RUNTIME,
-        "--log-uri",
-        &uri,
-        "--rm",
-        IMAGE,
-        "t4",
-        "sh",
-        "-c",
-        "echo via-binary; echo err >&2",
-    ])
-    .expect("binary log run");
-    let id_file = cd.dir.path().join("logs/t4.log.id");
-    let end = Instant::now() + Duration::from_secs(5);
-    while !id_file.exists() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
+        // binary:// log URI: a logging binary gets stdout/stderr as fds 3/4, signals readiness
+        // by closing fd 5, sees CONTAINER_ID; query parameters become its arguments.
+        let logger = cd.dir.path().join("logger.sh");
+        let script =
+            "#!/bin/sh\nexec 5>&-\ncat <&3 >> \"$2\" &\ncat <&4 >> \"$2\"\nwait\necho \"$CONTAINER_ID\" > \"$2.id\"\n";
+        std::fs::write(&logger, script).expect("write logger");
+        std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let out_file = cd.dir.path().join("logs/t4.log");
+        let uri = format!("binary://{}?out={}", logger.display(), out_file.display());
+        cd.ctr_ok(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--log-uri",
+            &uri,
+            "--rm",
+            IMAGE,
+            "t4",
+            "sh",
+            "-c",
+            "echo via-binary; echo err >&2",
+        ])
+        .expect("binary log run");
+        let id_file = cd.dir.path().join("logs/t4.log.id");
+        let end = Instant::now() + Duration::from_secs(5);
+        while !id_file.exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = std::fs::read_to_string(&out_file).expect("logger wrote");
+        assert!(text.contains("via-binary\n") && text.contains("err\n"), "{text:?}");
+        assert_eq!(std::fs::read_to_string(&id_file).expect("logger finished").trim(), "t4");
+        assert_clean(&cd);
     }
-    let text = std::fs::read_to_string(&out_file).expect("logger wrote");
-    assert!(text.contains("via-binary\n") && text.contains("err\n"), "{text:?}");
-    assert_eq!(std::fs::read_to_string(&id_file).expect("logger finished").trim(), "t4");
-    assert_clean(&cd);
 }
 
-#[test]
-fn task_exec_ps_metrics_pause_resume_and_kill() {
-    let cd = containerd();
-    cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "t", "sleep", "1000"]).expect("detached run");
-    assert_eq!(task_status(&cd, "t"), "RUNNING");
-    let out = cd.ctr_ok(&["task", "exec", "--exec-id", "e1", "t", "sh", "-c", "echo from-exec"]).expect("exec");
-    assert_eq!(out, "from-exec\n");
-    let ps = cd.ctr_ok(&["task", "ps", "t"]).expect("ps");
-    assert!(ps.lines().count() >= 2, "{ps}");
-    let metrics = cd.ctr_ok(&["task", "metrics", "t"]).expect("metrics");
-    let usage = metrics.lines().find(|l| l.starts_with("memory.usage_in_bytes")).expect("memory usage line");
-    let bytes = usage.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok());
-    assert!(bytes.is_some_and(|v| v > 0), "{metrics}");
-    cd.ctr_ok(&["task", "pause", "t"]).expect("pause");
-    assert_eq!(task_status(&cd, "t"), "PAUSED");
-    cd.ctr_ok(&["task", "resume", "t"]).expect("resume");
-    assert_eq!(task_status(&cd, "t"), "RUNNING");
-    cd.ctr_ok(&["task", "kill", "-s", "KILL", "t"]).expect("kill");
-    wait_status(&cd, "t", "STOPPED", Duration::from_secs(10));
-    let out = cd.ctr(&["task", "delete", "t"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("exit code 137"), "{err}");
-    cd.ctr_ok(&["container", "rm", "t"]).expect("container rm");
-    assert_clean(&cd);
-}
-
-#[test]
-fn ctr_run_with_a_terminal() {
-    let cd = containerd();
-    let (text, code) = cd
-        .ctr_in_terminal(
-            &["run", "-t", "--runtime", RUNTIME, "--rm", IMAGE, "tty", "sh", "-c", "tty; exit 4"],
-            Duration::from_secs(180),
-        )
-        .expect("ctr on a terminal");
-    assert!(text.contains("/dev/pts/"), "container sees a terminal: {text:?}");
-    assert_eq!(code, Some(4), "ctr run -t exit code (None: killed at the deadline); it printed {text:?}");
-    wait_clean(&cd, CLEANUP_DEADLINE);
-}
-
-#[test]
-fn tampered_root_disk_fails_create_naming_verity() {
-    let cd = containerd();
-    let disk = cd.dir.path().join("tampered-root.img");
-    let text = std::fs::read_to_string(cd.dir.path().join("bin/configuration.toml")).expect("test config");
-    let original = text
-        .lines()
-        .find_map(|l| l.strip_prefix("image = \"")?.strip_suffix('"'))
-        .expect("test config names the root disk")
-        .to_owned();
-    contrast_tests::tamper::flip_agent_byte(Path::new(&original), &disk).expect("tampered copy");
-    let config = cd.dir.path().join("tampered.toml");
-    std::fs::write(&config, text.replace(&original, &disk.display().to_string())).expect("write config");
-    let config = config.display().to_string();
-    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--runtime-config-path", &config, "--rm", IMAGE, "t1", "true"]);
-    assert!(!out.status.success(), "a container ran from a tampered root disk");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("the guest powered off") && err.contains("contrast-init: verity:"), "{err}");
-    let _ = cd.ctr(&["container", "rm", "t1"]);
-    wait_clean(&cd, CLEANUP_DEADLINE);
-}
-
-#[test]
-fn qemu_killed_under_a_running_pod() {
-    let cd = containerd();
-    cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "victim", "sleep", "1000"]).expect("detached run");
-    let qemu = processes_named(&cd, "qemu-system");
-    assert_eq!(qemu.len(), 1, "one QEMU per pod");
-    // Every event carries the time it was published (by the shim, for task events, and
-    // forwarded to containerd at once); `ctr events` prints it. Measuring from that stamp
-    // keeps a slow `ctr` under load from counting against the shim.
-    let events_file = cd.dir.path().join("events.txt");
-    let mut events =
-        cd.ctr_spawn(&["events"], std::fs::File::create(&events_file).expect("events file")).expect("ctr events");
-    std::thread::sleep(EVENTS_SUBSCRIBE_GRACE);
-    let killed_at = chrono::Utc::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu[0]), nix::sys::signal::Signal::SIGKILL).expect("kill QEMU");
-    wait_status(&cd, "victim", "STOPPED", CLEANUP_DEADLINE);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(events.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = events.wait();
-    let log = std::fs::read_to_string(&events_file).expect("events");
-    let exit_line = log
-        .lines()
-        .find(|l| l.contains("/tasks/exit") && l.contains("\"victim\""))
-        .unwrap_or_else(|| panic!("no /tasks/exit event for victim in:\n{log}"));
-    let seen_at = event_time(exit_line);
-    let delay = (seen_at - killed_at).to_std().unwrap_or_default();
-    eprintln!("task exit published {delay:?} after QEMU was killed");
-    assert!(delay < EXIT_SEEN_DEADLINE, "containerd saw the exit {delay:?} after QEMU was killed: {exit_line}");
-    let out = cd.ctr(&["task", "delete", "victim"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("exit code 255"), "{err}");
-    cd.ctr_ok(&["container", "rm", "victim"]).expect("container rm");
-    wait_clean(&cd, CLEANUP_DEADLINE);
-}
-
-#[test]
-fn shim_killed_is_cleaned_up_by_containerd() {
-    let cd = containerd();
-    cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "orphan", "sleep", "1000"]).expect("detached run");
-    let shims: Vec<i32> = std::fs::read_dir("/proc")
-        .expect("proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap_or_default();
-            let cwd = std::fs::read_link(format!("/proc/{p}/cwd")).unwrap_or_default();
-            exe.to_string_lossy().contains("containerd-shim-contrast") && cwd.starts_with(cd.dir.path())
-        })
-        .collect();
-    assert_eq!(shims.len(), 1, "one shim daemon per pod");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
-    // containerd notices the dead shim and runs `<shim> delete`, which stops the pod.
-    let end = Instant::now() + CLEANUP_DEADLINE;
-    while !processes_named(&cd, "qemu-system").is_empty() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(100));
+containerd_matrix! {
+    fn task_exec_ps_metrics_pause_resume_and_kill(release: Release) {
+        let cd = containerd(release);
+        cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "t", "sleep", "1000"]).expect("detached run");
+        assert_eq!(task_status(&cd, "t"), "RUNNING");
+        let out = cd.ctr_ok(&["task", "exec", "--exec-id", "e1", "t", "sh", "-c", "echo from-exec"]).expect("exec");
+        assert_eq!(out, "from-exec\n");
+        let ps = cd.ctr_ok(&["task", "ps", "t"]).expect("ps");
+        assert!(ps.lines().count() >= 2, "{ps}");
+        let metrics = cd.ctr_ok(&["task", "metrics", "t"]).expect("metrics");
+        let usage = metrics.lines().find(|l| l.starts_with("memory.usage_in_bytes")).expect("memory usage line");
+        let bytes = usage.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok());
+        assert!(bytes.is_some_and(|v| v > 0), "{metrics}");
+        cd.ctr_ok(&["task", "pause", "t"]).expect("pause");
+        assert_eq!(task_status(&cd, "t"), "PAUSED");
+        cd.ctr_ok(&["task", "resume", "t"]).expect("resume");
+        assert_eq!(task_status(&cd, "t"), "RUNNING");
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", "t"]).expect("kill");
+        wait_status(&cd, "t", "STOPPED", Duration::from_secs(10));
+        let out = cd.ctr(&["task", "delete", "t"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("exit code 137"), "{err}");
+        cd.ctr_ok(&["container", "rm", "t"]).expect("container rm");
+        assert_clean(&cd);
     }
-    let _ = cd.ctr(&["task", "delete", "orphan"]);
-    let _ = cd.ctr(&["container", "rm", "orphan"]);
-    wait_clean(&cd, CLEANUP_DEADLINE);
 }
 
-#[test]
-fn containerd_restart_keeps_the_pod_reachable() {
-    let mut cd = containerd();
-    cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "keep", "sleep", "1000"]).expect("detached run");
-    cd.kill();
-    cd.spawn().expect("containerd restarts");
-    let out =
-        cd.ctr_ok(&["task", "exec", "--exec-id", "after", "keep", "echo", "still-here"]).expect("exec after restart");
-    assert_eq!(out, "still-here\n");
-    cd.ctr_ok(&["task", "kill", "-s", "KILL", "keep"]).expect("kill");
-    wait_status(&cd, "keep", "STOPPED", Duration::from_secs(10));
-    let _ = cd.ctr(&["task", "delete", "keep"]);
-    cd.ctr_ok(&["container", "rm", "keep"]).expect("container rm");
-    wait_clean(&cd, CLEANUP_DEADLINE);
+containerd_matrix! {
+    fn ctr_run_with_a_terminal(release: Release) {
+        let cd = containerd(release);
+        let (text, code) = cd
+            .ctr_in_terminal(
+                &["run", "-t", "--runtime", RUNTIME, "--rm", IMAGE, "tty", "sh", "-c", "tty; exit 4"],
+                Duration::from_secs(180),
+            )
+            .expect("ctr on a terminal");
+        assert!(text.contains("/dev/pts/"), "container sees a terminal: {text:?}");
+        assert_eq!(code, Some(4), "ctr run -t exit code (None: killed at the deadline); it printed {text:?}");
+        wait_clean(&cd, CLEANUP_DEADLINE);
+    }
 }
 
-#[test]
-fn bad_input_fails_create_with_a_clear_message_and_leaves_nothing() {
-    let cd = containerd();
-    let args = [
-        "run",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        "/nonexistent/contrast.toml",
-        "--rm",
-        IMAGE,
-        "b1",
-        "true",
-    ];
-    let out = cd.ctr(&args);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/contrast.toml"), "{err}");
-    let _ = cd.ctr(&["container", "rm", "b1"]);
+containerd_matrix! {
+    fn tampered_root_disk_fails_create_naming_verity(release: Release) {
+        let cd = containerd(release);
+        let disk = cd.dir.path().join("tampered-root.img");
+        let text = std::fs::read_to_string(cd.dir.path().join("bin/configuration.toml")).expect("test config");
+        let original = text
+            .lines()
+            .find_map(|l| l.strip_prefix("image = \"")?.strip_suffix('"'))
+            .expect("test config names the root disk")
+            .to_owned();
+        contrast_tests::tamper::flip_agent_byte(Path::new(&original), &disk).expect("tampered copy");
+        let config = cd.dir.path().join("tampered.toml");
+        std::fs::write(&config, text.replace(&original, &disk.display().to_string())).expect("write config");
+        let config = config.display().to_string();
+        let out = cd.ctr(&["run", "--runtime", RUNTIME, "--runtime-config-path", &config, "--rm", IMAGE, "t1", "true"]);
+        assert!(!out.status.success(), "a container ran from a tampered root disk");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the guest powered off") && err.contains("contrast-init: verity:"), "{err}");
+        let _ = cd.ctr(&["container", "rm", "t1"]);
+        wait_clean(&cd, CLEANUP_DEADLINE);
+    }
+}
 
-    // A runtime config whose kernel does not exist.
-    let config = cd.dir.path().join("missing-kernel.toml");
-    let text = std::fs::read_to_string(cd.dir.path().join("bin/configuration.toml")).expect("test config");
-    let text = text.lines().map(|l| if l.starts_with("kernel =") { "kernel = \"/nonexistent/vmlinux\"" } else { l });
-    std::fs::write(&config, text.collect::<Vec<_>>().join("\n")).expect("write config");
-    let config = config.display().to_string();
-    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--runtime-config-path", &config, "--rm", IMAGE, "b3", "true"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("hypervisor.qemu.kernel") && err.contains("/nonexistent/vmlinux"), "{err}");
-    let _ = cd.ctr(&["container", "rm", "b3"]);
+containerd_matrix! {
+    fn qemu_killed_under_a_running_pod(release: Release) {
+        let cd = containerd(release);
+        cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "victim", "sleep", "1000"]).expect("detached run");
+        let qemu = processes_named(&cd, "qemu-system");
+        assert_eq!(qemu.len(), 1, "one QEMU per pod");
+        // Every event carries the time it was published (by the shim, for task events, and
+        // forwarded to containerd at once); `ctr events` prints it. Measuring from that stamp
+        // keeps a slow `ctr` under load from counting against the shim.
+        let events_file = cd.dir.path().join("events.txt");
+        let mut events =
+            cd.ctr_spawn(&["events"], std::fs::File::create(&events_file).expect("events file")).expect("ctr events");
+        std::thread::sleep(EVENTS_SUBSCRIBE_GRACE);
+        let killed_at = chrono::Utc::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu[0]), nix::sys::signal::Signal::SIGKILL).expect("kill QEMU");
+        wait_status(&cd, "victim", "STOPPED", CLEANUP_DEADLINE);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(events.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = events.wait();
+        let log = std::fs::read_to_string(&events_file).expect("events");
+        let exit_line = log
+            .lines()
+            .find(|l| l.contains("/tasks/exit") && l.contains("\"victim\""))
+            .unwrap_or_else(|| panic!("no /tasks/exit event for victim in:\n{log}"));
+        let seen_at = event_time(exit_line);
+        let delay = (seen_at - killed_at).to_std().unwrap_or_default();
+        eprintln!("task exit published {delay:?} after QEMU was killed");
+        assert!(delay < EXIT_SEEN_DEADLINE, "containerd saw the exit {delay:?} after QEMU was killed: {exit_line}");
+        let out = cd.ctr(&["task", "delete", "victim"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("exit code 255"), "{err}");
+        cd.ctr_ok(&["container", "rm", "victim"]).expect("container rm");
+        wait_clean(&cd, CLEANUP_DEADLINE);
+    }
+}
 
-    // A 4 GiB limit: more than this runtime class allows (default_maxmemory 2048 MiB).
-    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--memory-limit", "4294967296", "--rm", IMAGE, "b2", "true"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("default_maxmemory"), "{err}");
-    let _ = cd.ctr(&["container", "rm", "b2"]);
-    wait_clean(&cd, CLEANUP_DEADLINE);
+containerd_matrix! {
+    fn shim_killed_is_cleaned_up_by_containerd(release: Release) {
+        let cd = containerd(release);
+        cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "orphan", "sleep", "1000"]).expect("detached run");
+        let shims: Vec<i32> = std::fs::read_dir("/proc")
+            .expect("proc")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| {
+                let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap_or_default();
+                let cwd = std::fs::read_link(format!("/proc/{p}/cwd")).unwrap_or_default();
+                exe.to_string_lossy().contains("containerd-shim-contrast") && cwd.starts_with(cd.dir.path())
+            })
+            .collect();
+        assert_eq!(shims.len(), 1, "one shim daemon per pod");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
+        // containerd notices the dead shim and runs `<shim> delete`, which stops the pod.
+        let end = Instant::now() + CLEANUP_DEADLINE;
+        while !processes_named(&cd, "qemu-system").is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = cd.ctr(&["task", "delete", "orphan"]);
+        let _ = cd.ctr(&["container", "rm", "orphan"]);
+        wait_clean(&cd, CLEANUP_DEADLINE);
+    }
+}
+
+containerd_matrix! {
+    fn containerd_restart_keeps_the_pod_reachable(release: Release) {
+        let mut cd = containerd(release);
+        cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "keep", "sleep", "1000"]).expect("detached run");
+        cd.kill();
+        cd.spawn().expect("containerd restarts");
+        let out =
+            cd.ctr_ok(&["task", "exec", "--exec-id", "after", "keep", "echo", "still-here"]).expect("exec after restart");
+        assert_eq!(out, "still-here\n");
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", "keep"]).expect("kill");
+        wait_status(&cd, "keep", "STOPPED", Duration::from_secs(10));
+        let _ = cd.ctr(&["task", "delete", "keep"]);
+        cd.ctr_ok(&["container", "rm", "keep"]).expect("container rm");
+        wait_clean(&cd, CLEANUP_DEADLINE);
+    }
+}
+
+containerd_matrix! {
+    fn bad_input_fails_create_with_a_clear_message_and_leaves_nothing(release: Release) {
+        let cd = containerd(release);
+        let args = [
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            "/nonexistent/contrast.toml",
+            "--rm",
+            IMAGE,
+            "b1",
+            "true",
+        ];
+        let out = cd.ctr(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("/nonexistent/contrast.toml"), "{err}");
+        let _ = cd.ctr(&["container", "rm", "b1"]);
+
+        // A runtime config whose kernel does not exist.
+        let config = cd.dir.path().join("missing-kernel.toml");
+        let text = std::fs::read_to_string(cd.dir.path().join("bin/configuration.toml")).expect("test config");
+        let text = text.lines().map(|l| if l.starts_with("kernel =") { "kernel = \"/nonexistent/vmlinux\"" } else { l });
+        std::fs::write(&config, text.collect::<Vec<_>>().join("\n")).expect("write config");
+        let config = config.display().to_string();
+        let out = cd.ctr(&["run", "--runtime", RUNTIME, "--runtime-config-path", &config, "--rm", IMAGE, "b3", "true"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("hypervisor.qemu.kernel") && err.contains("/nonexistent/vmlinux"), "{err}");
+        let _ = cd.ctr(&["container", "rm", "b3"]);
+
+        // A 4 GiB limit: more than this runtime class allows (default_maxmemory 2048 MiB).
+        let out = cd.ctr(&["run", "--runtime", RUNTIME, "--memory-limit", "4294967296", "--rm", IMAGE, "b2", "true"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("default_maxmemory"), "{err}");
+        let _ = cd.ctr(&["container", "rm", "b2"]);
+        wait_clean(&cd, CLEANUP_DEADLINE);
+    }
 }
 
 #[test]
@@ -307,4 +318,29 @@ fn version_and_info_flags() {
         containerd_shim_protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout).expect("protobuf");
     assert_eq!(info.name, RUNTIME);
     assert_eq!(info.version.version, env!("CARGO_PKG_VERSION"));
+}
+
+containerd_matrix! {
+    /// A container that allocates past its memory limit is OOM-killed in the guest: it ends
+    /// with 137, and containerd gets exactly one TaskOOM for it (not one per GetOOMEvent call).
+    fn one_oom_kill_gives_exactly_one_task_oom_event(release: Release) {
+        let cd = containerd(release);
+        let events_file = cd.dir.path().join("events.txt");
+        let mut events =
+            cd.ctr_spawn(&["events"], std::fs::File::create(&events_file).expect("events file")).expect("ctr events");
+        std::thread::sleep(EVENTS_SUBSCRIBE_GRACE);
+        // busybox dd allocates its whole block: 128 MiB against a 64 MiB limit.
+        let args = ["run", "--runtime", RUNTIME, "--memory-limit", "67108864", "--rm", IMAGE, "oom"];
+        let out = cd.ctr(&[&args[..], &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]].concat());
+        assert_eq!(out.status.code(), Some(137), "OOM kill exit: {}", String::from_utf8_lossy(&out.stderr));
+        // A flooding shim would publish a TaskOOM every poll: give it time to show.
+        std::thread::sleep(OOM_FLOOD_WINDOW);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(events.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = events.wait();
+        let log = std::fs::read_to_string(&events_file).expect("events");
+        let ooms: Vec<&str> = log.lines().filter(|l| l.contains("/tasks/oom")).collect();
+        assert_eq!(ooms.len(), 1, "TaskOOM events:\n{log}");
+        assert!(ooms[0].contains("\"oom\""), "{}", ooms[0]);
+        wait_clean(&cd, CLEANUP_DEADLINE);
+    }
 }

@@ -87,7 +87,7 @@ async fn bare_boot(image: &Path, layout: Layout) -> Result<Duration> {
         }
         Layout::InitrdOnly => {
             cmd.arg("-initrd").arg(image.join("initrd-agent.img"));
-            cmd.args(["-append", "console=ttyS0 reboot=k panic=-1 quiet"]);
+            cmd.args(["-append", "console=ttyS0 reboot=k panic=-1 oops=panic quiet"]);
         }
     }
     let start = Instant::now();

@@ -1,6 +1,7 @@
-//! A private containerd (Debian's 1.6) for tests and the demo: its own root, state and
-//! sockets under a temp dir, our shim on its PATH as `containerd-shim-contrast-cc-v2`, the
-//! runtime config next to the shim, and the busybox test image imported.
+//! A private containerd for tests and the demo: its own root, state and sockets under a temp
+//! dir, our shim on its PATH as `containerd-shim-contrast-cc-v2`, the runtime config next to
+//! the shim, and the busybox test image imported. The release is the host's (Debian
+//! bookworm's 1.6) or one of the newer Debian releases `scripts/fetch-containerd.sh` unpacks.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -26,15 +27,86 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound for one ctr call (seconds, for timeout(1)); pod VMs boot in ~5 s under TCG.
 const CTR_TIMEOUT: &str = "180";
 
+/// A containerd release the tests run against: its `containerd` and `ctr` binaries and the
+/// config file version it is given (2 for 1.x, 3 for 2.x).
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// `1.6`, `1.7`, `2.1`.
+    pub name: &'static str,
+    /// Directory holding `containerd` and `ctr`; `None`: the host's, on PATH.
+    bin_dir: Option<PathBuf>,
+}
+
+/// The releases `make test` covers: the host's 1.6 (bookworm) and the two newer ones
+/// `scripts/fetch-containerd.sh` unpacks under `CONTRAST_CONTAINERD_DIR`.
+const FETCHED: [(&str, &str); 2] = [("1.7", "1.7.24"), ("2.1", "2.1.9")];
+
+impl Release {
+    /// The host's containerd (Debian bookworm: 1.6.20).
+    pub fn host() -> Release {
+        Release { name: "1.6", bin_dir: None }
+    }
+
+    /// A release by name (`1.6`, `1.7`, `2.1`). The newer ones must have been unpacked by
+    /// `scripts/fetch-containerd.sh` into `CONTRAST_CONTAINERD_DIR` (default
+    /// `build/containerd`); a missing one is an error, never a skipped test.
+    pub fn named(name: &str) -> Result<Release> {
+        if name == "1.6" {
+            return Ok(Self::host());
+        }
+        let Some(&(name, version)) = FETCHED.iter().find(|(n, _)| *n == name) else {
+            bail!("containerd {name} is not a release the tests know (1.6, 1.7, 2.1)");
+        };
+        let root = std::env::var_os("CONTRAST_CONTAINERD_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/containerd"));
+        let bin_dir = root.join(version).join("usr/bin");
+        if !bin_dir.join("containerd").is_file() || !bin_dir.join("ctr").is_file() {
+            bail!(
+                "containerd {version} missing in {}: run `scripts/fetch-containerd.sh build/containerd`",
+                root.display()
+            );
+        }
+        Ok(Release { name, bin_dir: Some(bin_dir) })
+    }
+
+    /// containerd 2.x reads config version 3 (1.x: version 2).
+    pub fn is_v2(&self) -> bool {
+        self.name.starts_with("2.")
+    }
+
+    fn binary(&self, name: &str) -> PathBuf {
+        self.bin_dir.as_ref().map_or_else(|| PathBuf::from(name), |d| d.join(name))
+    }
+
+    /// The TOML table prefix under which the CRI plugin takes a setting (`runtime`: runtimes
+    /// and CNI; `images`: the sandbox image) in this release's config version.
+    pub fn cri_table(&self, part: &str) -> String {
+        match (self.is_v2(), part) {
+            (true, "images") => r#"plugins."io.containerd.cri.v1.images""#.into(),
+            (true, _) => r#"plugins."io.containerd.cri.v1.runtime""#.into(),
+            (false, _) => r#"plugins."io.containerd.grpc.v1.cri""#.into(),
+        }
+    }
+}
+
 pub struct Containerd {
     pub dir: tempfile::TempDir,
+    pub release: Release,
     config: PathBuf,
     child: Option<Child>,
 }
 
 impl Containerd {
-    /// Starts containerd with `shim` installed and configured for the image in `image_dir`.
+    /// Starts the host's containerd with `shim` installed and configured for the image in
+    /// `image_dir`.
     pub fn start(shim: &Path, image_dir: &Path) -> Result<Containerd> {
+        Self::start_release(Release::host(), shim, image_dir)
+    }
+
+    /// Starts containerd `release` with `shim` installed and configured for the image in
+    /// `image_dir`.
+    pub fn start_release(release: Release, shim: &Path, image_dir: &Path) -> Result<Containerd> {
         let dir = tempfile::Builder::new().prefix("cd").tempdir()?;
         let d = dir.path();
         std::fs::create_dir_all(d.join("bin"))?;
@@ -42,25 +114,39 @@ impl Containerd {
         let config = TestConfig::new(image_dir, &d.join("run"));
         std::fs::write(d.join("bin/configuration.toml"), config.to_toml())?;
         let text = format!(
-            r#"{}[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{CRI_HANDLER}]
+            r#"{}[{}.containerd.runtimes.{CRI_HANDLER}]
   runtime_type = "{RUNTIME}"
   pod_annotations = ["io.katacontainers.*"]
 "#,
-            Self::base_config(d)?
+            Self::base_config(&release, d)?,
+            release.cri_table("runtime"),
         );
         std::fs::write(d.join("config.toml"), text)?;
         let config = d.join("config.toml");
-        Self::start_with_config(dir, &config)
+        Self::start_with_config(release, dir, &config)
     }
 
-    /// A version 2 containerd config keeping everything inside `d` (root, state, sockets, CNI,
-    /// opt), with runc as the only runtime; creates the directories it names.
-    pub fn base_config(d: &Path) -> Result<String> {
+    /// A containerd config (version 2 for 1.x, 3 for 2.x) keeping everything inside `d`
+    /// (root, state, sockets, CNI, opt), with runc as the only runtime; creates the
+    /// directories it names.
+    pub fn base_config(release: &Release, d: &Path) -> Result<String> {
         for sub in ["bin", "cni/bin", "cni/net.d", "opt"] {
             std::fs::create_dir_all(d.join(sub))?;
         }
+        let (runtime, images) = (release.cri_table("runtime"), release.cri_table("images"));
+        let cni_bin = d.join("cni/bin");
+        let (version, sandbox_image, bin_dir) = if release.is_v2() {
+            let bin_dir = format!("bin_dirs = [\"{}\"]", cni_bin.display());
+            (3, format!("[{images}.pinned_images]\n  sandbox = \"{PAUSE_IMAGE}\""), bin_dir)
+        } else {
+            (
+                2,
+                format!("[{images}]\n  sandbox_image = \"{PAUSE_IMAGE}\""),
+                format!("bin_dir = \"{}\"", cni_bin.display()),
+            )
+        };
         Ok(format!(
-            r#"version = 2
+            r#"version = {version}
 root = "{d}/root"
 state = "{d}/state"
 [grpc]
@@ -69,22 +155,21 @@ state = "{d}/state"
   address = "{d}/containerd.sock.ttrpc"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-[plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dir = "{d}/cni/bin"
+{sandbox_image}
+[{runtime}.cni]
+  {bin_dir}
   conf_dir = "{d}/cni/net.d"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+[{runtime}.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
 "#,
             d = d.display()
         ))
     }
 
-    /// Starts containerd in `dir` (which holds what [`Containerd::base_config`] names) on the
-    /// config file `config`, and imports the test images.
-    pub fn start_with_config(dir: tempfile::TempDir, config: &Path) -> Result<Containerd> {
-        let mut cd = Containerd { dir, config: config.to_owned(), child: None };
+    /// Starts containerd `release` in `dir` (which holds what [`Containerd::base_config`]
+    /// names) on the config file `config`, and imports the test images.
+    pub fn start_with_config(release: Release, dir: tempfile::TempDir, config: &Path) -> Result<Containerd> {
+        let mut cd = Containerd { dir, release, config: config.to_owned(), child: None };
         cd.spawn()?;
         let image = cd.dir.path().join("busybox.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.py");
@@ -106,7 +191,7 @@ state = "{d}/state"
         let d = self.dir.path();
         let path = format!("{}:{}", d.join("bin").display(), std::env::var("PATH").unwrap_or_default());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let child = Command::new(self.release.binary("containerd"))
             .arg("--config")
             .arg(&self.config)
             .env("PATH", path)
@@ -114,7 +199,7 @@ state = "{d}/state"
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("starting containerd (apt-get install containerd)")?;
+            .with_context(|| format!("starting containerd {} (apt-get install containerd)", self.release.name))?;
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         while self.ctr_command(NAMESPACE).arg("version").output().map_or(true, |o| !o.status.success()) {
@@ -147,7 +232,10 @@ state = "{d}/state"
     /// the test, not hang the suite.
     fn ctr_command(&self, namespace: &str) -> Command {
         let mut cmd = Command::new("timeout");
-        cmd.args(["--kill-after=5", CTR_TIMEOUT, "ctr", "-a", &self.socket(), "-n", namespace]).stdin(Stdio::null());
+        cmd.args(["--kill-after=5", CTR_TIMEOUT])
+            .arg(self.release.binary("ctr"))
+            .args(["-a", &self.socket(), "-n", namespace])
+            .stdin(Stdio::null());
         cmd
     }
 
@@ -169,7 +257,7 @@ state = "{d}/state"
         let pty = nix::pty::openpty(None, None)?;
         let slave = std::fs::File::from(pty.slave);
         let slave_fd = slave.as_raw_fd();
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(self.release.binary("ctr"));
         cmd.args(["-a", &self.socket(), "-n", NAMESPACE])
             .args(args)
             .stdin(slave.try_clone()?)
@@ -222,6 +310,11 @@ state = "{d}/state"
             bail!("ctr {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Pids of the shim daemons this containerd started.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        shim_processes(self.dir.path())
     }
 
     pub fn log(&self) -> String {
@@ -295,4 +388,45 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
+}
+
+/// One test per containerd release `make test` covers. Wraps a test function taking the
+/// release into a module of the same name with a `#[test]` for each release
+/// (`ctr_run::containerd_1_7`); `async fn` bodies run on a two-thread tokio runtime.
+#[macro_export]
+macro_rules! containerd_matrix {
+    ($(#[$meta:meta])* fn $name:ident($release:ident: Release) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn run($release: $crate::containerd::Release) $body
+            fn release(name: &str) -> $crate::containerd::Release {
+                $crate::containerd::Release::named(name).expect("containerd release")
+            }
+            #[test]
+            fn containerd_1_6() { run(release("1.6")) }
+            #[test]
+            fn containerd_1_7() { run(release("1.7")) }
+            #[test]
+            fn containerd_2_1() { run(release("2.1")) }
+        }
+    };
+    ($(#[$meta:meta])* async fn $name:ident($release:ident: Release) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($release: $crate::containerd::Release) $body
+            fn release(name: &str) -> $crate::containerd::Release {
+                $crate::containerd::Release::named(name).expect("containerd release")
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn containerd_1_6() { run(release("1.6")).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn containerd_1_7() { run(release("1.7")).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn containerd_2_1() { run(release("2.1")).await }
+        }
+    };
 }

@@ -20,8 +20,9 @@ use crate::vsock::{self, VsockEndpoint};
 /// How long vhost-device-vsock gets to create its socket.
 const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Kernel parameters every pod VM gets: serial console (captured to `console.log`), power off
-/// instead of reboot, and no reboot loop after a panic (QEMU runs with `-no-reboot`).
-const BASE_KERNEL_PARAMS: &str = "console=ttyS0 reboot=k panic=-1";
+/// instead of reboot, and no reboot loop after a panic (QEMU runs with `-no-reboot`); a
+/// kernel oops panics (so ends the VM) instead of leaving a half-alive guest.
+const BASE_KERNEL_PARAMS: &str = "console=ttyS0 reboot=k panic=-1 oops=panic";
 /// `sun_path` holds 108 bytes including the terminating NUL (linux/un.h).
 const MAX_SOCKET_PATH: usize = 107;
 /// Console lines quoted when the agent cannot be reached.
@@ -249,14 +250,15 @@ impl PodVm {
             LogFiles { console: paths.console.clone(), qemu_log: paths.qemu_log.clone() },
         );
 
-        let qmp =
-            match QmpClient::connect(&paths.qmp, Duration::from_millis(q.qmp_timeout_ms), supervisor.exited()).await {
-                Ok(qmp) => qmp,
-                Err(e) => {
-                    supervisor.kill().await;
-                    return Err(e.into());
-                }
-            };
+        let (connect_timeout, command_timeout) =
+            (Duration::from_millis(q.qmp_timeout_ms), Duration::from_millis(q.qmp_command_timeout_ms));
+        let qmp = match QmpClient::connect(&paths.qmp, connect_timeout, command_timeout, supervisor.exited()).await {
+            Ok(qmp) => qmp,
+            Err(e) => {
+                supervisor.kill().await;
+                return Err(e.into());
+            }
+        };
         match qmp.query_status().await {
             Ok(status) if status == "running" => {}
             Ok(status) => {
@@ -634,7 +636,7 @@ debug_console_enabled = true
         let overrides = PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: "foo=1".into() };
         assert_eq!(
             kernel_cmdline(&config, &overrides).unwrap(),
-            "console=ttyS0 reboot=k panic=-1 quiet foo=1 contrast.debug_console=1"
+            "console=ttyS0 reboot=k panic=-1 oops=panic quiet foo=1 contrast.debug_console=1"
         );
     }
 

@@ -31,6 +31,8 @@ pub enum Error {
     Handshake(#[source] io::Error),
     #[error("QMP command {command} failed: {message}")]
     Command { command: &'static str, message: String },
+    #[error("QMP command {command} got no answer within {timeout:?}")]
+    CommandTimeout { command: &'static str, timeout: Duration },
 }
 
 /// An event QEMU sent (`SHUTDOWN`, `POWERDOWN`, `GUEST_PANICKED`, `STOP`, ...).
@@ -44,6 +46,11 @@ type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
 
 pub struct QmpClient {
     service: QapiService<Writer>,
+    /// Deadline of every command.
+    command_timeout: Duration,
+    /// Set once a command went unanswered: QEMU is hung, and (without OOB ids) an abandoned
+    /// command would make the next one's id collide. Later commands fail at once.
+    hung: std::sync::atomic::AtomicBool,
     events: broadcast::Sender<QmpEvent>,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -54,6 +61,7 @@ impl QmpClient {
     pub async fn connect(
         path: &Path,
         timeout: Duration,
+        command_timeout: Duration,
         mut exited: watch::Receiver<Option<VmExit>>,
     ) -> Result<Self, Error> {
         let deadline = Instant::now() + timeout;
@@ -104,7 +112,7 @@ impl QmpClient {
                 }
             }
         });
-        Ok(QmpClient { service, events, reader })
+        Ok(QmpClient { service, command_timeout, hung: false.into(), events, reader })
     }
 
     /// Subscribes to QEMU's events from now on.
@@ -112,10 +120,26 @@ impl QmpClient {
         self.events.subscribe()
     }
 
+    /// Runs one command under the command deadline.
+    async fn execute<C: qapi::Command + qapi::qmp::QmpCommand>(&self, command: C) -> Result<C::Ok, Error> {
+        use std::sync::atomic::Ordering;
+        let timed_out = Error::CommandTimeout { command: C::NAME, timeout: self.command_timeout };
+        if self.hung.load(Ordering::SeqCst) {
+            return Err(timed_out);
+        }
+        match tokio::time::timeout(self.command_timeout, self.service.execute(command)).await {
+            Ok(result) => result.map_err(|e| command_error(C::NAME, e)),
+            Err(_) => {
+                self.hung.store(true, Ordering::SeqCst);
+                tracing::warn!(command = C::NAME, timeout = ?self.command_timeout, "QEMU does not answer QMP");
+                Err(timed_out)
+            }
+        }
+    }
+
     /// The VM's run state (`running`, `paused`, `shutdown`, ...).
     pub async fn query_status(&self) -> Result<String, Error> {
-        let info =
-            self.service.execute(qapi::qmp::query_status {}).await.map_err(|e| command_error("query-status", e))?;
+        let info = self.execute(qapi::qmp::query_status {}).await?;
         Ok(serde_json::to_value(info.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
     }
 
@@ -123,23 +147,19 @@ impl QmpClient {
     /// starts a vhost(-user) backend before it records that status, so `true` also means the
     /// backend has all its queues.
     pub async fn virtio_driver_ok(&self, path: &str) -> Result<bool, Error> {
-        let status = self
-            .service
-            .execute(VirtioStatusQuery { path: path.to_owned() })
-            .await
-            .map_err(|e| command_error(<VirtioStatusQuery as qapi::Command>::NAME, e))?;
+        let status = self.execute(VirtioStatusQuery { path: path.to_owned() }).await?;
         Ok(status.status.statuses.iter().any(|s| s.starts_with("VIRTIO_CONFIG_S_DRIVER_OK")))
     }
 
     /// Presses the ACPI power button.
     pub async fn system_powerdown(&self) -> Result<(), Error> {
-        self.service.execute(qapi::qmp::system_powerdown {}).await.map_err(|e| command_error("system_powerdown", e))?;
+        self.execute(qapi::qmp::system_powerdown {}).await?;
         Ok(())
     }
 
     /// Asks QEMU to exit now.
     pub async fn quit(&self) -> Result<(), Error> {
-        self.service.execute(qapi::qmp::quit {}).await.map_err(|e| command_error("quit", e))?;
+        self.execute(qapi::qmp::quit {}).await?;
         Ok(())
     }
 }
@@ -185,4 +205,54 @@ fn to_event(event: &qapi::qmp::Event) -> Option<QmpEvent> {
     let name = v.get("event")?.as_str()?.to_owned();
     let data = v.get_mut("data").map(serde_json::Value::take).unwrap_or_default();
     Some(QmpEvent { name, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    /// A QEMU that greets and negotiates, then never answers a command (hung main loop).
+    /// `oob`: whether it offers out-of-band execution (command ids), as QEMU 10 does.
+    async fn hung_qemu(path: std::path::PathBuf, oob: bool) {
+        let listener = UnixListener::bind(&path).expect("bind");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (r, mut w) = stream.into_split();
+        let caps = if oob { r#"["oob"]"# } else { "[]" };
+        let version = r#"{"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": ""}"#;
+        let greeting = format!(r#"{{"QMP": {{"version": {version}, "capabilities": {caps}}}}}"#);
+        w.write_all(format!("{greeting}\r\n").as_bytes()).await.expect("greet");
+        let mut lines = BufReader::new(r).lines();
+        let negotiate = lines.next_line().await.expect("read").unwrap_or_default();
+        assert!(negotiate.contains("qmp_capabilities"), "{negotiate}");
+        w.write_all(b"{\"return\": {}}\r\n").await.expect("answer");
+        // Read commands forever, answer none.
+        while let Ok(Some(_)) = lines.next_line().await {}
+    }
+
+    #[tokio::test]
+    async fn a_command_qemu_never_answers_fails_at_its_deadline() {
+        for oob in [false, true] {
+            a_hung_qemu_fails_commands(oob).await;
+        }
+    }
+
+    async fn a_hung_qemu_fails_commands(oob: bool) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("qmp.sock");
+        let server = tokio::spawn(hung_qemu(path.clone(), oob));
+        let (_tx, exited) = watch::channel(None);
+        let deadline = Duration::from_millis(200);
+        let qmp = QmpClient::connect(&path, Duration::from_secs(5), deadline, exited).await.expect("handshake");
+        let err = qmp.quit().await.expect_err("no answer must be an error");
+        assert!(matches!(err, Error::CommandTimeout { command: "quit", .. }), "{err}");
+        // The next command fails too (at once: QEMU is known to be hung), without panicking
+        // on a reused command id.
+        assert!(matches!(qmp.query_status().await, Err(Error::CommandTimeout { command: "query-status", .. })));
+        server.abort();
+    }
 }

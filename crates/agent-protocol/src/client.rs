@@ -98,6 +98,7 @@ impl AgentClient {
         close_stdin(agent::CloseStdinRequest) -> crate::empty::Empty;
         tty_win_resize(agent::TtyWinResizeRequest) -> crate::empty::Empty;
         get_guest_details(agent::GuestDetailsRequest) -> agent::GuestDetailsResponse;
+        list_processes(agent::ListProcessesRequest) -> agent::ListProcessesResponse;
         set_policy(agent::SetPolicyRequest) -> crate::empty::Empty;
     }
 

@@ -71,8 +71,26 @@ impl agent_ttrpc::AgentService for AgentService {
 
     async fn signal_process(&self, _: &TtrpcContext, req: agent::SignalProcessRequest) -> Result<Empty> {
         self.allow(&req)?;
-        self.sandbox.signal_process(&req.container_id, &req.exec_id, req.signal)?;
+        self.sandbox.signal_process(&req.container_id, &req.exec_id, req.signal).await?;
         Ok(Empty::new())
+    }
+
+    /// kata-agent's `ListProcesses`: format `json` is a JSON array of the container's guest
+    /// pids (what kata's shim asks for); `table` (ps(1) output in kata) is not offered, since
+    /// the guest has no ps.
+    async fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ListProcessesRequest,
+    ) -> Result<agent::ListProcessesResponse> {
+        self.allow(&req)?;
+        if req.format != "json" {
+            return Err(Error::InvalidArgument(format!("process list format {:?}: only \"json\"", req.format)).into());
+        }
+        let pids = self.sandbox.pids(&req.container_id)?;
+        let mut resp = agent::ListProcessesResponse::new();
+        resp.process_list = serde_json::to_vec(&pids).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(resp)
     }
 
     async fn wait_process(
@@ -84,6 +102,11 @@ impl agent_ttrpc::AgentService for AgentService {
         let p = self.sandbox.process(&req.container_id, &req.exec_id)?;
         let mut resp = agent::WaitProcessResponse::new();
         resp.status = p.wait().await;
+        if req.exec_id.is_empty() || req.exec_id == req.container_id {
+            // An OOM kill that ended the container is queued before its exit is answered,
+            // so GetOOMEvent reports it before the host can remove the container.
+            self.sandbox.note_oom_kills(&req.container_id);
+        }
         Ok(resp)
     }
 

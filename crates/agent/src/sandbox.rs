@@ -94,6 +94,63 @@ struct Registry {
 pub struct Sandbox {
     reaper: Arc<Reaper>,
     registry: Mutex<Registry>,
+    /// OOM kills already reported, across GetOOMEvent calls.
+    oom: Mutex<OomKills>,
+    /// Wakes a waiting GetOOMEvent when a kill was queued.
+    oom_queued: tokio::sync::Notify,
+}
+
+/// The `oom_kill` count of each container already reported: every kill is reported exactly
+/// once, however many GetOOMEvent calls the shim makes (each call returns one event).
+#[derive(Default)]
+struct OomKills {
+    reported: HashMap<String, u64>,
+    /// Kills of containers removed before a GetOOMEvent call saw them (an OOM-killed
+    /// container exits at once, and `ctr run --rm` removes it right after).
+    pending: std::collections::VecDeque<String>,
+}
+
+impl OomKills {
+    /// The next unreported kill: a removed container's first, else the first container
+    /// whose count rose since it was last reported; that kill is now reported. A container
+    /// seen for the first time started at zero kills.
+    fn next(&mut self, counts: impl IntoIterator<Item = (String, u64)>) -> Option<String> {
+        if let Some(id) = self.pending.pop_front() {
+            return Some(id);
+        }
+        for (id, n) in counts {
+            let reported = self.reported.entry(id.clone()).or_insert(0);
+            if n > *reported {
+                // One event per call: a second kill in the same interval is the next call's.
+                *reported += 1;
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Queues the container's kills not reported yet (it has `n` in all); true if any.
+    fn queue(&mut self, id: &str, n: u64) -> bool {
+        let reported = self.reported.entry(id.to_owned()).or_insert(0);
+        let new = n.saturating_sub(*reported);
+        for _ in 0..new {
+            self.pending.push_back(id.to_owned());
+        }
+        *reported = (*reported).max(n);
+        new > 0
+    }
+
+    /// The container is being removed with `n` kills in all: the unreported ones stay
+    /// queued for the next calls. Its count is kept (a poll that listed the container just
+    /// before must not report its kills again) until [`OomKills::reset`].
+    fn remove(&mut self, id: &str, n: u64) -> bool {
+        self.queue(id, n)
+    }
+
+    /// A container is created under `id`: its count starts at zero.
+    fn reset(&mut self, id: &str) {
+        self.reported.remove(id);
+    }
 }
 
 fn valid_id(id: &str) -> bool {
@@ -105,7 +162,12 @@ fn valid_id(id: &str) -> bool {
 
 impl Sandbox {
     pub fn new(reaper: Arc<Reaper>) -> Self {
-        Sandbox { reaper, registry: Mutex::new(Registry::default()) }
+        Sandbox {
+            reaper,
+            registry: Mutex::new(Registry::default()),
+            oom: Mutex::new(OomKills::default()),
+            oom_queued: tokio::sync::Notify::new(),
+        }
     }
 
     pub fn container(&self, id: &str) -> Result<Arc<Container>, Error> {
@@ -169,6 +231,8 @@ impl Sandbox {
                 return Err(Error::AlreadyExists(format!("container {id}")));
             }
         }
+        // A new container under a reused id starts again at zero kills.
+        lock(&self.oom).reset(&id);
         let result = self.create_reserved(&id, req).await;
         let mut reg = lock(&self.registry);
         reg.creating.remove(&id);
@@ -334,19 +398,52 @@ impl Sandbox {
         Ok(())
     }
 
-    pub fn signal_process(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), Error> {
+    /// Signals a process with kata-agent's conventions (kata-containers
+    /// `src/agent/src/rpc.rs`, `do_signal_process`):
+    /// - SIGTERM to a container's init that installed no handler for it becomes SIGKILL (the
+    ///   kernel drops unhandled signals to a PID-namespace init, so SIGTERM would do nothing);
+    /// - an empty exec id also signals every other process in the container's cgroup, frozen
+    ///   meanwhile: that is how `Kill` with `all` arrives (kata's runtime sends an empty exec
+    ///   id for it), and how a container in the pod's shared PID namespace is stopped.
+    pub async fn signal_process(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), Error> {
+        let c = self.container(id)?;
         let p = self.process(id, exec_id)?;
-        let sig = i32::try_from(signal)
+        let mut sig = i32::try_from(signal)
             .ok()
             .and_then(|s| Signal::try_from(s).ok())
             .ok_or_else(|| Error::InvalidArgument(format!("signal {signal} is not valid")))?;
-        if p.exited().is_some() {
-            return Ok(());
+        let init = exec_id.is_empty() || exec_id == id;
+        if init && sig == Signal::SIGTERM {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
+            if !signal_caught(&status, Signal::SIGTERM) {
+                sig = Signal::SIGKILL;
+            }
         }
-        match kill(Pid::from_raw(p.pid), sig) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(Error::Internal(format!("signalling pid {}: {e}", p.pid))),
+        if p.exited().is_none() {
+            match kill(Pid::from_raw(p.pid), sig) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => return Err(Error::Internal(format!("signalling pid {}: {e}", p.pid))),
+            }
         }
+        if exec_id.is_empty() {
+            // A paused container stays frozen; otherwise freeze so no process forks past us.
+            let freeze = c.state() != State::Paused && cgroup::set_frozen(id, true).await.is_ok();
+            for pid in cgroup::pids(id) {
+                let _ = kill(Pid::from_raw(pid), sig);
+            }
+            if freeze {
+                if let Err(e) = cgroup::set_frozen(id, false).await {
+                    log!("thawing container {id} after signalling it: {e:#}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The container's processes (guest pids), for `ListProcesses`.
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>, Error> {
+        self.container(id)?;
+        Ok(cgroup::pids(id))
     }
 
     pub async fn remove_container(&self, id: &str, timeout: Duration) -> Result<(), Error> {
@@ -362,6 +459,8 @@ impl Sandbox {
                 return Err(Error::Internal(format!("container {id} did not exit within {timeout:?} after SIGKILL")));
             }
         }
+        // Before the cgroup goes: a kill no GetOOMEvent has seen yet is still reported.
+        let kills = cgroup::oom_kills(id);
         if let Err(e) = runner_client::run(&self.reaper, &Request::Delete { id: id.to_owned() }, None).await {
             log!("deleting container {id}: {e}");
         }
@@ -369,10 +468,15 @@ impl Sandbox {
         for p in &c.storages {
             storage::unmount(p);
         }
-        let mut reg = lock(&self.registry);
-        reg.containers.remove(id);
-        if reg.pidns_holder == Some(c.init.pid) {
-            reg.pidns_holder = None;
+        {
+            let mut reg = lock(&self.registry);
+            reg.containers.remove(id);
+            if reg.pidns_holder == Some(c.init.pid) {
+                reg.pidns_holder = None;
+            }
+        }
+        if lock(&self.oom).remove(id, kills) {
+            self.oom_queued.notify_one();
         }
         Ok(())
     }
@@ -404,18 +508,25 @@ impl Sandbox {
 
     /// Blocks until a container's OOM killer fires; returns that container's id.
     pub async fn next_oom_event(&self) -> String {
-        let mut seen: HashMap<String, u64> = HashMap::new();
         loop {
             let ids: Vec<String> = lock(&self.registry).containers.keys().cloned().collect();
-            for id in ids {
-                let n = cgroup::oom_kills(&id);
-                // A container seen for the first time started at zero kills.
-                let before = seen.insert(id.clone(), n).unwrap_or(0);
-                if n > before {
-                    return id;
-                }
+            let counts: Vec<(String, u64)> = ids.into_iter().map(|id| (id.clone(), cgroup::oom_kills(&id))).collect();
+            if let Some(id) = lock(&self.oom).next(counts) {
+                log!("container {id}: out-of-memory kill (oom_kill count {})", cgroup::oom_kills(&id));
+                return id;
             }
-            tokio::time::sleep(OOM_POLL_INTERVAL).await;
+            tokio::select! {
+                _ = tokio::time::sleep(OOM_POLL_INTERVAL) => {}
+                _ = self.oom_queued.notified() => {}
+            }
+        }
+    }
+
+    /// Queues the OOM kills of a container whose init just exited (before its exit status
+    /// is answered) and wakes GetOOMEvent.
+    pub fn note_oom_kills(&self, id: &str) {
+        if lock(&self.oom).queue(id, cgroup::oom_kills(id)) {
+            self.oom_queued.notify_one();
         }
     }
 
@@ -493,4 +604,92 @@ async fn receive_master(listener: &tokio::net::UnixListener) -> std::io::Result<
     tokio::time::timeout(CONSOLE_TIMEOUT, accept)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no terminal handed over"))?
+}
+
+/// Whether `/proc/<pid>/status` text says the process catches `sig` (`SigCgt`, a hex mask
+/// with bit `sig - 1` set; proc(5)).
+fn signal_caught(status: &str, sig: Signal) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1u64 << (sig as i32 - 1)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::signal::Signal;
+
+    use super::{signal_caught, OomKills};
+
+    #[test]
+    fn sigcgt_mask_is_read_per_signal() {
+        // A shell with a TERM trap: SIGTERM is bit 14, SIGINT bit 1, SIGCHLD bit 16.
+        let status = "Name:\tsh\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000004\nSigCgt:\t0000000000014002\n";
+        assert!(signal_caught(status, Signal::SIGTERM));
+        assert!(signal_caught(status, Signal::SIGINT));
+        assert!(signal_caught(status, Signal::SIGCHLD));
+        assert!(!signal_caught(status, Signal::SIGHUP));
+        // `sleep` as a container init catches nothing: SIGTERM must become SIGKILL.
+        assert!(!signal_caught("SigCgt:\t0000000000000000\n", Signal::SIGTERM));
+        assert!(!signal_caught("no such line", Signal::SIGTERM));
+    }
+
+    fn counts(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+        list.iter().map(|(id, n)| ((*id).to_owned(), *n)).collect()
+    }
+
+    #[test]
+    fn each_oom_kill_is_reported_exactly_once() {
+        let mut oom = OomKills::default();
+        assert_eq!(oom.next(counts(&[("a", 0), ("b", 0)])), None);
+        // b is killed once: one event, then nothing however often the shim asks again.
+        assert_eq!(oom.next(counts(&[("a", 0), ("b", 1)])).as_deref(), Some("b"));
+        for _ in 0..5 {
+            assert_eq!(oom.next(counts(&[("a", 0), ("b", 1)])), None);
+        }
+        // Two more kills of b between calls: two events, one per call.
+        assert_eq!(oom.next(counts(&[("a", 0), ("b", 3)])).as_deref(), Some("b"));
+        assert_eq!(oom.next(counts(&[("a", 0), ("b", 3)])).as_deref(), Some("b"));
+        assert_eq!(oom.next(counts(&[("a", 0), ("b", 3)])), None);
+    }
+
+    #[test]
+    fn a_container_first_seen_after_its_kill_is_reported() {
+        let mut oom = OomKills::default();
+        assert_eq!(oom.next(counts(&[("late", 1)])).as_deref(), Some("late"));
+        assert_eq!(oom.next(counts(&[("late", 1)])), None);
+        oom.remove("late", 1);
+        // A poll that listed it just before its removal does not report it again.
+        assert_eq!(oom.next(counts(&[("late", 1)])), None);
+        // A new container under the same id starts again at zero.
+        oom.reset("late");
+        assert_eq!(oom.next(counts(&[("late", 0)])), None);
+        assert_eq!(oom.next(counts(&[("late", 1)])).as_deref(), Some("late"));
+    }
+
+    #[test]
+    fn a_kill_queued_at_exit_is_reported_once_and_not_again_at_removal() {
+        let mut oom = OomKills::default();
+        assert!(oom.queue("c", 1));
+        assert!(!oom.queue("c", 1), "the same kill is queued once");
+        assert_eq!(oom.next(counts(&[("c", 1)])).as_deref(), Some("c"));
+        assert_eq!(oom.next(counts(&[("c", 1)])), None);
+        oom.remove("c", 1);
+        assert_eq!(oom.next(counts(&[])), None);
+    }
+
+    #[test]
+    fn a_kill_of_a_container_removed_before_anyone_asked_is_still_reported_once() {
+        let mut oom = OomKills::default();
+        assert_eq!(oom.next(counts(&[("gone", 0), ("other", 0)])), None);
+        // Killed and removed between two polls (`ctr run --rm`).
+        oom.remove("gone", 1);
+        assert_eq!(oom.next(counts(&[("other", 0)])).as_deref(), Some("gone"));
+        assert_eq!(oom.next(counts(&[("other", 0)])), None);
+        // Removed with its one kill already reported: nothing more.
+        assert_eq!(oom.next(counts(&[("other", 1)])).as_deref(), Some("other"));
+        oom.remove("other", 1);
+        assert_eq!(oom.next(counts(&[])), None);
+    }
 }

@@ -39,8 +39,10 @@ const GUEST_MODULES: &[&str] = &["vmw_vsock_virtio_transport", "button", "evdev"
 /// Modules the initrd loads to reach the root.
 const INITRD_MODULES: &[&str] = &["virtio_blk", "dm_verity", "erofs"];
 /// Words every pod VM's command line starts with: serial console, and a panic or a reboot
-/// request ends the VM (QEMU runs with `-no-reboot`).
-const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// request ends the VM (QEMU runs with `-no-reboot`). `oops=panic`: a kernel BUG/oops ends
+/// the VM too — otherwise the guest may hang half-alive ("Fixing recursive fault but reboot
+/// is needed!") and the pod's tasks would never exit.
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 oops=panic";
 /// Where the agent lives in the root file system (contrast-init executes it).
 const AGENT_PATH: &str = "usr/bin/contrast-agent";
 

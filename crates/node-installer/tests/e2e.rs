@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::ok;
 use contrast_cri_client::CriClient;
-use contrast_tests::containerd::{Containerd, IMAGE};
+use contrast_tests::containerd::{Containerd, Release, IMAGE};
 
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -49,7 +49,7 @@ async fn installed_handler_runs_a_cri_pod_and_uninstall_restores_the_config() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let config = host.join("etc/containerd/config.toml");
     std::fs::create_dir_all(config.parent().unwrap()).expect("mkdir");
-    let original = Containerd::base_config(&d).expect("base config");
+    let original = Containerd::base_config(&Release::host(), &d).expect("base config");
     std::fs::write(&config, &original).expect("write config");
     let payload = real_payload(scratch.path());
     let restarts = scratch.path().join("restarts");
@@ -78,7 +78,8 @@ async fn installed_handler_runs_a_cri_pod_and_uninstall_restores_the_config() {
     let runtime_config = std::fs::read_to_string(installed.join("etc/configuration.toml")).expect("runtime config");
     assert!(runtime_config.contains(&installed.join("share/root.img").display().to_string()), "{runtime_config}");
 
-    let mut cd = Containerd::start_with_config(dir, &config).expect("containerd starts on the edited config");
+    let mut cd =
+        Containerd::start_with_config(Release::host(), dir, &config).expect("containerd starts on the edited config");
     let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
     let pod = match cri.run_pod("installed", "default", &handler, HashMap::new()).await {
         Ok(pod) => pod,
@@ -102,6 +103,23 @@ async fn installed_handler_runs_a_cri_pod_and_uninstall_restores_the_config() {
     }
     let left = cd.leftovers();
     assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
+
+    // The shim of a running pod is SIGKILLed: containerd runs the installed shim's `delete`,
+    // which must find the pod although the runtime config is in `<handler>/etc/`, not next to
+    // the binary, and leave no QEMU, helper, mount or state dir.
+    let pod = cri.run_pod("orphan", "default", &handler, HashMap::new()).await.expect("second pod");
+    cri.run_container(&pod, "c", IMAGE, &["sleep", "1000"]).await.expect("container in the second pod");
+    let shims = cd.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0] as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the shim");
+    let end = Instant::now() + CLEANUP_DEADLINE;
+    while !cd.leftovers().is_empty() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = cd.leftovers();
+    assert!(left.is_empty(), "left behind after the shim was killed: {left:#?}\n{}", cd.log());
+    cri.remove_pod(&pod.id).await.expect("remove the pod whose shim died");
     cd.kill();
 
     let mut args = vec!["uninstall", "--platform", "insecure", "--payload", payload.to_str().unwrap()];
