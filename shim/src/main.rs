@@ -1,6 +1,7 @@
 //! containerd-shim-contrast-cc-v2: containerd's runtime v2 shim that runs each pod in its own
 //! (confidential) VM and forwards container operations to the guest agent.
 
+mod bootstrap;
 mod error;
 mod events;
 mod io;

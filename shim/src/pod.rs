@@ -18,6 +18,8 @@ const CONFIG_NEXT_TO_BINARY: &str = "configuration.toml";
 /// Last resort, documented in the README.
 const DEFAULT_CONFIG: &str = "/etc/contrast/configuration.toml";
 const MIB: i64 = 1024 * 1024;
+/// Longest hostname the kernel takes (`HOST_NAME_MAX`, limits.h).
+const HOSTNAME_MAX: usize = 64;
 
 /// File in a container's bundle naming the runtime config its pod was started with (as
 /// runc's shim keeps `options.json` there): `delete` reads it when the daemon is gone.
@@ -68,6 +70,15 @@ pub fn state_dir(config: &RuntimeClassConfig, namespace: &str, sandbox_id: &str)
     config.runtime.state_dir.join(namespace).join(sandbox_id)
 }
 
+/// What the sandbox's spec says about the pod VM.
+pub struct PodSpec<'a> {
+    pub annotations: &'a BTreeMap<String, String>,
+    /// Added to the runtime class's default size (see [`crate::spec::pod_resources`]).
+    pub resources: crate::spec::PodResources,
+    /// The pod's hostname (CRI: the pause container's `hostname`), the VM's own.
+    pub hostname: Option<&'a str>,
+}
+
 impl Pod {
     /// Boots the pod VM for a sandbox: sizing from annotations and the first container's
     /// memory limit, the policy (if annotated) bound into the launch and set before
@@ -77,20 +88,30 @@ impl Pod {
         config_path: &Path,
         namespace: &str,
         sandbox_id: &str,
-        annotations: &BTreeMap<String, String>,
-        container_memory: Option<i64>,
+        pod: PodSpec<'_>,
     ) -> Result<Pod, ShimError> {
+        let PodSpec { annotations, resources, hostname } = pod;
         let mut overrides = config.pod_overrides(annotations).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-        if let Some(limit) = container_memory {
+        if let Some(limit) = resources.memory {
             let extra = u32::try_from((limit + MIB - 1) / MIB).unwrap_or(u32::MAX);
             overrides.memory_mib = overrides.memory_mib.saturating_add(extra);
         }
-        let max = config.hypervisor.qemu.default_maxmemory;
-        if overrides.memory_mib > max {
+        if let Some(extra) = resources.vcpus {
+            overrides.vcpus = overrides.vcpus.saturating_add(extra);
+        }
+        let q = &config.hypervisor.qemu;
+        if overrides.memory_mib > q.default_maxmemory {
             return Err(ShimError::InvalidArgument(format!(
-                "pod VM would need {} MiB (default {} MiB + container limits), more than the {max} MiB \
+                "pod VM would need {} MiB (default {} MiB + the pod's limits), more than the {} MiB \
                  this runtime class allows (hypervisor.qemu.default_maxmemory)",
-                overrides.memory_mib, config.hypervisor.qemu.default_memory
+                overrides.memory_mib, q.default_memory, q.default_maxmemory
+            )));
+        }
+        if overrides.vcpus > q.default_maxvcpus {
+            return Err(ShimError::InvalidArgument(format!(
+                "pod VM would need {} vCPUs (default {} + the pod's CPU limit), more than the {} this \
+                 runtime class allows (hypervisor.qemu.default_maxvcpus)",
+                overrides.vcpus, q.default_vcpus, q.default_maxvcpus
             )));
         }
         let policy = match annotations.get(ANNOTATION_POLICY) {
@@ -120,7 +141,8 @@ impl Pod {
         .await
         .map_err(|e| ShimError::Vm(e.to_string()))?;
         let qmp_ready = started.elapsed();
-        match Self::connect(&vm, config, sandbox_id, policy.as_deref(), use_share).await {
+        let hostname: String = hostname.unwrap_or(sandbox_id).chars().take(HOSTNAME_MAX).collect();
+        match Self::connect(&vm, config, sandbox_id, &hostname, policy.as_deref(), use_share).await {
             Ok(agent) => {
                 // Phase timings, read by `make bench` from containerd's log.
                 tracing::info!(
@@ -142,6 +164,7 @@ impl Pod {
         vm: &PodVm,
         config: &RuntimeClassConfig,
         sandbox_id: &str,
+        hostname: &str,
         policy: Option<&str>,
         use_share: bool,
     ) -> Result<AgentClient, ShimError> {
@@ -154,7 +177,7 @@ impl Pod {
         }
         let mut req = agent::CreateSandboxRequest::new();
         req.sandbox_id = sandbox_id.to_owned();
-        req.hostname = sandbox_id.chars().take(63).collect();
+        req.hostname = hostname.to_owned();
         if use_share {
             let mut storage = agent::Storage::new();
             storage.driver = "virtio-fs".into();

@@ -28,6 +28,9 @@ type TResult<T> = ttrpc::Result<T>;
 
 /// Exit status reported for tasks whose VM died (kata uses the same).
 pub const VM_DIED_STATUS: u32 = 255;
+/// How long an agent call that failed on a broken connection waits for the VM's exit to be
+/// recorded before the failure counts (QEMU's death reaches the agent connection first).
+const VM_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long `Shutdown` waits for queued events to reach containerd before the daemon exits.
 const EVENT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Exit status of a process that could not be started (shell: "cannot execute").
@@ -249,10 +252,12 @@ impl Inner {
                 pod::record_config_path(&bundle, &config_path)?;
                 let annotations: BTreeMap<String, String> =
                     spec.annotations().clone().unwrap_or_default().into_iter().collect();
-                let memory = spec::memory_limit(&spec);
-                let pod = Arc::new(
-                    Pod::boot(&config, &config_path, &self.namespace, &sandbox_id, &annotations, memory).await?,
-                );
+                let sizing = pod::PodSpec {
+                    annotations: &annotations,
+                    resources: spec::pod_resources(&spec).map_err(ShimError::InvalidArgument)?,
+                    hostname: spec.hostname().as_deref().filter(|h| !h.is_empty()),
+                };
+                let pod = Arc::new(Pod::boot(&config, &config_path, &self.namespace, &sandbox_id, sizing).await?);
                 self.watch_vm(pod.clone());
                 self.watch_oom(pod.clone());
                 *pod_guard = Some(pod.clone());
@@ -276,6 +281,7 @@ impl Inner {
         req: &api::CreateTaskRequest,
         spec: &oci_spec::runtime::Spec,
     ) -> Result<api::CreateTaskResponse, ShimError> {
+        spec::refuse_host_propagation(spec).map_err(ShimError::InvalidArgument)?;
         let (host_dir, guest_dir) = pod.container_dirs(&req.id);
         let host_rootfs = host_dir.join("rootfs");
         let undo = || rootfs::unmount_all(&host_dir);
@@ -300,6 +306,7 @@ impl Inner {
         creq.container_id = req.id.clone();
         creq.exec_id = req.id.clone();
         creq.OCI = Some(oci).into();
+        creq.sandbox_pidns = spec::shares_pod_pid_namespace(spec);
         let agent_started = std::time::Instant::now();
         if let Err(e) = pod.agent.create_container(&creq).await {
             undo();
@@ -415,7 +422,9 @@ impl Inner {
             let mut rreq = agent::RemoveContainerRequest::new();
             rreq.container_id = req.id.clone();
             if let Err(e) = pod.agent.remove_container(&rreq).await {
-                if pod.vm.exited().borrow().is_none() && e.code != ttrpc::Code::NOT_FOUND {
+                // The agent's connection can break a moment before QEMU is reaped: a dead
+                // VM has nothing left to remove.
+                if e.code != ttrpc::Code::NOT_FOUND && !vm_gone(pod).await {
                     return Err(e.into());
                 }
             }
@@ -457,6 +466,13 @@ impl Inner {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Whether the pod's VM has exited, waiting [`VM_EXIT_GRACE`] for its supervisor to notice.
+async fn vm_gone(pod: &Pod) -> bool {
+    let mut exited = pod.vm.exited();
+    let gone = matches!(tokio::time::timeout(VM_EXIT_GRACE, exited.wait_for(|e| e.is_some())).await, Ok(Ok(_)));
+    gone
 }
 
 /// `runtimeoptions.v1.Options.config_path` (field 2) from the task's options, if any.

@@ -39,6 +39,9 @@ impl Shim for ContrastShim {
     /// Containers of one pod share the daemon of its sandbox: the socket is derived from the
     /// sandbox id (CRI annotation), so later containers get the running daemon's address.
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        // Before the crate's `spawn`, which would misparse a containerd 2.3 BootstrapParams.
+        crate::bootstrap::StartInput::read_stdin()
+            .map_err(|e| Error::InvalidArgument(format!("reading start's stdin: {e}")))?;
         let grouping = oci_spec::runtime::Spec::load("config.json")
             .map(|s| crate::spec::sandbox_id(&s, &opts.id))
             .unwrap_or_else(|_| opts.id.clone());

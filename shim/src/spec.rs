@@ -2,10 +2,52 @@
 //! with host paths rewritten to where the guest sees them.
 
 use contrast_agent_protocol::oci;
-use oci_spec::runtime::{Mount, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
 
 /// kata's CRI annotations the shim reads (containerd `pkg/cri/annotations`).
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// CRI's container type: `sandbox` for the pause container, `container` otherwise.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The pod's resources on the sandbox's spec (containerd's `pkg/cri/annotations`; 1.6.20,
+/// 1.7 and 2.1 send them): the sum of its containers' limits as kubelet computed it.
+pub const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+pub const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+pub const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+
+/// What the pod VM must hold beyond its runtime class's defaults.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PodResources {
+    /// Bytes.
+    pub memory: Option<i64>,
+    pub vcpus: Option<u32>,
+}
+
+/// The resources a pod VM is sized for, from its first container: a CRI pause container is
+/// the sandbox, not a workload — its own limits mean nothing, the pod's come in
+/// [`SANDBOX_MEMORY`] / [`SANDBOX_CPU_QUOTA`] / [`SANDBOX_CPU_PERIOD`] (a containerd that
+/// sends none gets the defaults). A container outside CRI (`ctr run`) is its own pod and
+/// sizes it with its memory limit.
+pub fn pod_resources(spec: &Spec) -> Result<PodResources, String> {
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    if annotations.get(CONTAINER_TYPE).map(String::as_str) != Some("sandbox") {
+        return Ok(PodResources { memory: memory_limit(spec), vcpus: None });
+    }
+    let number = |key: &str| -> Result<Option<i64>, String> {
+        match annotations.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => v.parse::<i64>().map(Some).map_err(|_| format!("annotation {key}={v:?} is not a number")),
+        }
+    };
+    let memory = number(SANDBOX_MEMORY)?.filter(|m| *m > 0);
+    let vcpus = match (number(SANDBOX_CPU_QUOTA)?, number(SANDBOX_CPU_PERIOD)?) {
+        (Some(quota), Some(period)) if quota > 0 && period > 0 => {
+            Some(u32::try_from((quota + period - 1) / period).map_err(|_| format!("cpu quota {quota} is too large"))?)
+        }
+        _ => None,
+    };
+    Ok(PodResources { memory, vcpus })
+}
 
 /// Pod grouping of a container: the sandbox it belongs to (itself without CRI annotations).
 pub fn sandbox_id(spec: &Spec, container_id: &str) -> String {
@@ -15,6 +57,37 @@ pub fn sandbox_id(spec: &Spec, container_id: &str) -> String {
         .filter(|s| !s.is_empty())
         .cloned()
         .unwrap_or_else(|| container_id.to_owned())
+}
+
+/// Whether the container joins another's PID namespace (CRI: the pod's, `NamespaceMode::POD`,
+/// or a target container's): a PID namespace with a path.
+pub fn shares_pod_pid_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|nss| nss.iter().any(|ns| ns.typ() == LinuxNamespaceType::Pid && ns.path().is_some()))
+}
+
+/// Mount propagation from the host (`rshared`, `rslave`: CRI's `Bidirectional` and
+/// `HostToContainer`) cannot cross the VM boundary — mounts made later on either side never
+/// reach the other. Refused at create, naming the mount, rather than silently differing.
+pub fn refuse_host_propagation(spec: &Spec) -> Result<(), String> {
+    const FROM_HOST: [&str; 4] = ["shared", "rshared", "slave", "rslave"];
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        if let Some(p) = m.options().as_deref().unwrap_or_default().iter().find(|o| FROM_HOST.contains(&o.as_str())) {
+            return Err(format!(
+                "mount {}: propagation {p:?} (Kubernetes mountPropagation Bidirectional/HostToContainer) cannot \
+                 cross the pod VM boundary; use None",
+                m.destination().display()
+            ));
+        }
+    }
+    match spec.linux().as_ref().and_then(|l| l.rootfs_propagation().as_deref()) {
+        Some(p) if FROM_HOST.contains(&p) => {
+            Err(format!("rootfsPropagation {p:?}: propagation from the host cannot cross the pod VM boundary"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Memory limit of the container in bytes, if the spec sets one.
@@ -99,10 +172,15 @@ pub fn convert(spec: &Spec, rootfs: &str, mounts: &[Mount]) -> Result<oci::Spec,
     }
     if let Some(l) = spec.linux() {
         let mut linux = oci::Linux::new();
+        // kata runtime's convention (the agent is in another kernel): no network or cgroup
+        // namespace, and no host paths — sharing the pod's PID namespace travels as
+        // `CreateContainerRequest.sandbox_pidns` (see [`shares_pod_pid_namespace`]).
         for ns in l.namespaces().as_deref().unwrap_or_default() {
+            if matches!(ns.typ(), LinuxNamespaceType::Network | LinuxNamespaceType::Cgroup) {
+                continue;
+            }
             let mut pn = oci::LinuxNamespace::new();
             pn.Type = spec_name(&ns.typ());
-            pn.Path = ns.path().as_ref().map(|p| p.display().to_string()).unwrap_or_default();
             linux.Namespaces.push(pn);
         }
         if let Some(r) = l.resources() {
@@ -211,6 +289,100 @@ mod tests {
             "linux": { "seccomp": seccomp },
         }))
         .expect("spec")
+    }
+
+    /// kata runtime's convention (`src/runtime/virtcontainers/kata_agent.go`,
+    /// `constrainGRPCSpec`): the agent gets no network or cgroup namespace and no host paths;
+    /// a shared PID namespace is `sandbox_pidns`. A genuine kata-agent would otherwise try
+    /// to open the host's `/proc/<pid>/ns/net` in the guest.
+    #[test]
+    fn namespaces_reach_the_agent_as_kata_sends_them() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.1.0",
+            "process": { "args": ["true"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+            "root": { "path": "rootfs" },
+            "linux": { "namespaces": [
+                { "type": "pid", "path": "/proc/42/ns/pid" },
+                { "type": "network", "path": "/proc/42/ns/net" },
+                { "type": "ipc", "path": "/proc/42/ns/ipc" },
+                { "type": "uts", "path": "/proc/42/ns/uts" },
+                { "type": "cgroup" },
+                { "type": "mount" }
+            ] },
+        }))
+        .expect("spec");
+        assert!(shares_pod_pid_namespace(&spec));
+        let out = convert(&spec, "/run/contrast/shared/c/rootfs", &[]).expect("converts");
+        let nss: Vec<(String, String)> =
+            out.Linux.Namespaces.iter().map(|n| (n.Type.clone(), n.Path.clone())).collect();
+        let want = [("pid", ""), ("ipc", ""), ("uts", ""), ("mount", "")];
+        assert_eq!(nss, want.map(|(t, p)| (t.to_owned(), p.to_owned())));
+        let own: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.1.0",
+            "process": { "args": ["true"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+            "root": { "path": "rootfs" },
+            "linux": { "namespaces": [{ "type": "pid" }, { "type": "mount" }] },
+        }))
+        .expect("spec");
+        assert!(!shares_pod_pid_namespace(&own));
+    }
+
+    fn spec_with_annotations(annotations: serde_json::Value, memory_limit: Option<i64>) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.1.0",
+            "process": { "args": ["true"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+            "root": { "path": "rootfs" },
+            "annotations": annotations,
+            "linux": { "resources": { "memory": { "limit": memory_limit } } },
+        }))
+        .expect("spec")
+    }
+
+    #[test]
+    fn the_pause_container_sizes_the_vm_from_the_pods_resources_not_its_own() {
+        let pause = spec_with_annotations(
+            serde_json::json!({
+                CONTAINER_TYPE: "sandbox",
+                SANDBOX_MEMORY: "268435456",
+                SANDBOX_CPU_QUOTA: "150000",
+                SANDBOX_CPU_PERIOD: "100000",
+            }),
+            Some(1 << 30),
+        );
+        assert_eq!(pod_resources(&pause), Ok(PodResources { memory: Some(256 << 20), vcpus: Some(2) }));
+        // No pod resources on the pause spec: its own limit is ignored all the same.
+        let old = spec_with_annotations(serde_json::json!({ CONTAINER_TYPE: "sandbox" }), Some(1 << 30));
+        assert_eq!(pod_resources(&old), Ok(PodResources::default()));
+        // Unlimited pods (quota -1, memory 0) add nothing.
+        let unlimited = spec_with_annotations(
+            serde_json::json!({ CONTAINER_TYPE: "sandbox", SANDBOX_MEMORY: "0", SANDBOX_CPU_QUOTA: "-1",
+                                SANDBOX_CPU_PERIOD: "100000" }),
+            None,
+        );
+        assert_eq!(pod_resources(&unlimited), Ok(PodResources::default()));
+        // ctr run: the container is the pod.
+        let ctr = spec_with_annotations(serde_json::json!({}), Some(64 << 20));
+        assert_eq!(pod_resources(&ctr), Ok(PodResources { memory: Some(64 << 20), vcpus: None }));
+        let bad = spec_with_annotations(serde_json::json!({ CONTAINER_TYPE: "sandbox", SANDBOX_MEMORY: "lots" }), None);
+        assert!(pod_resources(&bad).expect_err("not a number").contains(SANDBOX_MEMORY));
+    }
+
+    #[test]
+    fn propagation_from_the_host_is_refused() {
+        let with_mount = |options: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.1.0",
+                "process": { "args": ["true"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+                "root": { "path": "rootfs" },
+                "mounts": [{ "destination": "/data", "source": "/host/data", "type": "bind", "options": options }],
+            }))
+            .expect("spec")
+        };
+        for p in ["rshared", "rslave", "shared", "slave"] {
+            let err = refuse_host_propagation(&with_mount(serde_json::json!(["rbind", p]))).expect_err(p);
+            assert!(err.contains("/data") && err.contains(p), "{err}");
+        }
+        refuse_host_propagation(&with_mount(serde_json::json!(["rbind", "rprivate", "ro"]))).expect("private is fine");
     }
 
     #[test]

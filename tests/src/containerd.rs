@@ -95,7 +95,14 @@ pub struct Containerd {
     pub release: Release,
     config: PathBuf,
     child: Option<Child>,
+    /// The network namespace containerd runs in (pod networks via CNI), deleted on drop.
+    netns: Option<String>,
 }
+
+/// Debian's CNI plugins (`containernetworking-plugins`).
+const CNI_PLUGINS: &str = "/usr/lib/cni";
+/// Subnet of the test's CNI bridge network (inside the test's own network namespace).
+const POD_SUBNET: &str = "10.88.0.0/24";
 
 impl Containerd {
     /// Starts the host's containerd with `shim` installed and configured for the image in
@@ -107,6 +114,17 @@ impl Containerd {
     /// Starts containerd `release` with `shim` installed and configured for the image in
     /// `image_dir`.
     pub fn start_release(release: Release, shim: &Path, image_dir: &Path) -> Result<Containerd> {
+        Self::start_full(release, shim, image_dir, false)
+    }
+
+    /// As [`Containerd::start_release`], with containerd in a network namespace of its own
+    /// that has a CNI bridge network (Debian's plugins), so CRI pods get their own network
+    /// namespace as on a node; nothing of it touches the host's network.
+    pub fn start_with_pod_network(release: Release, shim: &Path, image_dir: &Path) -> Result<Containerd> {
+        Self::start_full(release, shim, image_dir, true)
+    }
+
+    fn start_full(release: Release, shim: &Path, image_dir: &Path, pod_network: bool) -> Result<Containerd> {
         let dir = tempfile::Builder::new().prefix("cd").tempdir()?;
         let d = dir.path();
         std::fs::create_dir_all(d.join("bin"))?;
@@ -123,7 +141,33 @@ impl Containerd {
         );
         std::fs::write(d.join("config.toml"), text)?;
         let config = d.join("config.toml");
-        Self::start_with_config(release, dir, &config)
+        let netns = if pod_network { Some(Self::pod_network(d)?) } else { None };
+        Self::start_in(release, dir, &config, netns)
+    }
+
+    /// Creates the network namespace and the CNI config; returns the namespace's name.
+    fn pod_network(d: &Path) -> Result<String> {
+        for plugin in ["bridge", "host-local", "loopback"] {
+            let from = Path::new(CNI_PLUGINS).join(plugin);
+            if !from.is_file() {
+                bail!("{} missing (apt-get install containernetworking-plugins)", from.display());
+            }
+            std::os::unix::fs::symlink(&from, d.join("cni/bin").join(plugin))?;
+        }
+        let conf = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": "contrast-test",
+            "plugins": [
+                { "type": "bridge", "bridge": "cni-test0", "isGateway": true, "ipMasq": false,
+                  "ipam": { "type": "host-local", "ranges": [[{ "subnet": POD_SUBNET }]],
+                            "dataDir": d.join("cni/ipam").display().to_string() } },
+                { "type": "loopback" }
+            ]
+        });
+        std::fs::write(d.join("cni/net.d/10-contrast-test.conflist"), conf.to_string())?;
+        let name = format!("contrast-{}", d.file_name().and_then(|n| n.to_str()).unwrap_or("test"));
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        Ok(name)
     }
 
     /// A containerd config (version 2 for 1.x, 3 for 2.x) keeping everything inside `d`
@@ -169,7 +213,11 @@ state = "{d}/state"
     /// Starts containerd `release` in `dir` (which holds what [`Containerd::base_config`]
     /// names) on the config file `config`, and imports the test images.
     pub fn start_with_config(release: Release, dir: tempfile::TempDir, config: &Path) -> Result<Containerd> {
-        let mut cd = Containerd { dir, release, config: config.to_owned(), child: None };
+        Self::start_in(release, dir, config, None)
+    }
+
+    fn start_in(release: Release, dir: tempfile::TempDir, config: &Path, netns: Option<String>) -> Result<Containerd> {
+        let mut cd = Containerd { dir, release, config: config.to_owned(), child: None, netns };
         cd.spawn()?;
         let image = cd.dir.path().join("busybox.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.py");
@@ -191,7 +239,17 @@ state = "{d}/state"
         let d = self.dir.path();
         let path = format!("{}:{}", d.join("bin").display(), std::env::var("PATH").unwrap_or_default());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("containerd.log"))?;
-        let child = Command::new(self.release.binary("containerd"))
+        // In a network namespace: nsenter execs containerd (same pid), keeping the mount
+        // namespace, so the unix sockets stay where the tests look.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(self.release.binary("containerd"));
+                c
+            }
+            None => Command::new(self.release.binary("containerd")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .env("PATH", path)
@@ -378,6 +436,11 @@ impl Drop for Containerd {
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in points {
             let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+        // CNI's pod netns (containerd's, under /run/netns or its state dir) went with the
+        // mounts; the test's own namespace goes last.
+        if let Some(ns) = self.netns.take() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         }
     }
 }

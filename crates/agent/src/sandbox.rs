@@ -266,6 +266,12 @@ impl Sandbox {
         if !rootfs.is_dir() {
             return Err(Error::InvalidArgument(format!("container rootfs {} does not exist", rootfs.display())));
         }
+        // The pod's network/ipc/uts namespaces are the VM's: their sysctls are the VM's too.
+        for (key, value) in &converted.pod_sysctls {
+            let path = spec::sysctl_path(key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            std::fs::write(&path, value)
+                .map_err(|e| Error::InvalidArgument(format!("sysctl {key}={value:?} in the pod VM: {e}")))?;
+        }
         let share_pidns = converted.join_sandbox_pidns || req.sandbox_pidns;
         let holder = lock(&self.registry).pidns_holder;
         if share_pidns {

@@ -2,9 +2,13 @@
 //! rewrites what only makes sense on the host:
 //!
 //! - `linux.cgroupsPath` becomes `/contrast/<container id>` (guest cgroup tree);
-//! - namespaces that name a host path (CRI points them at the pause container) are dropped:
-//!   network, ipc and uts are then shared with the VM (the pod); a PID namespace path means
-//!   "share the sandbox's PID namespace" (see [`Converted::join_sandbox_pidns`]);
+//! - the pod's namespaces are the VM's: every container, the sandbox's pause included, runs in
+//!   the VM's own network, ipc and uts namespaces (as kata-agent puts every container into
+//!   the sandbox's shared ipc/uts namespaces and none into a network namespace of its own).
+//!   Their sysctls are written by the agent to the VM (see [`Converted::pod_sysctls`]), the
+//!   pod's hostname is the VM's (set by `CreateSandbox`); other namespaces naming a host path
+//!   are dropped, and a PID namespace path means "share the sandbox's PID namespace" (see
+//!   [`Converted::join_sandbox_pidns`]);
 //! - AppArmor profiles and SELinux labels name host policy that does not exist in the guest;
 //!   they are dropped with a log line (the VM is the isolation boundary).
 //!
@@ -39,6 +43,43 @@ pub struct Converted {
     pub spec: Spec,
     /// The spec asked to share a PID namespace (a namespace path on the host).
     pub join_sandbox_pidns: bool,
+    /// Sysctls of the pod's namespaces (net, ipc, uts), for the VM itself: libcontainer
+    /// would refuse them for a container without those namespaces of its own.
+    pub pod_sysctls: Vec<(String, String)>,
+}
+
+/// Namespaces that are the pod's, i.e. the VM's own (runtime-spec type names).
+const POD_NAMESPACES: [&str; 3] = ["network", "ipc", "uts"];
+
+/// Whether a sysctl belongs to one of [`POD_NAMESPACES`] (the namespaced sysctls runc and
+/// Kubernetes know: `net.*`; IPC: `kernel.{msgmax,msgmnb,msgmni,sem,shmall,shmmax,shmmni,
+/// shm_rmid_forced}`, `fs.mqueue.*`; UTS: `kernel.{hostname,domainname}`).
+pub fn is_pod_sysctl(key: &str) -> bool {
+    const KERNEL_IPC_UTS: [&str; 10] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+        "kernel.hostname",
+        "kernel.domainname",
+    ];
+    key.starts_with("net.") || key.starts_with("fs.mqueue.") || KERNEL_IPC_UTS.contains(&key)
+}
+
+/// `/proc/sys` path of a sysctl key; refuses keys that could name anything else.
+pub fn sysctl_path(key: &str) -> Result<std::path::PathBuf, SpecError> {
+    let valid = !key.is_empty()
+        && key
+            .split('.')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    if !valid {
+        return Err(SpecError::Invalid(format!("sysctl {key:?} is not a sysctl name")));
+    }
+    Ok(std::path::Path::new("/proc/sys").join(key.replace('.', "/")))
 }
 
 pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError> {
@@ -59,6 +100,7 @@ pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError
         }
     }
     let mut join_sandbox_pidns = false;
+    let mut pod_sysctls = Vec::new();
     let mut linux = Map::new();
     if let Some(l) = s.Linux.as_ref() {
         if let Some(sc) = l.Seccomp.as_ref().filter(|sc| !sc.DefaultAction.is_empty() || !sc.Syscalls.is_empty()) {
@@ -67,25 +109,28 @@ pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError
         let mut namespaces = Vec::new();
         for ns in &l.Namespaces {
             let kind = ns.Type.as_str();
+            if POD_NAMESPACES.contains(&kind) {
+                continue;
+            }
             if ns.Path.is_empty() {
                 namespaces.push(json!({ "type": kind }));
             } else if kind == "pid" {
                 join_sandbox_pidns = true;
             }
         }
-        // A hostname needs a private UTS namespace. A pod on the host's UTS namespace (CRI with
-        // host networking) has none left once host paths are dropped; in the guest the VM is
-        // the pod, so a private one is what "the pod's hostname" means.
-        if !s.Hostname.is_empty() && !namespaces.iter().any(|n| n["type"] == "uts") {
-            namespaces.push(json!({ "type": "uts" }));
-        }
         linux.insert("namespaces".into(), Value::Array(namespaces));
         if !l.UIDMappings.is_empty() || !l.GIDMappings.is_empty() {
             linux.insert("uidMappings".into(), id_mappings(&l.UIDMappings));
             linux.insert("gidMappings".into(), id_mappings(&l.GIDMappings));
         }
-        if !l.Sysctl.is_empty() {
-            linux.insert("sysctl".into(), json!(l.Sysctl));
+        let (pod, own): (Vec<_>, Vec<_>) = l.Sysctl.iter().partition(|(k, _)| is_pod_sysctl(k));
+        for (key, value) in pod {
+            sysctl_path(key)?;
+            pod_sysctls.push((key.clone(), value.clone()));
+        }
+        pod_sysctls.sort();
+        if !own.is_empty() {
+            linux.insert("sysctl".into(), json!(own.into_iter().collect::<HashMap<_, _>>()));
         }
         if let Some(r) = l.Resources.as_ref() {
             linux.insert("resources".into(), resources(r));
@@ -117,7 +162,7 @@ pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError
         .map(|m| json!({ "destination": m.destination, "source": m.source, "type": m.type_, "options": m.options }))
         .collect();
     let annotations: HashMap<&String, &String> = s.Annotations.iter().collect();
-    let mut spec = json!({
+    let spec = json!({
         "ociVersion": if s.Version.is_empty() { "1.1.0" } else { s.Version.as_str() },
         "process": process_json(process)?,
         "root": { "path": root.Path, "readonly": root.Readonly },
@@ -125,12 +170,10 @@ pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError
         "annotations": annotations,
         "linux": Value::Object(linux),
     });
-    // An empty hostname means "keep the namespace's", not "set an empty one".
-    if !s.Hostname.is_empty() {
-        spec["hostname"] = json!(s.Hostname);
-    }
+    // The container's hostname is the pod's, i.e. the VM's (`CreateSandbox`): no private UTS
+    // namespace to set it in.
     let spec: Spec = serde_json::from_value(spec).map_err(|e| SpecError::Invalid(e.to_string()))?;
-    Ok(Converted { spec, join_sandbox_pidns })
+    Ok(Converted { spec, join_sandbox_pidns, pod_sysctls })
 }
 
 /// An exec'd process: the same rules as a container's process.
@@ -378,24 +421,93 @@ mod tests {
         assert!(converted.spec.linux().as_ref().and_then(|l| l.seccomp().clone()).is_none());
     }
 
-    #[test]
-    fn host_namespace_paths_are_dropped_and_pid_path_means_sharing() {
+    fn with_namespaces(list: &[(&str, &str)]) -> oci::Spec {
         let mut s = minimal();
         let mut l = oci::Linux::new();
-        for (t, p) in [("pid", "/proc/77/ns/pid"), ("network", "/proc/77/ns/net"), ("mount", "")] {
+        for (t, p) in list {
             let mut ns = oci::LinuxNamespace::new();
-            ns.Type = t.into();
-            ns.Path = p.into();
+            ns.Type = (*t).into();
+            ns.Path = (*p).into();
             l.Namespaces.push(ns);
         }
         s.Linux = Some(l).into();
+        s
+    }
+
+    fn namespace_types(c: &Converted) -> Vec<String> {
+        let nss = c.spec.linux().as_ref().expect("linux").namespaces().clone().unwrap_or_default();
+        nss.iter().map(|n| format!("{:?}", n.typ())).collect()
+    }
+
+    #[test]
+    fn host_namespace_paths_are_dropped_and_pid_path_means_sharing() {
+        let s = with_namespaces(&[("pid", "/proc/77/ns/pid"), ("network", "/proc/77/ns/net"), ("mount", "")]);
         let c = convert("c1", &s).expect("converts");
         assert!(c.join_sandbox_pidns);
-        let nss = c.spec.linux().as_ref().expect("linux").namespaces().clone().expect("namespaces");
-        assert_eq!(nss.len(), 1, "only the mount namespace is left: {nss:?}");
-        s.Hostname = "web".into();
-        let c = convert("c1", &s).expect("converts");
-        let nss = c.spec.linux().as_ref().expect("linux").namespaces().clone().expect("namespaces");
-        assert_eq!(nss.len(), 2, "a hostname brings a private UTS namespace: {nss:?}");
+        assert_eq!(namespace_types(&c), ["Mount"], "only the mount namespace is left");
+    }
+
+    #[test]
+    fn the_pods_namespaces_are_the_vms_also_for_the_pause_container() {
+        // containerd's pause spec: everything new, the network namespace at the CNI netns.
+        let mut s = with_namespaces(&[
+            ("pid", ""),
+            ("ipc", ""),
+            ("uts", ""),
+            ("mount", ""),
+            ("network", "/var/run/netns/cni-1234"),
+        ]);
+        s.Hostname = "web-0".into();
+        let c = convert("pause", &s).expect("converts");
+        assert_eq!(namespace_types(&c), ["Pid", "Mount"]);
+        assert!(c.spec.hostname().is_none(), "the pod's hostname is the VM's, set by CreateSandbox");
+        assert!(!c.join_sandbox_pidns);
+    }
+
+    #[test]
+    fn sysctls_of_the_pods_namespaces_go_to_the_vm() {
+        let mut s = with_namespaces(&[("ipc", ""), ("mount", "")]);
+        let mut l = s.Linux.take().expect("linux");
+        for (k, v) in [
+            ("net.ipv4.ping_group_range", "0 2147483647"),
+            ("net.ipv4.ip_unprivileged_port_start", "0"),
+            ("kernel.shm_rmid_forced", "1"),
+            ("fs.mqueue.msg_max", "100"),
+            ("vm.overcommit_memory", "1"),
+        ] {
+            l.Sysctl.insert(k.into(), v.into());
+        }
+        s.Linux = Some(l).into();
+        let c = convert("pause", &s).expect("converts");
+        let keys: Vec<&str> = c.pod_sysctls.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "fs.mqueue.msg_max",
+                "kernel.shm_rmid_forced",
+                "net.ipv4.ip_unprivileged_port_start",
+                "net.ipv4.ping_group_range"
+            ]
+        );
+        // What is not the pod's stays with libcontainer, which judges it as runc would.
+        let own = c.spec.linux().as_ref().and_then(|l| l.sysctl().clone()).unwrap_or_default();
+        assert_eq!(own.keys().collect::<Vec<_>>(), ["vm.overcommit_memory"]);
+    }
+
+    #[test]
+    fn a_sysctl_name_cannot_leave_proc_sys() {
+        use std::path::Path;
+        assert_eq!(
+            sysctl_path("net.ipv4.ping_group_range").expect("valid"),
+            Path::new("/proc/sys/net/ipv4/ping_group_range")
+        );
+        for bad in ["net..ipv4", "net.ipv4/../../etc/passwd", "net.", "", "fs.mqueue.msg max"] {
+            assert!(sysctl_path(bad).is_err(), "{bad:?}");
+        }
+        let mut s = with_namespaces(&[("mount", "")]);
+        let mut l = s.Linux.take().expect("linux");
+        l.Sysctl.insert("net.ipv4/../../../etc/x".into(), "1".into());
+        s.Linux = Some(l).into();
+        assert!(matches!(convert("c", &s), Err(SpecError::Invalid(_))));
     }
 }

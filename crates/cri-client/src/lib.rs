@@ -45,28 +45,13 @@ impl CriClient {
         handler: &str,
         annotations: HashMap<String, String>,
     ) -> Result<Pod> {
-        let config = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: namespace.into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: String::new(),
-            annotations,
-            linux: Some(cri::LinuxPodSandboxConfig {
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Node as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut config = pod_config(name, namespace);
+        config.annotations = annotations;
+        self.run_pod_config(handler, config).await
+    }
+
+    /// `crictl runp` of a pod config built by the caller (see [`pod_config`]).
+    pub async fn run_pod_config(&mut self, handler: &str, config: cri::PodSandboxConfig) -> Result<Pod> {
         let resp = self
             .runtime
             .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -93,13 +78,13 @@ impl CriClient {
         command: &[&str],
         security: Option<cri::LinuxContainerSecurityContext>,
     ) -> Result<String> {
-        let config = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
-            image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
-            command: command.iter().map(|c| c.to_string()).collect(),
-            linux: security.map(|s| cri::LinuxContainerConfig { security_context: Some(s), ..Default::default() }),
-            ..Default::default()
-        };
+        let mut config = container_config(name, image, command);
+        config.linux = security.map(|s| cri::LinuxContainerConfig { security_context: Some(s), ..Default::default() });
+        self.run_container_config(pod, config).await
+    }
+
+    /// `crictl create` + `start` of a container config built by the caller.
+    pub async fn run_container_config(&mut self, pod: &Pod, config: cri::ContainerConfig) -> Result<String> {
         let resp = self
             .runtime
             .create_container(cri::CreateContainerRequest {
@@ -132,6 +117,17 @@ impl CriClient {
         Ok((resp.exit_code, resp.stdout, resp.stderr))
     }
 
+    /// `crictl inspect`: the container's status (state, exit code, reason, ...).
+    pub async fn container_status(&mut self, container: &str) -> Result<cri::ContainerStatus> {
+        let resp = self
+            .runtime
+            .container_status(cri::ContainerStatusRequest { container_id: container.into(), verbose: false })
+            .await
+            .context("ContainerStatus")?
+            .into_inner();
+        resp.status.context("ContainerStatus without status")
+    }
+
     /// `crictl stopp` + `rmp`.
     pub async fn remove_pod(&mut self, pod_id: &str) -> Result<()> {
         self.runtime
@@ -158,5 +154,40 @@ impl CriClient {
                 (p.id, name, state)
             })
             .collect())
+    }
+}
+
+/// A pod config as `crictl runp` would send it: host network (no CNI), hostname = name.
+pub fn pod_config(name: &str, namespace: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: String::new(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container config running `command` in `image`.
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+        command: command.iter().map(|c| c.to_string()).collect(),
+        ..Default::default()
     }
 }
