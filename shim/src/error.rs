@@ -27,11 +27,37 @@ impl From<ShimError> for ttrpc::Error {
         let code = match &e {
             ShimError::NotFound(_) => ttrpc::Code::NOT_FOUND,
             ShimError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
-            ShimError::InvalidArgument(_) | ShimError::Config(_) => ttrpc::Code::INVALID_ARGUMENT,
-            ShimError::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
+            // Pod input: kubelet reports it; retrying cannot help.
+            ShimError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
+            // The node's runtime class is misconfigured: the operator must act.
+            ShimError::Config(_) | ShimError::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
             ShimError::Agent(a) => a.code,
             ShimError::Vm(_) | ShimError::Internal(_) => ttrpc::Code::INTERNAL,
         };
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: ShimError) -> ttrpc::Code {
+        match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => s.code.enum_value_or(ttrpc::Code::UNKNOWN),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn who_must_act_decides_the_code() {
+        // A pod's bad annotation or spec: the pod author's to fix.
+        assert_eq!(code(ShimError::InvalidArgument("annotation x".into())), ttrpc::Code::INVALID_ARGUMENT);
+        // A missing kernel or config file on the node: the operator's.
+        assert_eq!(code(ShimError::Config("kernel missing".into())), ttrpc::Code::FAILED_PRECONDITION);
+        assert_eq!(code(ShimError::NotFound("container c".into())), ttrpc::Code::NOT_FOUND);
+        let agent =
+            AgentError { method: "exec_process", code: ttrpc::Code::PERMISSION_DENIED, message: "policy".into() };
+        assert_eq!(code(ShimError::Agent(agent)), ttrpc::Code::PERMISSION_DENIED);
     }
 }

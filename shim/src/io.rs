@@ -1,7 +1,7 @@
 //! Pumps between containerd's stdio FIFOs and the agent's stream calls. Output pumps run
 //! until the agent reports end of stream; no timeouts on long-lived streams.
 
-use contrast_agent_protocol::{agent, AgentClient};
+use contrast_agent_protocol::{agent, AgentClient, AgentError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
@@ -148,11 +148,22 @@ async fn pump_out(agent: AgentClient, id: String, exec_id: String, mut fifo: Sin
             Output::Stdout => agent.read_stdout(&req).await,
             Output::Stderr => agent.read_stderr(&req).await,
         };
-        // End of stream (OutOfRange) or the agent is gone: either way the stream is over.
-        let Ok(resp) = res else { return };
-        if fifo.write_all(&resp.data).await.is_err() {
+        let Some(data) = stream_data(res) else { return };
+        if fifo.write_all(&data).await.is_err() {
             return;
         }
+    }
+}
+
+/// The bytes of one `ReadStdout`/`ReadStderr` answer, or `None` once the stream is over.
+/// Agents say "end of stream" three ways: ours and kata-agent < 3.27 with an error (ours
+/// OutOfRange "EOF", kata INTERNAL "read meet eof"), kata-agent ≥ 3.27 with an empty OK
+/// answer — taken as data it would spin forever. Any other error means the agent is gone,
+/// which ends the stream too.
+fn stream_data(res: Result<agent::ReadStreamResponse, AgentError>) -> Option<Vec<u8>> {
+    match res {
+        Ok(resp) if !resp.data.is_empty() => Some(resp.data),
+        Ok(_) | Err(_) => None,
     }
 }
 
@@ -175,4 +186,30 @@ async fn pump_in(agent: AgentClient, id: String, exec_id: String, mut fifo: pipe
     req.container_id = id;
     req.exec_id = exec_id;
     let _ = agent.close_stdin(&req).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(data: &[u8]) -> Result<agent::ReadStreamResponse, AgentError> {
+        let mut r = agent::ReadStreamResponse::new();
+        r.data = data.to_vec();
+        Ok(r)
+    }
+
+    fn error(code: ttrpc::Code, message: &str) -> Result<agent::ReadStreamResponse, AgentError> {
+        Err(AgentError { method: "read_stdout", code, message: message.into() })
+    }
+
+    #[test]
+    fn every_agents_end_of_stream_ends_the_pump() {
+        assert_eq!(stream_data(answer(b"hi")), Some(b"hi".to_vec()));
+        // kata-agent >= 3.27: an empty answer at end of stream.
+        assert_eq!(stream_data(answer(b"")), None);
+        // kata-agent < 3.27: INTERNAL "read meet eof".
+        assert_eq!(stream_data(error(ttrpc::Code::INTERNAL, "read meet eof")), None);
+        // contrast-agent: OutOfRange "EOF".
+        assert_eq!(stream_data(error(ttrpc::Code::OUT_OF_RANGE, "EOF")), None);
+    }
 }

@@ -68,11 +68,7 @@ containerd_matrix! {
         assert_eq!(code, 6);
 
         cri.remove_pod(&pod.id).await.expect("stop and remove the pod");
-        let end = Instant::now() + CLEANUP_DEADLINE;
-        while !cd.leftovers().is_empty() && Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let left = cd.leftovers();
+        let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
         assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
     }
 }
@@ -86,11 +82,7 @@ containerd_matrix! {
         let err = cri.run_pod("denied", "default", CRI_HANDLER, annotations).await.err().expect("RunPodSandbox must fail");
         let msg = format!("{err:#}");
         assert!(msg.contains("default_vcpus") && msg.contains("not allowed"), "{msg}");
-        let end = Instant::now() + CLEANUP_DEADLINE;
-        while !cd.leftovers().is_empty() && Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let left = cd.leftovers();
+        let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
         assert!(left.is_empty(), "left behind: {left:#?}");
     }
 }
@@ -129,11 +121,7 @@ containerd_matrix! {
         let t = Instant::now();
         cri.remove_pod(&pod.id).await.expect("stop and remove the pod");
         eprintln!("pod removed after {:?}", t.elapsed());
-        let end = Instant::now() + CLEANUP_DEADLINE;
-        while !cd.leftovers().is_empty() && Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let left = cd.leftovers();
+        let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
         assert!(left.is_empty(), "left behind: {left:#?}");
     }
 }

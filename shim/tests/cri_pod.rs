@@ -23,11 +23,7 @@ fn containerd(release: Release) -> Containerd {
 }
 
 async fn assert_clean(cd: &Containerd) {
-    let end = Instant::now() + CLEANUP_DEADLINE;
-    while !cd.leftovers().is_empty() && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let left = cd.leftovers();
+    let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
     assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
 }
 
@@ -219,6 +215,61 @@ containerd_matrix! {
         assert_eq!(vcpus, 3, "{text}");
         let (low, high) = (640 << 10, 768 << 10);
         assert!((low..=high).contains(&mem_kib), "MemTotal {mem_kib} kB not within {low}..={high}: {text}");
+        cri.remove_pod(&pod.id).await.expect("remove the pod");
+        assert_clean(&cd).await;
+    }
+}
+
+containerd_matrix! {
+    /// A container given CAP_NET_ADMIN can build a bridge in the pod's network: the guest
+    /// kernel has the bridge driver.
+    async fn container_with_net_admin_creates_a_bridge(release: Release) {
+        let cd = containerd(release);
+        let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+        let pod = cri.run_pod("bridge-pod", "default", CRI_HANDLER, HashMap::new()).await.expect("RunPodSandbox");
+        let net_admin = cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability { add_capabilities: vec!["NET_ADMIN".into()], ..Default::default() }),
+            ..Default::default()
+        };
+        let c = cri
+            .run_container_with(&pod, "netadm", IMAGE, &["sleep", "1000"], Some(net_admin))
+            .await
+            .expect("container with NET_ADMIN");
+        let (code, out, err) =
+            cri.exec_sync(&c, &["sh", "-c", "brctl addbr br-test && ls /sys/class/net/br-test/bridge >/dev/null && echo made"])
+                .await
+                .expect("ExecSync");
+        assert_eq!(code, 0, "brctl addbr failed: {}", String::from_utf8_lossy(&err));
+        assert_eq!(String::from_utf8_lossy(&out), "made\n");
+        cri.remove_pod(&pod.id).await.expect("remove the pod");
+        assert_clean(&cd).await;
+    }
+}
+
+containerd_matrix! {
+    /// A read-only bind mount that is not recursive (Kubernetes `readOnly: true` with
+    /// `recursiveReadOnly: Disabled`): the container sees it read-only and exec works in it.
+    async fn read_only_bind_mount_is_read_only_and_exec_works(release: Release) {
+        let cd = containerd(release);
+        let source = cd.dir.path().join("ro-src");
+        std::fs::create_dir_all(&source).expect("mkdir");
+        std::fs::write(source.join("hello"), "from the host\n").expect("write");
+        let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+        let pod = cri.run_pod("ro-pod", "default", CRI_HANDLER, HashMap::new()).await.expect("RunPodSandbox");
+        let mut config = container_config("ro", IMAGE, &["sleep", "1000"]);
+        config.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: source.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }];
+        let c = cri.run_container_config(&pod, config).await.expect("container with a read-only mount");
+        let (code, out, err) = cri
+            .exec_sync(&c, &["sh", "-c", "cat /data/hello; touch /data/x 2>/dev/null && echo writable || echo read-only"])
+            .await
+            .expect("ExecSync");
+        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+        assert_eq!(String::from_utf8_lossy(&out), "from the host\nread-only\n");
         cri.remove_pod(&pod.id).await.expect("remove the pod");
         assert_clean(&cd).await;
     }

@@ -379,6 +379,19 @@ state = "{d}/state"
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
+    /// [`Containerd::leftovers`] once they are gone or `deadline` has passed (containerd and
+    /// the shim clean up asynchronously after a pod's removal or a shim's death).
+    pub async fn leftovers_after(&self, deadline: std::time::Duration) -> Vec<String> {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() || Instant::now() > end {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Everything a pod could leave behind: processes mentioning the pod root (QEMU,
     /// vhost-device-vsock, virtiofsd), shim processes, mounts and state dirs.
     pub fn leftovers(&self) -> Vec<String> {

@@ -178,7 +178,9 @@ impl agent_ttrpc::AgentService for AgentService {
         let (Ok(rows), Ok(cols)) = (rows, cols) else {
             return Err(Error::InvalidArgument("terminal size out of range".into()).into());
         };
-        p.io.resize(rows, cols).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        // kata-agent answers UNAVAILABLE "no tty" for a process without a terminal (rpc.rs,
+        // tty_win_resize); kata's shim relies on nothing else.
+        p.io.resize(rows, cols).map_err(|e| Error::Unavailable(e.to_string()))?;
         Ok(Empty::new())
     }
 

@@ -18,6 +18,9 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     Internal(String),
+    /// What kata-agent answers UNAVAILABLE for (a terminal call on a process without one).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<PolicyError> for Error {
@@ -59,6 +62,7 @@ impl From<Error> for ttrpc::Error {
             Error::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
             Error::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
             Error::Internal(_) => ttrpc::Code::INTERNAL,
+            Error::Unavailable(_) => ttrpc::Code::UNAVAILABLE,
         };
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
     }

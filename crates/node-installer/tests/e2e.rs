@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ok;
 use contrast_cri_client::CriClient;
@@ -97,11 +97,7 @@ async fn installed_handler_runs_a_cri_pod_and_uninstall_restores_the_config() {
     assert!(text.starts_with("from the VM\n"), "{text}");
     assert!(!text.contains(&host_kernel()), "exec ran on the host kernel: {text}");
     cri.remove_pod(&pod.id).await.expect("remove pod");
-    let end = Instant::now() + CLEANUP_DEADLINE;
-    while !cd.leftovers().is_empty() && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let left = cd.leftovers();
+    let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
     assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
 
     // The shim of a running pod is SIGKILLed: containerd runs the installed shim's `delete`,
@@ -113,11 +109,7 @@ async fn installed_handler_runs_a_cri_pod_and_uninstall_restores_the_config() {
     assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0] as i32), nix::sys::signal::Signal::SIGKILL)
         .expect("kill the shim");
-    let end = Instant::now() + CLEANUP_DEADLINE;
-    while !cd.leftovers().is_empty() && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let left = cd.leftovers();
+    let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
     assert!(left.is_empty(), "left behind after the shim was killed: {left:#?}\n{}", cd.log());
     cri.remove_pod(&pod.id).await.expect("remove the pod whose shim died");
     cd.kill();
