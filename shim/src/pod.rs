@@ -45,7 +45,7 @@ pub fn resolve_config(config_path: Option<&str>) -> Result<(PathBuf, RuntimeClas
             .filter(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
     };
-    let config = RuntimeClassConfig::load(&path).map_err(|e| ShimError::Config(e.to_string()))?;
+    let config = RuntimeClassConfig::load(&path).map_err(ShimError::Config)?;
     Ok((path, config))
 }
 
@@ -53,7 +53,10 @@ pub fn resolve_config(config_path: Option<&str>) -> Result<(PathBuf, RuntimeClas
 pub fn record_config_path(bundle: &Path, config_path: &Path) -> Result<(), ShimError> {
     let path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_owned());
     std::fs::write(bundle.join(BUNDLE_CONFIG_PATH_FILE), path.as_os_str().as_encoded_bytes()).map_err(|e| {
-        ShimError::Internal(format!("recording the runtime config path in the bundle {}: {e}", bundle.display()))
+        ShimError::Io {
+            what: format!("recording the runtime config path in the bundle {}", bundle.display()),
+            source: e,
+        }
     })
 }
 
@@ -139,7 +142,7 @@ impl Pod {
             shared_dir: use_share.then(|| shared.clone()),
         })
         .await
-        .map_err(|e| ShimError::Vm(e.to_string()))?;
+        .map_err(|e| ShimError::Vm(Box::new(e)))?;
         let qmp_ready = started.elapsed();
         let hostname: String = hostname.unwrap_or(sandbox_id).chars().take(HOSTNAME_MAX).collect();
         match Self::connect(&vm, config, sandbox_id, &hostname, policy.as_deref(), use_share).await {
@@ -168,7 +171,7 @@ impl Pod {
         policy: Option<&str>,
         use_share: bool,
     ) -> Result<AgentClient, ShimError> {
-        let stream = vm.dial_agent().await.map_err(|e| ShimError::Vm(format!("agent unreachable: {e}")))?;
+        let stream = vm.dial_agent().await.map_err(|e| ShimError::AgentUnreachable(Box::new(e)))?;
         let agent = AgentClient::new(stream, config.request_timeout());
         if let Some(policy) = policy {
             let mut req = agent::SetPolicyRequest::new();

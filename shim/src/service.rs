@@ -324,7 +324,7 @@ impl Inner {
             &req.stderr,
             req.terminal,
         )
-        .map_err(|e| ShimError::Internal(format!("opening stdio FIFOs: {e}")))?;
+        .map_err(|e| ShimError::Io { what: "opening stdio FIFOs".into(), source: e })?;
         *init.streams.lock().await = Some(streams);
         let ctr =
             Arc::new(Ctr { id: req.id.clone(), bundle: req.bundle.clone(), init, execs: Mutex::new(HashMap::new()) });
@@ -376,7 +376,7 @@ impl Inner {
                 &p.stderr,
                 p.terminal,
             )
-            .map_err(|e| ShimError::Internal(format!("opening stdio FIFOs: {e}")))?;
+            .map_err(|e| ShimError::Io { what: "opening stdio FIFOs".into(), source: e })?;
             *p.streams.lock().await = Some(streams);
         }
         // The VM may have died while the guest started it: then it stays STOPPED (255).

@@ -274,3 +274,25 @@ containerd_matrix! {
         assert_clean(&cd).await;
     }
 }
+
+containerd_matrix! {
+    /// `kubectl exec -it`: an exec with a terminal and stdin through CRI's streaming server.
+    /// The process sees a terminal, reads what was typed, and its output comes back.
+    async fn exec_with_a_terminal_and_stdin_through_the_streaming_server(release: Release) {
+        let cd = containerd(release);
+        let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+        let pod = cri.run_pod("tty-pod", "default", CRI_HANDLER, HashMap::new()).await.expect("RunPodSandbox");
+        let c = cri.run_container(&pod, "app", IMAGE, &["sleep", "1000"]).await.expect("container");
+        let script = "tty; read line; echo \"got:$line\"";
+        let out = tokio::time::timeout(EXIT_DEADLINE, cri.exec_stream(&c, &["sh", "-c", script], true, b"hello\n"))
+            .await
+            .expect("the exec session ends")
+            .expect("Exec over the streaming server");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("/dev/pts/"), "the process has a terminal: {text:?} {out:?}");
+        assert!(text.contains("got:hello"), "stdin reached it: {text:?} {out:?}");
+        assert!(out.status.contains("Success"), "{out:?}");
+        cri.remove_pod(&pod.id).await.expect("remove the pod");
+        assert_clean(&cd).await;
+    }
+}

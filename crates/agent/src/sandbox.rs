@@ -327,7 +327,7 @@ impl Sandbox {
     ) -> Result<Process, Error> {
         if terminal {
             std::fs::create_dir_all(CONSOLE_ROOT).map_err(|e| Error::Internal(format!("console dir: {e}")))?;
-            let path = Path::new(CONSOLE_ROOT).join(format!("{name}.sock"));
+            let path = console_socket_path(name);
             let _ = std::fs::remove_file(&path);
             let listener =
                 tokio::net::UnixListener::bind(&path).map_err(|e| Error::Internal(format!("console socket: {e}")))?;
@@ -612,6 +612,17 @@ async fn receive_master(listener: &tokio::net::UnixListener) -> std::io::Result<
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no terminal handed over"))?
 }
 
+/// A console socket for the process `name` (`<container>-<exec>`: two 64-hex CRI ids are
+/// 129 bytes, more than a unix socket path holds — `sun_path` is 108 bytes with its NUL, so
+/// every exec with a terminal into a CRI container failed). Numbered instead, unique for the
+/// agent's lifetime; the name is only for the reader of a directory listing.
+fn console_socket_path(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let short: String = name.chars().take(12).collect();
+    Path::new(CONSOLE_ROOT).join(format!("{n}-{short}.sock"))
+}
+
 /// Whether `/proc/<pid>/status` text says the process catches `sig` (`SigCgt`, a hex mask
 /// with bit `sig - 1` set; proc(5)).
 fn signal_caught(status: &str, sig: Signal) -> bool {
@@ -627,6 +638,16 @@ mod tests {
     use nix::sys::signal::Signal;
 
     use super::{signal_caught, OomKills};
+
+    #[test]
+    fn console_sockets_fit_a_unix_socket_path_for_cri_ids() {
+        let id = "85c7d39c08ef5b5fb3e3e4a95b5e4de3c1bf5b1307094cee0b34f6e5bcc6d0ef";
+        let a = super::console_socket_path(&format!("{id}-{id}"));
+        let b = super::console_socket_path(&format!("{id}-{id}"));
+        assert_ne!(a, b, "unique per process");
+        // sun_path: 108 bytes including the terminating NUL (linux/un.h).
+        assert!(a.as_os_str().len() < 108, "{}", a.display());
+    }
 
     #[test]
     fn sigcgt_mask_is_read_per_signal() {

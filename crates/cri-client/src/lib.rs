@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
 pub use k8s_cri::v1 as cri;
+pub use stream::ExecOutput;
+
+mod stream;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -126,6 +129,27 @@ impl CriClient {
             .context("ContainerStatus")?
             .into_inner();
         resp.status.context("ContainerStatus without status")
+    }
+
+    /// `crictl exec -i [-t]`: runs `cmd` in the container through CRI `Exec` and
+    /// containerd's streaming server (WebSocket, Kubernetes' `v4.channel.k8s.io`), writes
+    /// `input` to its stdin, and returns what it printed and the final status document.
+    pub async fn exec_stream(&mut self, container: &str, cmd: &[&str], tty: bool, input: &[u8]) -> Result<ExecOutput> {
+        let resp = self
+            .runtime
+            .exec(cri::ExecRequest {
+                container_id: container.into(),
+                cmd: cmd.iter().map(|c| c.to_string()).collect(),
+                tty,
+                stdin: true,
+                stdout: true,
+                // With a terminal both streams are one (CRI refuses stderr with tty).
+                stderr: !tty,
+            })
+            .await
+            .context("Exec")?
+            .into_inner();
+        stream::exec(&resp.url, input).await
     }
 
     /// `crictl stopp` + `rmp`.
