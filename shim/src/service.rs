@@ -424,7 +424,7 @@ impl Inner {
             if let Err(e) = pod.agent.remove_container(&rreq).await {
                 // The agent's connection can break a moment before QEMU is reaped: a dead
                 // VM has nothing left to remove.
-                if e.code != ttrpc::Code::NOT_FOUND && !vm_gone(pod).await {
+                if !e.is_unknown_container() && !vm_gone(pod).await {
                     return Err(e.into());
                 }
             }
@@ -462,7 +462,7 @@ impl Inner {
         kreq.signal = req.signal;
         match pod.agent.signal_process(&kreq).await {
             Ok(_) => Ok(()),
-            Err(e) if e.code == ttrpc::Code::NOT_FOUND => Ok(()),
+            Err(e) if e.is_unknown_container() => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

@@ -19,6 +19,17 @@ pub struct AgentError {
 }
 
 impl AgentError {
+    /// Whether the agent says it has no such container or process. Ours answers NOT_FOUND;
+    /// kata-agent answers INVALID_ARGUMENT or INTERNAL with "invalid container id" /
+    /// "process ... not found" (kata-containers `src/agent/src/rpc.rs`, `sandbox.rs`),
+    /// so a shim that must tolerate "already gone" checks all of them.
+    pub fn is_unknown_container(&self) -> bool {
+        let msg = self.message.to_ascii_lowercase();
+        self.code == ttrpc::Code::NOT_FOUND
+            || (matches!(self.code, ttrpc::Code::INVALID_ARGUMENT | ttrpc::Code::INTERNAL)
+                && (msg.contains("invalid container id") || msg.contains("not found")))
+    }
+
     fn from_ttrpc(method: &'static str, e: ttrpc::Error) -> Self {
         match e {
             ttrpc::Error::RpcStatus(s) => {
@@ -124,5 +135,27 @@ impl AgentClient {
             .get_oom_event(Self::unbounded(), &agent::GetOOMEventRequest::new())
             .await
             .map_err(|e| AgentError::from_ttrpc("get_oom_event", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AgentError;
+
+    fn error(code: ttrpc::Code, message: &str) -> AgentError {
+        AgentError { method: "remove_container", code, message: message.into() }
+    }
+
+    #[test]
+    fn unknown_container_in_every_agents_words() {
+        assert!(error(ttrpc::Code::NOT_FOUND, "container c not found").is_unknown_container());
+        // kata-agent
+        assert!(error(ttrpc::Code::INVALID_ARGUMENT, "Invalid container id").is_unknown_container());
+        assert!(error(ttrpc::Code::INTERNAL, "invalid container id: c").is_unknown_container());
+        assert!(error(ttrpc::Code::INTERNAL, "process 7 not found").is_unknown_container());
+        // Not "gone": a real failure, and bad input that has nothing to do with the id.
+        assert!(!error(ttrpc::Code::INTERNAL, "cgroup did not freeze").is_unknown_container());
+        assert!(!error(ttrpc::Code::INVALID_ARGUMENT, "signal 99 is not valid").is_unknown_container());
+        assert!(!error(ttrpc::Code::UNAVAILABLE, "not found").is_unknown_container());
     }
 }
