@@ -83,8 +83,8 @@ pub struct PodSpec<'a> {
 }
 
 impl Pod {
-    /// Boots the pod VM for a sandbox: sizing from annotations and the first container's
-    /// memory limit, the policy (if annotated) bound into the launch and set before
+    /// Boots the pod VM for a sandbox: sized from annotations and the pod's resources
+    /// ([`PodSpec`]), the policy (if annotated) bound into the launch and set before
     /// `CreateSandbox`.
     pub async fn boot(
         config: &RuntimeClassConfig,

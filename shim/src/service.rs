@@ -237,6 +237,8 @@ impl Inner {
         let bundle = PathBuf::from(&req.bundle);
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .map_err(|e| ShimError::InvalidArgument(format!("bundle config.json: {e}")))?;
+        // Pod input the guest could never honour is refused before a VM is booted for it.
+        spec::refuse_host_propagation(&spec).map_err(ShimError::InvalidArgument)?;
         let sandbox_id = spec::sandbox_id(&spec, &req.id);
         let mut pod_guard = self.pod.lock().await;
         let pod = match pod_guard.as_ref() {
@@ -281,7 +283,6 @@ impl Inner {
         req: &api::CreateTaskRequest,
         spec: &oci_spec::runtime::Spec,
     ) -> Result<api::CreateTaskResponse, ShimError> {
-        spec::refuse_host_propagation(spec).map_err(ShimError::InvalidArgument)?;
         let (host_dir, guest_dir) = pod.container_dirs(&req.id);
         let host_rootfs = host_dir.join("rootfs");
         let undo = || rootfs::unmount_all(&host_dir);
