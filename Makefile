@@ -19,7 +19,7 @@ PAYLOAD := $(BUILD)/payload
 PLATFORM ?= insecure
 
 .PHONY: all deps build shim agent image test lint demo bench clean installer payload manifests installer-image \
-	containerd-releases
+	containerd-releases sev-snp-measure
 
 all: build image
 
@@ -50,8 +50,10 @@ agent:
 # by name from the metapackage), the static agent and init, busybox-static, mkfs.erofs.
 image: agent
 	$(CARGO) build --release -p contrast-image
+	./scripts/fetch-firmware.sh $(BUILD)/firmware
 	target/release/contrast-image --kernel-tree "$$(./scripts/fetch-kernel.sh $(BUILD)/kernel)" \
-		--agent $(AGENT_BIN) --init $(INIT_BIN) --busybox /bin/busybox --out $(IMAGE_DIR) >/dev/null
+		--agent $(AGENT_BIN) --init $(INIT_BIN) --busybox /bin/busybox --firmware $(BUILD)/firmware \
+		--out $(IMAGE_DIR) >/dev/null
 	@echo "image: $(IMAGE_DIR) (reference values: $(IMAGE_DIR)/reference-values.json)"
 
 # The node installer (static) and its payload: shim, pod-VM image, runtime-class templates.
@@ -61,7 +63,8 @@ installer:
 payload: shim image
 	rm -rf $(PAYLOAD) && mkdir -p $(PAYLOAD)/bin $(PAYLOAD)/share $(PAYLOAD)/config
 	cp $(SHIM_BIN) $(PAYLOAD)/bin/
-	cp $(IMAGE_DIR)/vmlinux $(IMAGE_DIR)/initrd.img $(IMAGE_DIR)/root.img $(IMAGE_DIR)/cmdline \
+	cp $(IMAGE_DIR)/vmlinux $(IMAGE_DIR)/vmlinuz $(IMAGE_DIR)/initrd.img $(IMAGE_DIR)/root.img \
+		$(IMAGE_DIR)/cmdline $(IMAGE_DIR)/OVMF.amdsev.fd $(IMAGE_DIR)/OVMF.inteltdx.fd \
 		$(IMAGE_DIR)/reference-values.json $(PAYLOAD)/share/
 	cp packaging/config/configuration-*.toml $(PAYLOAD)/config/
 
@@ -89,10 +92,15 @@ CONTAINERD_DIR := $(BUILD)/containerd
 containerd-releases:
 	./scripts/fetch-containerd.sh $(CONTAINERD_DIR) >/dev/null
 
+# The independent SEV-SNP launch digest calculator the measurement tests compare with.
+sev-snp-measure:
+	./scripts/fetch-sev-snp-measure.sh $(BUILD)/sev-snp-measure
+
 # The whole suite: unit + golden tests, then the VM integration tests against the real image.
-test: image lint containerd-releases
+test: image lint containerd-releases sev-snp-measure
 	$(CARGO) test --workspace --exclude contrast-agent --no-run
 	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) CONTRAST_CONTAINERD_DIR=$(abspath $(CONTAINERD_DIR)) \
+	CONTRAST_SEV_SNP_MEASURE=$(abspath $(BUILD)/sev-snp-measure) \
 	CONTRAST_KERNEL_TREE="$$(realpath "$$(./scripts/fetch-kernel.sh $(BUILD)/kernel)")" \
 	CONTRAST_AGENT=$(abspath $(AGENT_BIN)) CONTRAST_INIT=$(abspath $(INIT_BIN)) \
 		timeout --kill-after=30 $(TEST_TIMEOUT) $(CARGO) test --workspace --exclude contrast-agent

@@ -11,24 +11,8 @@ OUT=${1:?usage: fetch-containerd.sh <out-dir> [upstream-version ...]}
 shift
 # The tested versions (README): 1.6 is the host's own (bookworm), these two come from here.
 [ $# -gt 0 ] || set -- 1.7.24 2.1.9
-CACHE=${CONTRAST_CACHE:-/var/cache/contrast}
-APT="$CACHE/apt"
-DEBS="$CACHE/debs"
-mkdir -p "$OUT" "$APT/lists/partial" "$APT/cache/archives/partial" "$DEBS"
-
-MIRROR=$(awk '/^URIs:/ && $2 ~ /debian\/?$/ && $2 !~ /security/ {print $2; exit}' \
-    /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-[ -n "$MIRROR" ] || MIRROR=http://deb.debian.org/debian
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-{
-    echo "deb [signed-by=$KEYRING] $MIRROR trixie main"
-    echo "deb [signed-by=$KEYRING] $MIRROR sid main"
-} > "$APT/sources.list"
-apt_private() {
-    "$@" -o APT::Sandbox::User=root -o Dir::Etc::sourcelist="$APT/sources.list" -o Dir::Etc::sourceparts=- \
-        -o Dir::State::Lists="$APT/lists" -o Dir::Cache="$APT/cache" \
-        -o Dir::State::status=/var/lib/dpkg/status
-}
+. "$(dirname "$0")/apt-private.sh"
+mkdir -p "$OUT"
 
 for want in "$@"; do
     dest="$OUT/$want"
@@ -38,11 +22,7 @@ for want in "$@"; do
     fi
     deb=$(ls "$DEBS"/containerd_"$want"[~+]*.deb 2>/dev/null | head -1 || true)
     if [ -z "$deb" ]; then
-        if [ ! -f "$APT/.updated" ]; then
-            echo "fetch-containerd: apt-get update (private lists: trixie, sid)" >&2
-            apt_private apt-get -qq update >&2
-            touch "$APT/.updated"
-        fi
+        apt_private_update
         version=$(apt_private apt-cache madison containerd | awk -v w="$want" \
             '{ v=$3; if (index(v, w "~") == 1 || index(v, w "+") == 1) { print v; exit } }')
         [ -n "$version" ] || { echo "fetch-containerd: containerd $want is in neither trixie nor sid" >&2; exit 1; }

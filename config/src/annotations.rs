@@ -10,7 +10,7 @@ pub const ANNOTATION_HYPERVISOR_PREFIX: &str = "io.katacontainers.config.hypervi
 pub const ANNOTATION_POLICY: &str = "io.katacontainers.config.agent.policy";
 
 /// Annotation names (after the prefix) this runtime understands.
-pub(crate) const KNOWN: &[&str] = &["default_memory", "default_vcpus", "kernel_params"];
+pub(crate) const KNOWN: &[&str] = &["default_memory", "default_vcpus", "kernel_params", "cc_init_data"];
 
 /// What a pod's annotations change for its VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +19,18 @@ pub struct PodOverrides {
     pub memory_mib: u32,
     /// Appended to the configured kernel parameters.
     pub extra_kernel_params: String,
+    /// The `cc_init_data` annotation as given (base64 of gzip of the init data TOML); the
+    /// shim decodes it (crate `contrast-initdata`).
+    pub init_data: Option<String>,
 }
 
 pub(crate) fn apply(q: &QemuConfig, annotations: &BTreeMap<String, String>) -> Result<PodOverrides, Error> {
-    let mut out =
-        PodOverrides { vcpus: q.default_vcpus, memory_mib: q.default_memory, extra_kernel_params: String::new() };
+    let mut out = PodOverrides {
+        vcpus: q.default_vcpus,
+        memory_mib: q.default_memory,
+        extra_kernel_params: String::new(),
+        init_data: None,
+    };
     for (key, value) in annotations {
         let Some(name) = key.strip_prefix(ANNOTATION_HYPERVISOR_PREFIX) else { continue };
         let err = |problem: String| Error::Annotation { key: key.clone(), problem };
@@ -60,6 +67,7 @@ pub(crate) fn apply(q: &QemuConfig, annotations: &BTreeMap<String, String>) -> R
                 }
                 out.extra_kernel_params = value.trim().to_owned();
             }
+            "cc_init_data" => out.init_data = Some(value.clone()),
             _ => unreachable!("KNOWN lists every handled name"),
         }
     }

@@ -18,6 +18,9 @@ use serde::Deserialize;
 pub use annotations::{PodOverrides, ANNOTATION_HYPERVISOR_PREFIX, ANNOTATION_POLICY};
 pub use error::Error;
 
+/// vCPU model of SNP pods unless configured: the reference values carry digests for it.
+pub const DEFAULT_SNP_CPU_MODEL: &str = "EPYC-v4";
+
 /// Smallest VM memory we accept in MiB; below this the guest kernel cannot boot.
 pub const MIN_MEMORY_MIB: u32 = 128;
 
@@ -157,6 +160,22 @@ pub struct QemuConfig {
     /// Annotation names (the part after `io.katacontainers.config.hypervisor.`) a pod may set.
     #[serde(default)]
     pub enable_annotations: Vec<String>,
+    /// SIMULATION, `insecure` only: pods follow the confidential path (init data required
+    /// and handed over as a disk, no `SetPolicy` shortcut, the guest checks the init data
+    /// against a launch binding) with the binding passed through QEMU `fw_cfg` instead of
+    /// SNP/TDX hardware. Not confidential: the host sets both sides. Container root
+    /// filesystems still come through `shared_fs` until the verified image path exists.
+    #[serde(default)]
+    pub simulate_launch_binding: bool,
+    /// SIMULATION, tests of the trust chain: bind a value one bit off the pod's init data
+    /// digest, so that the guest must refuse the pod. Only with `simulate_launch_binding`.
+    #[serde(default)]
+    pub simulate_binding_mismatch: bool,
+    /// QEMU vCPU model (`-cpu`). The SNP launch digest depends on it (the VMSA carries the
+    /// CPU signature), so confidential platforms name one: default `EPYC-v4` on `snp`,
+    /// `host` on `tdx`; on `insecure` `host` with KVM and QEMU's default under TCG.
+    #[serde(default)]
+    pub cpu_model: Option<String>,
     /// SEV-SNP: C-bit position in page table entries.
     #[serde(default = "defaults::cbitpos")]
     pub cbitpos: u32,
@@ -336,6 +355,20 @@ impl RuntimeClassConfig {
                 format!("platform {} must not run files shared from the host; use \"none\"", q.platform),
             ));
         }
+        if q.simulate_launch_binding && q.platform != Platform::Insecure {
+            return Err(invalid(
+                "simulate_launch_binding",
+                format!("only the insecure platform simulates; platform {} binds through hardware", q.platform),
+            ));
+        }
+        if q.simulate_binding_mismatch && !q.simulate_launch_binding {
+            return Err(invalid("simulate_binding_mismatch", "needs simulate_launch_binding = true".into()));
+        }
+        if let Some(model) = &q.cpu_model {
+            if model.is_empty() || !model.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(invalid("cpu_model", format!("`{model}` is not a QEMU CPU model name")));
+            }
+        }
         if q.platform == Platform::Tdx && q.vsock_mode == VsockMode::Hybrid {
             // Hybrid vsock needs a shared memory backend, which private TDX memory is not.
             return Err(invalid("vsock_mode", "hybrid vsock cannot work with TDX guest memory".into()));
@@ -408,6 +441,23 @@ impl RuntimeClassConfig {
     /// `enable_annotations` are accepted and values are bounds-checked.
     pub fn pod_overrides(&self, annotations: &BTreeMap<String, String>) -> Result<PodOverrides, Error> {
         annotations::apply(&self.hypervisor.qemu, annotations)
+    }
+
+    /// Whether pods of this class follow the confidential path (real or simulated binding).
+    pub fn confidential_path(&self) -> bool {
+        let q = &self.hypervisor.qemu;
+        q.platform != Platform::Insecure || q.simulate_launch_binding
+    }
+
+    /// The `-cpu` model pods of this class get, `None` for QEMU's default.
+    pub fn cpu_model(&self, kvm: bool) -> Option<String> {
+        let q = &self.hypervisor.qemu;
+        match (&q.cpu_model, q.platform) {
+            (Some(m), _) => Some(m.clone()),
+            (None, Platform::Snp) => Some(DEFAULT_SNP_CPU_MODEL.into()),
+            (None, _) if kvm => Some("host".into()),
+            (None, _) => None,
+        }
     }
 
     pub fn dial_timeout(&self) -> Duration {

@@ -127,3 +127,38 @@ fn example_configs_parse() {
         RuntimeClassConfig::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[test]
+fn simulation_is_insecure_only_and_the_cpu_model_is_explicit_on_snp() {
+    let sim = format!("{MINIMAL}simulate_launch_binding = true\n");
+    let c = RuntimeClassConfig::parse(&sim, origin()).expect("valid");
+    assert!(c.confidential_path());
+    assert!(!RuntimeClassConfig::parse(MINIMAL, origin()).expect("valid").confidential_path());
+    let err = RuntimeClassConfig::parse(&format!("{MINIMAL}simulate_binding_mismatch = true\n"), origin())
+        .expect_err("mismatch without simulation");
+    assert!(err.to_string().contains("simulate_binding_mismatch"), "{err}");
+    let snp = MINIMAL.replace("\"insecure\"", "\"snp\"") + "firmware = \"/f\"\n";
+    let err = RuntimeClassConfig::parse(&format!("{snp}simulate_launch_binding = true\n"), origin())
+        .expect_err("snp does not simulate");
+    assert!(err.to_string().contains("only the insecure platform simulates"), "{err}");
+    let c = RuntimeClassConfig::parse(&snp, origin()).expect("valid");
+    assert_eq!(c.cpu_model(true).as_deref(), Some(DEFAULT_SNP_CPU_MODEL));
+    assert!(c.confidential_path());
+    let c = RuntimeClassConfig::parse(MINIMAL, origin()).expect("valid");
+    assert_eq!(c.cpu_model(false), None, "QEMU's default under TCG");
+    assert_eq!(c.cpu_model(true).as_deref(), Some("host"));
+    let err = RuntimeClassConfig::parse(&format!("{MINIMAL}cpu_model = \"EPYC,x=1\"\n"), origin()).expect_err("bad");
+    assert!(err.to_string().contains("cpu_model"), "{err}");
+}
+
+#[test]
+fn cc_init_data_is_an_allowlisted_annotation() {
+    let key = format!("{ANNOTATION_HYPERVISOR_PREFIX}cc_init_data");
+    let a: BTreeMap<String, String> = [(key.clone(), "H4sI".to_owned())].into();
+    let c = RuntimeClassConfig::parse(MINIMAL, origin()).expect("valid");
+    let err = c.pod_overrides(&a).expect_err("not enabled");
+    assert!(err.to_string().contains("not allowed"), "{err}");
+    let allowed = MINIMAL.replace("[\"default_memory\"]", "[\"default_memory\", \"cc_init_data\"]");
+    let c = RuntimeClassConfig::parse(&allowed, origin()).expect("valid");
+    assert_eq!(c.pod_overrides(&a).expect("allowed").init_data.as_deref(), Some("H4sI"));
+}

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use contrast_agent_protocol::{agent, AgentClient};
 use contrast_config::{RuntimeClassConfig, ANNOTATION_POLICY};
-use contrast_vmm::{LaunchRequest, PodVm};
-use sha2::{Digest, Sha256};
+use contrast_initdata::InitData;
+use contrast_vmm::{LaunchInitData, LaunchRequest, PodVm};
 
 use crate::error::ShimError;
 
@@ -84,8 +84,8 @@ pub struct PodSpec<'a> {
 
 impl Pod {
     /// Boots the pod VM for a sandbox: sized from annotations and the pod's resources
-    /// ([`PodSpec`]), the policy (if annotated) bound into the launch and set before
-    /// `CreateSandbox`.
+    /// ([`PodSpec`]), its init data (policy) handed over as a disk and bound into the launch;
+    /// the guest reads and checks it before it answers anything.
     pub async fn boot(
         config: &RuntimeClassConfig,
         config_path: &Path,
@@ -117,18 +117,7 @@ impl Pod {
                 overrides.vcpus, q.default_vcpus, q.default_maxvcpus
             )));
         }
-        let policy = match annotations.get(ANNOTATION_POLICY) {
-            Some(b64) => {
-                let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| {
-                    ShimError::InvalidArgument(format!("annotation {ANNOTATION_POLICY}: not base64: {e}"))
-                })?;
-                Some(String::from_utf8(bytes).map_err(|_| {
-                    ShimError::InvalidArgument(format!("annotation {ANNOTATION_POLICY}: policy is not UTF-8"))
-                })?)
-            }
-            None => None,
-        };
-        let launch_digest = policy.as_ref().map(|p| Sha256::digest(p.as_bytes()).into());
+        let init_data = pod_init_data(config, overrides.init_data.as_deref(), annotations)?;
         let state = state_dir(config, namespace, sandbox_id);
         let shared = state.join("shared");
         let use_share = config.hypervisor.qemu.shared_fs == contrast_config::SharedFs::VirtioFs;
@@ -138,14 +127,14 @@ impl Pod {
             config,
             overrides: &overrides,
             state_dir: state,
-            launch_digest,
+            init_data,
             shared_dir: use_share.then(|| shared.clone()),
         })
         .await
         .map_err(|e| ShimError::Vm(Box::new(e)))?;
         let qmp_ready = started.elapsed();
         let hostname: String = hostname.unwrap_or(sandbox_id).chars().take(HOSTNAME_MAX).collect();
-        match Self::connect(&vm, config, sandbox_id, &hostname, policy.as_deref(), use_share).await {
+        match Self::connect(&vm, config, sandbox_id, &hostname, use_share).await {
             Ok(agent) => {
                 // Phase timings, read by `make bench` from containerd's log.
                 tracing::info!(
@@ -168,16 +157,10 @@ impl Pod {
         config: &RuntimeClassConfig,
         sandbox_id: &str,
         hostname: &str,
-        policy: Option<&str>,
         use_share: bool,
     ) -> Result<AgentClient, ShimError> {
         let stream = vm.dial_agent().await.map_err(|e| ShimError::AgentUnreachable(Box::new(e)))?;
         let agent = AgentClient::new(stream, config.request_timeout());
-        if let Some(policy) = policy {
-            let mut req = agent::SetPolicyRequest::new();
-            req.policy = policy.to_owned();
-            agent.set_policy(&req).await.map_err(ShimError::from)?;
-        }
         let mut req = agent::CreateSandboxRequest::new();
         req.sandbox_id = sandbox_id.to_owned();
         req.hostname = hostname.to_owned();
@@ -207,6 +190,69 @@ impl Pod {
     }
 }
 
+/// The pod's init data: the `cc_init_data` annotation, else the policy annotation wrapped
+/// into a document (so that a bare policy is measured the same way), else none. On the
+/// confidential path a pod without init data is refused here: its guest would deny it all.
+fn pod_init_data(
+    config: &RuntimeClassConfig,
+    annotated: Option<&str>,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<LaunchInitData>, ShimError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| ShimError::InvalidArgument(format!("annotation {what}: {e}"));
+    let init_data = match (annotated, annotations.get(ANNOTATION_POLICY)) {
+        (Some(_), Some(_)) => {
+            return Err(ShimError::InvalidArgument(format!(
+                "annotations {} and {ANNOTATION_POLICY} both given; put the policy into the init data as {}",
+                contrast_initdata::ANNOTATION,
+                contrast_initdata::POLICY_FILE
+            )))
+        }
+        (Some(value), None) => {
+            Some(InitData::from_annotation(value).map_err(|e| bad(contrast_initdata::ANNOTATION, &e))?)
+        }
+        (None, Some(b64)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| bad(ANNOTATION_POLICY, &format!("not base64: {e}")))?;
+            let rego = String::from_utf8(bytes).map_err(|_| bad(ANNOTATION_POLICY, &"policy is not UTF-8"))?;
+            Some(InitData::wrap_policy(&rego))
+        }
+        (None, None) => None,
+    };
+    let q = &config.hypervisor.qemu;
+    let Some(init_data) = init_data else {
+        if config.confidential_path() {
+            return Err(ShimError::InvalidArgument(format!(
+                "platform {}{} needs the pod's init data (annotation {}, or a policy in {ANNOTATION_POLICY}): \
+                 its guest enforces nothing else",
+                q.platform,
+                if q.simulate_launch_binding { " (simulated launch binding)" } else { "" },
+                contrast_initdata::ANNOTATION
+            )));
+        }
+        return Ok(None);
+    };
+    let host_data = init_data.host_data();
+    let simulated_host_data = q.simulate_launch_binding.then(|| {
+        let mut value = host_data;
+        if q.simulate_binding_mismatch {
+            value[0] ^= 0x01;
+            tracing::warn!("SIMULATION: binding a value that does not match the init data (simulate_binding_mismatch)");
+        }
+        tracing::warn!(
+            host_data = %contrast_initdata::hex(&value),
+            "SIMULATED launch binding through fw_cfg: this pod is NOT confidential (insecure platform)"
+        );
+        value
+    });
+    Ok(Some(LaunchInitData {
+        disk_image: init_data.to_disk(),
+        host_data,
+        mrconfigid: init_data.mrconfigid(),
+        simulated_host_data,
+    }))
+}
+
 /// Cleanup without a daemon (`delete` bootstrap): kill the processes recorded in the state
 /// dir (pid + start time, so a reused pid is never hit), then — as a fallback for anything
 /// started but not yet recorded — any process naming the pod's state dir on its command
@@ -228,5 +274,69 @@ pub fn cleanup_dead_pod(state: &Path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(dir = %state.display(), error = %e, "cannot remove state dir");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> RuntimeClassConfig {
+        let text = format!(
+            "[hypervisor.qemu]\nplatform = \"insecure\"\npath = \"/q\"\nkernel = \"/k\"\n\
+             enable_annotations = [\"cc_init_data\"]\n{extra}\n"
+        );
+        RuntimeClassConfig::parse(&text, Path::new("t.toml")).expect("valid")
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_bare_policy_is_wrapped_and_measured_like_init_data() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let rego = "package agent_policy\ndefault CreateSandboxRequest := true\n";
+        let a = annotations(&[(ANNOTATION_POLICY, &b64.encode(rego))]);
+        let got = pod_init_data(&config(""), None, &a).expect("ok").expect("init data");
+        let want = InitData::wrap_policy(rego);
+        assert_eq!(got.host_data, want.host_data());
+        assert_eq!(got.mrconfigid, want.mrconfigid());
+        assert_eq!(got.disk_image, want.to_disk());
+        assert_eq!(got.simulated_host_data, None, "no simulation configured");
+        assert_eq!(InitData::from_disk(&got.disk_image).expect("disk").policy(), Some(rego));
+    }
+
+    #[test]
+    fn simulation_binds_the_digest_or_a_mismatch_and_needs_init_data() {
+        let value = {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(
+                b"version = \"0.1.0\"\nalgorithm = \"sha512\"\n[data]\n\"policy.rego\" = \"package agent_policy\"\n",
+            )
+            .expect("gzip");
+            base64::engine::general_purpose::STANDARD.encode(gz.finish().expect("gzip"))
+        };
+        let sim = config("simulate_launch_binding = true");
+        let got = pod_init_data(&sim, Some(&value), &BTreeMap::new()).expect("ok").expect("init data");
+        assert_eq!(got.simulated_host_data, Some(got.host_data));
+        let off = config("simulate_launch_binding = true\nsimulate_binding_mismatch = true");
+        let got = pod_init_data(&off, Some(&value), &BTreeMap::new()).expect("ok").expect("init data");
+        assert_ne!(got.simulated_host_data, Some(got.host_data));
+        let err = pod_init_data(&sim, None, &BTreeMap::new()).expect_err("no init data");
+        assert!(err.to_string().contains("needs the pod's init data"), "{err}");
+        assert!(pod_init_data(&config(""), None, &BTreeMap::new()).expect("plain").is_none());
+    }
+
+    #[test]
+    fn bad_or_ambiguous_init_data_is_invalid_argument() {
+        let both = annotations(&[(ANNOTATION_POLICY, "cGFja2FnZSB4")]);
+        let err = pod_init_data(&config(""), Some("x"), &both).expect_err("both");
+        assert!(matches!(&err, ShimError::InvalidArgument(m) if m.contains("both given")), "{err}");
+        let err = pod_init_data(&config(""), Some("!!"), &BTreeMap::new()).expect_err("not base64");
+        assert!(matches!(&err, ShimError::InvalidArgument(m) if m.contains("cc_init_data")), "{err}");
+        let err = pod_init_data(&config(""), None, &annotations(&[(ANNOTATION_POLICY, "%%")])).expect_err("bad");
+        assert!(matches!(&err, ShimError::InvalidArgument(m) if m.contains("not base64")), "{err}");
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use contrast_cri_client::{cri, CriClient};
 use contrast_tests::containerd::{Containerd, Release, CRI_HANDLER, IMAGE};
-use contrast_tests::{containerd_matrix, image_dir};
+use contrast_tests::{containerd_matrix, image_dir, POD_LIFECYCLE_RULES};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-contrast-cc-v2");
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(20);
@@ -88,28 +88,16 @@ containerd_matrix! {
 }
 
 /// Allows what the shim needs to run a pod, forbids exec (kata rule names).
-const NO_EXEC_POLICY: &str = r#"package agent_policy
-default CreateSandboxRequest := true
-default DestroySandboxRequest := true
-default CreateContainerRequest := true
-default StartContainerRequest := true
-default RemoveContainerRequest := true
-default WaitProcessRequest := true
-default SignalProcessRequest := true
-default ReadStreamRequest := true
-default WriteStreamRequest := true
-default CloseStdinRequest := true
-default GetOOMEventRequest := true
-default StatsContainerRequest := true
-default ExecProcessRequest := false
-"#;
+fn no_exec_policy() -> String {
+    format!("{POD_LIFECYCLE_RULES}default CreateContainerRequest := true\ndefault ExecProcessRequest := false\n")
+}
 
 containerd_matrix! {
     async fn policy_annotation_is_enforced_in_the_guest(release: Release) {
         use base64::Engine;
         let cd = containerd(release);
         let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
-        let policy = base64::engine::general_purpose::STANDARD.encode(NO_EXEC_POLICY);
+        let policy = base64::engine::general_purpose::STANDARD.encode(no_exec_policy());
         let annotations = HashMap::from([("io.katacontainers.config.agent.policy".to_owned(), policy)]);
         let pod = cri.run_pod("guarded", "default", CRI_HANDLER, annotations).await.expect("RunPodSandbox");
         let c = cri.run_container(&pod, "app", IMAGE, &["sleep", "1000"]).await.expect("create/start allowed");
@@ -117,7 +105,7 @@ containerd_matrix! {
         let err = cri.exec_sync(&c, &["echo", "nope"]).await.expect_err("exec must be denied");
         eprintln!("exec denied after {:?}", t.elapsed());
         let msg = format!("{err:#}");
-        assert!(msg.contains("ExecProcessRequest") && msg.contains("denied"), "{msg}");
+        assert!(msg.contains("ExecProcessRequest is blocked by policy"), "{msg}");
         let t = Instant::now();
         cri.remove_pod(&pod.id).await.expect("stop and remove the pod");
         eprintln!("pod removed after {:?}", t.elapsed());

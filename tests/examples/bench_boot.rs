@@ -121,7 +121,7 @@ async fn vmm_boot(image: &Path, run: usize, layout: Layout) -> Result<(Duration,
         config: &config,
         overrides: &overrides,
         state_dir: scratch.path().join("run/default").join(&id),
-        launch_digest: None,
+        init_data: None,
         shared_dir: None,
     })
     .await?;

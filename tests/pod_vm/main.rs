@@ -62,7 +62,7 @@ pub async fn launch(scratch: &Scratch, config: &RuntimeClassConfig, id: &str) ->
         config,
         overrides: &overrides,
         state_dir: scratch.pod_dir(id),
-        launch_digest: None,
+        init_data: None,
         shared_dir: None,
     })
     .await

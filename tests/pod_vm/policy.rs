@@ -1,6 +1,7 @@
 //! Policy enforcement and bad requests: the right ttrpc codes, and the agent keeps serving.
 
 use contrast_agent_protocol::agent;
+use contrast_initdata::InitData;
 use contrast_tests::image_dir;
 use contrast_tests::pod::{container_spec, create_request, exec_request, TestPod};
 
@@ -67,6 +68,30 @@ async fn policy_denies_exec_and_bad_input_gets_the_right_codes() {
         pod.agent.check().await.expect("health").status.enum_value_or_default(),
         contrast_agent_protocol::health::health_check_response::ServingStatus::SERVING
     );
+    let exit = pod.stop().await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+}
+
+/// The host cannot swap the measured policy: `SetPolicy` is a request like any other, judged
+/// by the init data policy the launch is bound to (simulated binding, insecure platform).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_policy_from_the_host_is_refused_by_the_init_data_policy() {
+    let measured = format!("{NO_EXEC_POLICY}default CreateSandboxRequest := true\n");
+    let init_data = InitData::wrap_policy(&measured);
+    let pod = TestPod::start_measured(&image_dir().expect("image"), "policy-m", &init_data).await.expect("pod starts");
+    pod.run("app", &["sleep", "1000"], false).await.expect("allowed by the init data policy");
+    let err = pod.agent.exec_process(&exec_request("app", "e1", &["true"], false)).await.unwrap_err();
+    assert_eq!(err.code, ttrpc::Code::PERMISSION_DENIED, "{err}");
+
+    let mut allow_all = agent::SetPolicyRequest::new();
+    allow_all.policy =
+        "package agent_policy\ndefault ExecProcessRequest := true\ndefault SetPolicyRequest := true\n".into();
+    let err = pod.agent.set_policy(&allow_all).await.unwrap_err();
+    assert_eq!(err.code, ttrpc::Code::PERMISSION_DENIED, "{err}");
+    assert!(err.message.contains("SetPolicyRequest is blocked by policy"), "{err}");
+    // Still the measured policy.
+    let err = pod.agent.exec_process(&exec_request("app", "e2", &["true"], false)).await.unwrap_err();
+    assert_eq!(err.code, ttrpc::Code::PERMISSION_DENIED, "{err}");
     let exit = pod.stop().await;
     assert_eq!(exit.code, Some(0), "{exit}");
 }

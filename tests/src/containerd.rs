@@ -19,6 +19,11 @@ pub const PAUSE_IMAGE: &str = "docker.io/library/contrast-pause:test";
 pub const CRI_NAMESPACE: &str = "k8s.io";
 /// CRI runtime handler registered for our shim.
 pub const CRI_HANDLER: &str = "contrast-cc";
+/// CRI handler whose runtime class follows the confidential path with a SIMULATED launch
+/// binding (`simulate_launch_binding`).
+pub const SIM_HANDLER: &str = "contrast-cc-sim";
+/// As [`SIM_HANDLER`], binding a value that does not match the pod's init data.
+pub const SIM_MISMATCH_HANDLER: &str = "contrast-cc-sim-mismatch";
 /// Runtime type of our shim.
 pub const RUNTIME: &str = "io.containerd.contrast-cc.v2";
 /// containerd namespace the tests use.
@@ -131,14 +136,29 @@ impl Containerd {
         std::fs::copy(shim, d.join("bin/containerd-shim-contrast-cc-v2")).context("installing the shim")?;
         let config = TestConfig::new(image_dir, &d.join("run"));
         std::fs::write(d.join("bin/configuration.toml"), config.to_toml())?;
-        let text = format!(
-            r#"{}[{}.containerd.runtimes.{CRI_HANDLER}]
+        let runtimes = release.cri_table("runtime");
+        let mut text = format!(
+            r#"{}[{runtimes}.containerd.runtimes.{CRI_HANDLER}]
   runtime_type = "{RUNTIME}"
   pod_annotations = ["io.katacontainers.*"]
 "#,
             Self::base_config(&release, d)?,
-            release.cri_table("runtime"),
         );
+        for (handler, extra) in [
+            (SIM_HANDLER, "simulate_launch_binding = true"),
+            (SIM_MISMATCH_HANDLER, "simulate_launch_binding = true\nsimulate_binding_mismatch = true"),
+        ] {
+            let mut sim = TestConfig::new(image_dir, &d.join("run"));
+            sim.extra = extra.into();
+            let path = d.join(format!("bin/{handler}.toml"));
+            std::fs::write(&path, sim.to_toml())?;
+            text.push_str(&format!(
+                "[{runtimes}.containerd.runtimes.{handler}]\n  runtime_type = \"{RUNTIME}\"\n  \
+                 pod_annotations = [\"io.katacontainers.*\"]\n[{runtimes}.containerd.runtimes.{handler}.options]\n  \
+                 ConfigPath = \"{}\"\n",
+                path.display()
+            ));
+        }
         std::fs::write(d.join("config.toml"), text)?;
         let config = d.join("config.toml");
         let netns = if pod_network { Some(Self::pod_network(d)?) } else { None };

@@ -89,7 +89,7 @@ default_memory = 512
 default_maxmemory = 2048
 vsock_mode = "hybrid"
 shared_fs = "virtio-fs"
-enable_annotations = ["default_memory"]
+enable_annotations = ["default_memory", "cc_init_data"]
 {extra}
 [agent.kata]
 dial_timeout = 60
@@ -111,6 +111,23 @@ state_dir = "{state}"
         Ok(RuntimeClassConfig::load(path)?)
     }
 }
+
+/// Rego rules (kata's names, package `agent_policy`) allowing what the shim needs to run a
+/// pod — everything but creating containers and exec, which each test's policy decides.
+pub const POD_LIFECYCLE_RULES: &str = r#"package agent_policy
+default CreateSandboxRequest := true
+default DestroySandboxRequest := true
+default StartContainerRequest := true
+default RemoveContainerRequest := true
+default WaitProcessRequest := true
+default SignalProcessRequest := true
+default ReadStreamRequest := true
+default WriteStreamRequest := true
+default CloseStdinRequest := true
+default GetOOMEventRequest := true
+default StatsContainerRequest := true
+default ListProcessesRequest := true
+"#;
 
 /// ttrpc client on a connected agent stream.
 pub fn ttrpc_client(fd: OwnedFd) -> ttrpc::r#async::Client {

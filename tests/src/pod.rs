@@ -111,18 +111,40 @@ pub struct TestPod {
 impl TestPod {
     /// Boots the image, shares a fresh busybox rootfs, creates the guest sandbox.
     pub async fn start(image: &Path, id: &str) -> Result<TestPod> {
+        Self::start_with(image, id, "", None).await
+    }
+
+    /// As [`TestPod::start`] with the pod's init data and a SIMULATED launch binding of it
+    /// (`simulate_launch_binding`): the guest enforces the init data's policy from the start.
+    pub async fn start_measured(image: &Path, id: &str, init_data: &contrast_initdata::InitData) -> Result<TestPod> {
+        let launch = contrast_vmm::LaunchInitData {
+            disk_image: init_data.to_disk(),
+            host_data: init_data.host_data(),
+            mrconfigid: init_data.mrconfigid(),
+            simulated_host_data: Some(init_data.host_data()),
+        };
+        Self::start_with(image, id, "simulate_launch_binding = true", Some(launch)).await
+    }
+
+    async fn start_with(
+        image: &Path,
+        id: &str,
+        extra_config: &str,
+        init_data: Option<contrast_vmm::LaunchInitData>,
+    ) -> Result<TestPod> {
         let scratch = tempfile::Builder::new().prefix("cp").tempdir()?;
         let shared = scratch.path().join("shared");
         busybox_rootfs(&shared)?;
-        let config = TestConfig::new(image, &scratch.path().join("run"))
-            .write_and_load(&scratch.path().join("configuration.toml"))?;
+        let mut config = TestConfig::new(image, &scratch.path().join("run"));
+        config.extra = extra_config.into();
+        let config = config.write_and_load(&scratch.path().join("configuration.toml"))?;
         let overrides = config.pod_overrides(&BTreeMap::new())?;
         let vm = PodVm::launch(LaunchRequest {
             id,
             config: &config,
             overrides: &overrides,
             state_dir: scratch.path().join("run/default").join(id),
-            launch_digest: None,
+            init_data,
             shared_dir: Some(shared),
         })
         .await?;

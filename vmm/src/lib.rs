@@ -10,7 +10,7 @@ pub mod qmp;
 pub mod supervisor;
 pub mod vsock;
 
-pub use pod_vm::{Error, LaunchRequest, PodVm};
+pub use pod_vm::{Error, LaunchInitData, LaunchRequest, PodVm};
 pub use supervisor::VmExit;
 
 /// vsock port of the kata agent API (kata runtime `vSockPort`).

@@ -12,7 +12,9 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::helper::{self, Helper};
-use crate::qemu_args::{BootSource, QemuSpec, SnpParams, VsockDevice, VSOCK_QOM_PATH};
+use crate::qemu_args::{
+    BootSource, InitDataLaunch, QemuSpec, SnpParams, VsockDevice, HOST_DATA_LEN, MRCONFIGID_LEN, VSOCK_QOM_PATH,
+};
 use crate::qmp::{self, QmpClient};
 use crate::supervisor::{LogFiles, Supervisor, VmExit};
 use crate::vsock::{self, VsockEndpoint};
@@ -84,10 +86,21 @@ pub struct LaunchRequest<'a> {
     pub overrides: &'a PodOverrides,
     /// Must not exist yet; created with mode 0700 and removed when the VM is stopped.
     pub state_dir: PathBuf,
-    /// SHA-256 of the pod policy, bound into SNP `host-data` / TDX `mrconfigid`.
-    pub launch_digest: Option<[u8; 32]>,
+    /// The pod's init data: its disk and the values bound into the launch.
+    pub init_data: Option<LaunchInitData>,
     /// Host directory shared with the guest over virtio-fs (`shared_fs = "virtio-fs"` only).
     pub shared_dir: Option<PathBuf>,
+}
+
+/// A pod's init data as the VM gets it (built by the shim with crate `contrast-initdata`).
+#[derive(Debug, Clone)]
+pub struct LaunchInitData {
+    /// The init data disk image, written to the state dir and attached read-only.
+    pub disk_image: Vec<u8>,
+    pub host_data: [u8; HOST_DATA_LEN],
+    pub mrconfigid: [u8; MRCONFIGID_LEN],
+    /// SIMULATION (`insecure` + `simulate_launch_binding`): passed through fw_cfg.
+    pub simulated_host_data: Option<[u8; HOST_DATA_LEN]>,
 }
 
 pub struct PodVm {
@@ -200,6 +213,20 @@ impl PodVm {
             // RuntimeClassConfig::parse guarantees one of them.
             (None, None) => unreachable!("validated config has kernel or igvm"),
         };
+        let init_data = match &req.init_data {
+            None => None,
+            Some(init) => {
+                let disk = req.state_dir.join("initdata.img");
+                std::fs::write(&disk, &init.disk_image)
+                    .map_err(|source| Error::StateDir { path: disk.clone(), source })?;
+                Some(InitDataLaunch {
+                    disk,
+                    host_data: init.host_data,
+                    mrconfigid: init.mrconfigid,
+                    simulated_host_data: init.simulated_host_data,
+                })
+            }
+        };
         let spec = QemuSpec {
             name: format!("contrast-{}", req.id),
             platform: q.platform,
@@ -212,7 +239,8 @@ impl PodVm {
             virtio_fs,
             qmp_socket: paths.qmp.clone(),
             console_log: paths.console.clone(),
-            launch_digest: req.launch_digest,
+            cpu_model: req.config.cpu_model(kvm),
+            init_data,
             snp: SnpParams { cbitpos: q.cbitpos, reduced_phys_bits: q.reduced_phys_bits, policy: q.snp_guest_policy },
         };
         let accel = if kvm { "kvm" } else { "tcg" };
@@ -617,7 +645,13 @@ mod tests {
         assert_eq!(vsock_worker_alive(me), Some(true));
         drop(stop_tx);
         worker.join().expect("join");
-        assert_eq!(vsock_worker_alive(me), Some(false));
+        // join returns when the thread's futex is cleared, a moment before the kernel drops
+        // its /proc/<pid>/task entry: give it that moment.
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            vsock_worker_alive(me) == Some(false)
+        });
+        assert!(gone, "worker thread still listed after join");
         assert_eq!(vsock_worker_alive(u32::MAX), None);
     }
 
@@ -633,7 +667,8 @@ kernel_params = "quiet"
 debug_console_enabled = true
 "#;
         let config = RuntimeClassConfig::parse(text, Path::new("t.toml")).expect("valid");
-        let overrides = PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: "foo=1".into() };
+        let overrides =
+            PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: "foo=1".into(), init_data: None };
         assert_eq!(
             kernel_cmdline(&config, &overrides).unwrap(),
             "console=ttyS0 reboot=k panic=-1 oops=panic quiet foo=1 contrast.debug_console=1"
@@ -649,7 +684,7 @@ debug_console_enabled = true
             "[hypervisor.qemu]\nplatform = \"insecure\"\npath = \"/q\"\nkernel = \"/k\"\nkernel_params_file = {file:?}\nkernel_params = \"quiet\"\n",
         );
         let config = RuntimeClassConfig::parse(&text, Path::new("t.toml")).expect("valid");
-        let overrides = PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: String::new() };
+        let overrides = PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: String::new(), init_data: None };
         assert_eq!(kernel_cmdline(&config, &overrides).unwrap(), "console=hvc0 roothash=ab quiet");
         std::fs::write(&file, "a\nb\n").unwrap();
         let err = kernel_cmdline(&config, &overrides).unwrap_err().to_string();

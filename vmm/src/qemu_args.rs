@@ -25,9 +25,25 @@ pub struct QemuSpec {
     pub virtio_fs: Option<PathBuf>,
     pub qmp_socket: PathBuf,
     pub console_log: PathBuf,
-    /// SHA-256 of the pod policy: SNP `host-data`, TDX `mrconfigid` (zero-padded to 48 bytes).
-    pub launch_digest: Option<[u8; 32]>,
+    /// `-cpu` model; `None` leaves QEMU's default.
+    pub cpu_model: Option<String>,
+    /// The pod's init data, handed to the guest as a read-only disk and bound into the launch.
+    pub init_data: Option<InitDataLaunch>,
     pub snp: SnpParams,
+}
+
+/// How a pod's init data reaches its VM (see crate `contrast-initdata`).
+#[derive(Debug, Clone)]
+pub struct InitDataLaunch {
+    /// The init data disk image (read-only virtio-blk, serial [`INIT_DATA_SERIAL`]).
+    pub disk: PathBuf,
+    /// SNP `host-data`.
+    pub host_data: [u8; HOST_DATA_LEN],
+    /// TDX `mrconfigid`.
+    pub mrconfigid: [u8; MRCONFIGID_LEN],
+    /// SIMULATION (`insecure` only): the value the guest compares its init data with, passed
+    /// through fw_cfg [`SIMULATED_BINDING_FW_CFG`] where hardware would report `host-data`.
+    pub simulated_host_data: Option<[u8; HOST_DATA_LEN]>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,7 +81,14 @@ const CGS_ID: &str = "cgs0";
 const MEMORY_ID: &str = "mem0";
 const IGVM_ID: &str = "igvm0";
 /// TDX `mrconfigid` is a SHA-384-sized field (48 bytes; TDX module ABI, TD_PARAMS).
-const MRCONFIGID_LEN: usize = 48;
+pub const MRCONFIGID_LEN: usize = 48;
+/// SNP `host-data` (32 bytes; SEV-SNP ABI, SNP_LAUNCH_FINISH).
+pub const HOST_DATA_LEN: usize = 32;
+/// Serial number the guest finds the init data disk by (kata's convention).
+pub const INIT_DATA_SERIAL: &str = "initdata";
+/// fw_cfg item carrying the simulated launch binding (hex of 32 bytes). The guest agent reads
+/// it from `/sys/firmware/qemu_fw_cfg/by_name/<this>/raw`.
+pub const SIMULATED_BINDING_FW_CFG: &str = "opt/dev.contrast/simulated-host-data";
 
 impl QemuSpec {
     pub fn args(&self) -> Vec<OsString> {
@@ -73,8 +96,8 @@ impl QemuSpec {
         a.push(["-name", &format!("{},debug-threads=on", self.name)]);
         a.push(["-no-user-config", "-nodefaults", "-display", "none", "-no-reboot"]);
         a.push(["-accel", &self.accel()]);
-        if self.kvm {
-            a.push(["-cpu", "host"]);
+        if let Some(model) = &self.cpu_model {
+            a.push(["-cpu", model]);
         }
         a.push(["-machine", &self.machine()]);
         a.push(["-smp", &self.vcpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
@@ -100,6 +123,13 @@ impl QemuSpec {
         if let Some(disk) = &self.root_disk {
             a.push(["-drive"]).joined_suffix("if=none,id=root,format=raw,readonly=on,file=", disk, "");
             a.push(["-device", "virtio-blk-pci,drive=root,disable-legacy=on"]);
+        }
+        if let Some(init) = &self.init_data {
+            a.push(["-drive"]).joined("if=none,id=initdata,format=raw,readonly=on,file=", &init.disk);
+            a.push(["-device", &format!("virtio-blk-pci,drive=initdata,serial={INIT_DATA_SERIAL},disable-legacy=on")]);
+            if let Some(value) = init.simulated_host_data {
+                a.push(["-fw_cfg", &format!("name={SIMULATED_BINDING_FW_CFG},string={}", hex(&value))]);
+            }
         }
         match &self.vsock {
             VsockDevice::Hybrid { socket } => {
@@ -169,18 +199,16 @@ impl QemuSpec {
                     // Firmware measures kernel, initrd and command line into the launch digest.
                     o.push_str(",kernel-hashes=on");
                 }
-                if let Some(d) = self.launch_digest {
-                    o.push_str(&format!(",host-data={}", b64.encode(d)));
+                if let Some(init) = &self.init_data {
+                    o.push_str(&format!(",host-data={}", b64.encode(init.host_data)));
                 }
                 Some(o)
             }
             Platform::Tdx => {
                 // tdx-guest is only accepted in JSON form when it carries binary properties.
                 let mut o = serde_json::json!({ "qom-type": "tdx-guest", "id": CGS_ID });
-                if let Some(d) = self.launch_digest {
-                    let mut field = [0u8; MRCONFIGID_LEN];
-                    field[..d.len()].copy_from_slice(&d);
-                    o["mrconfigid"] = b64.encode(field).into();
+                if let Some(init) = &self.init_data {
+                    o["mrconfigid"] = b64.encode(init.mrconfigid).into();
                 }
                 Some(o.to_string())
             }
@@ -215,6 +243,10 @@ impl Args {
         self.0.push(s);
         self
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// QEMU option values split at commas; a literal comma in a path is written twice.

@@ -27,7 +27,7 @@ impl From<PolicyError> for Error {
     fn from(e: PolicyError) -> Self {
         match e {
             PolicyError::Invalid(_) => Error::InvalidArgument(e.to_string()),
-            PolicyError::Denied(_) | PolicyError::NoPolicy(_) => Error::PermissionDenied(e.to_string()),
+            PolicyError::Denied { .. } | PolicyError::Blocked { .. } => Error::PermissionDenied(e.to_string()),
         }
     }
 }

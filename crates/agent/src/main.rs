@@ -7,9 +7,12 @@ mod agent_service;
 mod cgroup;
 mod error;
 mod init;
+mod launch;
 #[cfg(target_env = "musl")]
 mod libc_compat;
+mod measured;
 mod policy;
+mod policy_input;
 mod reaper;
 mod runner;
 mod runner_client;
@@ -60,11 +63,13 @@ fn run(is_init: bool) -> Result<()> {
     if is_init && cmdline.debug_console {
         init::spawn_debug_console();
     }
+    // Before anything is served: the init data, checked against the launch binding.
+    let policy = measured::decide_policy();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     runtime.block_on(async move {
         let reaper = reaper::Reaper::new();
         tokio::spawn(reaper.clone().run());
-        let _server = services::start(Path::new(TTRPC_SOCKET), cmdline.diagnostics, reaper).await?;
+        let _server = services::start(Path::new(TTRPC_SOCKET), cmdline.diagnostics, reaper, policy).await?;
         log!("ready on vsock port {}", contrast_agent_protocol::AGENT_VSOCK_PORT);
         transport::serve_vsock(contrast_agent_protocol::AGENT_VSOCK_PORT, Path::new(TTRPC_SOCKET)).await
     })

@@ -81,11 +81,16 @@ fn proc_kib(file: &str, key: &str) -> u64 {
 }
 
 /// Starts the ttrpc server on the guest-local unix socket.
-pub async fn start(socket: &Path, diagnostics: bool, reaper: Arc<crate::reaper::Reaper>) -> Result<Server> {
+pub async fn start(
+    socket: &Path,
+    diagnostics: bool,
+    reaper: Arc<crate::reaper::Reaper>,
+    policy: crate::policy::Policy,
+) -> Result<Server> {
     let _ = std::fs::remove_file(socket);
     let agent = crate::agent_service::AgentService {
         sandbox: Arc::new(crate::sandbox::Sandbox::new(reaper)),
-        policy: Arc::new(crate::policy::Policy::new()),
+        policy: Arc::new(policy),
     };
     let mut server = Server::new()
         .bind(&format!("unix://{}", socket.display()))

@@ -37,7 +37,8 @@ use crate::tree::Tree;
 /// that QEMU's `system_powerdown` reaches the agent.
 /// `bridge`: a container with CAP_NET_ADMIN may build bridges in the pod's network (CNI
 /// plugins and `brctl addbr` inside pods do).
-const GUEST_MODULES: &[&str] = &["vmw_vsock_virtio_transport", "button", "evdev", "bridge"];
+const GUEST_MODULES: &[&str] =
+    &["vmw_vsock_virtio_transport", "button", "evdev", "bridge", "sev_guest", "tdx_guest", "qemu_fw_cfg"];
 /// Modules the initrd loads to reach the root.
 const INITRD_MODULES: &[&str] = &["virtio_blk", "dm_verity", "erofs"];
 /// Words every pod VM's command line starts with: serial console, and a panic or a reboot
@@ -53,13 +54,22 @@ struct Args {
     agent: PathBuf,
     init: PathBuf,
     busybox: Option<PathBuf>,
+    /// `scripts/fetch-firmware.sh`'s output: OVMF.amdsev.fd, OVMF.inteltdx.fd, packages.
+    firmware: Option<PathBuf>,
     out: PathBuf,
 }
 
-const USAGE: &str = "usage: contrast-image --kernel-tree DIR --agent FILE --init FILE [--busybox FILE] --out DIR";
+const USAGE: &str =
+    "usage: contrast-image --kernel-tree DIR --agent FILE --init FILE [--busybox FILE] [--firmware DIR] --out DIR";
+/// Firmware files the confidential platforms boot, as `scripts/fetch-firmware.sh` names them.
+const SNP_FIRMWARE: &str = "OVMF.amdsev.fd";
+const TDX_FIRMWARE: &str = "OVMF.inteltdx.fd";
+/// vCPU counts the SNP reference values cover (a verifier needs the one the pod ran with).
+const SNP_VCPUS: std::ops::RangeInclusive<u32> = 1..=8;
 
 fn parse_args() -> Result<Args> {
-    let (mut kernel_tree, mut agent, mut init, mut busybox, mut out) = (None, None, None, None, None);
+    let (mut kernel_tree, mut agent, mut init, mut busybox, mut firmware, mut out) =
+        (None, None, None, None, None, None);
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().map(PathBuf::from).with_context(|| format!("{flag:?} needs a value"));
@@ -68,6 +78,7 @@ fn parse_args() -> Result<Args> {
             Some("--agent") => agent = Some(value()?),
             Some("--init") => init = Some(value()?),
             Some("--busybox") => busybox = Some(value()?),
+            Some("--firmware") => firmware = Some(value()?),
             Some("--out") => out = Some(value()?),
             _ => bail!("unknown argument {flag:?}\n{USAGE}"),
         }
@@ -78,6 +89,7 @@ fn parse_args() -> Result<Args> {
         agent: need(agent, "--agent")?,
         init: need(init, "--init")?,
         busybox,
+        firmware,
         out: need(out, "--out")?,
     })
 }
@@ -120,7 +132,7 @@ fn main() -> Result<()> {
     inputs.insert("erofs-utils".into(), json!({ "package": debian_package("erofs-utils") }));
     inputs.insert("contrast-image".into(), json!({ "version": env!("CARGO_PKG_VERSION") }));
     let salt = contrast_verity::Superblock::parse(&formatted.hash_area)?.salt;
-    let values = json!({
+    let mut values = json!({
         "kernel": file("vmlinux", &vmlinux),
         "kernel_bzimage": file("vmlinuz", &bzimage),
         "initrd": file("initrd.img", &initrd),
@@ -140,10 +152,64 @@ fn main() -> Result<()> {
         },
         "inputs": inputs,
     });
+    if let Some(dir) = &args.firmware {
+        let (snp, tdx) = launch_measurements(&args.out, dir, &cmdline)?;
+        values["snp"] = snp;
+        values["tdx"] = tdx;
+    }
     let text = serde_json::to_string_pretty(&values)? + "\n";
     write_output(&args.out, "reference-values.json", text.as_bytes())?;
     print!("{text}");
     Ok(())
+}
+
+/// Copies the confidential firmware next to the image and computes what `snp` and `tdx`
+/// launches of this image measure: SNP launch digests of OVMF + `vmlinuz` + `initrd.img` +
+/// `cmdline` (QEMU `kernel-hashes=on`) per CPU model and vCPU count, and the TDX MRTD.
+fn launch_measurements(out: &Path, dir: &Path, cmdline: &str) -> Result<(serde_json::Value, serde_json::Value)> {
+    let packages = fs::read_to_string(dir.join("packages")).unwrap_or_default();
+    let package = |name: &str| {
+        packages
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let firmware = |name: &str| -> Result<serde_json::Value> {
+        let data = read(&dir.join(name))?;
+        write_output(out, name, &data)?;
+        Ok(json!({ "file": name, "sha256": hex(&Sha256::digest(&data)), "package": package(name) }))
+    };
+    let snp_fw = firmware(SNP_FIRMWARE)?;
+    let (ovmf, kernel, initrd) = (out.join(SNP_FIRMWARE), out.join("vmlinuz"), out.join("initrd.img"));
+    let files = contrast_measure::snp::BootFiles { ovmf: &ovmf, kernel: &kernel, initrd: &initrd, cmdline };
+    let measurer = contrast_measure::snp::Measurer::new(files)?;
+    let mut digests = serde_json::Map::new();
+    for cpu in contrast_measure::snp::CPU_MODELS {
+        let mut per_vcpus = serde_json::Map::new();
+        for vcpus in SNP_VCPUS {
+            per_vcpus.insert(vcpus.to_string(), hex(&measurer.launch_digest(vcpus, cpu)?).into());
+        }
+        digests.insert((*cpu).to_owned(), per_vcpus.into());
+    }
+    let snp = json!({
+        "firmware": snp_fw,
+        "kernel": "vmlinuz",
+        "initrd": "initrd.img",
+        "cmdline": cmdline,
+        "kernel_hashes": true,
+        "vmm_type": "QEMU",
+        "guest_features": format!("{:#x}", contrast_measure::snp::GUEST_FEATURES),
+        "launch_digests": digests,
+    });
+    let tdx_fw = firmware(TDX_FIRMWARE)?;
+    let mrtd = contrast_measure::tdx::mrtd(&read(&dir.join(TDX_FIRMWARE))?)?;
+    let tdx = json!({
+        "firmware": tdx_fw,
+        "mrtd": hex(&mrtd),
+        "mrtd_order": "page by page: TDH.MEM.PAGE.ADD, then TDH.MR.EXTEND of its chunks (KVM with QEMU >= 9)",
+        "rtmrs": "not computed (kernel, initrd and command line are measured into RTMRs by the firmware)",
+    });
+    Ok((snp, tdx))
 }
 
 /// The root file system: agent, busybox (debug console), the modules the agent loads.

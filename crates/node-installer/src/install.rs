@@ -186,8 +186,20 @@ fn render_config(node: &Node, payload: &Payload) -> Result<String> {
         node.qemu.display().to_string()
     };
     qemu["path"] = toml_edit::value(qemu_path);
-    let kernel = if payload.has("share/vmlinux") { "vmlinux" } else { "vmlinuz" };
+    // OVMF (snp, tdx) boots only the bzImage; the insecure platform's direct boot prefers the
+    // ELF kernel (faster under TCG).
+    let confidential = payload.platform != "insecure";
+    let kernel = if !confidential && payload.has("share/vmlinux") { "vmlinux" } else { "vmlinuz" };
+    if !payload.has(&format!("share/{kernel}")) {
+        anyhow::bail!("payload has no share/{kernel} for platform {}", payload.platform);
+    }
     qemu["kernel"] = toml_edit::value(share(kernel));
+    if let Some(firmware) = firmware_of(&payload.platform) {
+        if !payload.has(&format!("share/{firmware}")) {
+            anyhow::bail!("payload has no share/{firmware}, the firmware platform {} boots", payload.platform);
+        }
+        qemu["firmware"] = toml_edit::value(share(firmware));
+    }
     qemu["initrd"] = toml_edit::value(share("initrd.img"));
     qemu["image"] = toml_edit::value(share("root.img"));
     qemu["kernel_params_file"] = toml_edit::value(share("cmdline"));
@@ -198,6 +210,15 @@ fn render_config(node: &Node, payload: &Payload) -> Result<String> {
     contrast_config::RuntimeClassConfig::parse(&text, Path::new("configuration.toml"))
         .context("the runtime-class config the installer would write is invalid")?;
     Ok(text)
+}
+
+/// The firmware file a confidential platform boots (`scripts/fetch-firmware.sh` names).
+fn firmware_of(platform: &str) -> Option<&'static str> {
+    match platform {
+        "snp" => Some("OVMF.amdsev.fd"),
+        "tdx" => Some("OVMF.inteltdx.fd"),
+        _ => None,
+    }
 }
 
 /// `a.b.c=value`: value as TOML (`"tcg"`, `512`, `true`), or a bare string.

@@ -310,3 +310,36 @@ fn failed_restart_leaves_the_config_as_it_was() {
     ok(&host.args("install", &restart));
     assert_eq!(host.restart_count(), 1);
 }
+
+/// Confidential platforms boot the bzImage through the firmware the payload ships; the
+/// installed config names both at their installed paths.
+#[test]
+fn confidential_platforms_get_their_firmware_and_the_bzimage() {
+    for (platform, firmware) in [("snp", "OVMF.amdsev.fd"), ("tdx", "OVMF.inteltdx.fd")] {
+        let host = Host::new();
+        let restart = host.restart_cmd();
+        let mut args = host.args("install", &restart);
+        args[2] = platform;
+        ok(&args);
+        let payload = host.payload.to_str().expect("utf-8 path");
+        let handler = ok(&["handler", "--platform", platform, "--payload", payload]).trim().to_owned();
+        let dir = host.root.join("opt/contrast").join(&handler);
+        let text = std::fs::read_to_string(dir.join("etc/configuration.toml")).expect("installed config");
+        let t: toml::Table = text.parse().expect("toml");
+        let q = &t["hypervisor"]["qemu"];
+        let share = format!("/opt/contrast/{handler}/share");
+        assert_eq!(q["firmware"].as_str(), Some(format!("{share}/{firmware}").as_str()), "{platform}");
+        assert_eq!(
+            q["kernel"].as_str(),
+            Some(format!("{share}/vmlinuz").as_str()),
+            "{platform}: OVMF boots the bzImage"
+        );
+        assert!(dir.join("share").join(firmware).is_file(), "{platform}: firmware installed");
+
+        // A payload without the firmware cannot install that platform.
+        std::fs::remove_file(host.payload.join("share").join(firmware)).expect("rm");
+        let out = installer(&args);
+        assert!(!out.status.success(), "{platform}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(firmware), "{platform}");
+    }
+}

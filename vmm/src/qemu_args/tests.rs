@@ -12,7 +12,7 @@ const QEMU: &str = "qemu-system-x86_64";
 fn spec(platform: Platform, igvm: bool) -> QemuSpec {
     let dir = PathBuf::from("/run/contrast/k8s.io/pod1");
     let firmware = match platform {
-        Platform::Snp => Some(PathBuf::from("/opt/contrast/share/OVMF.fd")),
+        Platform::Snp => Some(PathBuf::from("/opt/contrast/share/OVMF.amdsev.fd")),
         Platform::Tdx => Some(PathBuf::from("/opt/contrast/share/OVMF.inteltdx.fd")),
         Platform::Insecure => None,
     };
@@ -21,7 +21,12 @@ fn spec(platform: Platform, igvm: bool) -> QemuSpec {
     } else {
         BootSource::Kernel {
             firmware,
-            kernel: PathBuf::from("/opt/contrast/share/vmlinux"),
+            // OVMF boots the bzImage; only the insecure platform's direct boot takes the ELF.
+            kernel: PathBuf::from(if platform == Platform::Insecure {
+                "/opt/contrast/share/vmlinux"
+            } else {
+                "/opt/contrast/share/vmlinuz"
+            }),
             initrd: Some(PathBuf::from("/opt/contrast/share/initrd.img")),
             cmdline: "console=ttyS0 panic=-1 quiet".into(),
         }
@@ -43,7 +48,17 @@ fn spec(platform: Platform, igvm: bool) -> QemuSpec {
         virtio_fs: (!confidential).then(|| dir.join("virtiofsd.sock")),
         qmp_socket: dir.join("qmp.sock"),
         console_log: dir.join("console.log"),
-        launch_digest: confidential.then_some([0xab; 32]),
+        cpu_model: match platform {
+            Platform::Snp => Some("EPYC-v4".into()),
+            Platform::Tdx => Some("host".into()),
+            Platform::Insecure => None,
+        },
+        init_data: confidential.then(|| InitDataLaunch {
+            disk: dir.join("initdata.img"),
+            host_data: [0xab; 32],
+            mrconfigid: [0xcd; 48],
+            simulated_host_data: None,
+        }),
         snp: SnpParams { cbitpos: 51, reduced_phys_bits: 1, policy: 0x30000 },
     }
 }
@@ -93,9 +108,29 @@ fn confidential_objects_carry_the_launch_digest() {
     let field = base64::engine::general_purpose::STANDARD
         .decode(v["mrconfigid"].as_str().expect("mrconfigid"))
         .expect("base64");
-    assert_eq!(field.len(), MRCONFIGID_LEN);
-    assert_eq!(&field[..32], &[0xab; 32]);
-    assert!(field[32..].iter().all(|&b| b == 0));
+    assert_eq!(field, [0xcd; MRCONFIGID_LEN]);
+    for args in [&snp, &tdx] {
+        assert!(args.contains("file=/run/contrast/k8s.io/pod1/initdata.img\n"), "{args}");
+        assert!(args.contains("virtio-blk-pci,drive=initdata,serial=initdata,disable-legacy=on"), "{args}");
+        assert!(!args.contains("fw_cfg"), "no simulation on real platforms: {args}");
+    }
+}
+
+#[test]
+fn simulated_binding_goes_through_fw_cfg() {
+    let mut s = spec(Platform::Insecure, false);
+    s.init_data = Some(InitDataLaunch {
+        disk: PathBuf::from("/run/i.img"),
+        host_data: [1; 32],
+        mrconfigid: [1; 48],
+        simulated_host_data: Some([0x5a; 32]),
+    });
+    let args = render(&s);
+    assert!(
+        args.contains(&format!("-fw_cfg\nname=opt/dev.contrast/simulated-host-data,string={}\n", "5a".repeat(32))),
+        "{args}"
+    );
+    assert!(!args.contains("host-data="), "insecure has no hardware binding: {args}");
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub fn fake_payload(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p.join("bin/containerd-shim-contrast-cc-v2"), std::fs::Permissions::from_mode(0o755))
         .expect("chmod");
-    for f in ["vmlinux", "initrd.img", "root.img", "cmdline"] {
+    for f in ["vmlinux", "vmlinuz", "initrd.img", "root.img", "cmdline", "OVMF.amdsev.fd", "OVMF.inteltdx.fd"] {
         std::fs::write(p.join("share").join(f), format!("placeholder {f}\n")).expect("write");
     }
     copy_templates(&p);
