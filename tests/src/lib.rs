@@ -41,6 +41,8 @@ pub struct TestConfig {
     pub verity_root: bool,
     pub qemu: PathBuf,
     pub state_dir: PathBuf,
+    /// `hypervisor.qemu.shared_fs`: `virtio-fs` (default) or `none`.
+    pub shared_fs: &'static str,
     pub extra: String,
 }
 
@@ -58,6 +60,7 @@ impl TestConfig {
             verity_root: true,
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             state_dir: state_dir.to_owned(),
+            shared_fs: "virtio-fs",
             extra: String::new(),
         }
     }
@@ -88,7 +91,7 @@ initrd = "{initrd}"
 default_memory = 512
 default_maxmemory = 2048
 vsock_mode = "hybrid"
-shared_fs = "virtio-fs"
+shared_fs = "{shared_fs}"
 enable_annotations = ["default_memory", "cc_init_data"]
 {extra}
 [agent.kata]
@@ -101,6 +104,7 @@ state_dir = "{state}"
             kernel = self.kernel.display(),
             initrd = self.initrd.display(),
             state = self.state_dir.display(),
+            shared_fs = self.shared_fs,
             extra = self.extra,
         )
     }

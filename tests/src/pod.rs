@@ -114,6 +114,19 @@ impl TestPod {
         Self::start_with(image, id, "", None).await
     }
 
+    /// A pod on the confidential path's devices (simulated binding, no init data, so no
+    /// policy): a virtio-scsi controller for image layers, no virtio-fs share.
+    pub async fn start_layered(image: &Path, id: &str) -> Result<TestPod> {
+        Self::start_inner(image, id, "simulate_launch_binding = true", None, false).await
+    }
+
+    /// QEMU's command line, one argument per line.
+    pub fn vm_args(&self) -> String {
+        std::fs::read(format!("/proc/{}/cmdline", self.vm.qemu_pid()))
+            .map(|b| b.split(|&c| c == 0).map(|a| String::from_utf8_lossy(a).into_owned() + "\n").collect())
+            .unwrap_or_default()
+    }
+
     /// As [`TestPod::start`] with the pod's init data and a SIMULATED launch binding of it
     /// (`simulate_launch_binding`): the guest enforces the init data's policy from the start.
     pub async fn start_measured(image: &Path, id: &str, init_data: &contrast_initdata::InitData) -> Result<TestPod> {
@@ -132,11 +145,24 @@ impl TestPod {
         extra_config: &str,
         init_data: Option<contrast_vmm::LaunchInitData>,
     ) -> Result<TestPod> {
+        Self::start_inner(image, id, extra_config, init_data, true).await
+    }
+
+    async fn start_inner(
+        image: &Path,
+        id: &str,
+        extra_config: &str,
+        init_data: Option<contrast_vmm::LaunchInitData>,
+        share: bool,
+    ) -> Result<TestPod> {
         let scratch = tempfile::Builder::new().prefix("cp").tempdir()?;
         let shared = scratch.path().join("shared");
         busybox_rootfs(&shared)?;
         let mut config = TestConfig::new(image, &scratch.path().join("run"));
         config.extra = extra_config.into();
+        if !share {
+            config.shared_fs = "none";
+        }
         let config = config.write_and_load(&scratch.path().join("configuration.toml"))?;
         let overrides = config.pod_overrides(&BTreeMap::new())?;
         let vm = PodVm::launch(LaunchRequest {
@@ -145,7 +171,7 @@ impl TestPod {
             overrides: &overrides,
             state_dir: scratch.path().join("run/default").join(id),
             init_data,
-            shared_dir: Some(shared),
+            shared_dir: share.then_some(shared),
         })
         .await?;
         let agent = AgentClient::new(vm.dial_agent().await?, REQUEST_TIMEOUT);
@@ -157,7 +183,9 @@ impl TestPod {
         let mut req = agent::CreateSandboxRequest::new();
         req.hostname = "pod".into();
         req.sandbox_id = id.into();
-        req.storages = vec![storage];
+        if share {
+            req.storages = vec![storage];
+        }
         agent.create_sandbox(&req).await?;
         Ok(TestPod { vm, agent, rootfs: format!("{GUEST_SHARED}/busybox"), _scratch: scratch })
     }

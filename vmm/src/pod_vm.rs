@@ -240,6 +240,7 @@ impl PodVm {
             qmp_socket: paths.qmp.clone(),
             console_log: paths.console.clone(),
             cpu_model: req.config.cpu_model(kvm),
+            scsi_controller: req.config.confidential_path(),
             init_data,
             snp: SnpParams { cbitpos: q.cbitpos, reduced_phys_bits: q.reduced_phys_bits, policy: q.snp_guest_policy },
         };

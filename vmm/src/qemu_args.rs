@@ -29,6 +29,9 @@ pub struct QemuSpec {
     pub cpu_model: Option<String>,
     /// The pod's init data, handed to the guest as a read-only disk and bound into the launch.
     pub init_data: Option<InitDataLaunch>,
+    /// A virtio-scsi controller for container image layers hot-plugged as read-only disks
+    /// (the confidential path's images).
+    pub scsi_controller: bool,
     pub snp: SnpParams,
 }
 
@@ -84,6 +87,8 @@ const IGVM_ID: &str = "igvm0";
 pub const MRCONFIGID_LEN: usize = 48;
 /// SNP `host-data` (32 bytes; SEV-SNP ABI, SNP_LAUNCH_FINISH).
 pub const HOST_DATA_LEN: usize = 32;
+/// `id=` of the virtio-scsi controller layer disks are hot-plugged on (bus `<id>.0`).
+pub const SCSI_CONTROLLER_ID: &str = "scsi0";
 /// Serial number the guest finds the init data disk by (kata's convention).
 pub const INIT_DATA_SERIAL: &str = "initdata";
 /// fw_cfg item carrying the simulated launch binding (hex of 32 bytes). The guest agent reads
@@ -123,6 +128,9 @@ impl QemuSpec {
         if let Some(disk) = &self.root_disk {
             a.push(["-drive"]).joined_suffix("if=none,id=root,format=raw,readonly=on,file=", disk, "");
             a.push(["-device", "virtio-blk-pci,drive=root,disable-legacy=on"]);
+        }
+        if self.scsi_controller {
+            a.push(["-device", &format!("virtio-scsi-pci,id={SCSI_CONTROLLER_ID},disable-legacy=on")]);
         }
         if let Some(init) = &self.init_data {
             a.push(["-drive"]).joined("if=none,id=initdata,format=raw,readonly=on,file=", &init.disk);

@@ -164,6 +164,74 @@ impl QmpClient {
     }
 }
 
+/// QMP commands sent with arguments built as JSON (`blockdev-add`, `device_add`, ...): the
+/// generated argument types would cost resident code for the few fields we set.
+macro_rules! raw_command {
+    ($ty:ident, $name:literal) => {
+        #[derive(serde::Serialize)]
+        #[serde(transparent)]
+        struct $ty(serde_json::Value);
+        impl qapi::qmp::QmpCommand for $ty {}
+        impl qapi::Command for $ty {
+            type Ok = serde_json::Value;
+            const NAME: &'static str = $name;
+            const ALLOW_OOB: bool = false;
+        }
+    };
+}
+raw_command!(BlockdevAdd, "blockdev-add");
+raw_command!(BlockdevDel, "blockdev-del");
+raw_command!(DeviceAdd, "device_add");
+raw_command!(DeviceDel, "device_del");
+
+impl QmpClient {
+    /// Hot-plugs `file` read-only as SCSI disk `id` at `scsi_id` (LUN 0) on the VM's
+    /// virtio-scsi controller [`crate::qemu_args::SCSI_CONTROLLER_ID`].
+    pub async fn attach_scsi_disk(&self, id: &str, file: &std::path::Path, scsi_id: u32) -> Result<(), Error> {
+        let node = format!("{id}-node");
+        self.execute(BlockdevAdd(serde_json::json!({
+            "driver": "raw",
+            "node-name": node,
+            "read-only": true,
+            "file": { "driver": "file", "filename": file, "read-only": true },
+        })))
+        .await?;
+        let added = self
+            .execute(DeviceAdd(serde_json::json!({
+                "driver": "scsi-hd",
+                "id": id,
+                "bus": format!("{}.0", crate::qemu_args::SCSI_CONTROLLER_ID),
+                "drive": node,
+                "channel": 0,
+                "scsi-id": scsi_id,
+                "lun": 0,
+            })))
+            .await;
+        if let Err(e) = added {
+            let _ = self.execute(BlockdevDel(serde_json::json!({ "node-name": node }))).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unplugs SCSI disk `id` (the guest has released it) and its block node.
+    pub async fn detach_scsi_disk(&self, id: &str) -> Result<(), Error> {
+        let mut events = self.subscribe();
+        self.execute(DeviceDel(serde_json::json!({ "id": id }))).await?;
+        // SCSI unplug completes at once; wait for QEMU to say so before the node goes.
+        let _ = tokio::time::timeout(self.command_timeout, async {
+            while let Ok(ev) = events.recv().await {
+                if ev.name == "DEVICE_DELETED" && ev.data["device"] == id {
+                    return;
+                }
+            }
+        })
+        .await;
+        self.execute(BlockdevDel(serde_json::json!({ "node-name": format!("{id}-node") }))).await?;
+        Ok(())
+    }
+}
+
 /// `x-query-virtio-status`, answered with only the device status read: the full generated
 /// reply type (features, vhost state, ...) would cost the shim a few hundred KiB of resident
 /// code per pod for fields it never looks at.

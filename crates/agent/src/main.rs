@@ -8,6 +8,7 @@ mod cgroup;
 mod error;
 mod init;
 mod launch;
+mod layers;
 #[cfg(target_env = "musl")]
 mod libc_compat;
 mod measured;

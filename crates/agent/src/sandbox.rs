@@ -195,7 +195,7 @@ impl Sandbox {
         let mounted = mount_all(&req.storages)?;
         if !req.hostname.is_empty() {
             if let Err(e) = nix::unistd::sethostname(&req.hostname) {
-                mounted.iter().for_each(|p| storage::unmount(p));
+                mounted.iter().rev().for_each(|p| storage::unmount(p));
                 return Err(Error::InvalidArgument(format!("hostname {:?}: {e}", req.hostname)));
             }
         }
@@ -248,7 +248,7 @@ impl Sandbox {
         match self.create_with_storages(id, req, converted, mounted.clone()).await {
             Ok(c) => Ok(Arc::new(c)),
             Err(e) => {
-                mounted.iter().for_each(|p| storage::unmount(p));
+                mounted.iter().rev().for_each(|p| storage::unmount(p));
                 Err(e)
             }
         }
@@ -471,7 +471,8 @@ impl Sandbox {
             log!("deleting container {id}: {e}");
         }
         let _ = std::fs::remove_dir_all(&c.bundle);
-        for p in &c.storages {
+        // Last mounted first: an overlay before the layers under it.
+        for p in c.storages.iter().rev() {
             storage::unmount(p);
         }
         {
@@ -548,7 +549,7 @@ fn mount_all(storages: &[agent::Storage]) -> Result<Vec<PathBuf>, Error> {
         match storage::mount_storage(s) {
             Ok(p) => mounted.push(p),
             Err(e) => {
-                mounted.iter().for_each(|p| storage::unmount(p));
+                mounted.iter().rev().for_each(|p| storage::unmount(p));
                 return Err(Error::from(e));
             }
         }

@@ -8,7 +8,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("storage driver `{0}` is not supported (supported: virtio-fs, local, ephemeral)")]
+    #[error(
+        "storage driver `{0}` is not supported (supported: virtio-fs, local, ephemeral, contrast.layer, overlayfs)"
+    )]
     UnsupportedDriver(String),
     #[error("storage `{source_name}`: {problem}")]
     Invalid { source_name: String, problem: String },
@@ -22,6 +24,11 @@ pub fn mount_storage(s: &Storage) -> Result<PathBuf, StorageError> {
     if !s.mount_point.starts_with('/') || s.mount_point.contains("/../") || s.mount_point.ends_with("/..") {
         return Err(invalid("mount_point must be an absolute path without `..`"));
     }
+    let target = PathBuf::from(&s.mount_point);
+    if s.driver == crate::layers::LAYER_DRIVER {
+        crate::layers::mount_layer(s, &target)?;
+        return Ok(target);
+    }
     let (fstype, source) = match s.driver.as_str() {
         "virtio-fs" => {
             if s.source.is_empty() {
@@ -31,9 +38,23 @@ pub fn mount_storage(s: &Storage) -> Result<PathBuf, StorageError> {
         }
         // A guest directory or tmpfs the container sees as a volume.
         "local" | "ephemeral" => ("tmpfs", "tmpfs"),
+        // A container root from verified layers: `lowerdir=` their mount points, a
+        // writable upper layer in guest memory (`upperdir=`, `workdir=` are created).
+        "overlayfs" => {
+            for o in &s.options {
+                for key in ["upperdir=", "workdir="] {
+                    if let Some(dir) = o.strip_prefix(key) {
+                        if !dir.starts_with('/') || dir.contains("..") {
+                            return Err(invalid("upperdir/workdir must be absolute paths without `..`"));
+                        }
+                        std::fs::create_dir_all(dir).map_err(|e| invalid(&format!("creating {dir}: {e}")))?;
+                    }
+                }
+            }
+            ("overlay", "overlay")
+        }
         other => return Err(StorageError::UnsupportedDriver(other.into())),
     };
-    let target = PathBuf::from(&s.mount_point);
     std::fs::create_dir_all(&target).map_err(|e| invalid(&format!("creating the mount point: {e}")))?;
     let (flags, data) = mount_options(&s.options);
     mount(Some(source), &target, Some(fstype), flags, (!data.is_empty()).then_some(data.as_str())).map_err(
@@ -53,6 +74,7 @@ pub fn unmount(target: &Path) {
         crate::log!("unmounting {}: {e}", target.display());
     }
     let _ = std::fs::remove_dir(target);
+    crate::layers::close_layer(target);
 }
 
 fn mount_options(options: &[String]) -> (MsFlags, String) {

@@ -36,9 +36,21 @@ use crate::tree::Tree;
 /// Modules the agent loads: virtio vsock transport, and the ACPI power button with evdev so
 /// that QEMU's `system_powerdown` reaches the agent.
 /// `bridge`: a container with CAP_NET_ADMIN may build bridges in the pod's network (CNI
-/// plugins and `brctl addbr` inside pods do).
-const GUEST_MODULES: &[&str] =
-    &["vmw_vsock_virtio_transport", "button", "evdev", "bridge", "sev_guest", "tdx_guest", "qemu_fw_cfg"];
+/// plugins and `brctl addbr` inside pods do). `sev_guest`, `tdx_guest`: the attestation
+/// report the init data is checked against; `qemu_fw_cfg`: the simulated binding.
+/// `virtio_scsi`, `sd_mod`, `overlay`: image layers as hot-plugged disks under an overlay.
+const GUEST_MODULES: &[&str] = &[
+    "vmw_vsock_virtio_transport",
+    "button",
+    "evdev",
+    "bridge",
+    "sev_guest",
+    "tdx_guest",
+    "qemu_fw_cfg",
+    "virtio_scsi",
+    "sd_mod",
+    "overlay",
+];
 /// Modules the initrd loads to reach the root.
 const INITRD_MODULES: &[&str] = &["virtio_blk", "dm_verity", "erofs"];
 /// Words every pod VM's command line starts with: serial console, and a panic or a reboot

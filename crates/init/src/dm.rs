@@ -71,6 +71,12 @@ impl Control {
         result
     }
 
+    /// Removes device `name` (it must not be open).
+    pub fn remove(&self, name: &str) -> Result<(), Error> {
+        let mut buf = header(name, "", DM_IOCTL_SIZE)?;
+        self.ioctl(DM_DEV_REMOVE, "remove", name, &mut buf)
+    }
+
     fn load_and_resume(&self, name: &str, target: &Target<'_>, read_only: bool) -> Result<(u32, u32), Error> {
         // Target spec, then the NUL-terminated parameter string, padded to 8 bytes.
         let spec_len = (TARGET_SPEC_SIZE + target.params.len() + 1).div_ceil(8) * 8;

@@ -53,6 +53,7 @@ fn spec(platform: Platform, igvm: bool) -> QemuSpec {
             Platform::Tdx => Some("host".into()),
             Platform::Insecure => None,
         },
+        scsi_controller: confidential,
         init_data: confidential.then(|| InitDataLaunch {
             disk: dir.join("initdata.img"),
             host_data: [0xab; 32],
