@@ -162,9 +162,9 @@ pub struct QemuConfig {
     pub enable_annotations: Vec<String>,
     /// SIMULATION, `insecure` only: pods follow the confidential path (init data required
     /// and handed over as a disk, no `SetPolicy` shortcut, the guest checks the init data
-    /// against a launch binding) with the binding passed through QEMU `fw_cfg` instead of
-    /// SNP/TDX hardware. Not confidential: the host sets both sides. Container root
-    /// filesystems still come through `shared_fs` until the verified image path exists.
+    /// against a launch binding, container images as verified layers, no host share) with
+    /// the binding passed through QEMU `fw_cfg` instead of SNP/TDX hardware. Not
+    /// confidential: the host sets both sides.
     #[serde(default)]
     pub simulate_launch_binding: bool,
     /// SIMULATION, tests of the trust chain: bind a value one bit off the pod's init data
@@ -232,11 +232,15 @@ pub struct RuntimeSection {
     /// Directory under which each pod gets its state dir `<state_dir>/<namespace>/<sandbox-id>`.
     #[serde(default = "defaults::state_dir")]
     pub state_dir: PathBuf,
+    /// Where the confidential path caches each image layer as the EROFS + dm-verity image
+    /// handed to guests (one file per layer digest, shared by all pods of the node).
+    #[serde(default = "defaults::layer_cache_dir")]
+    pub layer_cache_dir: PathBuf,
 }
 
 impl Default for RuntimeSection {
     fn default() -> Self {
-        RuntimeSection { state_dir: defaults::state_dir() }
+        RuntimeSection { state_dir: defaults::state_dir(), layer_cache_dir: defaults::layer_cache_dir() }
     }
 }
 
@@ -285,6 +289,9 @@ mod defaults {
     }
     pub fn state_dir() -> PathBuf {
         PathBuf::from("/run/contrast")
+    }
+    pub fn layer_cache_dir() -> PathBuf {
+        PathBuf::from("/var/lib/contrast/layers")
     }
 }
 
@@ -348,6 +355,14 @@ impl RuntimeClassConfig {
         }
         if q.platform != Platform::Insecure && q.accel == Accel::Tcg {
             return Err(invalid("accel", format!("platform {} needs KVM", q.platform)));
+        }
+        if q.simulate_launch_binding && q.shared_fs == SharedFs::VirtioFs {
+            return Err(invalid(
+                "shared_fs",
+                "the simulated confidential path takes container images as verified layers, never from a host \
+                 share; use \"none\""
+                    .into(),
+            ));
         }
         if q.platform != Platform::Insecure && q.shared_fs == SharedFs::VirtioFs {
             return Err(invalid(

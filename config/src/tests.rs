@@ -134,6 +134,8 @@ fn simulation_is_insecure_only_and_the_cpu_model_is_explicit_on_snp() {
     let c = RuntimeClassConfig::parse(&sim, origin()).expect("valid");
     assert!(c.confidential_path());
     assert!(!RuntimeClassConfig::parse(MINIMAL, origin()).expect("valid").confidential_path());
+    let err = RuntimeClassConfig::parse(&format!("{sim}shared_fs = \"virtio-fs\"\n"), origin()).expect_err("share");
+    assert!(err.to_string().contains("shared_fs"), "{err}");
     let err = RuntimeClassConfig::parse(&format!("{MINIMAL}simulate_binding_mismatch = true\n"), origin())
         .expect_err("mismatch without simulation");
     assert!(err.to_string().contains("simulate_binding_mismatch"), "{err}");

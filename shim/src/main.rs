@@ -5,6 +5,7 @@ mod bootstrap;
 mod error;
 mod events;
 mod io;
+mod layers;
 mod logbinary;
 mod metrics;
 mod pod;

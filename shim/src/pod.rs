@@ -33,6 +33,12 @@ pub struct Pod {
     pub agent: AgentClient,
     /// Host directory the guest sees at [`GUEST_SHARED`].
     pub shared: PathBuf,
+    /// The runtime config the pod was started with.
+    pub config: RuntimeClassConfig,
+    /// Confidential path (real or simulated binding): containers run verified image layers.
+    pub confidential: bool,
+    /// Hot-plugged layer disks per container.
+    pub layers: crate::layers::LayerDisks,
 }
 
 /// The runtime config: runtime options `ConfigPath`, else next to the binary, else the default.
@@ -143,7 +149,16 @@ impl Pod {
                     agent_ready_ms = started.elapsed().as_millis() as u64,
                     "pod VM ready"
                 );
-                Ok(Pod { id: sandbox_id.to_owned(), config_path: config_path.to_owned(), vm, agent, shared })
+                Ok(Pod {
+                    id: sandbox_id.to_owned(),
+                    config_path: config_path.to_owned(),
+                    vm,
+                    agent,
+                    shared,
+                    config: config.clone(),
+                    confidential: config.confidential_path(),
+                    layers: Default::default(),
+                })
             }
             Err(e) => {
                 vm.stop().await;

@@ -98,6 +98,8 @@ pub struct Inner {
     namespace: String,
     events: EventQueue,
     exit: Arc<ExitSignal>,
+    /// containerd's gRPC socket (the image layers of confidential pods are read there).
+    containerd: String,
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     ctrs: Mutex<HashMap<String, Arc<Ctr>>>,
 }
@@ -106,11 +108,12 @@ pub struct Inner {
 pub struct TaskService(Arc<Inner>);
 
 impl TaskService {
-    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(namespace: &str, containerd: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
         TaskService(Arc::new(Inner {
             namespace: namespace.into(),
             events: EventQueue::start(events::Containerd { publisher, namespace: namespace.into() }),
             exit,
+            containerd: containerd.into(),
             pod: tokio::sync::Mutex::new(None),
             ctrs: Mutex::new(HashMap::new()),
         }))
@@ -277,6 +280,71 @@ impl Inner {
         result
     }
 
+    /// The guest spec and storages of a container on the confidential path: the sandbox
+    /// runs the guest's own pause; any other container its image's verified layers. Host
+    /// bind mounts cannot reach such a guest (no host share): they are left out.
+    async fn confidential_container(
+        &self,
+        pod: &Arc<Pod>,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(contrast_agent_protocol::oci::Spec, Vec<agent::Storage>), ShimError> {
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let mounts: Vec<_> = spec
+            .mounts()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| {
+                let bind = m.typ().as_deref() == Some("bind")
+                    || m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"));
+                if bind {
+                    tracing::info!(container = id, destination = %m.destination().display(), "host bind mount left out on the confidential path");
+                }
+                !bind
+            })
+            .collect();
+        if annotations.get("io.kubernetes.cri.container-type").map(String::as_str) == Some("sandbox") {
+            let mut oci =
+                spec::convert(spec, crate::layers::GUEST_PAUSE_ROOT, &mounts).map_err(ShimError::InvalidArgument)?;
+            if let Some(p) = oci.Process.as_mut() {
+                p.Args = crate::layers::GUEST_PAUSE_ARGS.iter().map(|a| a.to_string()).collect();
+            }
+            return Ok((oci, Vec::new()));
+        }
+        let image = annotations.get(crate::layers::IMAGE_NAME_ANNOTATION).ok_or_else(|| {
+            ShimError::FailedPrecondition(format!(
+                "container {id}: a confidential pod's containers run verified image layers, and this one names no image \
+                 ({} annotation; CRI sets it, `ctr run` does not)",
+                crate::layers::IMAGE_NAME_ANNOTATION
+            ))
+        })?;
+        let config = &pod.config;
+        let result = crate::layers::container_rootfs(
+            pod,
+            std::path::Path::new(&self.containerd),
+            &self.namespace,
+            &config.runtime.layer_cache_dir,
+            id,
+            image,
+        )
+        .await;
+        let (storages, rootfs) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                crate::layers::detach(pod, id).await;
+                return Err(e);
+            }
+        };
+        match spec::convert(spec, &rootfs, &mounts) {
+            Ok(oci) => Ok((oci, storages)),
+            Err(e) => {
+                crate::layers::detach(pod, id).await;
+                Err(ShimError::InvalidArgument(e))
+            }
+        }
+    }
+
     async fn create_in_pod(
         self: &Arc<Self>,
         pod: &Arc<Pod>,
@@ -284,33 +352,43 @@ impl Inner {
         spec: &oci_spec::runtime::Spec,
     ) -> Result<api::CreateTaskResponse, ShimError> {
         let (host_dir, guest_dir) = pod.container_dirs(&req.id);
-        let host_rootfs = host_dir.join("rootfs");
-        let undo = || rootfs::unmount_all(&host_dir);
-        rootfs::mount_rootfs(&req.rootfs, std::path::Path::new(&req.bundle), &host_rootfs).map_err(|e| {
-            undo();
-            ShimError::InvalidArgument(e)
-        })?;
-        let mounts = rootfs::share_bind_mounts(
-            spec.mounts().as_deref().unwrap_or_default(),
-            &host_dir.join("mounts"),
-            &format!("{guest_dir}/mounts"),
-        )
-        .map_err(|e| {
-            undo();
-            ShimError::InvalidArgument(e)
-        })?;
-        let oci = spec::convert(spec, &format!("{guest_dir}/rootfs"), &mounts).map_err(|e| {
-            undo();
-            ShimError::InvalidArgument(e)
-        })?;
+        let undo_share = || rootfs::unmount_all(&host_dir);
         let mut creq = agent::CreateContainerRequest::new();
+        if pod.confidential {
+            let (oci, storages) = self.confidential_container(pod, &req.id, spec).await?;
+            creq.OCI = Some(oci).into();
+            creq.storages = storages;
+        } else {
+            let host_rootfs = host_dir.join("rootfs");
+            rootfs::mount_rootfs(&req.rootfs, std::path::Path::new(&req.bundle), &host_rootfs).map_err(|e| {
+                undo_share();
+                ShimError::InvalidArgument(e)
+            })?;
+            let mounts = rootfs::share_bind_mounts(
+                spec.mounts().as_deref().unwrap_or_default(),
+                &host_dir.join("mounts"),
+                &format!("{guest_dir}/mounts"),
+            )
+            .map_err(|e| {
+                undo_share();
+                ShimError::InvalidArgument(e)
+            })?;
+            let oci = spec::convert(spec, &format!("{guest_dir}/rootfs"), &mounts).map_err(|e| {
+                undo_share();
+                ShimError::InvalidArgument(e)
+            })?;
+            creq.OCI = Some(oci).into();
+        }
+        let undo = || async {
+            undo_share();
+            crate::layers::detach(pod, &req.id).await;
+        };
         creq.container_id = req.id.clone();
         creq.exec_id = req.id.clone();
-        creq.OCI = Some(oci).into();
         creq.sandbox_pidns = spec::shares_pod_pid_namespace(spec);
         let agent_started = std::time::Instant::now();
         if let Err(e) = pod.agent.create_container(&creq).await {
-            undo();
+            undo().await;
             return Err(e.into());
         }
         tracing::info!(guest_create_ms = agent_started.elapsed().as_millis() as u64, "container created in the guest");
@@ -430,6 +508,7 @@ impl Inner {
                 }
             }
             rootfs::unmount_all(&pod.container_dirs(&req.id).0);
+            crate::layers::detach(pod, &req.id).await;
         }
         lock(&self.ctrs).remove(&req.id);
         let e = ev::TaskDelete {

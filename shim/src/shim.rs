@@ -18,6 +18,8 @@ const DEAD_SHIM_STATUS: u32 = 128 + 9;
 
 pub struct ContrastShim {
     namespace: String,
+    /// containerd's gRPC address.
+    address: String,
     id: String,
     bundle: String,
     exit: Arc<ExitSignal>,
@@ -30,6 +32,7 @@ impl Shim for ContrastShim {
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         ContrastShim {
             namespace: args.namespace.clone(),
+            address: args.address.clone(),
             id: args.id.clone(),
             bundle: args.bundle.clone(),
             exit: Arc::new(ExitSignal::default()),
@@ -81,6 +84,6 @@ impl Shim for ContrastShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        TaskService::new(&self.namespace, publisher, self.exit.clone())
+        TaskService::new(&self.namespace, &self.address, publisher, self.exit.clone())
     }
 }

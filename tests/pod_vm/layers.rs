@@ -3,57 +3,14 @@
 //! virtio-scsi, opened in the guest through dm-verity with its root hash, overlaid with a
 //! writable upper layer in guest memory. No virtio-fs, no network device.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use contrast_agent_protocol::agent;
+use contrast_tests::images::{blob_content, three_layers};
 use contrast_tests::pod::{container_spec, create_request, TestPod};
 use sha2::{Digest, Sha256};
 
 use crate::Scratch;
-
-const BLOB_SIZE: usize = 3 << 20;
-
-fn tar_layer(files: &[(&str, Vec<u8>, u32)], symlinks: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data, mode) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(*mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, &data[..]).expect("append");
-    }
-    for (path, target) in symlinks {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_size(0);
-        b.append_link(&mut h, path, target).expect("symlink");
-    }
-    let tar = b.into_inner().expect("tar");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).expect("gzip");
-    gz.finish().expect("gzip")
-}
-
-/// Three layers: busybox; a 3 MiB file and /etc/motd; a replacement /etc/motd.
-pub fn three_layers() -> (Vec<Vec<u8>>, Vec<u8>) {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
-    let links: Vec<(String, &str)> =
-        ["sh", "cat", "sha256sum", "echo", "sleep"].iter().map(|a| (format!("bin/{a}"), "busybox")).collect();
-    let links: Vec<(&str, &str)> = links.iter().map(|(p, t)| (p.as_str(), *t)).collect();
-    let base = tar_layer(&[("bin/busybox", busybox, 0o755)], &links);
-    let blob: Vec<u8> = (0..BLOB_SIZE).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let middle = tar_layer(&[("data/blob", blob.clone(), 0o644), ("etc/motd", b"lower\n".to_vec(), 0o644)], &[]);
-    let top = tar_layer(&[("etc/motd", b"upper replaces lower\n".to_vec(), 0o644)], &[]);
-    (vec![base, middle, top], blob)
-}
 
 struct Layer {
     digest: String,
@@ -122,7 +79,7 @@ async fn attach(pod: &TestPod, layers: &[Layer], first: u32, tag: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verified_layers_make_the_rootfs_and_a_flipped_byte_names_its_layer() {
     let scratch = Scratch::new();
-    let (blobs, blob) = three_layers();
+    let (blobs, blob) = (three_layers("upper replaces lower"), blob_content());
     let layers = write_layers(scratch.dir.path(), &blobs);
     let pod = TestPod::start_layered(&contrast_tests::image_dir().expect("image"), "layers").await.expect("pod");
     let args = pod.vm_args();

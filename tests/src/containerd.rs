@@ -150,6 +150,7 @@ impl Containerd {
         ] {
             let mut sim = TestConfig::new(image_dir, &d.join("run"));
             sim.extra = extra.into();
+            sim.shared_fs = "none";
             let path = d.join(format!("bin/{handler}.toml"));
             std::fs::write(&path, sim.to_toml())?;
             text.push_str(&format!(
@@ -308,7 +309,7 @@ state = "{d}/state"
 
     /// `ctr` against this containerd in `namespace`, under a timeout: a hung call must fail
     /// the test, not hang the suite.
-    fn ctr_command(&self, namespace: &str) -> Command {
+    pub fn ctr_command(&self, namespace: &str) -> Command {
         let mut cmd = Command::new("timeout");
         cmd.args(["--kill-after=5", CTR_TIMEOUT])
             .arg(self.release.binary("ctr"))

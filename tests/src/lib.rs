@@ -3,6 +3,7 @@
 //! leftovers (processes, state dirs) of a pod.
 
 pub mod containerd;
+pub mod images;
 pub mod pod;
 pub mod tamper;
 
@@ -99,6 +100,7 @@ dial_timeout = 60
 
 [runtime]
 state_dir = "{state}"
+layer_cache_dir = "{state}-layers"
 "#,
             qemu = self.qemu.display(),
             kernel = self.kernel.display(),

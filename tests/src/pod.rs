@@ -111,7 +111,7 @@ pub struct TestPod {
 impl TestPod {
     /// Boots the image, shares a fresh busybox rootfs, creates the guest sandbox.
     pub async fn start(image: &Path, id: &str) -> Result<TestPod> {
-        Self::start_with(image, id, "", None).await
+        Self::start_inner(image, id, "", None, true).await
     }
 
     /// A pod on the confidential path's devices (simulated binding, no init data, so no
@@ -127,8 +127,9 @@ impl TestPod {
             .unwrap_or_default()
     }
 
-    /// As [`TestPod::start`] with the pod's init data and a SIMULATED launch binding of it
+    /// A pod with the pod's init data and a SIMULATED launch binding of it
     /// (`simulate_launch_binding`): the guest enforces the init data's policy from the start.
+    /// No host share (the confidential path has none).
     pub async fn start_measured(image: &Path, id: &str, init_data: &contrast_initdata::InitData) -> Result<TestPod> {
         let launch = contrast_vmm::LaunchInitData {
             disk_image: init_data.to_disk(),
@@ -136,16 +137,7 @@ impl TestPod {
             mrconfigid: init_data.mrconfigid(),
             simulated_host_data: Some(init_data.host_data()),
         };
-        Self::start_with(image, id, "simulate_launch_binding = true", Some(launch)).await
-    }
-
-    async fn start_with(
-        image: &Path,
-        id: &str,
-        extra_config: &str,
-        init_data: Option<contrast_vmm::LaunchInitData>,
-    ) -> Result<TestPod> {
-        Self::start_inner(image, id, extra_config, init_data, true).await
+        Self::start_inner(image, id, "simulate_launch_binding = true", Some(launch), false).await
     }
 
     async fn start_inner(

@@ -98,6 +98,25 @@ fn watch_power_button() {
     }
 }
 
+/// An empty root with this agent bound read-only at `pause`: what a confidential pod's
+/// sandbox container runs (as `/pause`), so no image is needed for it.
+pub fn prepare_pause_root(root: &Path) -> Result<()> {
+    let target = root.join("pause");
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::write(&target, b"").with_context(|| format!("creating {}", target.display()))?;
+    let exe = std::fs::read_link("/proc/self/exe").context("finding this binary")?;
+    mount(Some(&exe), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).context("binding the agent as pause")?;
+    mount(
+        None::<&str>,
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .context("making pause read-only")?;
+    Ok(())
+}
+
 pub fn power_off() {
     nix::unistd::sync();
     // Only fails without CAP_SYS_BOOT; then there is nothing better left to do.

@@ -43,7 +43,17 @@ pub(crate) fn uptime() -> f64 {
         .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
 }
 
+/// The guest's own pause for a confidential pod's sandbox container: this binary bound at
+/// `<PAUSE_ROOT>/pause` in an otherwise empty root, run as `/pause`.
+const PAUSE_ROOT: &str = "/run/contrast/pause";
+
 fn main() {
+    if std::env::args().next().as_deref() == Some("/pause") {
+        // PID 1 of the sandbox container: sleep until killed.
+        loop {
+            nix::unistd::pause();
+        }
+    }
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() == Some("runner") {
         runner::main(&args.next().unwrap_or_default());
@@ -63,6 +73,11 @@ fn run(is_init: bool) -> Result<()> {
     let cmdline = if is_init { init::setup_system().context("system setup")? } else { init::KernelCmdline::read()? };
     if is_init && cmdline.debug_console {
         init::spawn_debug_console();
+    }
+    if is_init {
+        if let Err(e) = init::prepare_pause_root(Path::new(PAUSE_ROOT)) {
+            log!("no guest pause for confidential sandboxes: {e:#}");
+        }
     }
     // Before anything is served: the init data, checked against the launch binding.
     let policy = measured::decide_policy();

@@ -161,6 +161,11 @@ impl InitData {
         Self::from_toml(toml.into_bytes()).expect("a document we escaped ourselves parses")
     }
 
+    /// The annotation value: base64 of the gzip form.
+    pub fn annotation(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(&self.gzip)
+    }
+
     /// The bytes the digest is taken over.
     pub fn toml(&self) -> &[u8] {
         &self.toml

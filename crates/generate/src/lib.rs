@@ -1,0 +1,185 @@
+//! What a pod's policy must pin for its images, computed from the images alone (see the
+//! `contrast-generate` binary).
+
+mod policy;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use anyhow::{Context, Result};
+
+pub use policy::{policy_rego, PinnedImage, PinnedLayer};
+
+/// The files of an OCI image archive (`index.json`, `blobs/sha256/...`).
+pub fn read_archive(path: &std::path::Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut files = BTreeMap::new();
+    for entry in tar::Archive::new(file).entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.to_string_lossy().trim_start_matches("./").to_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data)?;
+        files.insert(name, data);
+    }
+    Ok(files)
+}
+
+fn blob<'a>(files: &'a BTreeMap<String, Vec<u8>>, digest: &str) -> Result<&'a [u8]> {
+    let hex = digest.strip_prefix("sha256:").with_context(|| format!("digest {digest} is not sha256"))?;
+    files.get(&format!("blobs/sha256/{hex}")).map(Vec::as_slice).with_context(|| format!("archive lacks blob {digest}"))
+}
+
+/// Every image an archive names: (name, layer blobs bottom first).
+pub fn archive_images(path: &std::path::Path) -> Result<Vec<(String, Vec<Vec<u8>>)>> {
+    let files = read_archive(path)?;
+    let index: serde_json::Value =
+        serde_json::from_slice(files.get("index.json").context("no index.json: not an OCI image archive")?)?;
+    let mut out = Vec::new();
+    for m in index["manifests"].as_array().context("index.json without manifests")? {
+        let name = m["annotations"]["io.containerd.image.name"]
+            .as_str()
+            .or_else(|| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+            .context("a manifest without an image name annotation")?;
+        let manifest: serde_json::Value =
+            serde_json::from_slice(blob(&files, m["digest"].as_str().context("manifest digest")?)?)?;
+        let layers = manifest["layers"]
+            .as_array()
+            .context("manifest without layers (an index inside the archive is not supported)")?
+            .iter()
+            .map(|l| Ok(blob(&files, l["digest"].as_str().context("layer digest")?)?.to_vec()))
+            .collect::<Result<Vec<_>>>()?;
+        out.push((name.to_owned(), layers));
+    }
+    Ok(out)
+}
+
+pub fn pin(name: &str, blobs: &[Vec<u8>], command: Option<&Vec<String>>) -> Result<PinnedImage> {
+    use sha2::Digest;
+    let layers = blobs
+        .iter()
+        .map(|b| {
+            let image = contrast_erofs::layer_image(b).with_context(|| format!("image {name}: a layer"))?;
+            let hex = |x: &[u8]| x.iter().map(|v| format!("{v:02x}")).collect::<String>();
+            Ok(PinnedLayer {
+                digest: format!("sha256:{}", hex(&sha2::Sha256::digest(b))),
+                root_hash: hex(&image.root_hash),
+                salt: hex(&image.salt),
+                data_blocks: image.data_blocks,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(PinnedImage { name: name.to_owned(), layers, command: command.cloned() })
+}
+
+/// The init data of a pod whose containers run `images` (each archive's images pinned).
+pub fn init_data_for_archives(archives: &[&std::path::Path]) -> Result<contrast_initdata::InitData> {
+    let mut images = Vec::new();
+    for path in archives {
+        for (name, blobs) in archive_images(path)? {
+            images.push(pin(&name, &blobs, None)?);
+        }
+    }
+    images.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(contrast_initdata::InitData::wrap_policy(&policy_rego(&images)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> PinnedImage {
+        PinnedImage {
+            name: "docker.io/library/app:1".into(),
+            layers: vec![PinnedLayer {
+                digest: format!("sha256:{}", "ab".repeat(32)),
+                root_hash: "cd".repeat(32),
+                salt: "ef".repeat(32),
+                data_blocks: 7,
+            }],
+            command: Some(vec!["sleep".into(), "1000".into()]),
+        }
+    }
+
+    fn eval(rego: &str, input: serde_json::Value) -> regorus::Value {
+        let mut e = regorus::Engine::new();
+        e.add_policy("policy.rego".into(), rego.into()).expect("the generated policy compiles");
+        e.set_input_json(&input.to_string()).expect("input");
+        e.eval_rule("data.agent_policy.CreateContainerRequest".into()).expect("eval")
+    }
+
+    fn request(root_hash: &str, args: &[&str]) -> serde_json::Value {
+        let layer = serde_json::json!({
+            "driver": "contrast.layer", "source": "1:0", "fstype": "erofs", "mount_point": "/run/contrast/layers/c/0",
+            "options": [format!("digest=sha256:{}", "ab".repeat(32)), format!("root_hash={root_hash}"),
+                        format!("salt={}", "ef".repeat(32)), "data_blocks=7"],
+        });
+        let overlay = serde_json::json!({
+            "driver": "overlayfs", "source": "overlay", "fstype": "overlay", "mount_point": "/run/contrast/rootfs/c",
+            "options": ["lowerdir=/run/contrast/layers/c/0", "upperdir=/u", "workdir=/w"],
+        });
+        serde_json::json!({
+            "container_id": "c", "storages": [layer, overlay],
+            "OCI": { "Root": { "Path": "/run/contrast/rootfs/c", "Readonly": false },
+                     "Process": { "Args": args },
+                     "Mounts": [{ "destination": "/proc", "type_": "proc", "source": "proc", "options": [] }],
+                     "Annotations": { "io.kubernetes.cri.image-name": "docker.io/library/app:1",
+                                      "io.kubernetes.cri.container-type": "container" } },
+        })
+    }
+
+    #[test]
+    fn pinned_layers_and_command_are_what_the_policy_allows() {
+        let rego = policy_rego(&[image()]);
+        assert_eq!(eval(&rego, request(&"cd".repeat(32), &["sleep", "1000"])), regorus::Value::Bool(true));
+        assert_eq!(
+            eval(&rego, request(&"00".repeat(32), &["sleep", "1000"])),
+            regorus::Value::Bool(false),
+            "root hash"
+        );
+        assert_eq!(eval(&rego, request(&"cd".repeat(32), &["sh"])), regorus::Value::Bool(false), "command");
+        assert_eq!(policy_rego(&[image()]), rego, "deterministic");
+    }
+
+    #[test]
+    fn archives_give_the_same_init_data_every_time() {
+        let dir = std::env::temp_dir().join(format!("contrast-generate-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("img.tar");
+        let mut layer = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(2);
+        h.set_mtime(1);
+        h.set_uid(0);
+        h.set_gid(0);
+        layer.append_data(&mut h, "hi", &b"hi"[..]).expect("layer");
+        let layer = layer.into_inner().expect("layer");
+        use sha2::Digest;
+        let hex = |b: &[u8]| sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "layers": [{ "digest": format!("sha256:{}", hex(&layer)) }] }))
+        .expect("json");
+        let index = serde_json::to_vec(&serde_json::json!({ "manifests": [{
+            "digest": format!("sha256:{}", hex(&manifest)), "annotations": { "io.containerd.image.name": "x:1" } }] }))
+        .expect("json");
+        let mut t = tar::Builder::new(std::fs::File::create(&path).expect("create"));
+        for (name, data) in [
+            (format!("blobs/sha256/{}", hex(&layer)), layer.clone()),
+            (format!("blobs/sha256/{}", hex(&manifest)), manifest.clone()),
+            ("index.json".to_owned(), index),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            t.append_data(&mut h, name, &data[..]).expect("append");
+        }
+        t.finish().expect("tar");
+        drop(t);
+        let a = init_data_for_archives(&[&path]).expect("init data");
+        let b = init_data_for_archives(&[&path]).expect("init data");
+        assert_eq!(a.toml(), b.toml());
+        assert_eq!(a.annotation(), b.annotation());
+        assert!(a.policy().expect("policy").contains("\"x:1\""));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,177 @@
+//! Container root filesystems on the confidential path: the host is an untrusted transport.
+//!
+//! The node already pulled the image; its layer blobs are in containerd's content store. Each
+//! blob becomes the EROFS + dm-verity image `contrast-erofs` builds — a function of the blob's
+//! bytes alone, so the policy generator pins the same root hash from the registry's or
+//! archive's copy — cached per layer digest, and is hot-plugged read-only over virtio-scsi.
+//! The guest opens every layer through dm-verity with the root hash the storage names, and
+//! the policy allows the storages only when they are the image's pinned layers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use contrast_agent_protocol::agent;
+use contrast_erofs::LayerImage;
+
+use crate::error::ShimError;
+
+/// CRI annotation naming the image a container was created from.
+pub const IMAGE_NAME_ANNOTATION: &str = "io.kubernetes.cri.image-name";
+/// The guest's own pause: the sandbox container of a confidential pod runs no image.
+pub const GUEST_PAUSE_ROOT: &str = "/run/contrast/pause";
+pub const GUEST_PAUSE_ARGS: &[&str] = &["/pause"];
+/// Largest layer blob read from containerd.
+const MAX_LAYER: usize = 8 << 30;
+/// virtio-scsi targets one pod may use over its lifetime (target 0 is left unused).
+const MAX_TARGET: u32 = 255;
+
+/// The layer disks of each container of a pod, and the next free SCSI target.
+#[derive(Default)]
+pub struct LayerDisks {
+    inner: Mutex<(u32, HashMap<String, Vec<String>>)>,
+}
+
+impl LayerDisks {
+    fn next_target(&self) -> Result<u32, ShimError> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 >= MAX_TARGET {
+            return Err(ShimError::FailedPrecondition(format!(
+                "this pod has used all {MAX_TARGET} layer disk slots; recreate the pod"
+            )));
+        }
+        g.0 += 1;
+        Ok(g.0)
+    }
+
+    fn record(&self, container: &str, disk: String) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.entry(container.to_owned()).or_default().push(disk);
+    }
+
+    pub fn take(&self, container: &str) -> Vec<String> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.remove(container).unwrap_or_default()
+    }
+}
+
+/// Where a layer's image is cached, and its verity parameters.
+struct Cached {
+    path: PathBuf,
+    root_hash: String,
+    salt: String,
+    data_blocks: u64,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The cached image of layer `digest`, built from the blob containerd holds when missing.
+async fn cached_layer(
+    client: &mut contrast_containerd_client::Client,
+    cache: &Path,
+    digest: &str,
+) -> Result<Cached, ShimError> {
+    let name = digest.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let name = name.ok_or_else(|| ShimError::FailedPrecondition(format!("layer {digest}: not a sha256 digest")))?;
+    let (img, meta) = (cache.join(format!("{name}.img")), cache.join(format!("{name}.json")));
+    if let Ok(text) = std::fs::read_to_string(&meta) {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if let (Some(r), Some(s), Some(d)) = (v["root_hash"].as_str(), v["salt"].as_str(), v["data_blocks"].as_u64()) {
+            if img.is_file() {
+                return Ok(Cached { path: img, root_hash: r.into(), salt: s.into(), data_blocks: d });
+            }
+        }
+    }
+    let blob = client
+        .read_blob(digest, MAX_LAYER)
+        .await
+        .map_err(|e| ShimError::FailedPrecondition(format!("layer {digest}: {e}")))?;
+    let image = tokio::task::spawn_blocking(move || contrast_erofs::layer_image(&blob))
+        .await
+        .map_err(|e| ShimError::Internal(format!("layer {digest}: {e}")))?
+        .map_err(|e| ShimError::FailedPrecondition(format!("layer {digest} cannot be carried to the guest: {e}")))?;
+    write_cache(cache, name, &img, &meta, &image)
+        .map_err(|e| ShimError::Io { what: format!("caching layer {digest} in {}", cache.display()), source: e })?;
+    Ok(Cached { path: img, root_hash: hex(&image.root_hash), salt: hex(&image.salt), data_blocks: image.data_blocks })
+}
+
+/// Writes image then metadata, each through a temporary file and a rename (several shims may
+/// build the same layer at once; the bytes are the same).
+fn write_cache(cache: &Path, name: &str, img: &Path, meta: &Path, image: &LayerImage) -> std::io::Result<()> {
+    std::fs::create_dir_all(cache)?;
+    let tmp = cache.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, &image.bytes)?;
+    std::fs::rename(&tmp, img)?;
+    let m = serde_json::json!({
+        "root_hash": hex(&image.root_hash), "salt": hex(&image.salt), "data_blocks": image.data_blocks,
+    });
+    std::fs::write(&tmp, m.to_string())?;
+    std::fs::rename(&tmp, meta)
+}
+
+/// The storages (layers, then the overlay) and guest root path of container `id` from
+/// `image`, with its layer disks hot-plugged into the pod's VM.
+pub async fn container_rootfs(
+    pod: &crate::pod::Pod,
+    containerd: &Path,
+    namespace: &str,
+    cache: &Path,
+    id: &str,
+    image: &str,
+) -> Result<(Vec<agent::Storage>, String), ShimError> {
+    let unavailable = |e: contrast_containerd_client::Error| {
+        ShimError::FailedPrecondition(format!("image {image} for container {id}: {e}"))
+    };
+    let mut client = contrast_containerd_client::Client::connect(containerd, namespace).await.map_err(unavailable)?;
+    let layers = client.image_layers(image).await.map_err(unavailable)?;
+    let mut storages = Vec::new();
+    let mut lower = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let cached = cached_layer(&mut client, cache, &layer.digest).await?;
+        let target = pod.layers.next_target()?;
+        let disk = format!("layer{target}");
+        pod.vm
+            .qmp()
+            .attach_scsi_disk(&disk, &cached.path, target)
+            .await
+            .map_err(|e| ShimError::Vm(Box::new(contrast_vmm::Error::Qmp(e))))?;
+        pod.layers.record(id, disk);
+        let mut s = agent::Storage::new();
+        s.driver = "contrast.layer".into();
+        s.source = format!("{target}:0");
+        s.fstype = "erofs".into();
+        s.options = vec![
+            format!("digest={}", layer.digest),
+            format!("root_hash={}", cached.root_hash),
+            format!("salt={}", cached.salt),
+            format!("data_blocks={}", cached.data_blocks),
+        ];
+        s.mount_point = format!("/run/contrast/layers/{id}/{i}");
+        lower.insert(0, s.mount_point.clone());
+        storages.push(s);
+    }
+    let rootfs = format!("/run/contrast/rootfs/{id}");
+    let mut overlay = agent::Storage::new();
+    overlay.driver = "overlayfs".into();
+    overlay.source = "overlay".into();
+    overlay.fstype = "overlay".into();
+    overlay.options = vec![
+        format!("lowerdir={}", lower.join(":")),
+        format!("upperdir=/run/contrast/upper/{id}/upper"),
+        format!("workdir=/run/contrast/upper/{id}/work"),
+    ];
+    overlay.mount_point = rootfs.clone();
+    storages.push(overlay);
+    Ok((storages, rootfs))
+}
+
+/// Unplugs the layer disks of container `id` (after the guest released them).
+pub async fn detach(pod: &crate::pod::Pod, id: &str) {
+    for disk in pod.layers.take(id) {
+        if let Err(e) = pod.vm.qmp().detach_scsi_disk(&disk).await {
+            tracing::warn!(disk, error = %e, "cannot unplug a layer disk");
+        }
+    }
+}

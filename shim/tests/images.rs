@@ -1,0 +1,100 @@
+//! Confidential pods' images under containerd's CRI, with the host as an untrusted transport
+//! (simulated launch binding on `insecure`): the node's containerd holds the image; the shim
+//! hands its layers to the guest as read-only disks; the guest uses them only through
+//! dm-verity with the root hashes the generator pinned from the image archive.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use contrast_cri_client::CriClient;
+use contrast_tests::containerd::{Containerd, CRI_NAMESPACE, SIM_HANDLER};
+use contrast_tests::images::{blob_content, three_layers, write_archive};
+use contrast_tests::{containerd_matrix, image_dir};
+use sha2::{Digest, Sha256};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-contrast-cc-v2");
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(20);
+const INIT_DATA_ANNOTATION: &str = "io.katacontainers.config.hypervisor.cc_init_data";
+const GOOD: &str = "docker.io/library/contrast-layered:good";
+/// Pinned with the good layers; the node has another top layer under this name.
+const SWAPPED: &str = "docker.io/library/contrast-layered:swapped";
+
+fn import(cd: &Containerd, archive: &Path) {
+    let out = cd.ctr_command(CRI_NAMESPACE).args(["image", "import"]).arg(archive).output().expect("ctr");
+    assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn qemu_args_of(pod_id: &str) -> String {
+    let needle = format!("contrast-{pod_id}");
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            let args: Vec<String> = raw.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            if args.first().is_some_and(|a| a.contains("qemu-system")) && args.iter().any(|a| a.contains(&needle)) {
+                return args.join("\n");
+            }
+        }
+    }
+    panic!("no QEMU for pod {pod_id}");
+}
+
+containerd_matrix! {
+    async fn confidential_pod_runs_verified_layers_from_the_node(release: Release) {
+        let cd = Containerd::start_release(release, Path::new(SHIM), &image_dir().expect("image")).expect("containerd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("good.tar");
+        write_archive(&good, GOOD, &three_layers("upper replaces lower"), &["sleep", "1000"]).expect("archive");
+        let pinned_swap = dir.path().join("swapped-pinned.tar");
+        write_archive(&pinned_swap, SWAPPED, &three_layers("upper replaces lower"), &["sleep", "1000"]).expect("archive");
+        let node_swap = dir.path().join("swapped-node.tar");
+        write_archive(&node_swap, SWAPPED, &three_layers("not what the policy pinned"), &["sleep", "1000"]).expect("archive");
+        import(&cd, &good);
+        import(&cd, &node_swap);
+
+        let init_data = contrast_generate::init_data_for_archives(&[&good, &pinned_swap]).expect("generator");
+        let annotations = HashMap::from([(INIT_DATA_ANNOTATION.to_owned(), init_data.annotation())]);
+        let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+        let pod = cri.run_pod("layered", "default", SIM_HANDLER, annotations).await.expect("RunPodSandbox");
+        let qemu = qemu_args_of(&pod.id);
+        assert!(!qemu.contains("vhost-user-fs") && !qemu.contains("virtio-net") && !qemu.contains("netdev"), "{qemu}");
+        assert!(qemu.contains("virtio-scsi-pci"), "{qemu}");
+
+        let c = cri.run_container(&pod, "app", GOOD, &["sleep", "1000"]).await.expect("pinned image runs");
+        let (code, out, err) = cri.exec_sync(&c, &["cat", "/etc/motd"]).await.expect("exec");
+        assert_eq!((code, out.as_slice()), (0, &b"upper replaces lower\n"[..]), "{}", String::from_utf8_lossy(&err));
+        let (code, out, _) = cri.exec_sync(&c, &["sha256sum", "/data/blob"]).await.expect("exec");
+        let want = format!("{:x}  /data/blob\n", Sha256::digest(blob_content()));
+        assert_eq!((code, String::from_utf8_lossy(&out).into_owned()), (0, want), "the image's bytes, read in the guest");
+
+        // The node's image under a pinned name has a layer the policy does not pin.
+        let err = cri.run_container(&pod, "swapped", SWAPPED, &["sleep", "1000"]).await.expect_err("unpinned layer");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("is not pinned for image") && msg.contains(SWAPPED), "{msg}");
+
+        // One flipped byte in the node's copy of a layer: the create fails naming it.
+        let cache = cd.dir.path().join("run-layers");
+        let middle = std::fs::read_dir(&cache)
+            .expect("layer cache")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "img"))
+            .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .expect("the 3 MiB layer");
+        let mut bytes = std::fs::read(&middle).expect("read");
+        let at = bytes.len() / 3;
+        bytes[at] ^= 1;
+        std::fs::write(&middle, &bytes).expect("tamper");
+        let digest = format!("sha256:{}", middle.file_stem().and_then(|s| s.to_str()).expect("name"));
+        let err = cri.run_container(&pod, "tampered", GOOD, &["sleep", "1000"]).await.expect_err("tampered layer");
+        let msg = format!("{err:#}");
+        assert!(msg.contains(&format!("layer {digest}")) && msg.contains("does not match its pinned root hash"), "{msg}");
+
+        // The pod itself stays usable.
+        let (code, out, _) = cri.exec_sync(&c, &["cat", "/etc/motd"]).await.expect("exec after the refusal");
+        assert_eq!((code, out.as_slice()), (0, &b"upper replaces lower\n"[..]));
+
+        cri.remove_pod(&pod.id).await.expect("remove the pod");
+        let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
+}
