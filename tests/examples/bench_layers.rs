@@ -97,7 +97,8 @@ async fn layered(image: &std::path::Path, blobs: &[Vec<u8>], tag: &str) -> Resul
 async fn shared(image: &std::path::Path, big: Option<&[u8]>, tag: &str) -> Result<Figures> {
     let pod = TestPod::start(image, &format!("bench-s-{tag}")).await?;
     // The shared busybox tree is the pod's scratch dir; the big file goes into it.
-    let host_root = pod.vm.state_dir().parent().and_then(|p| p.parent()).and_then(|p| p.parent()).map(|p| p.join("shared/busybox"));
+    let host_root =
+        pod.vm.state_dir().parent().and_then(|p| p.parent()).and_then(|p| p.parent()).map(|p| p.join("shared/busybox"));
     if let (Some(data), Some(root)) = (big, host_root) {
         std::fs::create_dir_all(root.join("data"))?;
         std::fs::write(root.join("data/big"), data)?;

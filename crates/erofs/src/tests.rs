@@ -136,3 +136,22 @@ fn same_blob_same_bytes_and_a_changed_byte_changes_the_root_hash() {
     let g = layer_image(&gz.finish().expect("gzip")).expect("layer");
     assert_eq!(g.bytes[..g.hash_offset as usize].len(), data.len());
 }
+
+#[test]
+fn what_the_transport_cannot_carry_is_named() {
+    // An xattr namespace EROFS has no index for.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.system.odd", &b"1"[..])]).expect("pax");
+    let mut h = header(tar::EntryType::Regular, 0o644, 1);
+    b.append_data(&mut h, "f", &b"x"[..]).expect("append");
+    let err = layer_image(&b.into_inner().expect("tar")).err().expect("refused");
+    assert!(err.to_string().contains("not supported: xattr \"system.odd\""), "{err}");
+    // A tar entry that is no file system object (here an unknown type byte).
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = header(tar::EntryType::new(b'Q'), 0o644, 0);
+    b.append_data(&mut h, "odd", &b""[..]).expect("append");
+    let err = layer_image(&b.into_inner().expect("tar")).err().expect("refused");
+    assert!(err.to_string().starts_with("layer tar: unsupported tar entry type"), "{err}");
+    // Not a layer at all.
+    assert!(layer_image(&[0x1f, 0x8b, 0, 0]).is_err(), "broken gzip");
+}
