@@ -167,11 +167,48 @@ pub async fn container_rootfs(
     Ok((storages, rootfs))
 }
 
+/// After the guest refused a layer (its dm-verity check failed, so the node's cached image is
+/// not what the blob gives), drops that layer's cache entry: the next container rebuilds it
+/// from containerd's blob instead of failing forever.
+pub fn forget_refused_layer(cache: &Path, guest_error: &str) {
+    let Some(rest) = guest_error.split("layer sha256:").nth(1) else { return };
+    let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+    if hex.len() != 64 || !guest_error.contains("does not match its pinned root hash") {
+        return;
+    }
+    for ext in ["json", "img"] {
+        let _ = std::fs::remove_file(cache.join(format!("{hex}.{ext}")));
+    }
+    tracing::warn!(layer = %hex, "the guest refused this layer's cached image; it is rebuilt on next use");
+}
+
 /// Unplugs the layer disks of container `id` (after the guest released them).
 pub async fn detach(pod: &crate::pod::Pod, id: &str) {
     for disk in pod.layers.take(id) {
         if let Err(e) = pod.vm.qmp().detach_scsi_disk(&disk).await {
             tracing::warn!(disk, error = %e, "cannot unplug a layer disk");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_layer_leaves_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hex = "ab".repeat(32);
+        for ext in ["img", "json"] {
+            std::fs::write(dir.path().join(format!("{hex}.{ext}")), "x").expect("write");
+        }
+        forget_refused_layer(dir.path(), &format!("storage `layer sha256:{hex}`: something else"));
+        assert!(dir.path().join(format!("{hex}.img")).exists(), "only a verity refusal drops it");
+        forget_refused_layer(
+            dir.path(),
+            &format!("INVALID_ARGUMENT: storage `layer sha256:{hex}`: does not match its pinned root hash cd"),
+        );
+        assert!(!dir.path().join(format!("{hex}.img")).exists());
+        assert!(!dir.path().join(format!("{hex}.json")).exists());
     }
 }

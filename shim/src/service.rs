@@ -389,6 +389,9 @@ impl Inner {
         let agent_started = std::time::Instant::now();
         if let Err(e) = pod.agent.create_container(&creq).await {
             undo().await;
+            if pod.confidential {
+                crate::layers::forget_refused_layer(&pod.config.runtime.layer_cache_dir, &e.to_string());
+            }
             return Err(e.into());
         }
         tracing::info!(guest_create_ms = agent_started.elapsed().as_millis() as u64, "container created in the guest");

@@ -89,9 +89,14 @@ containerd_matrix! {
         let msg = format!("{err:#}");
         assert!(msg.contains(&format!("layer {digest}")) && msg.contains("does not match its pinned root hash"), "{msg}");
 
-        // The pod itself stays usable.
+        // The pod itself stays usable, and the node rebuilt the refused layer from containerd's blob.
         let (code, out, _) = cri.exec_sync(&c, &["cat", "/etc/motd"]).await.expect("exec after the refusal");
         assert_eq!((code, out.as_slice()), (0, &b"upper replaces lower\n"[..]));
+        assert!(!middle.exists(), "the refused cache entry is dropped");
+        let again = cri.run_container(&pod, "again", GOOD, &["sleep", "1000"]).await.expect("rebuilt layer runs");
+        let (code, out, _) = cri.exec_sync(&again, &["sha256sum", "/data/blob"]).await.expect("exec");
+        assert_eq!(code, 0);
+        assert_eq!(String::from_utf8_lossy(&out), format!("{:x}  /data/blob\n", Sha256::digest(blob_content())));
 
         cri.remove_pod(&pod.id).await.expect("remove the pod");
         let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
