@@ -143,14 +143,25 @@ fn invalid(s: &Storage, problem: &str) -> StorageError {
 fn wait_for_disk(target: u32, lun: u32) -> Option<PathBuf> {
     let deadline = Instant::now() + DEVICE_WAIT;
     loop {
+        // A hot-plugged disk shows in sysfs before the kernel has read its capacity and made
+        // it openable (opening it then fails with ENXIO): wait for both.
         if let Some(dev) = find_disk(Path::new("/sys/bus/scsi/devices"), Path::new("/dev"), target, lun) {
-            return Some(dev);
+            if disk_ready(&dev) {
+                return Some(dev);
+            }
         }
         if Instant::now() >= deadline {
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether the disk has a size and opens.
+fn disk_ready(dev: &Path) -> bool {
+    let Some(name) = dev.file_name().and_then(|n| n.to_str()) else { return false };
+    let size = std::fs::read_to_string(format!("/sys/block/{name}/size"));
+    size.ok().and_then(|s| s.trim().parse::<u64>().ok()).is_some_and(|s| s > 0) && std::fs::File::open(dev).is_ok()
 }
 
 /// The disk at `<host>:0:<target>:<lun>` in `devices` (sysfs), when its node is in `dev`.
