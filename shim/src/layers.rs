@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use contrast_agent_protocol::agent;
 use contrast_erofs::LayerImage;
+use contrast_initdata::hex;
 
 use crate::error::ShimError;
 
@@ -61,10 +62,6 @@ struct Cached {
     root_hash: String,
     salt: String,
     data_blocks: u64,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The cached image of layer `digest`, built from the blob containerd holds when missing.

@@ -35,8 +35,6 @@ pub struct Pod {
     pub shared: PathBuf,
     /// The runtime config the pod was started with.
     pub config: RuntimeClassConfig,
-    /// Confidential path (real or simulated binding): containers run verified image layers.
-    pub confidential: bool,
     /// Hot-plugged layer disks per container.
     pub layers: crate::layers::LayerDisks,
 }
@@ -89,6 +87,11 @@ pub struct PodSpec<'a> {
 }
 
 impl Pod {
+    /// Confidential path (real or simulated binding): containers run verified image layers.
+    pub fn confidential(&self) -> bool {
+        self.config.confidential_path()
+    }
+
     /// Boots the pod VM for a sandbox: sized from annotations and the pod's resources
     /// ([`PodSpec`]), its init data (policy) handed over as a disk and bound into the launch;
     /// the guest reads and checks it before it answers anything.
@@ -156,7 +159,6 @@ impl Pod {
                     agent,
                     shared,
                     config: config.clone(),
-                    confidential: config.confidential_path(),
                     layers: Default::default(),
                 })
             }

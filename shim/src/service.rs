@@ -354,7 +354,7 @@ impl Inner {
         let (host_dir, guest_dir) = pod.container_dirs(&req.id);
         let undo_share = || rootfs::unmount_all(&host_dir);
         let mut creq = agent::CreateContainerRequest::new();
-        if pod.confidential {
+        if pod.confidential() {
             let (oci, storages) = self.confidential_container(pod, &req.id, spec).await?;
             creq.OCI = Some(oci).into();
             creq.storages = storages;
@@ -389,7 +389,7 @@ impl Inner {
         let agent_started = std::time::Instant::now();
         if let Err(e) = pod.agent.create_container(&creq).await {
             undo().await;
-            if pod.confidential {
+            if pod.confidential() {
                 crate::layers::forget_refused_layer(&pod.config.runtime.layer_cache_dir, &e.to_string());
             }
             return Err(e.into());
