@@ -112,13 +112,14 @@ demo: deps image shim
 
 bench: image shim
 	$(CARGO) build --release -p contrast-tests --example bench_image --example bench_boot --example bench_agent \
-		--example bench_shim --example bench_layers
+		--example bench_shim --example bench_layers --example bench_network
 	target/release/examples/bench_image target/release/contrast-image \
 		"$$(./scripts/fetch-kernel.sh $(BUILD)/kernel)" $(AGENT_BIN) $(INIT_BIN) docs/performance.md
 	target/release/examples/bench_boot $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_agent $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_shim $(SHIM_BIN) $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_layers $(abspath $(IMAGE_DIR)) docs/performance.md
+	target/release/examples/bench_network $(SHIM_BIN) $(abspath $(IMAGE_DIR)) docs/performance.md
 
 clean:
 	rm -rf $(BUILD) target

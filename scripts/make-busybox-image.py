@@ -9,7 +9,8 @@ import gzip, hashlib, io, json, os, sys, tarfile
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ["sh", "echo", "cat", "sleep", "ls", "ps", "true", "false", "id", "hostname",
-           "stty", "seq", "head", "wc", "env", "uname", "tty", "dd", "yes", "kill", "top"]
+           "stty", "seq", "head", "wc", "env", "uname", "tty", "dd", "yes", "kill", "top",
+           "mkdir", "ip", "httpd", "nc", "ping"]
 
 def blob(tar, data):
     digest = hashlib.sha256(data).hexdigest()

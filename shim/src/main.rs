@@ -2,12 +2,14 @@
 //! (confidential) VM and forwards container operations to the guest agent.
 
 mod bootstrap;
+mod copied_files;
 mod error;
 mod events;
 mod io;
 mod layers;
 mod logbinary;
 mod metrics;
+mod network;
 mod pod;
 mod rootfs;
 mod service;

@@ -84,6 +84,8 @@ pub struct PodSpec<'a> {
     pub resources: crate::spec::PodResources,
     /// The pod's hostname (CRI: the pause container's `hostname`), the VM's own.
     pub hostname: Option<&'a str>,
+    /// The pod's network namespace (CNI's), whose interfaces become the VM's NICs.
+    pub netns: Option<PathBuf>,
 }
 
 impl Pod {
@@ -102,7 +104,7 @@ impl Pod {
         sandbox_id: &str,
         pod: PodSpec<'_>,
     ) -> Result<Pod, ShimError> {
-        let PodSpec { annotations, resources, hostname } = pod;
+        let PodSpec { annotations, resources, hostname, netns } = pod;
         let mut overrides = config.pod_overrides(annotations).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
         if let Some(limit) = resources.memory {
             let extra = u32::try_from((limit + MIB - 1) / MIB).unwrap_or(u32::MAX);
@@ -138,6 +140,7 @@ impl Pod {
             state_dir: state,
             init_data,
             shared_dir: use_share.then(|| shared.clone()),
+            netns,
         })
         .await
         .map_err(|e| ShimError::Vm(Box::new(e)))?;
@@ -178,6 +181,9 @@ impl Pod {
     ) -> Result<AgentClient, ShimError> {
         let stream = vm.dial_agent().await.map_err(|e| ShimError::AgentUnreachable(Box::new(e)))?;
         let agent = AgentClient::new(stream, config.request_timeout());
+        if let Some(network) = vm.network() {
+            crate::network::configure(&agent, network).await?;
+        }
         let mut req = agent::CreateSandboxRequest::new();
         req.sandbox_id = sandbox_id.to_owned();
         req.hostname = hostname.to_owned();

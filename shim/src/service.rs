@@ -261,6 +261,7 @@ impl Inner {
                     annotations: &annotations,
                     resources: spec::pod_resources(&spec).map_err(ShimError::InvalidArgument)?,
                     hostname: spec.hostname().as_deref().filter(|h| !h.is_empty()),
+                    netns: spec::pod_network_namespace(&spec).map_err(ShimError::InvalidArgument)?,
                 };
                 let pod = Arc::new(Pod::boot(&config, &config_path, &self.namespace, &sandbox_id, sizing).await?);
                 self.watch_vm(pod.clone());
@@ -282,7 +283,8 @@ impl Inner {
 
     /// The guest spec and storages of a container on the confidential path: the sandbox
     /// runs the guest's own pause; any other container its image's verified layers. Host
-    /// bind mounts cannot reach such a guest (no host share): they are left out.
+    /// bind mounts cannot reach such a guest (no host share): the pod's hosts, hostname and
+    /// resolv.conf are copied in ([`crate::copied_files`]), any other is left out.
     async fn confidential_container(
         &self,
         pod: &Arc<Pod>,
@@ -290,20 +292,8 @@ impl Inner {
         spec: &oci_spec::runtime::Spec,
     ) -> Result<(contrast_agent_protocol::oci::Spec, Vec<agent::Storage>), ShimError> {
         let annotations = spec.annotations().clone().unwrap_or_default();
-        let mounts: Vec<_> = spec
-            .mounts()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|m| {
-                let bind = m.typ().as_deref() == Some("bind")
-                    || m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"));
-                if bind {
-                    tracing::info!(container = id, destination = %m.destination().display(), "host bind mount left out on the confidential path");
-                }
-                !bind
-            })
-            .collect();
+        let mounts =
+            crate::copied_files::guest_mounts(&pod.agent, id, spec.mounts().as_deref().unwrap_or_default()).await?;
         if annotations.get("io.kubernetes.cri.container-type").map(String::as_str) == Some("sandbox") {
             let mut oci =
                 spec::convert(spec, crate::layers::GUEST_PAUSE_ROOT, &mounts).map_err(ShimError::InvalidArgument)?;

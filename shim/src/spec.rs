@@ -59,6 +59,33 @@ pub fn sandbox_id(spec: &Spec, container_id: &str) -> String {
         .unwrap_or_else(|| container_id.to_owned())
 }
 
+/// The pod's network namespace, from the sandbox container's spec: CNI's netns (a `network`
+/// namespace with a path), or none (a new, empty namespace: the VM gets loopback only).
+/// A CRI sandbox without a network namespace of its own uses the node's (`hostNetwork:
+/// true`): a VM has its own kernel and cannot join it, so such a pod is refused.
+pub fn pod_network_namespace(spec: &Spec) -> Result<Option<std::path::PathBuf>, String> {
+    let network = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|n| n.iter().find(|ns| ns.typ() == LinuxNamespaceType::Network));
+    match network {
+        Some(ns) => Ok(ns.path().clone().filter(|p| !p.as_os_str().is_empty())),
+        None if is_cri_sandbox(spec) => {
+            Err("the pod uses the node's network namespace (hostNetwork: true): a pod VM \
+                                             has a kernel and network stack of its own and cannot share the node's; \
+                                             run the pod without hostNetwork, or with a runtime class that is not a VM"
+                .into())
+        }
+        None => Ok(None),
+    }
+}
+
+fn is_cri_sandbox(spec: &Spec) -> bool {
+    spec.annotations().as_ref().and_then(|a| a.get("io.kubernetes.cri.container-type")).map(String::as_str)
+        == Some("sandbox")
+}
+
 /// Whether the container joins another's PID namespace (CRI: the pod's, `NamespaceMode::POD`,
 /// or a target container's): a PID namespace with a path.
 pub fn shares_pod_pid_namespace(spec: &Spec) -> bool {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use contrast_cri_client::{cri, CriClient};
 use contrast_tests::containerd::{Containerd, Release, CRI_HANDLER, IMAGE};
-use contrast_tests::{containerd_matrix, image_dir, POD_LIFECYCLE_RULES};
+use contrast_tests::{containerd_matrix, image_dir};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-contrast-cc-v2");
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(20);
@@ -89,7 +89,10 @@ containerd_matrix! {
 
 /// Allows what the shim needs to run a pod, forbids exec (kata rule names).
 fn no_exec_policy() -> String {
-    format!("{POD_LIFECYCLE_RULES}default CreateContainerRequest := true\ndefault ExecProcessRequest := false\n")
+    format!(
+        "{}default CreateContainerRequest := true\ndefault ExecProcessRequest := false\n",
+        contrast_tests::pod_lifecycle_rules()
+    )
 }
 
 containerd_matrix! {

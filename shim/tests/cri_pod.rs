@@ -157,7 +157,7 @@ containerd_matrix! {
     /// network namespace became the VM's own, no CRI pod started on 2.1 at all.
     async fn pod_with_its_own_network_namespace_starts_with_its_net_sysctls(release: Release) {
         let is_v2 = release.is_v2();
-        let cd = Containerd::start_with_pod_network(release, Path::new(SHIM), &image_dir().expect("image"))
+        let cd = Containerd::start_release(release, Path::new(SHIM), &image_dir().expect("image"))
             .expect("containerd starts");
         let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
         let mut config = pod_config("netns-pod", "default");
@@ -280,7 +280,8 @@ containerd_matrix! {
     /// The process sees a terminal, reads what was typed, and its output comes back.
     async fn exec_with_a_terminal_and_stdin_through_the_streaming_server(release: Release) {
         let cd = containerd(release);
-        let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+        let mut cri =
+            CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects").streaming_from(cd.netns_path());
         let pod = cri.run_pod("tty-pod", "default", CRI_HANDLER, HashMap::new()).await.expect("RunPodSandbox");
         let c = cri.run_container(&pod, "app", IMAGE, &["sleep", "1000"]).await.expect("container");
         let script = "tty; read line; echo \"got:$line\"";

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use contrast_cri_client::CriClient;
+use contrast_cri_client::{cri, pod_config, CriClient};
 use contrast_tests::containerd::{Containerd, CRI_NAMESPACE, SIM_HANDLER};
 use contrast_tests::images::{blob_content, three_layers, write_archive};
 use contrast_tests::{containerd_matrix, image_dir};
@@ -54,10 +54,16 @@ containerd_matrix! {
         let init_data = contrast_generate::init_data_for_archives(&[&good, &pinned_swap]).expect("generator");
         let annotations = HashMap::from([(INIT_DATA_ANNOTATION.to_owned(), init_data.annotation())]);
         let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
-        let pod = cri.run_pod("layered", "default", SIM_HANDLER, annotations).await.expect("RunPodSandbox");
+        let mut config = pod_config("layered", "default");
+        config.annotations = annotations;
+        config.hostname = "layered-host".into();
+        config.dns_config =
+            Some(cri::DnsConfig { servers: vec!["10.88.0.53".into()], searches: vec!["svc.example".into()], options: vec![] });
+        let pod = cri.run_pod_config(SIM_HANDLER, config).await.unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}"));
         let qemu = qemu_args_of(&pod.id);
-        assert!(!qemu.contains("vhost-user-fs") && !qemu.contains("virtio-net") && !qemu.contains("netdev"), "{qemu}");
-        assert!(qemu.contains("virtio-scsi-pci"), "{qemu}");
+        // Nothing of the host's file system is shared; the pod's network is its own NIC.
+        assert!(!qemu.contains("vhost-user-fs"), "{qemu}");
+        assert!(qemu.contains("virtio-scsi-pci") && qemu.contains("virtio-net-pci"), "{qemu}");
 
         let c = cri.run_container(&pod, "app", GOOD, &["sleep", "1000"]).await.expect("pinned image runs");
         let (code, out, err) = cri.exec_sync(&c, &["cat", "/etc/motd"]).await.expect("exec");
@@ -65,6 +71,14 @@ containerd_matrix! {
         let (code, out, _) = cri.exec_sync(&c, &["sha256sum", "/data/blob"]).await.expect("exec");
         let want = format!("{:x}  /data/blob\n", Sha256::digest(blob_content()));
         assert_eq!((code, String::from_utf8_lossy(&out).into_owned()), (0, want), "the image's bytes, read in the guest");
+        // DNS and names as in a runc pod: containerd's files, copied in (CopyFile) and judged
+        // by the generated policy.
+        let (code, out, err) =
+            cri.exec_sync(&c, &["cat", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"]).await.expect("exec");
+        let files = String::from_utf8_lossy(&out);
+        assert_eq!(code, 0, "{files}{}", String::from_utf8_lossy(&err));
+        assert!(files.contains("nameserver 10.88.0.53") && files.contains("search svc.example"), "{files}");
+        assert!(files.contains("layered-host"), "hostname and hosts: {files}");
 
         // The node's image under a pinned name has a layer the policy does not pin.
         let err = cri.run_container(&pod, "swapped", SWAPPED, &["sleep", "1000"]).await.expect_err("unpinned layer");

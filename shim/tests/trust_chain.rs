@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use contrast_cri_client::CriClient;
 use contrast_tests::containerd::{Containerd, Release, IMAGE, SIM_HANDLER, SIM_MISMATCH_HANDLER};
-use contrast_tests::{containerd_matrix, image_dir, POD_LIFECYCLE_RULES};
+use contrast_tests::{containerd_matrix, image_dir};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-contrast-cc-v2");
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(20);
@@ -44,7 +44,7 @@ ExecProcessRequest if {
 "#;
 
 fn policy() -> String {
-    format!("{POD_LIFECYCLE_RULES}{RULES}")
+    format!("{}{RULES}", contrast_tests::pod_lifecycle_rules())
 }
 
 fn containerd(release: Release) -> Containerd {
@@ -96,7 +96,8 @@ containerd_matrix! {
             .expect("RunPodSandbox must fail");
         let msg = format!("{err:#}");
         assert!(msg.contains("PERMISSION_DENIED") || msg.contains("PermissionDenied"), "{msg}");
-        assert!(msg.contains("CreateSandboxRequest is blocked: init data does not match the launch binding"), "{msg}");
+        // The first request the shim sends (the pod's NIC, before CreateSandbox) is refused.
+        assert!(msg.contains("UpdateInterfaceRequest is blocked: init data does not match the launch binding"), "{msg}");
         assert!(msg.contains("SIMULATED host_data"), "{msg}");
         let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
         assert!(left.is_empty(), "left behind: {left:#?}");

@@ -123,6 +123,7 @@ async fn vmm_boot(image: &Path, run: usize, layout: Layout) -> Result<(Duration,
         state_dir: scratch.path().join("run/default").join(&id),
         init_data: None,
         shared_dir: None,
+        netns: None,
     })
     .await?;
     let qmp = start.elapsed();

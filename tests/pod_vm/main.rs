@@ -65,6 +65,7 @@ pub async fn launch(scratch: &Scratch, config: &RuntimeClassConfig, id: &str) ->
         state_dir: scratch.pod_dir(id),
         init_data: None,
         shared_dir: None,
+        netns: None,
     })
     .await
 }

@@ -117,19 +117,10 @@ impl Containerd {
     }
 
     /// Starts containerd `release` with `shim` installed and configured for the image in
-    /// `image_dir`.
+    /// `image_dir`, in a network namespace of its own that has a CNI bridge network (Debian's
+    /// plugins), so CRI pods get their own network namespace as on a node; nothing of it
+    /// touches the host's network.
     pub fn start_release(release: Release, shim: &Path, image_dir: &Path) -> Result<Containerd> {
-        Self::start_full(release, shim, image_dir, false)
-    }
-
-    /// As [`Containerd::start_release`], with containerd in a network namespace of its own
-    /// that has a CNI bridge network (Debian's plugins), so CRI pods get their own network
-    /// namespace as on a node; nothing of it touches the host's network.
-    pub fn start_with_pod_network(release: Release, shim: &Path, image_dir: &Path) -> Result<Containerd> {
-        Self::start_full(release, shim, image_dir, true)
-    }
-
-    fn start_full(release: Release, shim: &Path, image_dir: &Path, pod_network: bool) -> Result<Containerd> {
         let dir = tempfile::Builder::new().prefix("cd").tempdir()?;
         let d = dir.path();
         std::fs::create_dir_all(d.join("bin"))?;
@@ -162,7 +153,7 @@ impl Containerd {
         }
         std::fs::write(d.join("config.toml"), text)?;
         let config = d.join("config.toml");
-        let netns = if pod_network { Some(Self::pod_network(d)?) } else { None };
+        let netns = Self::pod_network(d)?;
         Self::start_in(release, dir, &config, netns)
     }
 
@@ -188,6 +179,8 @@ impl Containerd {
         std::fs::write(d.join("cni/net.d/10-contrast-test.conflist"), conf.to_string())?;
         let name = format!("contrast-{}", d.file_name().and_then(|n| n.to_str()).unwrap_or("test"));
         run(Command::new("ip").args(["netns", "add", &name]))?;
+        // containerd's CRI streaming server listens on 127.0.0.1 there.
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]))?;
         Ok(name)
     }
 
@@ -232,13 +225,15 @@ state = "{d}/state"
     }
 
     /// Starts containerd `release` in `dir` (which holds what [`Containerd::base_config`]
-    /// names) on the config file `config`, and imports the test images.
+    /// names) on the config file `config`, in a network namespace of its own with the CNI
+    /// bridge network, and imports the test images.
     pub fn start_with_config(release: Release, dir: tempfile::TempDir, config: &Path) -> Result<Containerd> {
-        Self::start_in(release, dir, config, None)
+        let netns = Self::pod_network(dir.path())?;
+        Self::start_in(release, dir, config, netns)
     }
 
-    fn start_in(release: Release, dir: tempfile::TempDir, config: &Path, netns: Option<String>) -> Result<Containerd> {
-        let mut cd = Containerd { dir, release, config: config.to_owned(), child: None, netns };
+    fn start_in(release: Release, dir: tempfile::TempDir, config: &Path, netns: String) -> Result<Containerd> {
+        let mut cd = Containerd { dir, release, config: config.to_owned(), child: None, netns: Some(netns) };
         cd.spawn()?;
         let image = cd.dir.path().join("busybox.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.py");
@@ -296,6 +291,11 @@ state = "{d}/state"
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The network namespace containerd (and so CNI's bridge) runs in.
+    pub fn netns_path(&self) -> Option<PathBuf> {
+        self.netns.as_ref().map(|n| Path::new("/run/netns").join(n))
     }
 
     pub fn socket(&self) -> String {

@@ -120,7 +120,7 @@ layer_cache_dir = "{state}-layers"
 
 /// Rego rules (kata's names, package `agent_policy`) allowing what the shim needs to run a
 /// pod — everything but creating containers and exec, which each test's policy decides.
-pub const POD_LIFECYCLE_RULES: &str = r#"package agent_policy
+const POD_LIFECYCLE_RULES: &str = r#"package agent_policy
 default CreateSandboxRequest := true
 default DestroySandboxRequest := true
 default StartContainerRequest := true
@@ -133,7 +133,14 @@ default CloseStdinRequest := true
 default GetOOMEventRequest := true
 default StatsContainerRequest := true
 default ListProcessesRequest := true
+
 "#;
+
+/// The pod lifecycle rules plus the generator's network and copied-file rules: what a test
+/// policy starts with before its own rules.
+pub fn pod_lifecycle_rules() -> String {
+    format!("{POD_LIFECYCLE_RULES}{}", contrast_generate::POD_NETWORK_RULES)
+}
 
 /// ttrpc client on a connected agent stream.
 pub fn ttrpc_client(fd: OwnedFd) -> ttrpc::r#async::Client {

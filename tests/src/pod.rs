@@ -164,6 +164,7 @@ impl TestPod {
             state_dir: scratch.path().join("run/default").join(id),
             init_data,
             shared_dir: share.then_some(shared),
+            netns: None,
         })
         .await?;
         let agent = AgentClient::new(vm.dial_agent().await?, REQUEST_TIMEOUT);

@@ -3,6 +3,7 @@
 //! helper daemons.
 
 pub mod helper;
+pub mod net;
 pub mod pidfile;
 mod pod_vm;
 pub mod qemu_args;

@@ -12,8 +12,10 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::helper::{self, Helper};
+use crate::net::PodNetwork;
 use crate::qemu_args::{
-    BootSource, InitDataLaunch, QemuSpec, SnpParams, VsockDevice, HOST_DATA_LEN, MRCONFIGID_LEN, VSOCK_QOM_PATH,
+    BootSource, InitDataLaunch, NicDevice, QemuSpec, SnpParams, VsockDevice, HOST_DATA_LEN, MRCONFIGID_LEN,
+    VSOCK_QOM_PATH,
 };
 use crate::qmp::{self, QmpClient};
 use crate::supervisor::{LogFiles, Supervisor, VmExit};
@@ -74,6 +76,8 @@ pub enum Error {
         /// Empty, or why vhost-device-vsock can no longer connect anything.
         worker: String,
     },
+    #[error(transparent)]
+    Network(#[from] crate::net::Error),
     #[error("hypervisor.qemu.kernel_params_file {}: {problem}", path.display())]
     KernelParamsFile { path: PathBuf, problem: String },
 }
@@ -90,6 +94,8 @@ pub struct LaunchRequest<'a> {
     pub init_data: Option<LaunchInitData>,
     /// Host directory shared with the guest over virtio-fs (`shared_fs = "virtio-fs"` only).
     pub shared_dir: Option<PathBuf>,
+    /// The pod's network namespace (CNI's): each interface in it becomes a guest NIC.
+    pub netns: Option<PathBuf>,
 }
 
 /// A pod's init data as the VM gets it (built by the shim with crate `contrast-initdata`).
@@ -117,6 +123,8 @@ pub struct PodVm {
     powerdown_timeout: Duration,
     quit_timeout: Duration,
     stopped: std::sync::atomic::AtomicBool,
+    /// The pod's interfaces joined to the VM's taps (see [`crate::net`]).
+    network: Option<PodNetwork>,
 }
 
 struct Paths {
@@ -176,12 +184,6 @@ impl PodVm {
 
     async fn launch_in(req: &LaunchRequest<'_>, paths: &Paths) -> Result<PodVm, Error> {
         let q = &req.config.hypervisor.qemu;
-        let confidential = q.platform != contrast_config::Platform::Insecure;
-        let kvm = match q.accel {
-            Accel::Kvm => true,
-            Accel::Tcg => false,
-            Accel::Auto => confidential || kvm_usable(),
-        };
         let use_vhost = match q.vsock_mode {
             VsockMode::Vhost => true,
             VsockMode::Hybrid => false,
@@ -200,7 +202,66 @@ impl PodVm {
                 }
             };
 
+        let mut network = match &req.netns {
+            None => None,
+            Some(netns) => match PodNetwork::attach(netns).await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    for helper in &mut helpers {
+                        helper.stop().await;
+                    }
+                    return Err(e.into());
+                }
+            },
+        };
+        let result =
+            Self::launch_with(req, paths, helpers, vsock_device, endpoint, virtio_fs, vhost, network.as_mut()).await;
+        match result {
+            Ok(mut vm) => {
+                vm.network = network;
+                Ok(vm)
+            }
+            Err(e) => {
+                if let Some(n) = &network {
+                    n.detach().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn launch_with(
+        req: &LaunchRequest<'_>,
+        paths: &Paths,
+        helpers: Vec<Helper>,
+        vsock_device: VsockDevice,
+        endpoint: VsockEndpoint,
+        virtio_fs: Option<PathBuf>,
+        vhost: Option<vsock::VhostVsock>,
+        network: Option<&mut PodNetwork>,
+    ) -> Result<PodVm, Error> {
+        let q = &req.config.hypervisor.qemu;
+        let kvm = match q.accel {
+            Accel::Kvm => true,
+            Accel::Tcg => false,
+            Accel::Auto => q.platform != contrast_config::Platform::Insecure || kvm_usable(),
+        };
+        let use_vhost = matches!(vsock_device, VsockDevice::Vhost { .. });
         let vsock_helper = if use_vhost { None } else { helpers.first().map(Helper::pid) };
+        // Tap fds, and a /dev/vhost-net fd per NIC where the host has one (the kernel then
+        // moves the frames; without it QEMU's userspace virtio-net does).
+        let (mut taps, mut nics): (Vec<OwnedFd>, Vec<NicDevice>) = (Vec::new(), Vec::new());
+        if let Some(n) = network {
+            let macs: Vec<_> = n.interfaces.iter().map(|i| (contrast_netlink::format_mac(&i.mac), i.mtu)).collect();
+            for (tap, (mac, mtu)) in n.take_tap_fds().into_iter().zip(macs) {
+                let vhost = crate::net::open_vhost_net();
+                let vhost_fd = vhost.as_ref().map(AsRawFd::as_raw_fd);
+                nics.push(NicDevice { tap_fd: tap.as_raw_fd(), vhost_fd, mac, mtu });
+                taps.push(tap);
+                taps.extend(vhost);
+            }
+        }
 
         let boot = match (&q.igvm, &q.kernel) {
             (Some(file), _) => BootSource::Igvm { file: file.clone() },
@@ -241,6 +302,7 @@ impl PodVm {
             console_log: paths.console.clone(),
             cpu_model: req.config.cpu_model(kvm),
             scsi_controller: req.config.confidential_path(),
+            nics,
             init_data,
             snp: SnpParams { cbitpos: q.cbitpos, reduced_phys_bits: q.reduced_phys_bits, policy: q.snp_guest_policy },
         };
@@ -252,15 +314,19 @@ impl PodVm {
         let log_err = log.try_clone().map_err(|source| Error::StateDir { path: paths.qemu_log.clone(), source })?;
         let mut cmd = Command::new(&q.path);
         cmd.args(spec.args()).stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true);
-        if let Some(v) = &vhost {
-            let fd = v.fd.as_raw_fd();
-            // SAFETY: the closure only calls fcntl, which is async-signal-safe, on an fd that
-            // stays open in the parent until spawn returns.
+        // QEMU inherits the vhost-vsock fd and the taps under their numbers in this process.
+        let inherited: Vec<i32> =
+            vhost.iter().map(|v| v.fd.as_raw_fd()).chain(taps.iter().map(AsRawFd::as_raw_fd)).collect();
+        if !inherited.is_empty() {
+            // SAFETY: the closure only calls fcntl, which is async-signal-safe, on fds that
+            // stay open in the parent until spawn returns.
             unsafe {
                 cmd.pre_exec(move || {
-                    let flags = libc::fcntl(fd, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(std::io::Error::last_os_error());
+                    for &fd in &inherited {
+                        let flags = libc::fcntl(fd, libc::F_GETFD);
+                        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
@@ -271,8 +337,9 @@ impl PodVm {
             // For cleanup without this process (containerd's `<shim> delete`).
             let _ = crate::pidfile::record(&req.state_dir, "qemu", pid);
         }
-        // QEMU holds its own copy of the vhost fd now.
+        // QEMU holds its own copies of the vhost fd and the taps now.
         drop(vhost);
+        drop(taps);
         let supervisor = Supervisor::start(
             child,
             helpers,
@@ -311,6 +378,7 @@ impl PodVm {
             powerdown_timeout: Duration::from_millis(q.powerdown_timeout_ms),
             quit_timeout: Duration::from_millis(q.quit_timeout_ms),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            network: None,
         })
     }
 
@@ -480,6 +548,11 @@ impl PodVm {
         &self.vsock
     }
 
+    /// The pod's network as attached to this VM (none without a network namespace).
+    pub fn network(&self) -> Option<&PodNetwork> {
+        self.network.as_ref()
+    }
+
     pub fn qemu_pid(&self) -> u32 {
         self.supervisor.pid()
     }
@@ -507,6 +580,9 @@ impl PodVm {
     pub async fn stop(&self) -> VmExit {
         self.supervisor.expect_exit();
         let exit = self.shut_down().await;
+        if let Some(n) = &self.network {
+            n.detach().await;
+        }
         remove_state_dir(&self.state_dir);
         self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         exit
@@ -543,6 +619,9 @@ impl Drop for PodVm {
             }
             // The supervisor task kills QEMU (or its Child does on drop when the runtime ends).
             let _ = self.supervisor.request_kill();
+            if let Some(n) = &self.network {
+                n.detach_blocking();
+            }
             remove_state_dir(&self.state_dir);
         }
     }

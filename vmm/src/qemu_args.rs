@@ -32,7 +32,21 @@ pub struct QemuSpec {
     /// A virtio-scsi controller for container image layers hot-plugged as read-only disks
     /// (the confidential path's images).
     pub scsi_controller: bool,
+    /// The pod's network interfaces, one virtio-net device each.
+    pub nics: Vec<NicDevice>,
     pub snp: SnpParams,
+}
+
+/// A virtio-net device on a tap the shim opened (see [`crate::net`]).
+#[derive(Debug, Clone)]
+pub struct NicDevice {
+    /// Open tap fd QEMU inherits.
+    pub tap_fd: i32,
+    /// Open `/dev/vhost-net` fd QEMU inherits, when the host has vhost-net.
+    pub vhost_fd: Option<i32>,
+    /// The guest NIC's MAC: the pod veth's, which the CNI network knows the pod by.
+    pub mac: String,
+    pub mtu: u32,
 }
 
 /// How a pod's init data reaches its VM (see crate `contrast-initdata`).
@@ -153,6 +167,18 @@ impl QemuSpec {
                     &format!("vhost-vsock-pci,guest-cid={guest_cid},vhostfd={vhostfd},disable-legacy=on"),
                 ]);
             }
+        }
+        for (i, nic) in self.nics.iter().enumerate() {
+            let vhost = nic.vhost_fd.map(|fd| format!(",vhost=on,vhostfd={fd}")).unwrap_or_default();
+            a.push(["-netdev", &format!("tap,id=net{i},fd={}{vhost}", nic.tap_fd)]);
+            // `romfile=`: no PXE option ROM (nothing boots from the network).
+            a.push([
+                "-device",
+                &format!(
+                    "virtio-net-pci,netdev=net{i},mac={},host_mtu={},romfile=,disable-legacy=on",
+                    nic.mac, nic.mtu
+                ),
+            ]);
         }
         if let Some(socket) = &self.virtio_fs {
             a.push(["-chardev"]).joined("socket,id=fs0,path=", socket);

@@ -111,6 +111,12 @@ impl AgentClient {
         get_guest_details(agent::GuestDetailsRequest) -> agent::GuestDetailsResponse;
         list_processes(agent::ListProcessesRequest) -> agent::ListProcessesResponse;
         set_policy(agent::SetPolicyRequest) -> crate::empty::Empty;
+        update_interface(agent::UpdateInterfaceRequest) -> crate::types::Interface;
+        update_routes(agent::UpdateRoutesRequest) -> agent::Routes;
+        list_interfaces(agent::ListInterfacesRequest) -> agent::Interfaces;
+        list_routes(agent::ListRoutesRequest) -> agent::Routes;
+        add_arp_neighbors(agent::AddARPNeighborsRequest) -> crate::empty::Empty;
+        copy_file(agent::CopyFileRequest) -> crate::empty::Empty;
     }
 
     /// Blocks until the process exits; returns its status (128+signal when killed).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use contrast_agent_protocol::{agent, agent_ttrpc, empty::Empty};
+use contrast_agent_protocol::{agent, agent_ttrpc, empty::Empty, types};
 use ttrpc::r#async::TtrpcContext;
 
 use crate::error::Error;
@@ -217,6 +217,38 @@ impl agent_ttrpc::AgentService for AgentService {
         self.allow(&req)?;
         self.policy.set(&req.policy).map_err(Error::from)?;
         crate::log!("policy set ({} bytes)", req.policy.len());
+        Ok(Empty::new())
+    }
+
+    async fn update_interface(&self, _: &TtrpcContext, req: agent::UpdateInterfaceRequest) -> Result<types::Interface> {
+        self.allow(&req)?;
+        Ok(crate::network::update_interface(&req)?)
+    }
+
+    async fn update_routes(&self, _: &TtrpcContext, req: agent::UpdateRoutesRequest) -> Result<agent::Routes> {
+        self.allow(&req)?;
+        Ok(crate::network::update_routes(&req)?)
+    }
+
+    async fn list_interfaces(&self, _: &TtrpcContext, req: agent::ListInterfacesRequest) -> Result<agent::Interfaces> {
+        self.allow(&req)?;
+        Ok(crate::network::list_interfaces()?)
+    }
+
+    async fn list_routes(&self, _: &TtrpcContext, req: agent::ListRoutesRequest) -> Result<agent::Routes> {
+        self.allow(&req)?;
+        Ok(crate::network::list_routes()?)
+    }
+
+    async fn copy_file(&self, _: &TtrpcContext, req: agent::CopyFileRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        crate::copy_file::copy_file(&req)?;
+        Ok(Empty::new())
+    }
+
+    async fn add_arp_neighbors(&self, _: &TtrpcContext, req: agent::AddARPNeighborsRequest) -> Result<Empty> {
+        self.allow(&req)?;
+        crate::network::add_arp_neighbors(&req)?;
         Ok(Empty::new())
     }
 }

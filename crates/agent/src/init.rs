@@ -68,6 +68,9 @@ pub fn setup_system() -> Result<KernelCmdline> {
     .context("mounting devpts")?;
     crate::cgroup::setup()?;
     contrast_init::modules::load_listed(Path::new(MODULE_LIST)).context("loading kernel modules")?;
+    if let Err(e) = crate::network::loopback_up() {
+        log!("loopback stays down: {e}");
+    }
     watch_power_button();
     KernelCmdline::read()
 }

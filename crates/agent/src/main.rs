@@ -5,6 +5,7 @@
 
 mod agent_service;
 mod cgroup;
+mod copy_file;
 mod error;
 mod init;
 mod launch;
@@ -12,6 +13,7 @@ mod layers;
 #[cfg(target_env = "musl")]
 mod libc_compat;
 mod measured;
+mod network;
 mod policy;
 mod policy_input;
 mod reaper;

@@ -18,6 +18,8 @@ const EXEC_SYNC_TIMEOUT_SECS: i64 = 120;
 
 pub struct CriClient {
     runtime: RuntimeServiceClient<Channel>,
+    /// The network namespace containerd's streaming server listens in, when not ours.
+    stream_netns: Option<PathBuf>,
 }
 
 /// What a pod sandbox is created with; kept to create its containers.
@@ -37,7 +39,14 @@ impl CriClient {
             }))
             .await
             .with_context(|| format!("connecting to {}", socket.display()))?;
-        Ok(CriClient { runtime: RuntimeServiceClient::new(channel) })
+        Ok(CriClient { runtime: RuntimeServiceClient::new(channel), stream_netns: None })
+    }
+
+    /// Streams (`Exec`) connect from network namespace `netns`: containerd's streaming
+    /// server listens on 127.0.0.1 of the namespace containerd runs in.
+    pub fn streaming_from(mut self, netns: Option<PathBuf>) -> Self {
+        self.stream_netns = netns;
+        self
     }
 
     /// `crictl runp`: a pod sandbox on the node's network (no CNI here) with `handler`.
@@ -120,6 +129,27 @@ impl CriClient {
         Ok((resp.exit_code, resp.stdout, resp.stderr))
     }
 
+    /// `crictl inspectp`: the pod's IP (as CNI assigned it) and its network namespace path (from
+    /// the verbose info's runtime spec; every containerd since 1.6 puts it there).
+    pub async fn pod_network(&mut self, pod_id: &str) -> Result<(String, Option<String>)> {
+        let resp = self
+            .runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod_id.into(), verbose: true })
+            .await
+            .context("PodSandboxStatus")?
+            .into_inner();
+        let ip = resp.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
+        let netns = resp.info.get("info").and_then(|info| {
+            let v: serde_json::Value = serde_json::from_str(info).ok()?;
+            v["runtimeSpec"]["linux"]["namespaces"]
+                .as_array()?
+                .iter()
+                .find(|ns| ns["type"] == "network")
+                .and_then(|ns| ns["path"].as_str().map(str::to_owned))
+        });
+        Ok((ip, netns))
+    }
+
     /// `crictl inspect`: the container's status (state, exit code, reason, ...).
     pub async fn container_status(&mut self, container: &str) -> Result<cri::ContainerStatus> {
         let resp = self
@@ -149,7 +179,23 @@ impl CriClient {
             .await
             .context("Exec")?
             .into_inner();
-        stream::exec(&resp.url, input).await
+        let Some(netns) = self.stream_netns.clone() else {
+            return stream::exec(&resp.url, input).await;
+        };
+        // A socket belongs to the namespace of the thread that creates it: connect from a
+        // thread of its own that has entered containerd's.
+        let input = input.to_vec();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let result = (|| {
+                let ns = std::fs::File::open(&netns).with_context(|| format!("opening {}", netns.display()))?;
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(stream::exec(&resp.url, &input))
+            })();
+            let _ = tx.send(result);
+        });
+        rx.await.context("streaming thread")?
     }
 
     /// `crictl stopp` + `rmp`.
@@ -181,7 +227,7 @@ impl CriClient {
     }
 }
 
-/// A pod config as `crictl runp` would send it: host network (no CNI), hostname = name.
+/// A pod config as `crictl runp` would send it: the pod's own network (CNI), hostname = name.
 pub fn pod_config(name: &str, namespace: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -195,7 +241,7 @@ pub fn pod_config(name: &str, namespace: &str) -> cri::PodSandboxConfig {
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Node as i32,
+                    network: cri::NamespaceMode::Pod as i32,
                     ..Default::default()
                 }),
                 ..Default::default()

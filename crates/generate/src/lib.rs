@@ -8,7 +8,7 @@ use std::io::Read;
 
 use anyhow::{Context, Result};
 
-pub use policy::{policy_rego, PinnedImage, PinnedLayer};
+pub use policy::{policy_rego, PinnedImage, PinnedLayer, POD_NETWORK_RULES};
 
 /// The files of an OCI image archive (`index.json`, `blobs/sha256/...`).
 pub fn read_archive(path: &std::path::Path) -> Result<BTreeMap<String, Vec<u8>>> {
@@ -101,10 +101,52 @@ mod tests {
     }
 
     fn eval(rego: &str, input: serde_json::Value) -> regorus::Value {
+        eval_rule(rego, "CreateContainerRequest", input)
+    }
+
+    fn eval_rule(rego: &str, rule: &str, input: serde_json::Value) -> regorus::Value {
         let mut e = regorus::Engine::new();
         e.add_policy("policy.rego".into(), rego.into()).expect("the generated policy compiles");
         e.set_input_json(&input.to_string()).expect("input");
-        e.eval_rule("data.agent_policy.CreateContainerRequest".into()).expect("eval")
+        e.eval_rule(format!("data.agent_policy.{rule}")).expect("eval")
+    }
+
+    #[test]
+    fn copied_files_network_and_their_bind_mounts() {
+        let rego = policy_rego(&[image()]);
+        let dir = "/run/kata-containers/shared/containers";
+        let copy = |path: &str| eval_rule(&rego, "CopyFileRequest", serde_json::json!({ "path": path }));
+        assert_eq!(copy(&format!("{dir}/c-resolv.conf")), regorus::Value::Bool(true));
+        for bad in [format!("{dir}/c-passwd"), format!("{dir}/x/c-hosts"), format!("{dir}/-hosts"), "/etc/hosts".into()]
+        {
+            assert_eq!(copy(&bad), regorus::Value::Bool(false), "{bad}");
+        }
+        let routes = |dev: &str| {
+            eval_rule(&rego, "UpdateRoutesRequest", serde_json::json!({ "routes": { "Routes": [{ "device": dev }] } }))
+        };
+        assert_eq!(routes("eth0"), regorus::Value::Bool(true));
+        assert_eq!(routes("lo"), regorus::Value::Bool(false));
+        let nic = |flags: u32| {
+            eval_rule(
+                &rego,
+                "UpdateInterfaceRequest",
+                serde_json::json!({ "interface": { "devicePath": "", "raw_flags": flags } }),
+            )
+        };
+        assert_eq!((nic(0), nic(0x80)), (regorus::Value::Bool(true), regorus::Value::Bool(false)));
+        // A bind mount only of the container's own copy, at its own place.
+        let with_mount = |source: &str, destination: &str| {
+            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+            r["OCI"]["Mounts"]
+                .as_array_mut()
+                .expect("mounts")
+                .push(serde_json::json!({ "destination": destination, "type_": "bind", "source": source, "options": ["rbind"] }));
+            eval(&rego, r)
+        };
+        assert_eq!(with_mount(&format!("{dir}/c-resolv.conf"), "/etc/resolv.conf"), regorus::Value::Bool(true));
+        assert_eq!(with_mount(&format!("{dir}/c-hosts"), "/etc/resolv.conf"), regorus::Value::Bool(false));
+        assert_eq!(with_mount(&format!("{dir}/other-resolv.conf"), "/etc/resolv.conf"), regorus::Value::Bool(false));
+        assert_eq!(with_mount("/var/lib/secret", "/etc/resolv.conf"), regorus::Value::Bool(false));
     }
 
     fn request(root_hash: &str, args: &[&str]) -> serde_json::Value {

@@ -43,6 +43,7 @@ default ResumeContainerRequest := true
 default ExecProcessRequest := true
 default SetPolicyRequest := false
 
+
 image_name := input.OCI.Annotations["io.kubernetes.cri.image-name"]
 
 is_sandbox if { input.OCI.Annotations["io.kubernetes.cri.container-type"] == "sandbox" }
@@ -80,7 +81,15 @@ layers_allowed(pinned) if {
 command_allowed(pinned) if { is_null(pinned.command) }
 command_allowed(pinned) if { input.OCI.Process.Args == pinned.command }
 
-no_bind_mounts if { every m in input.OCI.Mounts { m.type_ != "bind" } }
+# Bind mounts only of the files the host copied in for this container, each at its own place.
+copied_files := {"/etc/hosts": "hosts", "/etc/hostname": "hostname", "/etc/resolv.conf": "resolv.conf"}
+mount_allowed(m) if { m.type_ != "bind" }
+mount_allowed(m) if {
+    m.type_ == "bind"
+    name := copied_files[m.destination]
+    m.source == concat("", ["/run/kata-containers/shared/containers/", input.container_id, "-", name])
+}
+mounts_allowed if { every m in input.OCI.Mounts { mount_allowed(m) } }
 
 default CreateContainerRequest := false
 CreateContainerRequest if { pause_allowed }
@@ -89,7 +98,7 @@ CreateContainerRequest if {
     pinned := policy_data.images[image_name]
     layers_allowed(pinned)
     command_allowed(pinned)
-    no_bind_mounts
+    mounts_allowed
 }
 
 # Why a container was refused, in the denial.
@@ -105,6 +114,13 @@ CreateContainerRequest if {
     some s in layer_storages
     not pinned_layer(pinned, s)
     print("layer", layer_digest(s), "is not pinned for image", image_name)
+    false
+}
+CreateContainerRequest if {
+    not is_sandbox
+    some m in input.OCI.Mounts
+    not mount_allowed(m)
+    print("bind mount of", m.source, "on", m.destination, "is not allowed by the policy")
     false
 }
 CreateContainerRequest if {
@@ -126,6 +142,38 @@ layer_digest(s) := trim_prefix(d, "digest=") if {
 }
 "#;
 
+/// The pod's network and the files copied in for its containers (DNS, names), as the host
+/// sends them; shared with the test policies.
+pub const POD_NETWORK_RULES: &str = r#"
+# The pod's network, as the host found it in the pod's network namespace: a NIC named by its
+# MAC only (no device path), no raw interface flags, no route through loopback.
+default UpdateInterfaceRequest := false
+UpdateInterfaceRequest if {
+    input.interface.devicePath == ""
+    input.interface.raw_flags == 0
+}
+default UpdateRoutesRequest := false
+UpdateRoutesRequest if {
+    every r in input.routes.Routes { r.device != "lo" }
+}
+default AddARPNeighborsRequest := true
+default ListInterfacesRequest := true
+default ListRoutesRequest := true
+
+# The pod's hosts, hostname and resolv.conf, copied in by the host (no host share):
+# <dir>/<container id>-<name>, nothing else.
+copied_file_dir := "/run/kata-containers/shared/containers/"
+default CopyFileRequest := false
+CopyFileRequest if {
+    startswith(input.path, copied_file_dir)
+    rest := substring(input.path, count(copied_file_dir), -1)
+    not contains(rest, "/")
+    some name in {"hosts", "hostname", "resolv.conf"}
+    endswith(rest, concat("", ["-", name]))
+    count(rest) > count(name) + 1
+}
+"#;
+
 /// The whole policy: the rules, then `policy_data` with the pinned values.
 pub fn policy_rego(images: &[PinnedImage]) -> String {
     let mut map = serde_json::Map::new();
@@ -142,5 +190,5 @@ pub fn policy_rego(images: &[PinnedImage]) -> String {
         map.insert(image.name.clone(), serde_json::json!({ "layers": layers, "command": image.command }));
     }
     let data = serde_json::json!({ "images": map });
-    format!("{RULES}\npolicy_data := {}\n", serde_json::to_string_pretty(&data).expect("JSON"))
+    format!("{RULES}{POD_NETWORK_RULES}\npolicy_data := {}\n", serde_json::to_string_pretty(&data).expect("JSON"))
 }

@@ -39,7 +39,9 @@ use crate::tree::Tree;
 /// plugins and `brctl addbr` inside pods do). `sev_guest`, `tdx_guest`: the attestation
 /// report the init data is checked against; `qemu_fw_cfg`: the simulated binding.
 /// `virtio_scsi`, `sd_mod`, `overlay`: image layers as hot-plugged disks under an overlay.
+/// `virtio_net`: the pod's network interfaces.
 const GUEST_MODULES: &[&str] = &[
+    "virtio_net",
     "vmw_vsock_virtio_transport",
     "button",
     "evdev",

@@ -54,6 +54,12 @@ fn spec(platform: Platform, igvm: bool) -> QemuSpec {
             Platform::Insecure => None,
         },
         scsi_controller: confidential,
+        nics: vec![NicDevice {
+            tap_fd: 4,
+            vhost_fd: confidential.then_some(5),
+            mac: "0a:58:0a:58:00:05".into(),
+            mtu: 1450,
+        }],
         init_data: confidential.then(|| InitDataLaunch {
             disk: dir.join("initdata.img"),
             host_data: [0xab; 32],

@@ -1,0 +1,133 @@
+//! kata's `CopyFile`: small files the host hands a pod whose VM has no host share — on the
+//! confidential path the files containerd bind-mounts into containers (`/etc/hosts`,
+//! `/etc/hostname`, `/etc/resolv.conf`), which a container then bind-mounts from here.
+//!
+//! Only regular files below [`COPY_DIR`] are written (kata allows anything below `/run`; the
+//! policy narrows it further). A file arrives in one or more chunks at increasing offsets
+//! into `<path>.part`, and is renamed into place with its mode and owner once `file_size`
+//! bytes are there, so a container never sees half a file.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use contrast_agent_protocol::agent;
+
+use crate::error::Error;
+
+/// Where copied files go (kata's directory for them).
+pub const COPY_DIR: &str = "/run/kata-containers/shared/containers";
+/// Largest file taken: these are configuration files.
+const MAX_FILE_SIZE: i64 = 1 << 20;
+/// `S_IFMT` / `S_IFREG`: a mode with a file type must name a regular file.
+const S_IFMT: u32 = 0o170_000;
+const S_IFREG: u32 = 0o100_000;
+
+/// Checks `path` and answers it as a path below [`COPY_DIR`].
+fn destination(path: &str) -> Result<PathBuf, Error> {
+    let p = Path::new(path);
+    let bad = |why: &str| Error::InvalidArgument(format!("CopyFile path {path:?} {why}"));
+    if !p.is_absolute() {
+        return Err(bad("is not absolute"));
+    }
+    // Checked on the string: `Path::components` silently drops `.` and doubled slashes.
+    if path.split('/').skip(1).any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return Err(bad("is not canonical"));
+    }
+    match p.strip_prefix(COPY_DIR) {
+        Ok(rest) if !rest.as_os_str().is_empty() => Ok(p.to_owned()),
+        _ => Err(bad(&format!("is not below {COPY_DIR}"))),
+    }
+}
+
+pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
+    let path = destination(&req.path)?;
+    let kind = req.file_mode & S_IFMT;
+    if kind != 0 && kind != S_IFREG {
+        return Err(Error::InvalidArgument(format!(
+            "CopyFile {}: only regular files are taken (mode {:o})",
+            req.path, req.file_mode
+        )));
+    }
+    if !(0..=MAX_FILE_SIZE).contains(&req.file_size) {
+        return Err(Error::InvalidArgument(format!(
+            "CopyFile {}: size {} is not 0..={MAX_FILE_SIZE}",
+            req.path, req.file_size
+        )));
+    }
+    let end = req.offset.checked_add(req.data.len() as i64);
+    if req.offset < 0 || end.is_none_or(|e| e > req.file_size) {
+        return Err(Error::InvalidArgument(format!(
+            "CopyFile {}: {} bytes at offset {} do not fit a file of {} bytes",
+            req.path,
+            req.data.len(),
+            req.offset,
+            req.file_size
+        )));
+    }
+    let io = |what: &str, e: std::io::Error| Error::Internal(format!("CopyFile {}: {what}: {e}", req.path));
+    let parent = path.parent().unwrap_or(Path::new(COPY_DIR));
+    let dir_mode = if req.dir_mode == 0 { 0o755 } else { req.dir_mode & 0o7777 };
+    DirBuilder::new().recursive(true).mode(dir_mode).create(parent).map_err(|e| io("creating its directory", e))?;
+    let part = path.with_extension(match path.extension() {
+        Some(ext) => format!("{}.part", ext.to_string_lossy()),
+        None => "part".into(),
+    });
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(req.offset == 0)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&part)
+        .map_err(|e| io("opening", e))?;
+    file.write_all_at(&req.data, req.offset as u64).map_err(|e| io("writing", e))?;
+    if end == Some(req.file_size) {
+        let mode = if req.file_mode & 0o7777 == 0 { 0o644 } else { req.file_mode & 0o7777 };
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io("setting its mode", e))?;
+        let owner = |id: i32| (id >= 0).then_some(id as u32);
+        std::os::unix::fs::fchown(&file, owner(req.uid), owner(req.gid)).map_err(|e| io("setting its owner", e))?;
+        std::fs::rename(&part, &path).map_err(|e| io("moving it into place", e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_paths_below_the_copy_dir() {
+        let ok = "/run/kata-containers/shared/containers/abc-resolv.conf";
+        assert_eq!(destination(ok).ok(), Some(PathBuf::from(ok)));
+        for bad in [
+            "run/kata-containers/shared/containers/x",
+            "/run/kata-containers/shared/containers",
+            "/run/kata-containers/shared/containers/../../../etc/passwd",
+            "/run/kata-containers/shared/containers/./x",
+            "/run/kata-containers/shared//containers/x",
+            "/etc/resolv.conf",
+            "/run/kata-containers/shared/containersX/y",
+        ] {
+            assert!(matches!(destination(bad), Err(Error::InvalidArgument(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_offsets_and_kinds_are_checked_before_anything_is_written() {
+        let mut req = agent::CopyFileRequest::new();
+        req.path = format!("{COPY_DIR}/c-hosts");
+        req.file_size = 4;
+        req.data = b"12345".to_vec();
+        assert!(matches!(copy_file(&req), Err(Error::InvalidArgument(m)) if m.contains("do not fit")));
+        req.data = b"12".to_vec();
+        req.offset = -1;
+        assert!(matches!(copy_file(&req), Err(Error::InvalidArgument(_))));
+        req.offset = 0;
+        req.file_size = MAX_FILE_SIZE + 1;
+        assert!(matches!(copy_file(&req), Err(Error::InvalidArgument(m)) if m.contains("size")));
+        req.file_size = 2;
+        req.file_mode = 0o120_777; // a symlink
+        assert!(matches!(copy_file(&req), Err(Error::InvalidArgument(m)) if m.contains("regular files")));
+    }
+}
