@@ -7,6 +7,7 @@ mod crash;
 mod exec;
 mod layers;
 mod lifecycle;
+mod network;
 mod policy;
 mod seccomp;
 mod verity;
