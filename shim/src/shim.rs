@@ -66,6 +66,7 @@ impl Shim for ContrastShim {
                 let state = pod::state_dir(&config, &self.namespace, &sandbox);
                 if sandbox == self.id {
                     pod::cleanup_dead_pod(&state);
+                    remove_dead_socket(&bundle);
                 } else {
                     crate::rootfs::unmount_all(&state.join("shared").join(&self.id));
                 }
@@ -85,5 +86,25 @@ impl Shim for ContrastShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         TaskService::new(&self.namespace, &self.address, publisher, self.exit.clone())
+    }
+}
+
+/// Removes the socket of the pod's daemon named in `<bundle>/address` (written by `start`),
+/// unless something still answers on it: the containerd-shim crate removes it only on an
+/// orderly exit, so every SIGKILLed shim left one in `/run/containerd/s` (containerd's runc
+/// shim removes it in `delete` too).
+fn remove_dead_socket(bundle: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else { return };
+    let path = std::path::Path::new(address.trim().trim_start_matches("unix://"));
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        tracing::info!(socket = %path.display(), "delete: the shim socket is still served; kept");
+        return;
+    }
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!(socket = %path.display(), "delete: removed the dead shim's socket"),
+            Err(e) => tracing::warn!(socket = %path.display(), error = %e, "delete: removing the dead shim's socket"),
+        }
     }
 }

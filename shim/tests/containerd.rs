@@ -235,6 +235,9 @@ containerd_matrix! {
             })
             .collect();
         assert_eq!(shims.len(), 1, "one shim daemon per pod");
+        let address = std::fs::read_to_string(format!("/proc/{}/cwd/address", shims[0])).expect("the shim's address file");
+        let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
+        assert!(socket.exists(), "{} is the live shim's socket", socket.display());
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
         // containerd notices the dead shim and runs `<shim> delete`, which stops the pod.
         let end = Instant::now() + CLEANUP_DEADLINE;
@@ -244,6 +247,7 @@ containerd_matrix! {
         let _ = cd.ctr(&["task", "delete", "orphan"]);
         let _ = cd.ctr(&["container", "rm", "orphan"]);
         wait_clean(&cd, CLEANUP_DEADLINE);
+        assert!(!socket.exists(), "the dead shim's socket {} is left behind", socket.display());
     }
 }
 

@@ -456,7 +456,12 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.kill();
         for pid in shim_processes(self.dir.path()) {
+            // With containerd gone nobody runs `<shim> delete`: the socket goes here.
+            let socket = std::fs::read_to_string(format!("/proc/{pid}/cwd/address")).ok();
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            if let Some(address) = socket {
+                let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));
+            }
         }
         for (pid, _) in crate::processes_mentioning(&self.pod_root()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);

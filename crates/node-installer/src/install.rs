@@ -126,7 +126,31 @@ pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
     Ok(out)
 }
 
+/// node-feature-discovery's local feature directory (node path): a file there becomes node
+/// labels `feature.node.kubernetes.io/<name>=<value>`.
+pub const NFD_FEATURES_DIR: &str = "/etc/kubernetes/node-feature-discovery/features.d";
+
+/// The node label saying this node can run `handler` (the RuntimeClass selects on it).
+pub fn node_label(handler: &str) -> String {
+    format!("feature.node.kubernetes.io/{handler}")
+}
+
+/// Writes the feature file that labels the node as able to run `handler` (only after its
+/// check passed).
+pub fn write_node_feature(node: &Node, handler: &str) -> Result<()> {
+    let dir = node.host(Path::new(NFD_FEATURES_DIR));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(handler);
+    std::fs::write(&path, format!("{handler}=true\n")).with_context(|| format!("writing {}", path.display()))
+}
+
 pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
+    let feature = node.host(&Path::new(NFD_FEATURES_DIR).join(handler));
+    match std::fs::remove_file(&feature) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", feature.display())),
+    }
     let (config_file, original) = read_containerd_config(node)?;
     let mut out = Outcome::default();
     let mut config =

@@ -1,12 +1,14 @@
 //! `contrast-node-installer`: puts one Contrast runtime class onto a Kubernetes node.
 //!
 //! ```text
+//! contrast-node-installer check     --platform P [options]   can this node run P? what is missing
 //! contrast-node-installer install   --platform P [options]   files + containerd config + restart
 //! contrast-node-installer uninstall --platform P [options]   (or --handler NAME)
 //! contrast-node-installer handler   --platform P [--payload DIR] [--set K=V]...
 //! contrast-node-installer manifests --platform P [--payload DIR] [--set K=V]... [--image REF]
 //! ```
 
+mod check;
 mod containerd_config;
 mod install;
 mod manifests;
@@ -19,10 +21,11 @@ use anyhow::{bail, Context, Result};
 
 use crate::install::{Node, Restart};
 
-const USAGE: &str = "usage: contrast-node-installer <install|uninstall|handler|manifests> --platform insecure|snp|tdx
+const USAGE: &str =
+    "usage: contrast-node-installer <check|install|uninstall|handler|manifests> --platform insecure|snp|tdx
   --payload DIR            installer payload (default /contrast)
   --set KEY=VALUE          override in the runtime-class config (dotted key, TOML value); repeatable
-install/uninstall:
+check/install/uninstall:
   --host-root DIR          where the node's / is mounted (default /)
   --node-root DIR          where containerd sees that root (default /; tests: same as --host-root)
   --install-base PATH      node path of the install directory (default /opt/contrast)
@@ -31,6 +34,8 @@ install/uninstall:
   --restart-command CMD    restart containerd with `sh -c CMD` instead of systemd
   --restart-unit UNIT      systemd unit to restart (default containerd.service; k3s: k3s-agent.service)
   --qemu PATH              node path of QEMU when the payload ships none (default /usr/bin/qemu-system-x86_64)
+install:
+  --force                  install even when `check` finds the node cannot run the platform
 uninstall:
   --handler NAME           remove this handler instead of the payload's
 manifests:
@@ -58,6 +63,7 @@ struct Args {
     image: Option<String>,
     namespace: Option<String>,
     pause_image: Option<String>,
+    force: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -74,6 +80,7 @@ fn parse_args() -> Result<Args> {
             "--install-base" => a.install_base = Some(value()?.into()),
             "--containerd-config" => a.containerd_config = Some(value()?.into()),
             "--k3s" => a.k3s = true,
+            "--force" => a.force = true,
             "--restart-command" => a.restart_command = Some(value()?),
             "--restart-unit" => a.restart_unit = Some(value()?),
             "--qemu" => a.qemu = Some(value()?.into()),
@@ -120,9 +127,34 @@ fn run() -> Result<()> {
             };
             print!("{}", manifests::render(&p, &opts)?);
         }
+        "check" => {
+            let p = load()?;
+            let report = readiness(&a, &p);
+            print!("{}", report.render());
+            if !report.ready() {
+                std::process::exit(1);
+            }
+        }
         "install" => {
             let p = load()?;
-            let out = install::install(&node(&a), &p)?;
+            let readiness = readiness(&a, &p);
+            if !readiness.ready() && !a.force {
+                bail!(
+                    "this node cannot run platform {}; install refused (--force installs anyway):\n{}",
+                    p.platform,
+                    readiness.render().trim_end()
+                );
+            }
+            let node = node(&a);
+            let out = install::install(&node, &p)?;
+            if readiness.ready() {
+                install::write_node_feature(&node, &p.handler)?;
+            } else {
+                eprintln!(
+                    "installed with --force on a node that fails `check`: not labelled {}",
+                    install::node_label(&p.handler)
+                );
+            }
             report(&p.handler, "installed", &out);
         }
         "uninstall" => {
@@ -139,6 +171,41 @@ fn run() -> Result<()> {
         other => bail!("unknown command {other:?}\n{USAGE}"),
     }
     Ok(())
+}
+
+/// `check`'s probes for payload `p` on the node at `--host-root`.
+fn readiness(a: &Args, p: &payload::Payload) -> check::Report {
+    let root = a.host_root.clone().unwrap_or_else(|| "/".into());
+    let payload_dir = a.payload.clone().unwrap_or_else(|| PathBuf::from("/contrast"));
+    let qemu = if p.has(&format!("bin/{}", payload::QEMU)) {
+        payload_dir.join("bin").join(payload::QEMU)
+    } else {
+        let node_qemu = a.qemu.clone().unwrap_or_else(|| "/usr/bin/qemu-system-x86_64".into());
+        root.join(node_qemu.strip_prefix("/").unwrap_or(&node_qemu))
+    };
+    let source = |rel: &str| {
+        p.files.iter().find(|f| f.rel == rel).map(|f| f.source.clone()).unwrap_or_else(|| payload_dir.join(rel))
+    };
+    // Firmware (snp/tdx) boots the bzImage; insecure's direct boot the ELF when there is one.
+    let kernel = match (p.platform.as_str(), p.has("share/vmlinux")) {
+        ("insecure", true) => "share/vmlinux",
+        _ => "share/vmlinuz",
+    };
+    let mut boot_files = vec![
+        ("kernel", source(kernel)),
+        ("initrd", source("share/initrd.img")),
+        ("root disk", source("share/root.img")),
+    ];
+    match p.platform.as_str() {
+        "snp" => boot_files.push(("firmware", source("share/OVMF.amdsev.fd"))),
+        "tdx" => boot_files.push(("firmware", source("share/OVMF.inteltdx.fd"))),
+        _ => {}
+    }
+    let igvm = toml::from_str::<toml::Value>(&p.template)
+        .ok()
+        .is_some_and(|v| v.get("hypervisor").and_then(|h| h.get("qemu")).and_then(|q| q.get("igvm")).is_some());
+    let probe = check::Probe { root: &root, qemu_objects: check::qemu_objects(&qemu), boot_files, igvm };
+    check::check(&p.platform, &probe)
 }
 
 fn node(a: &Args) -> Node {

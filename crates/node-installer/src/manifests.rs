@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     Container, HostPathVolumeSource, PodSpec, PodTemplateSpec, SecurityContext, Volume, VolumeMount,
 };
-use k8s_openapi::api::node::v1::{Overhead, RuntimeClass};
+use k8s_openapi::api::node::v1::{Overhead, RuntimeClass, Scheduling};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
@@ -50,7 +50,12 @@ pub fn render(payload: &Payload, opts: &Options) -> Result<String> {
                     .into(),
             ),
         }),
-        scheduling: None,
+        // Pods of this class land only where the installer's check passed (its
+        // node-feature-discovery feature file labels the node).
+        scheduling: Some(Scheduling {
+            node_selector: Some([(crate::install::node_label(&payload.handler), "true".to_owned())].into()),
+            tolerations: None,
+        }),
     };
     let mut args = vec![
         "install".to_owned(),

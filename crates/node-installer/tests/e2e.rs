@@ -52,6 +52,15 @@ async fn installed_handler_runs_a_cri_pod_and_uninstall_restores_the_config() {
     let original = Containerd::base_config(&Release::host(), &d).expect("base config");
     std::fs::write(&config, &original).expect("write config");
     let payload = real_payload(scratch.path());
+    // The node's QEMU and vsock helper, where `check` looks for them under the host root.
+    std::fs::create_dir_all(host.join("usr/bin")).expect("mkdir");
+    for name in ["qemu-system-x86_64", "vhost-device-vsock"] {
+        let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{name} not on PATH"));
+        std::os::unix::fs::symlink(real, host.join("usr/bin").join(name)).expect("link");
+    }
     let restarts = scratch.path().join("restarts");
     let restart = format!("echo restart >> {}", restarts.display());
     let state = format!("runtime.state_dir=\"{}\"", d.join("run").display());

@@ -22,6 +22,7 @@ impl Host {
         std::fs::create_dir_all(root.join("etc/containerd")).expect("mkdir");
         let payload = fake_payload(dir.path());
         let restarts = dir.path().join("restarts");
+        common::ready_insecure_node(&root);
         Host { root, payload, restarts, _dir: dir }
     }
 
@@ -317,6 +318,7 @@ fn failed_restart_leaves_the_config_as_it_was() {
 fn confidential_platforms_get_their_firmware_and_the_bzimage() {
     for (platform, firmware) in [("snp", "OVMF.amdsev.fd"), ("tdx", "OVMF.inteltdx.fd")] {
         let host = Host::new();
+        common::ready_confidential_node(&host.root, platform);
         let restart = host.restart_cmd();
         let mut args = host.args("install", &restart);
         args[2] = platform;
@@ -341,5 +343,80 @@ fn confidential_platforms_get_their_firmware_and_the_bzimage() {
         let out = installer(&args);
         assert!(!out.status.success(), "{platform}");
         assert!(String::from_utf8_lossy(&out.stderr).contains(firmware), "{platform}");
+    }
+}
+
+/// A node that cannot run the platform is refused at install, naming what is missing, and
+/// nothing is written; `--force` installs anyway. `check` says the same.
+#[test]
+fn install_refuses_a_node_that_fails_check_unless_forced() {
+    let host = Host::new();
+    std::fs::remove_file(host.root.join("usr/bin/vhost-device-vsock")).expect("rm");
+    let before = std::fs::read_dir(&host.root).expect("root").count();
+    let restart = host.restart_cmd();
+    let out = installer(&host.args("install", &restart));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot run platform insecure") && err.contains("MISSING  vsock"), "{err}");
+    assert_eq!(std::fs::read_dir(&host.root).expect("root").count(), before, "nothing written");
+    assert_eq!(host.restart_count(), 0);
+    let mut check = host.args("check", &restart);
+    check.truncate(7);
+    let out = installer(&check);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("platform insecure: NOT ready: vsock"));
+    let mut forced = host.args("install", &restart);
+    forced.push("--force");
+    ok(&forced);
+    assert_eq!(host.restart_count(), 1);
+    let features = host.root.join("etc/kubernetes/node-feature-discovery/features.d");
+    assert!(!features.join(host.handler()).exists(), "a node that fails check is not labelled");
+}
+
+/// A node that passes check is labelled through node-feature-discovery's local feature file,
+/// the RuntimeClass selects that label, and uninstall removes the file.
+#[test]
+fn a_ready_node_is_labelled_and_the_runtime_class_selects_the_label() {
+    let host = Host::new();
+    let restart = host.restart_cmd();
+    ok(&host.args("install", &restart));
+    let handler = host.handler();
+    let file = host.root.join("etc/kubernetes/node-feature-discovery/features.d").join(&handler);
+    assert_eq!(std::fs::read_to_string(&file).expect("feature file"), format!("{handler}=true\n"));
+    let yaml = ok(&["manifests", "--platform", "insecure", "--payload", host.payload.to_str().expect("utf-8")]);
+    let rc: serde_yaml::Value =
+        serde_yaml::from_str(yaml.split("\n---\n").next().expect("RuntimeClass")).expect("yaml");
+    assert_eq!(rc["scheduling"]["nodeSelector"][format!("feature.node.kubernetes.io/{handler}")], "true", "{yaml}");
+    ok(&host.args("uninstall", &restart));
+    assert!(!file.exists(), "uninstall removes the label's file");
+}
+
+/// `check` on this machine: `insecure` is ready (and names its accelerator); `snp` and `tdx`
+/// are refused exactly when the kernel lacks them, naming the module parameter.
+#[test]
+fn check_on_this_machine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payload = fake_payload(dir.path());
+    let run = |platform: &str| {
+        let out = installer(&["check", "--platform", platform, "--payload", payload.to_str().expect("utf-8")]);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = run("insecure");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("platform insecure: ready (accelerator "), "{text}");
+    let kvm_vendor = Path::new("/sys/module/kvm_amd").is_dir() || Path::new("/sys/module/kvm_intel").is_dir();
+    if !kvm_vendor {
+        assert!(text.contains("accelerator tcg"), "no kvm_amd/kvm_intel here: {text}");
+    }
+    let param = |p: &str| std::fs::read_to_string(p).is_ok_and(|t| matches!(t.trim(), "Y" | "1"));
+    for (platform, enabled, piece) in [
+        ("snp", param("/sys/module/kvm_amd/parameters/sev_snp"), "kvm_amd sev_snp"),
+        ("tdx", param("/sys/module/kvm_intel/parameters/tdx"), "kvm_intel tdx"),
+    ] {
+        let (code, text) = run(platform);
+        if !enabled {
+            assert_eq!(code, Some(1), "{text}");
+            assert!(text.contains(&format!("MISSING  {piece}")), "{text}");
+        }
     }
 }

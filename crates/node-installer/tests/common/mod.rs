@@ -60,3 +60,43 @@ pub fn backups(config: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Makes the fabricated host root `root` a node that `check --platform insecure` passes: a
+/// vhost-device-vsock and a QEMU that answers `-object help` (a script: these tests never
+/// boot a VM).
+pub fn ready_insecure_node(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = root.join("usr/bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    for (name, text) in [
+        ("vhost-device-vsock", "#!/bin/sh\nexit 0\n"),
+        ("qemu-system-x86_64", "#!/bin/sh\necho 'List of user creatable objects:'\necho '  memory-backend-memfd'\n"),
+    ] {
+        std::fs::write(bin.join(name), text).expect("write");
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+}
+
+/// Makes the fabricated host root an SNP- or TDX-capable node as the kernel shows one
+/// (`/dev/kvm`, the vendor module with its parameter on, `/dev/sev` for SNP) with a QEMU
+/// that lists both confidential-guest objects.
+pub fn ready_confidential_node(root: &Path, platform: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    ready_insecure_node(root);
+    let files: &[(&str, &str)] = match platform {
+        "snp" => &[("dev/kvm", ""), ("dev/sev", ""), ("sys/module/kvm_amd/parameters/sev_snp", "Y\n")],
+        _ => &[("dev/kvm", ""), ("sys/module/kvm_intel/parameters/tdx", "Y\n")],
+    };
+    for (path, text) in files {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+    let qemu = root.join("usr/bin/qemu-system-x86_64");
+    std::fs::write(
+        &qemu,
+        "#!/bin/sh\necho 'List of user creatable objects:'\necho '  sev-snp-guest'\necho '  tdx-guest'\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
