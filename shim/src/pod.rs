@@ -213,6 +213,47 @@ impl Pod {
     }
 }
 
+/// On `snp`/`tdx`: whether this node can run the platform at all (KVM with the vendor's
+/// SNP/TDX switch on, `/dev/sev`, QEMU's confidential-guest object, vsock, boot files),
+/// refused with every missing piece named before a VM boot is spent on it. `insecure` runs
+/// anywhere (TCG without KVM) and is not probed.
+pub fn node_can_run(config: &RuntimeClassConfig) -> Result<(), ShimError> {
+    let q = &config.hypervisor.qemu;
+    if q.platform == contrast_config::Platform::Insecure {
+        return Ok(());
+    }
+    let mut boot_files = Vec::new();
+    for (what, path) in [
+        ("kernel", &q.kernel),
+        ("initrd", &q.initrd),
+        ("root disk", &q.image),
+        ("firmware", &q.firmware),
+        ("igvm", &q.igvm),
+    ] {
+        if let Some(p) = path {
+            boot_files.push((what, p.clone()));
+        }
+    }
+    let probe = contrast_node_check::Probe {
+        root: Path::new("/"),
+        qemu_objects: contrast_node_check::qemu_objects(&q.path),
+        boot_files,
+        igvm: q.igvm.is_some(),
+    };
+    let report = contrast_node_check::check(&q.platform.to_string(), &probe);
+    if report.ready() {
+        return Ok(());
+    }
+    let missing: Vec<String> =
+        report.items.iter().filter(|i| !i.ok).map(|i| format!("{}: {}", i.name, i.detail)).collect();
+    Err(ShimError::FailedPrecondition(format!(
+        "this node cannot run platform {} (`contrast-node-installer check --platform {}` says the same): {}",
+        q.platform,
+        q.platform,
+        missing.join("; ")
+    )))
+}
+
 /// The pod's init data: the `cc_init_data` annotation, else the policy annotation wrapped
 /// into a document (so that a bare policy is measured the same way), else none. On the
 /// confidential path a pod without init data is refused here: its guest would deny it all.

@@ -263,6 +263,7 @@ impl Inner {
                     hostname: spec.hostname().as_deref().filter(|h| !h.is_empty()),
                     netns: spec::pod_network_namespace(&spec).map_err(ShimError::InvalidArgument)?,
                 };
+                pod::node_can_run(&config)?;
                 let pod = Arc::new(Pod::boot(&config, &config_path, &self.namespace, &sandbox_id, sizing).await?);
                 self.watch_vm(pod.clone());
                 self.watch_oom(pod.clone());

@@ -348,3 +348,33 @@ containerd_matrix! {
         wait_clean(&cd, CLEANUP_DEADLINE);
     }
 }
+
+containerd_matrix! {
+    /// A node that cannot run `snp` (this one: no kvm_amd with sev_snp, no /dev/sev) refuses an
+    /// snp pod at its first `Create` with the missing pieces named, before a VM boots; nothing
+    /// is left behind.
+    fn snp_pod_on_a_node_without_snp_is_refused_naming_what_is_missing(release: Release) {
+        let snp_on = std::fs::read_to_string("/sys/module/kvm_amd/parameters/sev_snp")
+            .is_ok_and(|t| matches!(t.trim(), "Y" | "1"));
+        if snp_on {
+            // An SNP node gets past the check; what follows is the trust chain's business.
+            return;
+        }
+        let cd = containerd(release);
+        let text = std::fs::read_to_string(cd.dir.path().join("bin/configuration.toml")).expect("config");
+        let image = image_dir().expect("image");
+        let text = text
+            .replace("platform = \"insecure\"", "platform = \"snp\"")
+            .replace("shared_fs = \"virtio-fs\"", "shared_fs = \"none\"")
+            .replace("accel = \"tcg\"", &format!("accel = \"kvm\"\nfirmware = \"{}\"", image.join("OVMF.amdsev.fd").display()));
+        let config = cd.dir.path().join("snp.toml");
+        std::fs::write(&config, text).expect("write config");
+        let config = config.display().to_string();
+        let out = cd.ctr(&["run", "--runtime", RUNTIME, "--runtime-config-path", &config, "--rm", IMAGE, "snp1", "true"]);
+        assert!(!out.status.success(), "an snp pod started on a node without SNP");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("this node cannot run platform snp") && err.contains("kvm_amd sev_snp"), "{err}");
+        let _ = cd.ctr(&["container", "rm", "snp1"]);
+        wait_clean(&cd, CLEANUP_DEADLINE);
+    }
+}

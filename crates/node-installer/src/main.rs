@@ -8,7 +8,6 @@
 //! contrast-node-installer manifests --platform P [--payload DIR] [--set K=V]... [--image REF]
 //! ```
 
-mod check;
 mod containerd_config;
 mod install;
 mod manifests;
@@ -18,6 +17,8 @@ mod systemd;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+
+use contrast_node_check as check;
 
 use crate::install::{Node, Restart};
 

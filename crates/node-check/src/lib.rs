@@ -1,5 +1,6 @@
-//! `contrast-node-installer check --platform P`: whether this node can run platform P, and if
-//! not, exactly what is missing — so an operator learns it here, not from a pod stuck in
+//! Whether this node can run platform P, and if not, exactly what is missing (used by
+//! `contrast-node-installer check` and `install`, and by the shim before a confidential
+//! pod's VM boots) — so an operator learns it here, not from a pod stuck in
 //! ContainerCreating. Every probe reads below a root directory (the node's `/`, or a
 //! fabricated tree in tests); QEMU's own answer (`-object help`) says which confidential-guest
 //! objects it has.
