@@ -19,7 +19,7 @@ PAYLOAD := $(BUILD)/payload
 PLATFORM ?= insecure
 
 .PHONY: all deps build shim agent image test lint demo bench clean installer payload manifests installer-image \
-	containerd-releases sev-snp-measure
+	containerd-releases sev-snp-measure fuzz soak
 
 all: build image
 
@@ -105,6 +105,13 @@ test: image lint containerd-releases sev-snp-measure
 	CONTRAST_AGENT=$(abspath $(AGENT_BIN)) CONTRAST_INIT=$(abspath $(INIT_BIN)) \
 		timeout --kill-after=30 $(TEST_TIMEOUT) $(CARGO) test --workspace --exclude contrast-agent
 	$(CARGO) test -p contrast-agent
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# libFuzzer targets (fuzz/) on their committed seeds, FUZZ_SECONDS each: `make test` runs a
+# short round; `make fuzz FUZZ_SECONDS=600` a long one (docs/reliability.md).
+FUZZ_SECONDS ?= 10
+fuzz:
+	FUZZ_DOC=docs/reliability.md ./scripts/fuzz.sh $(FUZZ_SECONDS)
 
 demo: deps image shim
 	$(CARGO) build --release -p contrast-tests --example demo
@@ -121,5 +128,11 @@ bench: image shim
 	target/release/examples/bench_layers $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_network $(SHIM_BIN) $(abspath $(IMAGE_DIR)) docs/performance.md
 
+# Load: 100 pod create/delete cycles and 10 concurrent pods, leftovers counted before and
+# after (docs/reliability.md).
+soak: image shim
+	$(CARGO) build --release -p contrast-tests --example soak
+	target/release/examples/soak $(SHIM_BIN) $(abspath $(IMAGE_DIR)) docs/reliability.md
+
 clean:
-	rm -rf $(BUILD) target
+	rm -rf $(BUILD) target fuzz/target

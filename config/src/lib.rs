@@ -23,6 +23,9 @@ pub const DEFAULT_SNP_CPU_MODEL: &str = "EPYC-v4";
 
 /// Smallest VM memory we accept in MiB; below this the guest kernel cannot boot.
 pub const MIN_MEMORY_MIB: u32 = 128;
+/// The longest any configured timeout may be: longer is a typo, and larger values would
+/// overflow the deadlines computed from them.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Confidential-computing platform a runtime class targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -198,6 +201,10 @@ pub struct QemuConfig {
     /// Milliseconds QEMU gets to exit after `quit` before SIGKILL.
     #[serde(default = "defaults::quit_timeout_ms")]
     pub quit_timeout_ms: u64,
+    /// A second QMP monitor for people debugging a pod, at `qmp-debug.sock` in its state dir
+    /// (`info status`, `stop`, `cont`): the shim keeps the first to itself. Off by default.
+    #[serde(default)]
+    pub debug_qmp: bool,
 }
 
 /// `[agent.kata]`.
@@ -394,8 +401,8 @@ impl RuntimeClassConfig {
             ("powerdown_timeout_ms", q.powerdown_timeout_ms),
             ("quit_timeout_ms", q.quit_timeout_ms),
         ] {
-            if ms == 0 {
-                return Err(invalid(key, "must be greater than 0".into()));
+            if !(1..=MAX_TIMEOUT.as_millis() as u64).contains(&ms) {
+                return Err(invalid(key, format!("{ms} is not within 1..={} ms", MAX_TIMEOUT.as_millis())));
             }
         }
         for name in &q.enable_annotations {
@@ -406,12 +413,17 @@ impl RuntimeClassConfig {
                 ));
             }
         }
-        if self.agent.kata.dial_timeout == 0 {
-            return Err(Error::Invalid {
-                path: origin.to_owned(),
-                key: "agent.kata.dial_timeout".into(),
-                problem: "must be greater than 0".into(),
-            });
+        // 0 would mean "no deadline" to ttrpc: a hung guest would hang every call.
+        for (key, s) in
+            [("dial_timeout", self.agent.kata.dial_timeout), ("request_timeout", self.agent.kata.request_timeout)]
+        {
+            if !(1..=MAX_TIMEOUT.as_secs()).contains(&s) {
+                return Err(Error::Invalid {
+                    path: origin.to_owned(),
+                    key: format!("agent.kata.{key}"),
+                    problem: format!("{s} is not within 1..={} seconds", MAX_TIMEOUT.as_secs()),
+                });
+            }
         }
         Ok(())
     }

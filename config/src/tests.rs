@@ -164,3 +164,24 @@ fn cc_init_data_is_an_allowlisted_annotation() {
     let c = RuntimeClassConfig::parse(&allowed, origin()).expect("valid");
     assert_eq!(c.pod_overrides(&a).expect("allowed").init_data.as_deref(), Some("H4sI"));
 }
+
+#[test]
+fn timeouts_are_bounded_both_ways() {
+    // 0 would mean no deadline at all; i64::MAX ms would overflow the deadline (found by the
+    // runtime_config fuzz target).
+    for (section, line, key) in [
+        ("[agent.kata]", "request_timeout = 0", "agent.kata.request_timeout"),
+        ("[agent.kata]", "dial_timeout = 3601", "agent.kata.dial_timeout"),
+        ("[hypervisor.qemu]", "qmp_timeout_ms = 9223372036854775807", "hypervisor.qemu.qmp_timeout_ms"),
+    ] {
+        let text = if section == "[agent.kata]" {
+            format!("{MINIMAL}\n[agent.kata]\n{line}\n")
+        } else {
+            MINIMAL.replace("[hypervisor.qemu]\n", &format!("[hypervisor.qemu]\n{line}\n"))
+        };
+        let msg = RuntimeClassConfig::parse(&text, origin()).expect_err(line).to_string();
+        assert!(msg.contains(key) && msg.contains("is not within 1..="), "{line}: {msg}");
+    }
+    let text = format!("{MINIMAL}\n[agent.kata]\nrequest_timeout = 3600\n");
+    assert_eq!(RuntimeClassConfig::parse(&text, origin()).expect("an hour").request_timeout(), MAX_TIMEOUT);
+}

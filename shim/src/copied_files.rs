@@ -16,17 +16,12 @@ const COPIED: [&str; 3] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
 /// Larger files are not configuration files; they are refused.
 const MAX_SIZE: u64 = 64 * 1024;
 
-fn is_bind(m: &Mount) -> bool {
-    m.typ().as_deref() == Some("bind")
-        || m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
-}
-
 /// The container's mounts for the guest: non-bind mounts as they are, the copied files
 /// pointing at their guest copies (sent now), other bind mounts dropped (logged).
 pub async fn guest_mounts(agent: &AgentClient, container: &str, mounts: &[Mount]) -> Result<Vec<Mount>, ShimError> {
     let mut out = Vec::new();
     for m in mounts {
-        if !is_bind(m) {
+        if !crate::rootfs::is_bind(m) {
             out.push(m.clone());
             continue;
         }

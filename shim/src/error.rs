@@ -21,6 +21,9 @@ pub enum ShimError {
     AgentUnreachable(#[source] Box<contrast_vmm::Error>),
     #[error("{0}")]
     Agent(#[from] AgentError),
+    /// An agent call broke because the pod VM is gone: the VM's end says why.
+    #[error("agent {method}: the pod VM is gone: {exit}")]
+    VmGone { method: &'static str, exit: String },
     #[error("{what}")]
     Io {
         what: String,
@@ -57,6 +60,7 @@ impl ShimError {
             // The node's runtime class is misconfigured: the operator must act.
             ShimError::Config(_) | ShimError::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
             ShimError::Agent(a) => a.code,
+            ShimError::VmGone { .. } => ttrpc::Code::UNAVAILABLE,
             ShimError::Vm(_) | ShimError::AgentUnreachable(_) | ShimError::Io { .. } | ShimError::Internal(_) => {
                 ttrpc::Code::INTERNAL
             }

@@ -43,14 +43,18 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A bind mount of a host path: type `bind`, or an option `bind`/`rbind` (runc's reading).
+pub fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
 /// Rewrites the spec's bind mounts of host paths: each source is bind-mounted under
 /// `host_dir` (inside the shared directory) and the mount then points at `guest_dir`.
 pub fn share_bind_mounts(mounts: &[Mount], host_dir: &Path, guest_dir: &str) -> Result<Vec<Mount>, String> {
     let mut out = Vec::new();
     for (i, m) in mounts.iter().enumerate() {
-        let is_bind = m.typ().as_deref() == Some("bind")
-            || m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"));
-        let Some(source) = m.source().as_ref().filter(|_| is_bind) else {
+        let Some(source) = m.source().as_ref().filter(|_| is_bind(m)) else {
             out.push(m.clone());
             continue;
         };

@@ -33,6 +33,8 @@ pub const VM_DIED_STATUS: u32 = 255;
 const VM_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long `Shutdown` waits for queued events to reach containerd before the daemon exits.
 const EVENT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The one signal a process cannot refuse.
+const SIGKILL: u32 = 9;
 /// Exit status of a process that could not be started (shell: "cannot execute").
 const START_FAILED_STATUS: u32 = 126;
 
@@ -203,10 +205,11 @@ impl Inner {
         let mut exited = pod.vm.exited();
         tokio::spawn(async move {
             let Ok(exit) = exited.wait_for(|e| e.is_some()).await.map(|e| e.clone()) else { return };
-            if exit.as_ref().is_some_and(|e| e.expected) {
-                return;
+            // An expected exit with tasks left is the shim ending a pod whose agent stopped
+            // answering (see `kill`); after a teardown there are none.
+            if !exit.as_ref().is_some_and(|e| e.expected) {
+                tracing::error!(pod = %pod.id, exit = ?exit, "pod VM died; failing its tasks");
             }
-            tracing::error!(pod = %pod.id, exit = ?exit, "pod VM died; failing its tasks");
             let ctrs: Vec<Arc<Ctr>> = lock(&inner.ctrs).values().cloned().collect();
             for c in ctrs {
                 let procs: Vec<Arc<Proc>> =
@@ -272,7 +275,10 @@ impl Inner {
             }
         };
         drop(pod_guard);
-        let result = self.create_in_pod(&pod, &req, &spec).await;
+        let result = match self.create_in_pod(&pod, &req, &spec).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(explain(Some(pod.clone()), e).await),
+        };
         if result.is_err() && lock(&self.ctrs).is_empty() {
             // The pod was booted for this container only: nothing must stay behind.
             if let Some(p) = self.pod.lock().await.take() {
@@ -537,8 +543,35 @@ impl Inner {
         match pod.agent.signal_process(&kreq).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_unknown_container() => Ok(()),
+            // SIGKILL cannot be refused. An agent that does not even answer it within the
+            // request timeout (guest frozen, QEMU hung) has lost the pod: ending the VM ends
+            // every process in it (status 255), and delete can clean up.
+            Err(e) if req.signal == SIGKILL && e.code == ttrpc::Code::DEADLINE_EXCEEDED => {
+                tracing::error!(container = %req.id, error = %e, "the agent does not answer SIGKILL; killing the pod VM");
+                let exit = pod.vm.kill().await;
+                tracing::info!(pod = %pod.id, %exit, "pod VM killed");
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// An agent call that failed on a broken connection because the VM died says so, with the
+/// VM's end (status, console), instead of the transport's "early eof".
+async fn explain(pod: Option<Arc<Pod>>, e: ShimError) -> ShimError {
+    let ShimError::Agent(a) = &e else { return e };
+    if a.code != ttrpc::Code::UNAVAILABLE {
+        return e;
+    }
+    let Some(pod) = pod else { return e };
+    if !vm_gone(&pod).await {
+        return e;
+    }
+    let exit = pod.vm.exited().borrow().clone();
+    match exit {
+        Some(exit) => ShimError::VmGone { method: a.method, exit: exit.to_string() },
+        None => e,
     }
 }
 
@@ -587,18 +620,23 @@ impl Task for TaskService {
                         p.record_exit(START_FAILED_STATUS);
                     }
                 }
-                Err(e.into())
+                Err(explain(self.0.pod().await.ok(), e).await.into())
             }
         }
     }
 
     async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> TResult<api::DeleteResponse> {
-        Ok(self.0.delete(req).await?)
+        match self.0.delete(req).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(explain(self.0.pod().await.ok(), e).await.into()),
+        }
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TResult<api::Empty> {
-        self.0.kill(req).await?;
-        Ok(api::Empty::new())
+        match self.0.kill(req).await {
+            Ok(()) => Ok(api::Empty::new()),
+            Err(e) => Err(explain(self.0.pod().await.ok(), e).await.into()),
+        }
     }
 
     async fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TResult<api::WaitResponse> {

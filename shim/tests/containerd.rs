@@ -44,18 +44,9 @@ fn event_time(line: &str) -> chrono::DateTime<chrono::Utc> {
         .with_timezone(&chrono::Utc)
 }
 
-fn task_status(cd: &Containerd, id: &str) -> String {
-    let out = cd.ctr_ok(&["task", "ls"]).unwrap_or_default();
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("")
-        .to_owned()
-}
-
 fn wait_status(cd: &Containerd, id: &str, want: &str, deadline: Duration) {
     let end = Instant::now() + deadline;
-    while task_status(cd, id) != want && Instant::now() < end {
+    while cd.task_status(id) != want && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -124,7 +115,7 @@ containerd_matrix! {
     fn task_exec_ps_metrics_pause_resume_and_kill(release: Release) {
         let cd = containerd(release);
         cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "t", "sleep", "1000"]).expect("detached run");
-        assert_eq!(task_status(&cd, "t"), "RUNNING");
+        assert_eq!(cd.task_status("t"), "RUNNING");
         let out = cd.ctr_ok(&["task", "exec", "--exec-id", "e1", "t", "sh", "-c", "echo from-exec"]).expect("exec");
         assert_eq!(out, "from-exec\n");
         let ps = cd.ctr_ok(&["task", "ps", "t"]).expect("ps");
@@ -134,9 +125,9 @@ containerd_matrix! {
         let bytes = usage.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok());
         assert!(bytes.is_some_and(|v| v > 0), "{metrics}");
         cd.ctr_ok(&["task", "pause", "t"]).expect("pause");
-        assert_eq!(task_status(&cd, "t"), "PAUSED");
+        assert_eq!(cd.task_status("t"), "PAUSED");
         cd.ctr_ok(&["task", "resume", "t"]).expect("resume");
-        assert_eq!(task_status(&cd, "t"), "RUNNING");
+        assert_eq!(cd.task_status("t"), "RUNNING");
         cd.ctr_ok(&["task", "kill", "-s", "KILL", "t"]).expect("kill");
         wait_status(&cd, "t", "STOPPED", Duration::from_secs(10));
         let out = cd.ctr(&["task", "delete", "t"]);

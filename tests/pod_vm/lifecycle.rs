@@ -66,3 +66,20 @@ async fn second_connection_and_qmp_events() {
     assert!(names.contains(&"SHUTDOWN".to_owned()), "{names:?}");
     scratch.assert_nothing_left("events");
 }
+
+/// `accel = "auto"` takes KVM only where the readiness check says it can run a guest: on a
+/// host whose /dev/kvm belongs to PVM (these machines) that is TCG, and the pod boots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_accelerator_follows_the_readiness_check() {
+    let scratch = Scratch::new();
+    let mut config = scratch.load(&scratch.config());
+    config.hypervisor.qemu.accel = contrast_config::Accel::Auto;
+    let (kvm, why) = contrast_node_check::kvm_usable(std::path::Path::new("/"));
+    let vm = launch(&scratch, &config, "auto").await.expect("pod VM launches");
+    assert_eq!(vm.accel(), if kvm { "kvm" } else { "tcg" }, "{why}");
+    let client = ttrpc_client(vm.dial_agent().await.expect("agent reachable"));
+    assert_eq!(health_check(&client).await.expect("Health/Check"), "SERVING");
+    drop(client);
+    vm.stop().await;
+    scratch.assert_nothing_left("auto");
+}

@@ -392,6 +392,16 @@ state = "{d}/state"
     }
 
     /// Pids of the shim daemons this containerd started.
+    /// The status `ctr task ls` shows for task `id` (`RUNNING`, `STOPPED`, …; empty if none).
+    pub fn task_status(&self, id: &str) -> String {
+        let out = self.ctr_ok(&["task", "ls"]).unwrap_or_default();
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or("")
+            .to_owned()
+    }
+
     pub fn shim_pids(&self) -> Vec<u32> {
         shim_processes(self.dir.path())
     }

@@ -46,6 +46,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A file of the pod's state dir (pid list, logs, init data disk) could not be written:
+    /// the pod is not started, since cleanup without the shim needs the pid list.
+    #[error("cannot write {} in the pod's state dir", path.display())]
+    StateFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter runtime.state_dir", path.display())]
     SocketPathTooLong { path: PathBuf },
     #[error("vhost-device-vsock not found on PATH; install it or set hypervisor.qemu.vhost_device_vsock_path")]
@@ -129,6 +137,7 @@ pub struct PodVm {
 
 struct Paths {
     qmp: PathBuf,
+    debug_qmp: PathBuf,
     console: PathBuf,
     qemu_log: PathBuf,
     vhost_user: PathBuf,
@@ -142,6 +151,7 @@ impl Paths {
     fn new(dir: &Path) -> Result<Self, Error> {
         let p = Paths {
             qmp: dir.join("qmp.sock"),
+            debug_qmp: dir.join("qmp-debug.sock"),
             console: dir.join("console.log"),
             qemu_log: dir.join("qemu.log"),
             vhost_user: dir.join("vhost.sock"),
@@ -150,7 +160,7 @@ impl Paths {
             virtiofsd: dir.join("virtiofsd.sock"),
             virtiofsd_log: dir.join("virtiofsd.log"),
         };
-        for s in [&p.qmp, &p.vhost_user, &p.hybrid_uds, &p.virtiofsd] {
+        for s in [&p.qmp, &p.debug_qmp, &p.vhost_user, &p.hybrid_uds, &p.virtiofsd] {
             if s.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(Error::SocketPathTooLong { path: s.clone() });
             }
@@ -279,7 +289,7 @@ impl PodVm {
             Some(init) => {
                 let disk = req.state_dir.join("initdata.img");
                 std::fs::write(&disk, &init.disk_image)
-                    .map_err(|source| Error::StateDir { path: disk.clone(), source })?;
+                    .map_err(|source| Error::StateFile { path: disk.clone(), source })?;
                 Some(InitDataLaunch {
                     disk,
                     host_data: init.host_data,
@@ -299,6 +309,7 @@ impl PodVm {
             vsock: vsock_device,
             virtio_fs,
             qmp_socket: paths.qmp.clone(),
+            debug_qmp_socket: q.debug_qmp.then(|| paths.debug_qmp.clone()),
             console_log: paths.console.clone(),
             cpu_model: req.config.cpu_model(kvm),
             scsi_controller: req.config.confidential_path(),
@@ -310,8 +321,8 @@ impl PodVm {
         tracing::info!(pod = req.id, platform = %q.platform, accel, "launching pod VM");
 
         let log = std::fs::File::create(&paths.qemu_log)
-            .map_err(|source| Error::StateDir { path: paths.qemu_log.clone(), source })?;
-        let log_err = log.try_clone().map_err(|source| Error::StateDir { path: paths.qemu_log.clone(), source })?;
+            .map_err(|source| Error::StateFile { path: paths.qemu_log.clone(), source })?;
+        let log_err = log.try_clone().map_err(|source| Error::StateFile { path: paths.qemu_log.clone(), source })?;
         let mut cmd = Command::new(&q.path);
         cmd.args(spec.args()).stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true);
         // QEMU inherits the vhost-vsock fd and the taps under their numbers in this process.
@@ -333,10 +344,7 @@ impl PodVm {
             }
         }
         let child = cmd.spawn().map_err(|source| Error::QemuSpawn { path: q.path.clone(), source })?;
-        if let Some(pid) = child.id() {
-            // For cleanup without this process (containerd's `<shim> delete`).
-            let _ = crate::pidfile::record(&req.state_dir, "qemu", pid);
-        }
+        let recorded = record_pid(&req.state_dir, "qemu", child.id().unwrap_or_default());
         // QEMU holds its own copies of the vhost fd and the taps now.
         drop(vhost);
         drop(taps);
@@ -345,6 +353,10 @@ impl PodVm {
             helpers,
             LogFiles { console: paths.console.clone(), qemu_log: paths.qemu_log.clone() },
         );
+        if let Err(e) = recorded {
+            supervisor.kill().await;
+            return Err(e);
+        }
 
         let (connect_timeout, command_timeout) =
             (Duration::from_millis(q.qmp_timeout_ms), Duration::from_millis(q.qmp_command_timeout_ms));
@@ -418,8 +430,9 @@ impl PodVm {
                 HELPER_READY_TIMEOUT,
             )
             .await?;
-            let _ = crate::pidfile::record(&req.state_dir, "vhost-device-vsock", helper.pid());
+            let pid = helper.pid();
             helpers.push(helper);
+            record_pid(&req.state_dir, "vhost-device-vsock", pid)?;
             (
                 VsockDevice::Hybrid { socket: paths.vhost_user.clone() },
                 VsockEndpoint::Hybrid { uds: paths.hybrid_uds.clone() },
@@ -454,8 +467,9 @@ impl PodVm {
                     HELPER_READY_TIMEOUT,
                 )
                 .await?;
-                let _ = crate::pidfile::record(&req.state_dir, "virtiofsd", helper.pid());
+                let pid = helper.pid();
                 helpers.push(helper);
+                record_pid(&req.state_dir, "virtiofsd", pid)?;
                 Some(paths.virtiofsd.clone())
             }
         };
@@ -575,6 +589,12 @@ impl PodVm {
         self.supervisor.wait().await
     }
 
+    /// Kills QEMU at once, for a guest or QEMU that no longer answers (an orderly stop would
+    /// only wait out its deadlines); helpers follow. `stop` still removes the state dir.
+    pub async fn kill(&self) -> VmExit {
+        self.supervisor.kill().await
+    }
+
     /// Orderly stop: ACPI power button, then `quit`, then SIGKILL, each after its deadline.
     /// Removes the state dir. Safe to call again and after QEMU already died.
     pub async fn stop(&self) -> VmExit {
@@ -655,6 +675,13 @@ fn kernel_cmdline(config: &RuntimeClassConfig, overrides: &PodOverrides) -> Resu
 
 /// Removes the state dir without ever descending into a mount point (a container rootfs
 /// or a bind-mounted host file left mounted by mistake must not lose its contents).
+/// Records a started process in the state dir's pid list (cleanup without this process,
+/// containerd's `<shim> delete`, kills exactly what is listed there).
+fn record_pid(state_dir: &Path, name: &str, pid: u32) -> Result<(), Error> {
+    crate::pidfile::record(state_dir, name, pid)
+        .map_err(|source| Error::StateFile { path: state_dir.join(crate::pidfile::PIDS_FILE), source })
+}
+
 fn remove_state_dir(dir: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(dir) else { return };
@@ -679,8 +706,9 @@ fn remove_same_device(path: &Path, dev: u64) -> std::io::Result<()> {
     }
 }
 
+/// `accel = "auto"`: KVM only where it can run the guest (the readiness check's probe).
 fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+    contrast_node_check::kvm_usable(Path::new("/")).0
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

@@ -24,6 +24,8 @@ pub struct QemuSpec {
     /// vhost-user socket of virtiofsd sharing host files under [`SHARED_FS_TAG`].
     pub virtio_fs: Option<PathBuf>,
     pub qmp_socket: PathBuf,
+    /// A second QMP monitor for people debugging the pod (`debug_qmp`).
+    pub debug_qmp_socket: Option<PathBuf>,
     pub console_log: PathBuf,
     /// `-cpu` model; `None` leaves QEMU's default.
     pub cpu_model: Option<String>,
@@ -186,6 +188,9 @@ impl QemuSpec {
         }
         a.push(["-serial"]).joined("file:", &self.console_log);
         a.push(["-qmp"]).joined_suffix("unix:", &self.qmp_socket, ",server=on,wait=off");
+        if let Some(debug) = &self.debug_qmp_socket {
+            a.push(["-qmp"]).joined_suffix("unix:", debug, ",server=on,wait=off");
+        }
         a.0
     }
 

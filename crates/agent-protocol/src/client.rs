@@ -40,6 +40,9 @@ impl AgentError {
     }
 }
 
+/// How much later than the request timeout ttrpc's own timer fires.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct AgentClient {
     agent: agent_ttrpc::AgentServiceClient,
@@ -52,7 +55,7 @@ macro_rules! calls {
         $(
             $(#[$doc])*
             pub async fn $name(&self, req: &$req) -> Result<$resp, AgentError> {
-                self.agent.$name(self.ctx(), req).await.map_err(|e| AgentError::from_ttrpc(stringify!($name), e))
+                self.bounded(stringify!($name), self.agent.$name(self.ctx(), req)).await
             }
         )*
     };
@@ -69,8 +72,28 @@ impl AgentClient {
         }
     }
 
+    /// The request's context: the agent learns the deadline; ttrpc's own timer is set a little
+    /// later so that [`AgentClient::bounded`] decides, with a clear error.
     fn ctx(&self) -> ttrpc::context::Context {
-        ttrpc::context::with_timeout(self.timeout.as_nanos().min(i64::MAX as u128) as i64)
+        let after = self.timeout + DEADLINE_GRACE;
+        ttrpc::context::with_timeout(after.as_nanos().min(i64::MAX as u128) as i64)
+    }
+
+    /// Runs one call within the request timeout; a call that got no answer by then fails
+    /// with `DeadlineExceeded`, naming the timeout (the guest or QEMU no longer answers).
+    async fn bounded<T>(
+        &self,
+        method: &'static str,
+        call: impl std::future::Future<Output = ttrpc::Result<T>>,
+    ) -> Result<T, AgentError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(|e| AgentError::from_ttrpc(method, e)),
+            Err(_) => Err(AgentError {
+                method,
+                code: ttrpc::Code::DEADLINE_EXCEEDED,
+                message: format!("the agent did not answer within {:?} (agent.kata.request_timeout)", self.timeout),
+            }),
+        }
     }
 
     /// A context without deadline, for calls that block until something happens
@@ -80,17 +103,11 @@ impl AgentClient {
     }
 
     pub async fn check(&self) -> Result<health::HealthCheckResponse, AgentError> {
-        self.health
-            .check(self.ctx(), &health::CheckRequest::new())
-            .await
-            .map_err(|e| AgentError::from_ttrpc("check", e))
+        self.bounded("check", self.health.check(self.ctx(), &health::CheckRequest::new())).await
     }
 
     pub async fn version(&self) -> Result<health::VersionCheckResponse, AgentError> {
-        self.health
-            .version(self.ctx(), &health::CheckRequest::new())
-            .await
-            .map_err(|e| AgentError::from_ttrpc("version", e))
+        self.bounded("version", self.health.version(self.ctx(), &health::CheckRequest::new())).await
     }
 
     calls! {
@@ -146,7 +163,19 @@ impl AgentClient {
 
 #[cfg(test)]
 mod tests {
-    use super::AgentError;
+    use super::{AgentClient, AgentError};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_call_nobody_answers_fails_with_deadline_exceeded() {
+        // The peer end stays open and silent: a frozen guest.
+        let (ours, _silent) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let client = AgentClient::new(ours.into(), Duration::from_millis(100));
+        let err = client.check().await.expect_err("no answer");
+        // ttrpc's own (later) timer would have said Unavailable, without the setting's name.
+        assert_eq!(err.code, ttrpc::Code::DEADLINE_EXCEEDED, "{err}");
+        assert!(err.to_string().contains("agent.kata.request_timeout"), "{err}");
+    }
 
     fn error(code: ttrpc::Code, message: &str) -> AgentError {
         AgentError { method: "remove_container", code, message: message.into() }

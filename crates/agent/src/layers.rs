@@ -19,6 +19,9 @@ pub const LAYER_DRIVER: &str = "contrast.layer";
 const DEVICE_WAIT: Duration = Duration::from_secs(20);
 const BLOCK: u64 = 4096;
 const READ_CHUNK: usize = 1 << 20;
+/// The largest layer: 2^40 blocks of 4 KiB (4 PiB), far beyond any image and far from
+/// overflowing a byte count.
+const MAX_DATA_BLOCKS: u64 = 1 << 40;
 
 /// What a layer storage says (options `key=value`).
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +60,10 @@ impl LayerSpec {
             return Err("salt is not hex".into());
         }
         let data_blocks: u64 = get("data_blocks")?.parse().map_err(|_| "data_blocks is not a number".to_owned())?;
+        // The device's size in bytes and the hash area's offset must fit their fields.
+        if !(1..=MAX_DATA_BLOCKS).contains(&data_blocks) {
+            return Err(format!("data_blocks {data_blocks} is not within 1..={MAX_DATA_BLOCKS}"));
+        }
         let (t, l) = s.source.split_once(':').ok_or("source is not target:lun")?;
         let target = t.parse().map_err(|_| "source target is not a number".to_owned())?;
         let lun = l.parse().map_err(|_| "source lun is not a number".to_owned())?;
@@ -73,8 +80,7 @@ pub fn dm_name(mount_point: &Path) -> String {
 }
 
 /// Opens and mounts one layer storage at its mount point.
-pub fn mount_layer(s: &Storage, target: &Path) -> Result<(), StorageError> {
-    let spec = LayerSpec::parse(s).map_err(|p| invalid(s, &p))?;
+pub fn mount_layer(spec: &LayerSpec, target: &Path) -> Result<(), StorageError> {
     let bad = |problem: String| StorageError::Invalid { source_name: format!("layer {}", spec.digest), problem };
     let disk = wait_for_disk(spec.target, spec.lun)
         .ok_or_else(|| bad(format!("no disk at SCSI {}:{} after {DEVICE_WAIT:?}", spec.target, spec.lun)))?;
@@ -133,10 +139,6 @@ pub fn close_layer(target: &Path) {
         }
         crate::log!("layer device {name} still busy; left in place");
     }
-}
-
-fn invalid(s: &Storage, problem: &str) -> StorageError {
-    StorageError::Invalid { source_name: s.source.clone(), problem: problem.into() }
 }
 
 /// `/dev/<sdX>` of the SCSI disk at target:lun, waiting for the hot-plugged disk to appear.

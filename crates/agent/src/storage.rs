@@ -1,10 +1,13 @@
 //! Storages named by `CreateSandbox` / `CreateContainer`: mounted before use, unmounted on
-//! removal.
+//! removal. What a storage asks for is decided from the request alone ([`plan`], no system
+//! call), then carried out ([`mount_storage`]).
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use contrast_agent_protocol::agent::Storage;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::layers::LayerSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -18,53 +21,92 @@ pub enum StorageError {
     Mount { fstype: String, source_name: String, target: PathBuf, errno: nix::errno::Errno },
 }
 
-/// Mounts one storage; returns its mount point.
-pub fn mount_storage(s: &Storage) -> Result<PathBuf, StorageError> {
+/// A storage as it will be mounted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub target: PathBuf,
+    pub plan: Plan,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// A verified image layer (dm-verity over a hot-plugged disk, then EROFS).
+    Layer(LayerSpec),
+    /// One mount(2), after creating `dirs` (overlay upper and work dirs).
+    Mount { fstype: &'static str, source: String, flags: MsFlags, data: String, dirs: Vec<PathBuf> },
+}
+
+/// An absolute path that cannot climb out of where it points (`..`).
+fn clean_absolute(p: &str) -> bool {
+    p.starts_with('/') && !Path::new(p).components().any(|c| c == Component::ParentDir)
+}
+
+/// Decides what mounting `s` does; refuses a storage that names a place it must not.
+pub fn plan(s: &Storage) -> Result<Planned, StorageError> {
     let invalid = |problem: &str| StorageError::Invalid { source_name: s.source.clone(), problem: problem.into() };
-    if !s.mount_point.starts_with('/') || s.mount_point.contains("/../") || s.mount_point.ends_with("/..") {
+    if !clean_absolute(&s.mount_point) {
         return Err(invalid("mount_point must be an absolute path without `..`"));
     }
     let target = PathBuf::from(&s.mount_point);
     if s.driver == crate::layers::LAYER_DRIVER {
-        crate::layers::mount_layer(s, &target)?;
-        return Ok(target);
+        let spec = LayerSpec::parse(s).map_err(|p| invalid(&p))?;
+        return Ok(Planned { target, plan: Plan::Layer(spec) });
     }
+    let (flags, data) = mount_options(&s.options).map_err(|p| invalid(&p))?;
+    let mut dirs = Vec::new();
     let (fstype, source) = match s.driver.as_str() {
         "virtio-fs" => {
             if s.source.is_empty() {
                 return Err(invalid("virtio-fs needs the device tag as source"));
             }
-            ("virtiofs", s.source.as_str())
+            ("virtiofs", s.source.clone())
         }
         // A guest directory or tmpfs the container sees as a volume.
-        "local" | "ephemeral" => ("tmpfs", "tmpfs"),
+        "local" | "ephemeral" => ("tmpfs", "tmpfs".to_owned()),
         // A container root from verified layers: `lowerdir=` their mount points, a
         // writable upper layer in guest memory (`upperdir=`, `workdir=` are created).
         "overlayfs" => {
             for o in &s.options {
+                if let Some(dirs_) = o.strip_prefix("lowerdir=") {
+                    if !dirs_.split(':').all(clean_absolute) {
+                        return Err(invalid("lowerdir must be absolute paths without `..`"));
+                    }
+                }
                 for key in ["upperdir=", "workdir="] {
                     if let Some(dir) = o.strip_prefix(key) {
-                        if !dir.starts_with('/') || dir.contains("..") {
+                        if !clean_absolute(dir) {
                             return Err(invalid("upperdir/workdir must be absolute paths without `..`"));
                         }
-                        std::fs::create_dir_all(dir).map_err(|e| invalid(&format!("creating {dir}: {e}")))?;
+                        dirs.push(PathBuf::from(dir));
                     }
                 }
             }
-            ("overlay", "overlay")
+            ("overlay", "overlay".to_owned())
         }
         other => return Err(StorageError::UnsupportedDriver(other.into())),
     };
-    std::fs::create_dir_all(&target).map_err(|e| invalid(&format!("creating the mount point: {e}")))?;
-    let (flags, data) = mount_options(&s.options);
-    mount(Some(source), &target, Some(fstype), flags, (!data.is_empty()).then_some(data.as_str())).map_err(
-        |errno| StorageError::Mount {
-            fstype: fstype.into(),
-            source_name: source.into(),
-            target: target.clone(),
-            errno,
-        },
-    )?;
+    Ok(Planned { target, plan: Plan::Mount { fstype, source, flags, data, dirs } })
+}
+
+/// Mounts one storage; returns its mount point.
+pub fn mount_storage(s: &Storage) -> Result<PathBuf, StorageError> {
+    let Planned { target, plan } = plan(s)?;
+    let invalid = |problem: String| StorageError::Invalid { source_name: s.source.clone(), problem };
+    match plan {
+        Plan::Layer(spec) => crate::layers::mount_layer(&spec, &target)?,
+        Plan::Mount { fstype, source, flags, data, dirs } => {
+            for dir in dirs.iter().chain([&target]) {
+                std::fs::create_dir_all(dir).map_err(|e| invalid(format!("creating {}: {e}", dir.display())))?;
+            }
+            mount(Some(source.as_str()), &target, Some(fstype), flags, (!data.is_empty()).then_some(data.as_str()))
+                .map_err(|errno| StorageError::Mount {
+                    fstype: fstype.into(),
+                    source_name: source,
+                    target: target.clone(),
+                    errno,
+                })?;
+        }
+    }
     Ok(target)
 }
 
@@ -77,42 +119,80 @@ pub fn unmount(target: &Path) {
     crate::layers::close_layer(target);
 }
 
-fn mount_options(options: &[String]) -> (MsFlags, String) {
+/// Mount flags and the file system's own data from the storage's options. Each option is
+/// one item: a comma inside one would smuggle in another (`workdir=/x,upperdir=/etc`).
+fn mount_options(options: &[String]) -> Result<(MsFlags, String), String> {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
     for o in options {
+        if o.contains(',') || o.contains('\0') {
+            return Err(format!("option {o:?} holds a `,` or NUL: give each option as an item of its own"));
+        }
         match o.as_str() {
             "ro" => flags |= MsFlags::MS_RDONLY,
-            "rw" | "defaults" => {}
+            "rw" | "defaults" | "" => {}
             "nosuid" => flags |= MsFlags::MS_NOSUID,
             "nodev" => flags |= MsFlags::MS_NODEV,
             "noexec" => flags |= MsFlags::MS_NOEXEC,
             other => data.push(other),
         }
     }
-    (flags, data.join(","))
+    Ok((flags, data.join(",")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn storage(driver: &str, source: &str, options: &[&str], mount_point: &str) -> Storage {
+        let mut s = Storage::new();
+        s.driver = driver.into();
+        s.source = source.into();
+        s.options = options.iter().map(|o| o.to_string()).collect();
+        s.mount_point = mount_point.into();
+        s
+    }
+
     #[test]
     fn options_split_into_flags_and_data() {
-        let (flags, data) = mount_options(&["ro".into(), "nosuid".into(), "dax".into(), "size=10m".into()]);
+        let (flags, data) =
+            mount_options(&["ro".into(), "nosuid".into(), "dax".into(), "size=10m".into()]).expect("ok");
         assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
         assert_eq!(data, "dax,size=10m");
     }
 
     #[test]
     fn unknown_driver_and_relative_mount_point_are_refused() {
-        let mut s = Storage::new();
-        s.driver = "nbd".into();
-        s.mount_point = "/x".into();
-        assert!(matches!(mount_storage(&s), Err(StorageError::UnsupportedDriver(_))));
-        s.driver = "virtio-fs".into();
-        s.source = "tag".into();
-        s.mount_point = "relative".into();
-        assert!(matches!(mount_storage(&s), Err(StorageError::Invalid { .. })));
+        assert!(matches!(plan(&storage("nbd", "", &[], "/x")), Err(StorageError::UnsupportedDriver(_))));
+        for bad in ["relative", "/a/../etc", "/..", "/a/.."] {
+            let err = plan(&storage("virtio-fs", "tag", &[], bad)).expect_err(bad);
+            assert!(matches!(err, StorageError::Invalid { .. }), "{bad}: {err}");
+        }
+        // `...` is a name, not a way up.
+        assert!(plan(&storage("virtio-fs", "tag", &[], "/run/...")).is_ok());
+    }
+
+    #[test]
+    fn an_option_with_a_comma_cannot_smuggle_in_another() {
+        let s = storage(
+            "overlayfs",
+            "overlay",
+            &["lowerdir=/l", "workdir=/run/w,upperdir=/etc", "upperdir=/run/u"],
+            "/run/c/rootfs",
+        );
+        let err = plan(&s).expect_err("smuggled upperdir");
+        assert!(err.to_string().contains("give each option as an item of its own"), "{err}");
+    }
+
+    #[test]
+    fn overlay_dirs_stay_absolute_and_are_created_first() {
+        let s = storage("overlayfs", "overlay", &["lowerdir=/a:../b", "upperdir=/u", "workdir=/w"], "/r");
+        assert!(plan(&s).expect_err("relative lower").to_string().contains("lowerdir"));
+        let s = storage("overlayfs", "overlay", &["lowerdir=/a:/b", "upperdir=/u", "workdir=/w"], "/r");
+        let Planned { target, plan } = plan(&s).expect("valid overlay");
+        assert_eq!(target, Path::new("/r"));
+        let Plan::Mount { fstype, data, dirs, .. } = plan else { panic!("a mount") };
+        assert_eq!((fstype, data.as_str()), ("overlay", "lowerdir=/a:/b,upperdir=/u,workdir=/w"));
+        assert_eq!(dirs, [PathBuf::from("/u"), PathBuf::from("/w")]);
     }
 }

@@ -16,6 +16,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// Seconds containerd may take for ExecSync before it gives up.
 const EXEC_SYNC_TIMEOUT_SECS: i64 = 120;
 
+#[derive(Clone)]
 pub struct CriClient {
     runtime: RuntimeServiceClient<Channel>,
     /// The network namespace containerd's streaming server listens in, when not ours.
@@ -97,6 +98,13 @@ impl CriClient {
 
     /// `crictl create` + `start` of a container config built by the caller.
     pub async fn run_container_config(&mut self, pod: &Pod, config: cri::ContainerConfig) -> Result<String> {
+        let id = self.create_container(pod, config).await?;
+        self.start_container(&id).await?;
+        Ok(id)
+    }
+
+    /// `crictl create`: the container's id.
+    pub async fn create_container(&mut self, pod: &Pod, config: cri::ContainerConfig) -> Result<String> {
         let resp = self
             .runtime
             .create_container(cri::CreateContainerRequest {
@@ -106,12 +114,16 @@ impl CriClient {
             })
             .await
             .context("CreateContainer")?;
-        let id = resp.into_inner().container_id;
+        Ok(resp.into_inner().container_id)
+    }
+
+    /// `crictl start`.
+    pub async fn start_container(&mut self, id: &str) -> Result<()> {
         self.runtime
-            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .start_container(cri::StartContainerRequest { container_id: id.into() })
             .await
             .context("StartContainer")?;
-        Ok(id)
+        Ok(())
     }
 
     /// `crictl exec -s`: (exit code, stdout, stderr).

@@ -72,7 +72,9 @@ fn module_loaded(root: &Path, module: &str) -> bool {
 /// Usable KVM for ordinary guests: `/dev/kvm` opens read-write and the vendor module
 /// (`kvm_amd` / `kvm_intel`) is loaded. A PVM host (`kvm_pvm` only) opens `/dev/kvm` but its
 /// ordinary guests fail with emulation errors.
-fn kvm(root: &Path) -> (bool, String) {
+/// Whether KVM can run an ordinary guest on the node under `root`, and why (not): the
+/// device opens and a vendor module drives it (a PVM host's `kvm_pvm` cannot).
+pub fn kvm_usable(root: &Path) -> (bool, String) {
     let dev = under(root, "/dev/kvm");
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&dev) {
         return (false, format!("/dev/kvm: {e}"));
@@ -104,7 +106,7 @@ pub fn check(platform: &str, probe: &Probe) -> Report {
     let root = probe.root;
     let mut items = Vec::new();
     let mut item = |name: &'static str, ok: bool, detail: String| items.push(Item { name, ok, detail });
-    let (kvm_ok, kvm_detail) = kvm(root);
+    let (kvm_ok, kvm_detail) = kvm_usable(root);
     let confidential = platform != "insecure";
     let accelerator = if kvm_ok { "kvm" } else { "tcg" };
     if confidential {

@@ -100,7 +100,6 @@ impl Config {
     }
 
     /// Names of the configured runtimes.
-    #[cfg(test)]
     pub fn handlers(&self) -> Vec<String> {
         let Ok(path) = runtimes_path(self.version) else { return Vec::new() };
         let mut item = self.doc.as_item();

@@ -8,7 +8,6 @@
 //! contrast-node-installer manifests --platform P [--payload DIR] [--set K=V]... [--image REF]
 //! ```
 
-mod containerd_config;
 mod install;
 mod manifests;
 mod payload;
@@ -19,6 +18,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use contrast_node_check as check;
+use contrast_node_installer::containerd_config;
 
 use crate::install::{Node, Restart};
 

@@ -47,6 +47,7 @@ fn spec(platform: Platform, igvm: bool) -> QemuSpec {
         },
         virtio_fs: (!confidential).then(|| dir.join("virtiofsd.sock")),
         qmp_socket: dir.join("qmp.sock"),
+        debug_qmp_socket: None,
         console_log: dir.join("console.log"),
         cpu_model: match platform {
             Platform::Snp => Some("EPYC-v4".into()),
@@ -244,4 +245,18 @@ fn every_property_exists_in_the_installed_qemu() {
     for ty in unknown_types.keys() {
         assert!(ty == "igvm-cfg" || ty == "tdx-guest", "installed QEMU does not know {ty}");
     }
+}
+
+#[test]
+fn debug_qmp_is_a_second_monitor_only_when_asked_for() {
+    let mut s = spec(Platform::Insecure, false);
+    let monitors = |s: &QemuSpec| {
+        let args: Vec<String> = s.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        args.windows(2).filter(|w| w[0] == "-qmp").map(|w| w[1].clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(monitors(&s).len(), 1, "one monitor, the shim's");
+    s.debug_qmp_socket = Some(PathBuf::from("/run/contrast/ns/pod1/qmp-debug.sock"));
+    let m = monitors(&s);
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert_eq!(m[1], "unix:/run/contrast/ns/pod1/qmp-debug.sock,server=on,wait=off");
 }
