@@ -14,12 +14,24 @@ CARGO ?= cargo
 TEST_TIMEOUT ?= 30m
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
+# The pod VM's kernel: `contrast` (ours, built from Debian's linux-source with
+# packaging/kernel/pod-vm.config, everything built in; cached under /var/cache/contrast/kernel)
+# or `debian` (Debian's cloud kernel package, modules loaded at boot; kept for comparison).
+KERNEL ?= contrast
+ifeq ($(KERNEL),debian)
+KERNEL_TREE_CMD := ./scripts/fetch-kernel.sh $(BUILD)/kernel
+else ifeq ($(KERNEL),contrast)
+KERNEL_TREE_CMD := ./scripts/build-kernel.sh $(BUILD)/kernel
+else
+$(error KERNEL must be contrast or debian, not $(KERNEL))
+endif
+
 INSTALLER_BIN := target/$(AGENT_TARGET)/release-agent/contrast-node-installer
 PAYLOAD := $(BUILD)/payload
 PLATFORM ?= insecure
 
 .PHONY: all deps build shim agent image test lint demo bench clean installer payload manifests installer-image \
-	containerd-releases sev-snp-measure fuzz soak
+	containerd-releases sev-snp-measure fuzz soak image-debian
 
 all: build image
 
@@ -35,7 +47,9 @@ shim:
 	$(CARGO) rustc --profile release-shim --target $(AGENT_TARGET) -p containerd-shim-contrast-cc-v2 \
 		--bin containerd-shim-contrast-cc-v2 -- -C relocation-model=static
 
-# The agent links libseccomp statically (seccomp profiles in the guest). Debian's libseccomp.a
+# Non-PIE like the shim: a static-pie binary dirties its relocated data at every start (the
+# agent, and each runner process it starts). The agent links libseccomp statically (seccomp
+# profiles in the guest). Debian's libseccomp.a
 # is copied to a directory of its own: pointing the linker at /usr/lib/x86_64-linux-gnu would
 # let glibc's libc.a shadow musl's.
 SECCOMP_LIB_DIR := $(BUILD)/seccomp
@@ -43,15 +57,15 @@ agent:
 	mkdir -p $(SECCOMP_LIB_DIR)
 	cp -u /usr/lib/x86_64-linux-gnu/libseccomp.a $(SECCOMP_LIB_DIR)/
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
+	RUSTFLAGS="-C relocation-model=static" \
 		$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent -p contrast-init
 
 # Kernel, initrd (contrast-init), verity root disk (agent), command line, reference values.
-# Inputs: the Debian cloud kernel package (resolved
-# by name from the metapackage), the static agent and init, busybox-static, mkfs.erofs.
+# Inputs: the kernel tree (KERNEL, above), the static agent and init, busybox-static, mkfs.erofs.
 image: agent
 	$(CARGO) build --release -p contrast-image
 	./scripts/fetch-firmware.sh $(BUILD)/firmware
-	target/release/contrast-image --kernel-tree "$$(./scripts/fetch-kernel.sh $(BUILD)/kernel)" \
+	tree=$$($(KERNEL_TREE_CMD)) && target/release/contrast-image --kernel-tree "$$tree" \
 		--agent $(AGENT_BIN) --init $(INIT_BIN) --busybox /bin/busybox --firmware $(BUILD)/firmware \
 		--out $(IMAGE_DIR) >/dev/null
 	@echo "image: $(IMAGE_DIR) (reference values: $(IMAGE_DIR)/reference-values.json)"
@@ -101,7 +115,7 @@ test: image lint containerd-releases sev-snp-measure
 	$(CARGO) test --workspace --exclude contrast-agent --no-run
 	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) CONTRAST_CONTAINERD_DIR=$(abspath $(CONTAINERD_DIR)) \
 	CONTRAST_SEV_SNP_MEASURE=$(abspath $(BUILD)/sev-snp-measure) \
-	CONTRAST_KERNEL_TREE="$$(realpath "$$(./scripts/fetch-kernel.sh $(BUILD)/kernel)")" \
+	CONTRAST_KERNEL_TREE="$$(realpath "$$($(KERNEL_TREE_CMD))")" \
 	CONTRAST_AGENT=$(abspath $(AGENT_BIN)) CONTRAST_INIT=$(abspath $(INIT_BIN)) \
 		timeout --kill-after=30 $(TEST_TIMEOUT) $(CARGO) test --workspace --exclude contrast-agent
 	$(CARGO) test -p contrast-agent
@@ -117,12 +131,17 @@ demo: deps image shim
 	$(CARGO) build --release -p contrast-tests --example demo
 	target/release/examples/demo $(SHIM_BIN) $(abspath $(IMAGE_DIR))
 
-bench: image shim
+# The same image with Debian's cloud kernel: the baseline our kernel's boot is measured against.
+image-debian: image
+	tree=$$(./scripts/fetch-kernel.sh $(BUILD)/kernel) && target/release/contrast-image --kernel-tree "$$tree" \
+		--agent $(AGENT_BIN) --init $(INIT_BIN) --busybox /bin/busybox --out $(BUILD)/image-debian >/dev/null
+
+bench: image image-debian shim
 	$(CARGO) build --release -p contrast-tests --example bench_image --example bench_boot --example bench_agent \
 		--example bench_shim --example bench_layers --example bench_network
 	target/release/examples/bench_image target/release/contrast-image \
-		"$$(./scripts/fetch-kernel.sh $(BUILD)/kernel)" $(AGENT_BIN) $(INIT_BIN) docs/performance.md
-	target/release/examples/bench_boot $(abspath $(IMAGE_DIR)) docs/performance.md
+		"$$($(KERNEL_TREE_CMD))" $(AGENT_BIN) $(INIT_BIN) docs/performance.md
+	target/release/examples/bench_boot $(abspath $(IMAGE_DIR)) $(abspath $(BUILD)/image-debian) docs/performance.md
 	target/release/examples/bench_agent $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_shim $(SHIM_BIN) $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_layers $(abspath $(IMAGE_DIR)) docs/performance.md

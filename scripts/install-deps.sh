@@ -40,7 +40,8 @@ need_update() {
 missing=""
 for pkg in containerd runc busybox-static erofs-utils e2fsprogs xz-utils zstd \
            cryptsetup-bin libseccomp-dev libcap-ng-dev pkg-config musl-tools \
-           protobuf-compiler fdisk containernetworking-plugins iproute2; do
+           protobuf-compiler fdisk containernetworking-plugins iproute2 \
+           make gcc libc6-dev bc bison flex libelf-dev perl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

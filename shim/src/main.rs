@@ -47,14 +47,16 @@ fn flag_value(args: &[String], flag: &str) -> Option<String> {
 
 /// Daemon mode: log through `tracing` into containerd's `log` FIFO in the bundle directory
 /// (containerd copies it into its own log). The containerd-shim crate's `log` records are
-/// bridged in. Level from `RUST_LOG`, else info (debug with `-debug`).
+/// bridged in. Level from `RUST_LOG` (a level name: `debug`, `trace`, ...), else info (debug
+/// with `-debug`). A level, not `EnvFilter` directives: their parser compiles regular
+/// expressions in every shim process, for a filter nobody needs per module here.
 pub fn init_logging(debug: bool) {
+    use tracing_subscriber::filter::LevelFilter;
     let Ok(fifo) = std::fs::OpenOptions::new().write(true).open("log") else { return };
-    let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let default = if debug { LevelFilter::DEBUG } else { LevelFilter::INFO };
+    let level = std::env::var("RUST_LOG").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default);
     let fifo = std::sync::Mutex::new(fifo);
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(fifo).try_init();
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_writer(fifo).try_init();
 }
 
 fn main() {

@@ -1,8 +1,9 @@
 //! `make bench` (boot part): boot-to-agent-ready of a pod VM through vmm, against the same
-//! image booted bare by QEMU to the agent's first line; each for the shipped layout (initrd
-//! opens the dm-verity root disk, then runs the agent from it) and for the development layout
-//! without a disk (agent as the initrd's `/init`). Median of N runs each, written to
-//! docs/performance.md between the `bench-boot` markers.
+//! image booted bare by QEMU to the agent's first line; for the shipped image (our kernel,
+//! initrd opens the dm-verity root disk, then runs the agent from it), the same image built
+//! with Debian's cloud kernel (its baseline: modules loaded by the initrd and the agent), and
+//! the development layout without a disk (agent as the initrd's `/init`). Median of N runs
+//! each, interleaved, written to docs/performance.md between the `bench-boot` markers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,42 +25,72 @@ enum Layout {
     InitrdOnly,
 }
 
+/// One image booted one way.
+struct Subject<'a> {
+    label: &'static str,
+    image: &'a Path,
+    layout: Layout,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let image = args.next().map(PathBuf::from).map_or_else(image_dir, Ok)?;
+    let debian = PathBuf::from(args.next().context("usage: bench_boot <image dir> <Debian-kernel image dir> [doc]")?);
     let doc = args.next().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("docs/performance.md"));
-
-    // [verity, initrd-only] × [bare to agent, vmm launch returns, vmm agent ready]
-    let mut m: [[Vec<Duration>; 3]; 2] = Default::default();
+    let subjects = [
+        Subject { label: "our kernel, verity disk (shipped)", image: &image, layout: Layout::Verity },
+        Subject { label: "Debian cloud kernel, verity disk", image: &debian, layout: Layout::Verity },
+        Subject { label: "our kernel, initrd only", image: &image, layout: Layout::InitrdOnly },
+    ];
+    // Per subject: [bare to agent, vmm launch returns, vmm agent ready]
+    let mut m: Vec<[Vec<Duration>; 3]> = subjects.iter().map(|_| Default::default()).collect();
     for run in 0..RUNS {
-        for (i, layout) in [Layout::Verity, Layout::InitrdOnly].into_iter().enumerate() {
-            let bare = bare_boot(&image, layout).await?;
-            let (q, a) = vmm_boot(&image, run, layout).await?;
-            eprintln!("run {run} layout {i}: bare-to-agent {bare:.2?}, vmm QMP ready {q:.2?}, agent ready {a:.2?}");
-            m[i][0].push(bare);
-            m[i][1].push(q);
-            m[i][2].push(a);
+        for (s, subject) in subjects.iter().enumerate() {
+            let bare = bare_boot(subject.image, subject.layout).await?;
+            let (q, a) = vmm_boot(subject.image, run, subject.layout).await?;
+            eprintln!(
+                "run {run} {}: bare-to-agent {bare:.2?}, vmm QMP ready {q:.2?}, agent ready {a:.2?}",
+                subject.label
+            );
+            m[s][0].push(bare);
+            m[s][1].push(q);
+            m[s][2].push(a);
         }
     }
-    let row = |label: &str, v: &mut Vec<Duration>| {
+    let median = |v: &mut Vec<Duration>| {
         v.sort();
-        format!("| {label} | {:.2?} | {:.2?} | {:.2?} |\n", v[v.len() / 2], v[0], v[v.len() - 1])
+        (v[v.len() / 2], v[0], v[v.len() - 1])
     };
-    let [verity, initrd] = &mut m;
+    let mut rows = String::new();
+    // What each measurement is, and the Debian kernel's median of it (the ratio's baseline).
+    let what = [
+        "bare QEMU boot to the agent's first line",
+        "vmm `PodVm::launch` returns (helper + QEMU spawned, QMP ready, `running`)",
+        "**vmm boot to agent ready** (`Health/Check` = SERVING over hybrid vsock)",
+    ];
+    let baseline: Vec<Duration> = (0..3).map(|k| median(&mut m[1][k]).0).collect();
+    for (k, measurement) in what.iter().enumerate() {
+        for (s, subject) in subjects.iter().enumerate() {
+            let (mid, min, max) = median(&mut m[s][k]);
+            let ratio = mid.as_secs_f64() / baseline[k].as_secs_f64();
+            rows.push_str(&format!(
+                "| {measurement} | {} | {mid:.2?} | {min:.2?} | {max:.2?} | {ratio:.2}× |\n",
+                subject.label
+            ));
+        }
+    }
     let section = format!(
-        "Command: `make bench` (runs `target/release/examples/bench_boot build/image docs/performance.md`), \
-         {RUNS} runs each, interleaved, median (min–max). QEMU {qemu}, TCG, q35, 512 MiB, 1 vCPU, uncompressed vmlinux \
-         (PVH). *Verity disk*: the shipped layout — `initrd.img` (contrast-init) opens the dm-verity root disk \
-         `root.img` read-only over virtio-blk, reads the agent through verity, switches root, runs the agent. \
-         *Initrd only*: `initrd-agent.img`, the same root tree packed into the initrd with the agent as `/init`, no disk.\n\n\
-         | measurement | median | min | max |\n|---|---|---|---|\n{}{}{}{}{}{}",
-        row("verity disk: bare QEMU boot to the agent's first line", &mut verity[0]),
-        row("initrd only: bare QEMU boot to the agent's first line", &mut initrd[0]),
-        row("verity disk: vmm `PodVm::launch` returns (helper + QEMU spawned, QMP ready, `running`)", &mut verity[1]),
-        row("initrd only: vmm `PodVm::launch` returns", &mut initrd[1]),
-        row("**verity disk: vmm boot to agent ready** (`Health/Check` = SERVING over hybrid vsock)", &mut verity[2]),
-        row("initrd only: vmm boot to agent ready", &mut initrd[2]),
+        "Command: `make bench` (runs `target/release/examples/bench_boot build/image build/image-debian \
+         docs/performance.md`), {RUNS} runs each, interleaved, median (min–max). QEMU {qemu}, TCG, q35, 512 MiB, \
+         1 vCPU, uncompressed vmlinux (PVH). *Our kernel*: `build/image`, the shipped image — our kernel (Debian's \
+         linux-source, `packaging/kernel/pod-vm.config`, no modules), `initrd.img` (contrast-init) opens the \
+         dm-verity root disk `root.img` read-only over virtio-blk, reads the agent through verity, switches root, \
+         runs the agent. *Debian cloud kernel*: `build/image-debian`, the same image built with `KERNEL=debian` \
+         (Debian's `linux-image-*-cloud-amd64`; the initrd and the agent load its modules) — the baseline of the \
+         ratio column. *Initrd only*: `initrd-agent.img`, the root tree packed into the initrd with the agent as \
+         `/init`, no disk.\n\n\
+         | measurement | image | median | min | max | ratio to Debian's kernel |\n|---|---|---|---|---|---|\n{rows}",
         qemu = qemu_version(),
     );
     println!("{section}");

@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::TestConfig;
 
+/// How long containerd's CRI plugin may take to list an image imported with `ctr`.
+const CRI_IMAGE_DEADLINE: Duration = Duration::from_secs(10);
 /// Name under which the busybox test image is imported.
 pub const IMAGE: &str = "docker.io/library/contrast-busybox:test";
 /// Image CRI runs as each pod's sandbox ("pause") container: busybox sleeping.
@@ -247,7 +249,36 @@ state = "{d}/state"
                 bail!("importing {} for CRI: {}", tar.display(), String::from_utf8_lossy(&out.stderr));
             }
         }
+        cd.wait_until_cri_knows(&[IMAGE, PAUSE_IMAGE])?;
         Ok(cd)
+    }
+
+    /// Waits until the CRI plugin's image cache has `images`: it is filled from containerd's
+    /// image events, a moment after `ctr image import` returns, and a RunPodSandbox before
+    /// that tries to pull the pause image from the network (seen with containerd 1.7).
+    fn wait_until_cri_knows(&self, images: &[&str]) -> Result<()> {
+        let socket = self.socket();
+        // Its own thread and runtime: callers may be inside a tokio runtime already.
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async {
+                    let mut cri = contrast_cri_client::CriClient::connect(Path::new(&socket)).await?;
+                    let deadline = Instant::now() + CRI_IMAGE_DEADLINE;
+                    for image in images {
+                        while !cri.image_known(image).await? {
+                            if Instant::now() > deadline {
+                                bail!("containerd's CRI plugin does not list {image} {CRI_IMAGE_DEADLINE:?} after its import");
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| bail!("CRI image wait panicked"))
+        })
     }
 
     /// (Re)starts the containerd daemon.

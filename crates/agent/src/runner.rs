@@ -40,6 +40,12 @@ pub enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Reply {
     pub pid: i32,
+    /// Seconds since boot (CLOCK_BOOTTIME) when the runner's `main` began, and when its
+    /// libcontainer operation returned: where a container's creation spends its time.
+    #[serde(default)]
+    pub entered: f64,
+    #[serde(default)]
+    pub done: f64,
 }
 
 /// statfs(2) magic numbers (linux/magic.h) of the filesystems an initramfs root can be.
@@ -48,6 +54,7 @@ const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 /// Entry point of runner mode.
 pub fn main(arg: &str) -> ! {
+    let entered = crate::uptime();
     // libcontainer reports the cause of a failure through tracing; it goes to the runner's
     // stderr, which the agent returns to the client. Through a private duplicate: the
     // container process is a clone of this one and swaps fd 2 for the container's stderr,
@@ -62,7 +69,8 @@ pub fn main(arg: &str) -> ! {
     let result = serde_json::from_str::<Request>(arg).context("bad runner request").and_then(run);
     match result {
         Ok(pid) => {
-            println!("{}", serde_json::json!({ "pid": pid }));
+            let reply = Reply { pid, entered, done: crate::uptime() };
+            println!("{}", serde_json::to_string(&reply).unwrap_or_default());
             std::process::exit(0)
         }
         Err(e) => {

@@ -26,6 +26,34 @@ pub enum RunnerError {
 pub struct Outcome {
     pub pid: i32,
     pub since: u64,
+    pub timing: Timing,
+}
+
+/// Where a runner operation's time went, from timestamps (seconds since boot) taken by the
+/// agent around it and by the runner inside it.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// The agent is about to spawn the runner.
+    pub spawn: f64,
+    /// The runner's `main` began: process creation, exec and loading took `entered - spawn`.
+    pub entered: f64,
+    /// The libcontainer operation returned.
+    pub done: f64,
+    /// The agent has the runner's exit and its answer.
+    pub reaped: f64,
+}
+
+impl std::fmt::Display for Timing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |a: f64, b: f64| (b - a) * 1e3;
+        write!(
+            f,
+            "runner exec {:.1} ms, libcontainer {:.1} ms, runner exit {:.1} ms",
+            ms(self.spawn, self.entered),
+            ms(self.entered, self.done),
+            ms(self.done, self.reaped)
+        )
+    }
 }
 
 pub async fn run(reaper: &Reaper, req: &Request, stdio: Option<[OwnedFd; 3]>) -> Result<Outcome, RunnerError> {
@@ -54,6 +82,7 @@ pub async fn run(reaper: &Reaper, req: &Request, stdio: Option<[OwnedFd; 3]>) ->
             });
         }
     }
+    let spawn = crate::uptime();
     let (child, exited, since) = {
         let mut epoch = reaper.epoch();
         let child = cmd.spawn().map_err(RunnerError::Spawn)?;
@@ -77,7 +106,8 @@ pub async fn run(reaper: &Reaper, req: &Request, stdio: Option<[OwnedFd; 3]>) ->
     }
     let reply: Reply =
         serde_json::from_str(out.trim()).map_err(|e| RunnerError::Failed(format!("bad runner reply {out:?}: {e}")))?;
-    Ok(Outcome { pid: reply.pid, since })
+    let timing = Timing { spawn, entered: reply.entered, done: reply.done, reaped: crate::uptime() };
+    Ok(Outcome { pid: reply.pid, since, timing })
 }
 
 /// Whatever is buffered in a pipe, without waiting for more.

@@ -40,6 +40,8 @@ pub struct Process {
     pub pid: i32,
     pub io: ProcessIo,
     exit: watch::Receiver<Option<i32>>,
+    /// Where the runner operation that created it spent its time.
+    timing: runner_client::Timing,
 }
 
 impl Process {
@@ -242,11 +244,23 @@ impl Sandbox {
     }
 
     async fn create_reserved(&self, id: &str, req: &agent::CreateContainerRequest) -> Result<Arc<Container>, Error> {
+        let started = crate::uptime();
         let oci_spec = req.OCI.as_ref().ok_or_else(|| Error::InvalidArgument("request has no OCI spec".into()))?;
         let converted = spec::convert(id, oci_spec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mounted = mount_all(&req.storages)?;
+        let prepared = crate::uptime();
         match self.create_with_storages(id, req, converted, mounted.clone()).await {
-            Ok(c) => Ok(Arc::new(c)),
+            Ok(c) => {
+                // Per step, on the console: what the first container of a pod waits for.
+                let t = c.init.timing;
+                crate::log!(
+                    "created {id}: spec+storages {:.1} ms, bundle {:.1} ms, {t}, total {:.1} ms",
+                    (prepared - started) * 1e3,
+                    (t.spawn - prepared) * 1e3,
+                    (crate::uptime() - started) * 1e3
+                );
+                Ok(Arc::new(c))
+            }
             Err(e) => {
                 mounted.iter().rev().for_each(|p| storage::unmount(p));
                 Err(e)
@@ -360,7 +374,7 @@ impl Sandbox {
             let status = exited.await.unwrap_or(255);
             let _ = tx.send(Some(status));
         });
-        Process { pid: outcome.pid, io, exit: rx }
+        Process { pid: outcome.pid, io, exit: rx, timing: outcome.timing }
     }
 
     pub async fn start_container(&self, id: &str) -> Result<(), Error> {
@@ -368,7 +382,8 @@ impl Sandbox {
         if c.state() != State::Created {
             return Err(Error::FailedPrecondition(format!("container {id} is not in created state")));
         }
-        runner_client::run(&self.reaper, &Request::Start { id: id.to_owned() }, None).await?;
+        let outcome = runner_client::run(&self.reaper, &Request::Start { id: id.to_owned() }, None).await?;
+        crate::log!("started {id}: {}", outcome.timing);
         c.set_state(State::Running);
         Ok(())
     }

@@ -10,6 +10,7 @@ pub use k8s_cri::v1 as cri;
 pub use stream::ExecOutput;
 
 mod stream;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -19,6 +20,7 @@ const EXEC_SYNC_TIMEOUT_SECS: i64 = 120;
 #[derive(Clone)]
 pub struct CriClient {
     runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
     /// The network namespace containerd's streaming server listens in, when not ours.
     stream_netns: Option<PathBuf>,
 }
@@ -40,7 +42,25 @@ impl CriClient {
             }))
             .await
             .with_context(|| format!("connecting to {}", socket.display()))?;
-        Ok(CriClient { runtime: RuntimeServiceClient::new(channel), stream_netns: None })
+        Ok(CriClient {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+            stream_netns: None,
+        })
+    }
+
+    /// `crictl inspecti`: whether the CRI image service knows `image`. containerd's CRI
+    /// plugin learns of an image imported with `ctr` from an event, a moment after the import.
+    pub async fn image_known(&mut self, image: &str) -> Result<bool> {
+        let resp = self
+            .images
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+                verbose: false,
+            })
+            .await
+            .context("ImageStatus")?;
+        Ok(resp.into_inner().image.is_some())
     }
 
     /// Streams (`Exec`) connect from network namespace `netns`: containerd's streaming

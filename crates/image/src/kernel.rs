@@ -1,4 +1,7 @@
-//! An unpacked Debian `linux-image-*` package: the bzImage and its modules.
+//! An unpacked kernel tree shaped like a Debian `linux-image-*` package: the bzImage, its
+//! loadable modules and the list of modules built into it (`modules.builtin`). Debian's cloud
+//! kernel has most of what the pod VM needs as modules; our own (`scripts/build-kernel.sh`)
+//! has everything built in, so nothing is left to load.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -12,6 +15,8 @@ pub struct KernelTree {
     pub package: String,
     /// Module name → its file, found by walking the package's module tree.
     files: BTreeMap<String, PathBuf>,
+    /// Names of the modules built into the kernel (`lib/modules/<release>/modules.builtin`).
+    builtin: BTreeSet<String>,
 }
 
 impl KernelTree {
@@ -31,15 +36,22 @@ impl KernelTree {
         let module_dir = root.join("lib/modules").join(&release);
         let mut files = BTreeMap::new();
         collect_modules(&module_dir, &mut files).with_context(|| format!("listing modules of {release}"))?;
+        let builtin_list = module_dir.join("modules.builtin");
+        let builtin = match fs::read_to_string(&builtin_list) {
+            Ok(text) => builtin_names(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", builtin_list.display())),
+        };
         let package = fs::read_to_string(root.join(".package"))
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| format!("linux-image-{release}"));
-        Ok(KernelTree { bzimage, package, files })
+        Ok(KernelTree { bzimage, package, files, builtin })
     }
 
     /// The module files for `names` and everything they depend on, each after its dependencies.
     /// Dependencies come from each module's own `.modinfo` (`depends=`), since the package
-    /// ships no `modules.dep` (depmod runs at install time).
+    /// ships no `modules.dep` (depmod runs at install time). A module built into the kernel
+    /// needs no file; one that is neither a file nor built in is an error.
     pub fn resolve_modules(&self, names: &[&str]) -> Result<Vec<PathBuf>> {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
@@ -50,11 +62,13 @@ impl KernelTree {
     }
 
     fn visit(&self, name: &str, seen: &mut BTreeSet<String>, order: &mut Vec<PathBuf>) -> Result<()> {
-        if !seen.insert(name.to_owned()) {
+        if !seen.insert(name.to_owned()) || self.builtin.contains(name) {
             return Ok(());
         }
-        let path =
-            self.files.get(name).with_context(|| format!("kernel module {name} not in the package (built in?)"))?;
+        let path = self
+            .files
+            .get(name)
+            .with_context(|| format!("kernel module {name} is neither in the package nor built into the kernel"))?;
         for dep in modinfo_depends(&self.module_bytes(path)?) {
             self.visit(&dep, seen, order)?;
         }
@@ -100,6 +114,11 @@ fn modinfo_depends(module: &[u8]) -> Vec<String> {
     let value = &module[start + KEY.len()..];
     let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
     String::from_utf8_lossy(&value[..end]).split(',').filter(|d| !d.is_empty()).map(|d| d.replace('-', "_")).collect()
+}
+
+/// Module names of `modules.builtin` (one path per line, `kernel/fs/erofs/erofs.ko`).
+fn builtin_names(text: &str) -> BTreeSet<String> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(module_name).collect()
 }
 
 fn module_name(path: &str) -> String {
@@ -163,6 +182,23 @@ mod tests {
         assert_eq!(modinfo_depends(module), vec!["vsock".to_owned(), "virtio_ring".to_owned()]);
         assert!(modinfo_depends(b"\0depends=\0").is_empty());
         assert!(modinfo_depends(b"no modinfo").is_empty());
+    }
+
+    #[test]
+    fn built_in_modules_need_no_file_and_unknown_ones_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let modules = dir.path().join("lib/modules/6.12-test");
+        fs::create_dir_all(&modules).expect("module dir");
+        fs::create_dir_all(dir.path().join("boot")).expect("boot dir");
+        fs::write(dir.path().join("boot/vmlinuz-6.12-test"), b"").expect("kernel");
+        fs::write(modules.join("modules.builtin"), "kernel/fs/erofs/erofs.ko\nkernel/drivers/md/dm-verity.ko\n")
+            .expect("modules.builtin");
+        fs::write(modules.join("virtio-blk.ko"), b"\0depends=dm-verity\0").expect("module file");
+        let tree = KernelTree::open(dir.path()).expect("tree opens");
+        let order = tree.resolve_modules(&["erofs", "dm_verity", "virtio_blk"]).expect("resolved");
+        assert_eq!(order, vec![modules.join("virtio-blk.ko")], "only the loadable module has a file");
+        let err = tree.resolve_modules(&["bridge"]).expect_err("bridge is nowhere");
+        assert!(format!("{err:#}").contains("bridge is neither in the package nor built into the kernel"), "{err:#}");
     }
 
     #[test]
