@@ -26,6 +26,11 @@ pub const MIN_MEMORY_MIB: u32 = 128;
 /// The longest any configured timeout may be: longer is a typo, and larger values would
 /// overflow the deadlines computed from them.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Bound of TCG's translated-code cache per VM in MiB (`-accel tcg,tb-size=`), where QEMU
+/// emulates the CPU (no KVM: the `insecure` platform on a development machine). QEMU's own
+/// default lets it grow to 1 GiB per VM; the RuntimeClass overhead reserves this bound. A pod
+/// VM's boot alone translates ~55 MiB (64 MiB filled within 4 s of start and was flushed).
+pub const TCG_TB_SIZE_MIB: u32 = 128;
 
 /// Confidential-computing platform a runtime class targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -67,13 +67,16 @@ async fn main() -> Result<()> {
         "Command: `make bench` (runs `target/release/examples/bench_agent build/image docs/performance.md`). \
          Pod VM under TCG, 512 MiB; the host drives the agent over hybrid vsock.\n\n\
          | measurement | value |\n|---|---|\n\
-         | agent RSS, idle sandbox | {} KiB |\n\
-         | agent RSS, {BUSY_CONTAINERS} running containers | {} KiB |\n\
+         | agent RSS, idle sandbox (promise: ≤ 4096 KiB) | {} KiB ({:.2}× the promise; anonymous {} KiB) |\n\
+         | agent RSS, {BUSY_CONTAINERS} running containers | {} KiB (anonymous {} KiB) |\n\
          | guest memory in use, idle / {BUSY_CONTAINERS} containers | {} / {} KiB |\n\
          | create+start+wait+remove of `true`, median of {RUNS} | {:.1?} (min {:.1?}, max {:.1?}) |\n\
          | … of which CreateContainer / StartContainer / WaitProcess / RemoveContainer (medians) | {:.1?} / {:.1?} / {:.1?} / {:.1?} |\n",
         idle.rss_kib,
+        idle.rss_kib as f64 / 4096.0,
+        idle.rss_anon_kib,
         busy.rss_kib,
+        busy.rss_anon_kib,
         idle.guest_used_kib,
         busy.guest_used_kib,
         lat[RUNS / 2],

@@ -6,10 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use contrast_node_installer::overhead;
 use contrast_tests::containerd::{Containerd, IMAGE, RUNTIME};
 use contrast_tests::{image_dir, write_section};
 
 const RUNS: usize = 5;
+/// Pods started at once for the concurrency row.
+const CONCURRENT: usize = 10;
+/// The measured idle pod, for the installer's RuntimeClass overhead (relative to the checkout).
+const OVERHEAD_FILE: &str = "packaging/pod-overhead.toml";
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -34,44 +39,65 @@ fn shim_rss_kib(dir: &Path) -> Result<(u64, u64)> {
     anyhow::bail!("no shim daemon found")
 }
 
-/// Resident KiB of `pid` outside and inside the guest RAM mapping (`memory-backend-memfd`,
-/// shown as `/memfd:…` in smaps; QEMU and the vhost-user helpers all map it).
-fn rss_split_kib(pid: u32) -> Result<(u64, u64)> {
+/// Where a process's resident memory is, KiB.
+#[derive(Default, Clone, Copy)]
+struct Resident {
+    /// Outside the guest RAM and outside TCG's cache: what the process holds on any node.
+    own: u64,
+    /// The guest RAM mapping (`memory-backend-memfd`, shown as `/memfd:…` in smaps; QEMU and
+    /// the vhost-user helpers all map it).
+    guest: u64,
+    /// TCG's translated-code cache: executable anonymous (or `tcg` memfd) mappings, which
+    /// exist only where QEMU emulates the CPU.
+    tcg: u64,
+}
+
+fn resident_kib(pid: u32) -> Result<Resident> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
-    let (mut own, mut guest, mut in_guest) = (0, 0, false);
+    let mut r = Resident::default();
+    let mut kind = 0;
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
         let first = fields.next().unwrap_or("");
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            in_guest = line.split_whitespace().nth(5).is_some_and(|name| name.starts_with("/memfd:"));
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (perms, inode, name) = (f.get(1).copied().unwrap_or(""), f.get(4).copied().unwrap_or(""), f.get(5));
+            let tcg =
+                perms.contains('x') && ((inode == "0" && name.is_none()) || name.is_some_and(|n| n.contains("tcg")));
+            kind = if tcg {
+                2
+            } else if name.is_some_and(|n| n.starts_with("/memfd:")) {
+                1
+            } else {
+                0
+            };
         } else if first == "Rss:" {
             let kib: u64 = fields.next().unwrap_or("0").parse()?;
-            if in_guest {
-                guest += kib;
-            } else {
-                own += kib;
+            match kind {
+                1 => r.guest += kib,
+                2 => r.tcg += kib,
+                _ => r.own += kib,
             }
         }
     }
-    Ok((own, guest))
+    Ok(r)
 }
 
-/// Per idle pod: (QEMU's own RSS, guest RAM resident, vhost-device-vsock's own, virtiofsd's own), KiB.
-fn pod_memory_kib(cd: &Containerd) -> Result<(u64, u64, u64, u64)> {
-    let (mut qemu, mut guest, mut vsock, mut fs) = (0, 0, 0, 0);
+/// Per idle pod: QEMU's, vhost-device-vsock's and virtiofsd's resident memory.
+fn pod_memory_kib(cd: &Containerd) -> Result<(Resident, Resident, Resident)> {
+    let (mut qemu, mut vsock, mut fs) = (Resident::default(), Resident::default(), Resident::default());
     for (pid, cmd) in contrast_tests::processes_mentioning(&cd.pod_root()) {
-        let (own, ram) = rss_split_kib(pid)?;
+        let r = resident_kib(pid)?;
         if cmd.contains("qemu-system") {
-            qemu += own;
-            guest += ram;
+            qemu = r;
         } else if cmd.contains("vhost-device-vsock") {
-            vsock += own;
+            vsock = r;
         } else if cmd.contains("virtiofsd") {
-            fs += own;
+            fs = r;
         }
     }
-    ensure!(qemu > 0, "no QEMU found under {}", cd.pod_root().display());
-    Ok((qemu, guest, vsock, fs))
+    ensure!(qemu.own > 0, "no QEMU found under {}", cd.pod_root().display());
+    Ok((qemu, vsock, fs))
 }
 
 /// `key=<n>` from the last containerd log line that has it.
@@ -90,7 +116,8 @@ fn main() -> Result<()> {
     let cd = Containerd::start(&shim, &image)?;
 
     let mut anon = Vec::new();
-    let (mut qemu_own, mut guest_ram, mut vsock_own, mut fs_own) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut qemu_own, mut guest_ram, mut tcg, mut vsock_own, mut fs_own) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut create, mut guest_create, mut start) = (Vec::new(), Vec::new(), Vec::new());
     // Per run, then the median: medians of different series do not subtract.
     let (mut outside, mut in_shim) = (Vec::new(), Vec::new());
@@ -114,11 +141,12 @@ fn main() -> Result<()> {
         let (r, a) = shim_rss_kib(cd.dir.path())?;
         rss.push(r);
         anon.push(a);
-        let (q, g, v, f) = pod_memory_kib(&cd)?;
-        qemu_own.push(q);
-        guest_ram.push(g);
-        vsock_own.push(v);
-        fs_own.push(f);
+        let (q, v, f) = pod_memory_kib(&cd)?;
+        qemu_own.push(q.own);
+        guest_ram.push(q.guest);
+        tcg.push(q.tcg);
+        vsock_own.push(v.own);
+        fs_own.push(f.own);
         let t = Instant::now();
         let out = cd.ctr_ok(&["task", "exec", "--exec-id", "x", &id, "true"])?;
         exec.push(t.elapsed());
@@ -134,9 +162,31 @@ fn main() -> Result<()> {
         v.sort();
         v[v.len() / 2]
     };
-    let (qemu_own, guest_ram, vsock_own, fs_own) =
-        (mid(&mut qemu_own), mid(&mut guest_ram), mid(&mut vsock_own), mid(&mut fs_own));
-    let per_pod_mib = (rss[RUNS / 2] + qemu_own + vsock_own + fs_own) as f64 / 1024.0;
+    let (qemu_own, guest_ram, tcg, vsock_own, fs_own) =
+        (mid(&mut qemu_own), mid(&mut guest_ram), mid(&mut tcg), mid(&mut vsock_own), mid(&mut fs_own));
+    let shim_kib = rss[RUNS / 2];
+    let per_pod_mib = (shim_kib + qemu_own + vsock_own + fs_own) as f64 / 1024.0;
+    std::fs::write(
+        OVERHEAD_FILE,
+        format!(
+            "# Memory one idle pod costs on the node beyond its guest RAM, KiB: written by `make bench`\n\
+             # (tests/examples/bench_shim.rs), read by `contrast-node-installer manifests` to compute the\n\
+             # RuntimeClass overhead. Median of {RUNS} idle pods (one `sleep` container each), QEMU under TCG.\n\
+             # The shim's VmRSS.\n\
+             shim_kib = {shim_kib}\n\
+             # QEMU outside the guest RAM mapping and outside TCG's translated-code cache.\n\
+             qemu_kib = {qemu_own}\n\
+             # vhost-device-vsock + virtiofsd, outside the guest RAM mapping.\n\
+             helpers_kib = {}\n\
+             # TCG's translated-code cache (only without KVM; bounded by contrast_config::TCG_TB_SIZE_MIB).\n\
+             tcg_cache_kib = {tcg}\n",
+            vsock_own + fs_own
+        ),
+    )
+    .with_context(|| format!("writing {OVERHEAD_FILE}"))?;
+    let measured = std::fs::read_to_string(OVERHEAD_FILE)?;
+    let overhead_snp = overhead::overhead_mib_from(&measured, "snp")?;
+    let overhead_insecure = overhead::overhead_mib_from(&measured, "insecure")?;
 
     let (mut ours, mut runc) = (Vec::new(), Vec::new());
     for i in 0..RUNS {
@@ -147,6 +197,20 @@ fn main() -> Result<()> {
         cd.ctr_ok(&["run", "--runtime", "io.containerd.runc.v2", "--rm", IMAGE, &format!("r{i}"), "true"])?;
         runc.push(t.elapsed());
     }
+    // The same pod, CONCURRENT at once: against the serial cost spread over the cores.
+    let started = Instant::now();
+    let results: Vec<Result<String>> = std::thread::scope(|s| {
+        let cd = &cd;
+        let handles: Vec<_> = (0..CONCURRENT)
+            .map(|i| {
+                s.spawn(move || cd.ctr_ok(&["run", "--runtime", RUNTIME, "--rm", IMAGE, &format!("p{i}"), "true"]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("thread panicked")))).collect()
+    });
+    let together = started.elapsed();
+    let failed: Vec<String> = results.into_iter().filter_map(|r| r.err().map(|e| format!("{e:#}"))).collect();
+    ensure!(failed.is_empty(), "{} of {CONCURRENT} concurrent pods failed: {failed:?}", failed.len());
     let (st, q, a, e, o, r) = (
         median(&mut start_total),
         median(&mut qmp),
@@ -156,41 +220,56 @@ fn main() -> Result<()> {
         median(&mut runc),
     );
     let shim_overhead = st.saturating_sub(a);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let serial_spread = o * CONCURRENT as u32 / cores as u32;
     let (gc, sr) = (median(&mut guest_create), median(&mut start));
     let (outside, in_shim) = (median(&mut outside), median(&mut in_shim));
+    let (margin, tb) = (overhead::OVERHEAD_MARGIN_PERCENT, contrast_config::TCG_TB_SIZE_MIB);
     let section = format!(
         "Command: `make bench` (runs `target/release/examples/bench_shim <shim> build/image docs/performance.md`; \
          the shim is the shipped build: static musl, non-PIE, `release-shim` profile), \
          containerd 1.6 (Debian) driven with ctr, median of {RUNS} each, QEMU under TCG.\n\n\
          | measurement | value |\n|---|---|\n\
-         | shim daemon RSS per idle pod (`VmRSS` of the shim, one pod running `sleep`) | {} KiB (min {}, max {}) |\n\
+         | shim daemon RSS per idle pod (`VmRSS` of the shim, one pod running `sleep`; promise ≤ 3.9 MiB) | {} KiB (min {}, max {}; {:.2}× the promise) |\n\
          | … of which anonymous (`RssAnon`; the rest is the shim's own code pages) | {} KiB |\n\
          | pod start: QEMU spawned and QMP ready (`PodVm::launch`) | {q:.2?} |\n\
          | pod start: agent ready (sandbox created in the guest) | {a:.2?} |\n\
          | pod start: `ctr run -d … sleep` returns (container started) | {st:.2?} |\n\
-         | … of which not VM boot (ctr + containerd + shim + container create/start) | {shim_overhead:.2?} ({:.1} %) |\n\
+         | … of which not VM boot (ctr + containerd + shim + container create/start; promise ≤ 3 % of agent ready) | {shim_overhead:.2?} ({:.1} %) |\n\
          | … … outside the shim's Create/Start (ctr, containerd, snapshot, shim process start) | {outside:.2?} |\n\
          | … … CreateContainer in the guest (libcontainer under TCG) | {gc:.2?} |\n\
          | … … StartContainer (guest) | {sr:.2?} |\n\
          | … … the shim's own work in Create (config, rootfs mounts, spec, FIFOs, events) | {in_shim:.2?} |\n\
          | `ctr run --rm {IMAGE} true`, our shim (pod VM boot included) | {o:.2?} |\n\
          | `ctr run --rm {IMAGE} true`, runc v2 (same containerd, same run) | {r:.2?} |\n\
-         | `ctr task exec … true` into a running pod | {e:.2?} |\n\n\
+         | `ctr task exec … true` into a running pod | {e:.2?} |\n\
+         | {CONCURRENT} × `ctr run --rm … true` started at once, until the last returns | {together:.2?} |\n\
+         | … against {CONCURRENT} × the serial `ctr run --rm` ÷ {cores} cores | {serial_spread:.2?} ({:.2}×) |\n\n\
          Memory of an idle pod beyond its guest RAM (same runs, median; `Rss` from `/proc/<pid>/smaps`, \
          the guest RAM mapping — `memory-backend-memfd`, mapped by QEMU and both vhost-user helpers — \
-         counted apart). The RuntimeClass `overhead.podFixed.memory` adds 160 MiB (10 shim + 150 QEMU) \
-         to the VM's memory for this.\n\n\
+         counted apart, and so is TCG's translated-code cache, which a KVM node has not). \
+         These figures go to `packaging/pod-overhead.toml`, from which the installer computes the \
+         RuntimeClass `overhead.podFixed.memory` beyond the guest RAM: now {overhead_snp} MiB on `snp`/`tdx` \
+         (idle pod + {margin} %), {overhead_insecure} MiB on `insecure` (plus the {tb} MiB bound of the TCG cache).\n\n\
          | process | resident KiB |\n|---|---|\n\
-         | QEMU, outside guest RAM (under TCG this includes the translated-code cache, which KVM has not) | {qemu_own} |\n\
+         | QEMU, outside guest RAM and TCG's cache | {qemu_own} |\n\
+         | QEMU, TCG's translated-code cache (bounded at {tb} MiB; none under KVM) | {tcg} |\n\
          | guest RAM resident (the guest's own use; bounded by the VM's memory) | {guest_ram} |\n\
          | vhost-device-vsock, outside guest RAM | {vsock_own} |\n\
          | virtiofsd, outside guest RAM | {fs_own} |\n\
-         | shim + QEMU + helpers, outside guest RAM | {per_pod_mib:.1} MiB |\n",
+         | shim + QEMU + helpers, outside guest RAM and TCG's cache | {per_pod_mib:.1} MiB |\n\
+         | … against the RuntimeClass overhead on `snp`/`tdx` | {overhead_snp} MiB ({:.2}× of it used) |\n\
+         | … with TCG's cache, against the overhead on `insecure` | {:.1} MiB of {overhead_insecure} MiB ({:.2}×) |\n",
         rss[RUNS / 2],
         rss[0],
         rss[RUNS - 1],
+        rss[RUNS / 2] as f64 / (3.9 * 1024.0),
         anon[anon.len() / 2],
         shim_overhead.as_secs_f64() / a.as_secs_f64() * 100.0,
+        together.as_secs_f64() / serial_spread.as_secs_f64(),
+        per_pod_mib / overhead_snp as f64,
+        per_pod_mib + tcg as f64 / 1024.0,
+        (per_pod_mib + tcg as f64 / 1024.0) / overhead_insecure as f64,
     );
     println!("{section}");
     write_section(&doc, "bench-shim", &section)?;

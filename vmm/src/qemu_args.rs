@@ -210,7 +210,7 @@ impl QemuSpec {
             // TDX guests need the IOAPIC emulated in userspace (kvm-accel property).
             (true, Platform::Tdx) => "kvm,kernel-irqchip=split".into(),
             (true, _) => "kvm".into(),
-            (false, _) => "tcg".into(),
+            (false, _) => format!("tcg,tb-size={}", contrast_config::TCG_TB_SIZE_MIB),
         }
     }
 

@@ -64,6 +64,7 @@ impl diagnostics_ttrpc::Diagnostics for DiagnosticsService {
     ) -> ttrpc::Result<diagnostics::AgentMemoryResponse> {
         let mut resp = diagnostics::AgentMemoryResponse::new();
         resp.rss_kib = proc_kib("/proc/self/status", "VmRSS:");
+        resp.rss_anon_kib = proc_kib("/proc/self/status", "RssAnon:");
         let total = proc_kib("/proc/meminfo", "MemTotal:");
         let available = proc_kib("/proc/meminfo", "MemAvailable:");
         resp.guest_used_kib = total.saturating_sub(available);

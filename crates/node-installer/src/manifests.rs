@@ -14,10 +14,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::payload::Payload;
 
-/// Memory a pod VM costs beyond the guest RAM: the shim (≤ 5 MiB measured, rounded up) and
-/// QEMU's own allocations (device emulation, TCG/KVM structures, vhost backends).
-pub const SHIM_OVERHEAD_MIB: u64 = 10;
-pub const QEMU_OVERHEAD_MIB: u64 = 150;
 const HOST_ROOT: &str = "/host";
 const PAYLOAD: &str = "/contrast";
 
@@ -46,8 +42,14 @@ pub fn render(payload: &Payload, opts: &Options) -> Result<String> {
         handler: payload.handler.clone(),
         overhead: Some(Overhead {
             pod_fixed: Some(
-                [("memory".to_owned(), Quantity(format!("{}Mi", memory + SHIM_OVERHEAD_MIB + QEMU_OVERHEAD_MIB)))]
-                    .into(),
+                [(
+                    "memory".to_owned(),
+                    Quantity(format!(
+                        "{}Mi",
+                        memory + contrast_node_installer::overhead::overhead_mib(&payload.platform)?
+                    )),
+                )]
+                .into(),
             ),
         }),
         // Pods of this class land only where the installer's check passed (its

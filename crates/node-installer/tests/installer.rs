@@ -269,7 +269,17 @@ fn manifests_are_kubernetes_objects_with_matching_names() {
     assert_eq!(rc.metadata.name.as_deref(), Some(handler.as_str()));
     assert_eq!(rc.handler, handler);
     let memory = &rc.overhead.expect("overhead").pod_fixed.expect("podFixed")["memory"];
-    assert_eq!(memory.0, "672Mi", "512 MiB guest + 10 shim + 150 QEMU");
+    // 512 MiB guest + the measured idle pod (packaging/pod-overhead.toml) + the TCG cache bound.
+    let measured: toml::Table =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/pod-overhead.toml"))
+            .expect("pod-overhead.toml")
+            .parse()
+            .expect("toml");
+    let idle_kib: i64 =
+        ["shim_kib", "qemu_kib", "helpers_kib"].iter().map(|k| measured[*k].as_integer().expect(k)).sum();
+    let mib: i64 = memory.0.strip_suffix("Mi").expect("Mi").parse().expect("number");
+    let floor = 512 + idle_kib / 1024 + i64::from(contrast_config::TCG_TB_SIZE_MIB);
+    assert!(mib > floor && mib < floor + idle_kib / 1024, "{mib} MiB: 512 guest + {idle_kib} KiB measured + TCG");
     assert_eq!(docs[0]["kind"], "RuntimeClass");
     assert_eq!(docs[0]["apiVersion"], "node.k8s.io/v1");
 
