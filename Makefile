@@ -5,6 +5,7 @@ SHELL := /bin/sh
 BUILD ?= build
 AGENT_TARGET ?= x86_64-unknown-linux-musl
 AGENT_BIN := target/$(AGENT_TARGET)/release-agent/contrast-agent
+RUNNER_BIN := target/$(AGENT_TARGET)/release-runner/contrast-runner
 INIT_BIN := target/$(AGENT_TARGET)/release-agent/contrast-init
 IMAGE_DIR := $(BUILD)/image
 # The shipped shim: static (musl) and size-optimised, since it runs once per pod.
@@ -48,17 +49,22 @@ shim:
 		--bin containerd-shim-contrast-cc-v2 -- -C relocation-model=static
 
 # Non-PIE like the shim: a static-pie binary dirties its relocated data at every start (the
-# agent, and each runner process it starts). The agent links libseccomp statically (seccomp
-# profiles in the guest). Debian's libseccomp.a
-# is copied to a directory of its own: pointing the linker at /usr/lib/x86_64-linux-gnu would
-# let glibc's libc.a shadow musl's.
+# agent, and each runner process it starts). The agent (profile release-agent, for size) and
+# its container runner (release-runner, for speed; libcontainer lives only there) are two
+# binaries. The runner links libseccomp statically (seccomp profiles in the guest). Debian's
+# libseccomp.a is copied to a directory of its own: pointing the linker at
+# /usr/lib/x86_64-linux-gnu would let glibc's libc.a shadow musl's.
 SECCOMP_LIB_DIR := $(BUILD)/seccomp
 agent:
 	mkdir -p $(SECCOMP_LIB_DIR)
 	cp -u /usr/lib/x86_64-linux-gnu/libseccomp.a $(SECCOMP_LIB_DIR)/
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
 	RUSTFLAGS="-C relocation-model=static" \
-		$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent -p contrast-init
+		$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent --bin contrast-agent \
+		-p contrast-init --bin contrast-init
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
+	RUSTFLAGS="-C relocation-model=static" \
+		$(CARGO) build --profile release-runner --target $(AGENT_TARGET) -p contrast-agent --bin contrast-runner
 
 # Kernel, initrd (contrast-init), verity root disk (agent), command line, reference values.
 # Inputs: the kernel tree (KERNEL, above), the static agent and init, busybox-static, mkfs.erofs.
@@ -66,7 +72,7 @@ image: agent
 	$(CARGO) build --release -p contrast-image
 	./scripts/fetch-firmware.sh $(BUILD)/firmware
 	tree=$$($(KERNEL_TREE_CMD)) && target/release/contrast-image --kernel-tree "$$tree" \
-		--agent $(AGENT_BIN) --init $(INIT_BIN) --busybox /bin/busybox --firmware $(BUILD)/firmware \
+		--agent $(AGENT_BIN) --runner $(RUNNER_BIN) --init $(INIT_BIN) --busybox /bin/busybox --firmware $(BUILD)/firmware \
 		--out $(IMAGE_DIR) >/dev/null
 	@echo "image: $(IMAGE_DIR) (reference values: $(IMAGE_DIR)/reference-values.json)"
 
@@ -116,7 +122,7 @@ test: image lint containerd-releases sev-snp-measure
 	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) CONTRAST_CONTAINERD_DIR=$(abspath $(CONTAINERD_DIR)) \
 	CONTRAST_SEV_SNP_MEASURE=$(abspath $(BUILD)/sev-snp-measure) \
 	CONTRAST_KERNEL_TREE="$$(realpath "$$($(KERNEL_TREE_CMD))")" \
-	CONTRAST_AGENT=$(abspath $(AGENT_BIN)) CONTRAST_INIT=$(abspath $(INIT_BIN)) \
+	CONTRAST_AGENT=$(abspath $(AGENT_BIN)) CONTRAST_RUNNER=$(abspath $(RUNNER_BIN)) CONTRAST_INIT=$(abspath $(INIT_BIN)) \
 		timeout --kill-after=30 $(TEST_TIMEOUT) $(CARGO) test --workspace --exclude contrast-agent
 	$(CARGO) test -p contrast-agent
 	./scripts/fuzz.sh $(FUZZ_SECONDS)
@@ -134,13 +140,13 @@ demo: deps image shim
 # The same image with Debian's cloud kernel: the baseline our kernel's boot is measured against.
 image-debian: image
 	tree=$$(./scripts/fetch-kernel.sh $(BUILD)/kernel) && target/release/contrast-image --kernel-tree "$$tree" \
-		--agent $(AGENT_BIN) --init $(INIT_BIN) --busybox /bin/busybox --out $(BUILD)/image-debian >/dev/null
+		--agent $(AGENT_BIN) --runner $(RUNNER_BIN) --init $(INIT_BIN) --busybox /bin/busybox --out $(BUILD)/image-debian >/dev/null
 
 bench: image image-debian shim
 	$(CARGO) build --release -p contrast-tests --example bench_image --example bench_boot --example bench_agent \
 		--example bench_shim --example bench_layers --example bench_network
 	target/release/examples/bench_image target/release/contrast-image \
-		"$$($(KERNEL_TREE_CMD))" $(AGENT_BIN) $(INIT_BIN) docs/performance.md
+		"$$($(KERNEL_TREE_CMD))" $(AGENT_BIN) $(RUNNER_BIN) $(INIT_BIN) docs/performance.md
 	target/release/examples/bench_boot $(abspath $(IMAGE_DIR)) $(abspath $(BUILD)/image-debian) docs/performance.md
 	target/release/examples/bench_agent $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_shim $(SHIM_BIN) $(abspath $(IMAGE_DIR)) docs/performance.md

@@ -15,8 +15,8 @@ const RUNS: usize = 5;
 
 fn main() -> Result<()> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
-    let [tool, kernel, agent, init, doc] = args.as_slice() else {
-        anyhow::bail!("usage: bench_image CONTRAST_IMAGE KERNEL_TREE AGENT INIT DOC");
+    let [tool, kernel, agent, runner, init, doc] = args.as_slice() else {
+        anyhow::bail!("usage: bench_image CONTRAST_IMAGE KERNEL_TREE AGENT RUNNER INIT DOC");
     };
     let dir = tempfile::tempdir()?;
     let mut times = Vec::new();
@@ -28,6 +28,8 @@ fn main() -> Result<()> {
             .arg(kernel)
             .arg("--agent")
             .arg(agent)
+            .arg("--runner")
+            .arg(runner)
             .arg("--init")
             .arg(init)
             .args(["--busybox", "/bin/busybox", "--out"])
@@ -47,13 +49,13 @@ fn main() -> Result<()> {
     let blocks = values["verity"]["data_blocks"].as_u64().unwrap_or(0);
     let section = format!(
         "Command: `make bench` (runs `target/release/examples/bench_image target/release/contrast-image <kernel tree> \
-         <agent> <init> docs/performance.md`): `contrast-image` from prepared inputs (kernel package already \
-         downloaded and unpacked, agent and init already built), {RUNS} runs, median {:.2?} (min {:.2?}, max {:.2?}). \
+         <agent> <runner> <init> docs/performance.md`): `contrast-image` from prepared inputs (kernel already \
+         built, agent, runner and init already built), {RUNS} runs, median {:.2?} (min {:.2?}, max {:.2?}). \
          Every run produced the same `root.img` SHA-256 ({}).\n\n\
          | output | size |\n|---|---|\n\
          | `vmlinux` (uncompressed kernel, what the VM boots) | {} |\n\
-         | `vmlinuz` (Debian's bzImage) | {} |\n\
-         | `initrd.img` (contrast-init + virtio-blk, dm-verity, erofs modules; gzip) | {} |\n\
+         | `vmlinuz` (the kernel's bzImage) | {} |\n\
+         | `initrd.img` (contrast-init, and the modules that reach the root if the kernel has any; gzip) | {} |\n\
          | `root.img` (GPT: erofs root {} + verity hash partition, 1 MiB aligned) | {} |\n\
          | `initrd-agent.img` (initrd-only development layout, for comparison) | {} |\n\
          | verity: data blocks / hash tree incl. superblock | {blocks} × 4 KiB / {} |\n",

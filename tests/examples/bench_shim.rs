@@ -100,6 +100,17 @@ fn pod_memory_kib(cd: &Containerd) -> Result<(Resident, Resident, Resident)> {
     Ok((qemu, vsock, fs))
 }
 
+/// CPU time all processes have used since boot (`/proc/stat`: everything but idle and iowait).
+fn busy_cpu() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>()?;
+    ensure!(ticks.len() >= 8, "unexpected /proc/stat: {line}");
+    // user nice system idle iowait irq softirq steal, in USER_HZ (100 on Linux).
+    let busy: u64 = ticks[..8].iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    Ok(Duration::from_millis(busy * 10))
+}
+
 /// `key=<n>` from the last containerd log line that has it.
 fn logged_ms(log: &str, key: &str) -> Option<u64> {
     log.lines().rev().find_map(|l| {
@@ -188,11 +199,12 @@ fn main() -> Result<()> {
     let overhead_snp = overhead::overhead_mib_from(&measured, "snp")?;
     let overhead_insecure = overhead::overhead_mib_from(&measured, "insecure")?;
 
-    let (mut ours, mut runc) = (Vec::new(), Vec::new());
+    let (mut ours, mut runc, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..RUNS {
-        let t = Instant::now();
+        let (t, busy) = (Instant::now(), busy_cpu()?);
         cd.ctr_ok(&["run", "--runtime", RUNTIME, "--rm", IMAGE, &format!("c{i}"), "true"])?;
         ours.push(t.elapsed());
+        cpu.push(busy_cpu()? - busy);
         let t = Instant::now();
         cd.ctr_ok(&["run", "--runtime", "io.containerd.runc.v2", "--rm", IMAGE, &format!("r{i}"), "true"])?;
         runc.push(t.elapsed());
@@ -222,6 +234,8 @@ fn main() -> Result<()> {
     let shim_overhead = st.saturating_sub(a);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let serial_spread = o * CONCURRENT as u32 / cores as u32;
+    let cpu_per_pod = median(&mut cpu);
+    let cpu_floor = cpu_per_pod * CONCURRENT as u32 / cores as u32;
     let (gc, sr) = (median(&mut guest_create), median(&mut start));
     let (outside, in_shim) = (median(&mut outside), median(&mut in_shim));
     let (margin, tb) = (overhead::OVERHEAD_MARGIN_PERCENT, contrast_config::TCG_TB_SIZE_MIB);
@@ -244,7 +258,9 @@ fn main() -> Result<()> {
          | `ctr run --rm {IMAGE} true`, runc v2 (same containerd, same run) | {r:.2?} |\n\
          | `ctr task exec … true` into a running pod | {e:.2?} |\n\
          | {CONCURRENT} × `ctr run --rm … true` started at once, until the last returns | {together:.2?} |\n\
-         | … against {CONCURRENT} × the serial `ctr run --rm` ÷ {cores} cores | {serial_spread:.2?} ({:.2}×) |\n\n\
+         | … against {CONCURRENT} × the serial `ctr run --rm` ÷ {cores} cores | {serial_spread:.2?} ({:.2}×) |\n\
+         | CPU time one serial `ctr run --rm … true` takes, all processes (`/proc/stat`) | {cpu_per_pod:.2?} ({:.2} cores busy while it runs) |\n\
+         | … so {CONCURRENT} pods need at least {CONCURRENT} × that ÷ {cores} cores | {cpu_floor:.2?} (the concurrent run took {:.2}× that) |\n\n\
          Memory of an idle pod beyond its guest RAM (same runs, median; `Rss` from `/proc/<pid>/smaps`, \
          the guest RAM mapping — `memory-backend-memfd`, mapped by QEMU and both vhost-user helpers — \
          counted apart, and so is TCG's translated-code cache, which a KVM node has not). \
@@ -267,6 +283,8 @@ fn main() -> Result<()> {
         anon[anon.len() / 2],
         shim_overhead.as_secs_f64() / a.as_secs_f64() * 100.0,
         together.as_secs_f64() / serial_spread.as_secs_f64(),
+        cpu_per_pod.as_secs_f64() / o.as_secs_f64(),
+        together.as_secs_f64() / cpu_floor.as_secs_f64(),
         per_pod_mib / overhead_snp as f64,
         per_pod_mib + tcg as f64 / 1024.0,
         (per_pod_mib + tcg as f64 / 1024.0) / overhead_insecure as f64,

@@ -48,18 +48,20 @@ pub(crate) fn uptime() -> f64 {
 /// `<PAUSE_ROOT>/pause` in an otherwise empty root, run as `/pause`.
 const PAUSE_ROOT: &str = "/run/contrast/pause";
 
-/// The agent binary's `main`: the sandbox pause, the runner of a container process, or
-/// the agent itself.
+/// `contrast-runner`'s `main`: one libcontainer operation, its request as the only argument.
+/// A binary of its own so that the agent, which runs for the pod's lifetime, does not carry
+/// libcontainer's code (docs/performance.md, agent memory).
+pub fn runner_main() -> ! {
+    runner::main(&std::env::args().nth(1).unwrap_or_default())
+}
+
+/// The agent binary's `main`: the sandbox pause, or the agent itself.
 pub fn main() {
     if std::env::args().next().as_deref() == Some("/pause") {
         // PID 1 of the sandbox container: sleep until killed.
         loop {
             nix::unistd::pause();
         }
-    }
-    let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("runner") {
-        runner::main(&args.next().unwrap_or_default());
     }
     log!("started (version {})", env!("CARGO_PKG_VERSION"));
     let is_init = std::process::id() == 1;

@@ -1,5 +1,5 @@
-//! Runs one runner operation (`/proc/self/exe runner <json>`) and collects its answer. The
-//! runner's own exit is collected by the reaper like any other child.
+//! Runs one runner operation (`contrast-runner <json>`) and collects its answer. The runner's
+//! own exit is collected by the reaper like any other child.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use crate::reaper::Reaper;
 use crate::runner::{Reply, Request, STDIO_FD_BASE};
 
-/// Where runner processes start: the agent binary itself.
-const SELF_EXE: &str = "/proc/self/exe";
+/// The runner binary in the pod VM's root (crates/image puts it beside the agent).
+const RUNNER_EXE: &str = "/usr/bin/contrast-runner";
 /// Descriptor numbers above which inherited fds are parked before being moved into place.
 const PARK_FD_MIN: i32 = 64;
 
@@ -58,8 +58,8 @@ impl std::fmt::Display for Timing {
 
 pub async fn run(reaper: &Reaper, req: &Request, stdio: Option<[OwnedFd; 3]>) -> Result<Outcome, RunnerError> {
     let json = serde_json::to_string(req).map_err(|e| RunnerError::Failed(e.to_string()))?;
-    let mut cmd = Command::new(SELF_EXE);
-    cmd.arg("runner").arg(json).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut cmd = Command::new(RUNNER_EXE);
+    cmd.arg(json).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(fds) = &stdio {
         let raw = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
         // SAFETY: only fcntl/dup2 (async-signal-safe) run between fork and exec, on

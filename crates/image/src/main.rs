@@ -62,10 +62,14 @@ const INITRD_MODULES: &[&str] = &["virtio_blk", "dm_verity", "erofs"];
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 oops=panic";
 /// Where the agent lives in the root file system (contrast-init executes it).
 const AGENT_PATH: &str = "usr/bin/contrast-agent";
+/// The agent's container runner (libcontainer); the agent runs it per container operation
+/// from this path.
+const RUNNER_PATH: &str = "usr/bin/contrast-runner";
 
 struct Args {
     kernel_tree: PathBuf,
     agent: PathBuf,
+    runner: PathBuf,
     init: PathBuf,
     busybox: Option<PathBuf>,
     /// `scripts/fetch-firmware.sh`'s output: OVMF.amdsev.fd, OVMF.inteltdx.fd, packages.
@@ -74,7 +78,7 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: contrast-image --kernel-tree DIR --agent FILE --init FILE [--busybox FILE] [--firmware DIR] --out DIR";
+    "usage: contrast-image --kernel-tree DIR --agent FILE --runner FILE --init FILE [--busybox FILE] [--firmware DIR] --out DIR";
 /// Firmware files the confidential platforms boot, as `scripts/fetch-firmware.sh` names them.
 const SNP_FIRMWARE: &str = "OVMF.amdsev.fd";
 const TDX_FIRMWARE: &str = "OVMF.inteltdx.fd";
@@ -82,14 +86,15 @@ const TDX_FIRMWARE: &str = "OVMF.inteltdx.fd";
 const SNP_VCPUS: std::ops::RangeInclusive<u32> = 1..=8;
 
 fn parse_args() -> Result<Args> {
-    let (mut kernel_tree, mut agent, mut init, mut busybox, mut firmware, mut out) =
-        (None, None, None, None, None, None);
+    let (mut kernel_tree, mut agent, mut runner, mut init, mut busybox, mut firmware, mut out) =
+        (None, None, None, None, None, None, None);
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().map(PathBuf::from).with_context(|| format!("{flag:?} needs a value"));
         match flag.to_str() {
             Some("--kernel-tree") => kernel_tree = Some(value()?),
             Some("--agent") => agent = Some(value()?),
+            Some("--runner") => runner = Some(value()?),
             Some("--init") => init = Some(value()?),
             Some("--busybox") => busybox = Some(value()?),
             Some("--firmware") => firmware = Some(value()?),
@@ -101,6 +106,7 @@ fn parse_args() -> Result<Args> {
     Ok(Args {
         kernel_tree: need(kernel_tree, "--kernel-tree")?,
         agent: need(agent, "--agent")?,
+        runner: need(runner, "--runner")?,
         init: need(init, "--init")?,
         busybox,
         firmware,
@@ -118,10 +124,11 @@ fn main() -> Result<()> {
     write_output(&args.out, "vmlinux", &vmlinux)?;
 
     let agent = read(&args.agent)?;
+    let runner = read(&args.runner)?;
     let init = read(&args.init)?;
     let busybox = args.busybox.as_deref().map(read).transpose()?;
 
-    let root = root_tree(&kernel, &agent, busybox.as_deref())?;
+    let root = root_tree(&kernel, &agent, &runner, busybox.as_deref())?;
     let erofs = make_erofs(&root).context("building the root file system")?;
     let (disk, verity, formatted) = make_disk(&erofs)?;
     let cmdline = format!("{BASE_CMDLINE} {}", verity.to_cmdline());
@@ -139,6 +146,7 @@ fn main() -> Result<()> {
     let mut inputs = serde_json::Map::new();
     inputs.insert("kernel".into(), json!({ "package": kernel.package, "sha256_bzimage": sha(&bzimage) }));
     inputs.insert("agent".into(), json!({ "sha256": sha(&agent) }));
+    inputs.insert("runner".into(), json!({ "sha256": sha(&runner) }));
     inputs.insert("init".into(), json!({ "sha256": sha(&init) }));
     if let (Some(path), Some(data)) = (&args.busybox, &busybox) {
         inputs.insert("busybox".into(), json!({ "package": debian_package_of(path), "sha256": sha(data) }));
@@ -226,8 +234,8 @@ fn launch_measurements(out: &Path, dir: &Path, cmdline: &str) -> Result<(serde_j
     Ok((snp, tdx))
 }
 
-/// The root file system: agent, busybox (debug console), the modules the agent loads.
-fn root_tree(kernel: &kernel::KernelTree, agent: &[u8], busybox: Option<&[u8]>) -> Result<Tree> {
+/// The root file system: agent and its runner, busybox (debug console), the modules the agent loads.
+fn root_tree(kernel: &kernel::KernelTree, agent: &[u8], runner: &[u8], busybox: Option<&[u8]>) -> Result<Tree> {
     let mut t = Tree::default();
     for dir in
         ["bin", "dev", "etc", "etc/contrast", "lib", "lib/modules", "proc", "run", "sys", "tmp", "usr", "usr/bin"]
@@ -235,6 +243,7 @@ fn root_tree(kernel: &kernel::KernelTree, agent: &[u8], busybox: Option<&[u8]>) 
         t.dir(dir);
     }
     t.file(AGENT_PATH, 0o755, agent.to_vec());
+    t.file(RUNNER_PATH, 0o755, runner.to_vec());
     add_modules(&mut t, kernel, GUEST_MODULES, "etc/contrast/modules")?;
     if let Some(busybox) = busybox {
         t.file("bin/busybox", 0o755, busybox.to_vec());

@@ -3,7 +3,7 @@
 //! hash on the command line.
 //!
 //! Inputs are the ones `make image` uses (the Makefile exports them): `CONTRAST_KERNEL_TREE`,
-//! `CONTRAST_AGENT`, `CONTRAST_INIT`.
+//! `CONTRAST_AGENT`, `CONTRAST_RUNNER`, `CONTRAST_INIT`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +20,8 @@ fn build(out: &Path) {
         .arg(input("CONTRAST_KERNEL_TREE"))
         .arg("--agent")
         .arg(input("CONTRAST_AGENT"))
+        .arg("--runner")
+        .arg(input("CONTRAST_RUNNER"))
         .arg("--init")
         .arg(input("CONTRAST_INIT"))
         .args(["--busybox", "/bin/busybox", "--out"])
