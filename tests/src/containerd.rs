@@ -492,9 +492,19 @@ fn shim_processes(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// How much of containerd's log a failed test prints.
+const FAILED_TEST_LOG_LINES: usize = 200;
+
 impl Drop for Containerd {
-    /// Tests leave nothing running: containerd, shims, pods; mounts are undone.
+    /// Tests leave nothing running: containerd, shims, pods; mounts are undone. A failed test
+    /// shows the end of containerd's log (the shims log there too) before it goes.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(FAILED_TEST_LOG_LINES)..];
+            eprintln!("--- last {} lines of containerd's log ---\n{}", tail.len(), tail.join("\n"));
+        }
         self.kill();
         for pid in shim_processes(self.dir.path()) {
             // With containerd gone nobody runs `<shim> delete`: the socket goes here.
