@@ -543,6 +543,17 @@ impl Inner {
         match pod.agent.signal_process(&kreq).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_unknown_container() => Ok(()),
+            // The process ended while the signal was on its way: its exit can reach containerd,
+            // which deletes the pod's last task and so stops the VM, before the agent's answer
+            // to this signal does. A process that has exited needs no signal (runc's shim says
+            // the same), and neither does one whose VM is gone.
+            Err(e)
+                if lost_to_an_exit(&e, p.exited().is_some())
+                    || (e.code == ttrpc::Code::UNAVAILABLE && vm_gone(&pod).await) =>
+            {
+                tracing::info!(container = %req.id, error = %e, "signal not answered: the process or its VM has ended");
+                Ok(())
+            }
             // SIGKILL cannot be refused. An agent that does not even answer it within the
             // request timeout (guest frozen, QEMU hung) has lost the pod: ending the VM ends
             // every process in it (status 255), and delete can clean up.
@@ -555,6 +566,13 @@ impl Inner {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Whether a failed signal lost a race with the process's own exit: the connection broke
+/// (the VM is stopping because that exit deleted the pod's last task) and the exit is
+/// recorded by now.
+fn lost_to_an_exit(e: &contrast_agent_protocol::AgentError, exited: bool) -> bool {
+    exited && e.code == ttrpc::Code::UNAVAILABLE
 }
 
 /// An agent call that failed on a broken connection because the VM died says so, with the
@@ -803,5 +821,27 @@ impl Task for TaskService {
             self.0.exit.signal();
         }
         Ok(api::Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contrast_agent_protocol::AgentError;
+
+    fn err(code: ttrpc::Code) -> AgentError {
+        AgentError { method: "signal_process", code, message: "socket err: early eof".into() }
+    }
+
+    #[test]
+    fn a_broken_connection_after_the_exit_is_not_a_kill_failure() {
+        assert!(lost_to_an_exit(&err(ttrpc::Code::UNAVAILABLE), true));
+    }
+
+    #[test]
+    fn a_kill_failure_of_a_live_process_or_a_refusal_is_reported() {
+        assert!(!lost_to_an_exit(&err(ttrpc::Code::UNAVAILABLE), false), "still running: the signal was lost");
+        assert!(!lost_to_an_exit(&err(ttrpc::Code::PERMISSION_DENIED), true), "the policy's answer stands");
+        assert!(!lost_to_an_exit(&err(ttrpc::Code::DEADLINE_EXCEEDED), true));
     }
 }
