@@ -32,7 +32,7 @@ PAYLOAD := $(BUILD)/payload
 PLATFORM ?= insecure
 
 .PHONY: all deps build shim agent image test lint demo bench clean installer payload manifests installer-image \
-	containerd-releases sev-snp-measure fuzz soak image-debian
+	containerd-releases sev-snp-measure fuzz soak image-debian shim-profile
 
 all: build image
 
@@ -44,9 +44,24 @@ build:
 
 # Non-PIE (relocation-model=static): a static-pie binary relocates its data at start, which
 # dirties ~800 KiB per shim process; the shim runs once per pod (docs/performance.md).
+# Linked by the toolchain's lld with the daemon's hot functions first
+# (packaging/shim-hot-symbols.txt, written by `make shim-profile`): the kernel maps code in
+# 64 KiB windows around each page touched, so hot code spread over the whole binary made
+# nearly all of it resident in every shim (docs/performance.md).
 shim:
 	$(CARGO) rustc --profile release-shim --target $(AGENT_TARGET) -p containerd-shim-contrast-cc-v2 \
-		--bin containerd-shim-contrast-cc-v2 -- -C relocation-model=static
+		--bin containerd-shim-contrast-cc-v2 -- -C relocation-model=static \
+		-C link-arg=-fuse-ld=lld -C link-arg=-B"$$(rustc --print sysroot)/lib/rustlib/$$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld" \
+		-C link-arg=-Wl,--symbol-ordering-file=$(abspath packaging/shim-hot-symbols.txt) \
+		-C link-arg=-Wl,--no-warn-symbol-ordering
+	@found=$$(nm --defined-only $(SHIM_BIN) | awk '{print $$NF}' | LC_ALL=C sort -u | \
+		LC_ALL=C comm -12 - packaging/shim-hot-symbols.txt | wc -l); \
+	echo "shim: $$found of $$(wc -l <packaging/shim-hot-symbols.txt) listed hot functions found (far fewer: run make shim-profile)"
+
+# Which functions the shim daemon runs in a pod's life (bench_shim's pods, under callgrind):
+# rewrites packaging/shim-hot-symbols.txt. Re-run after changes that rename much code.
+shim-profile: image
+	./scripts/profile-shim.sh $(abspath $(IMAGE_DIR)) packaging/shim-hot-symbols.txt
 
 # Non-PIE like the shim: a static-pie binary dirties its relocated data at every start (the
 # agent, and each runner process it starts). The agent (profile release-agent, for size) and
