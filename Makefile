@@ -60,8 +60,8 @@ shim:
 
 # Which functions the shim daemon runs in a pod's life (bench_shim's pods, under callgrind):
 # rewrites packaging/shim-hot-symbols.txt. Re-run after changes that rename much code.
-shim-profile: image
-	./scripts/profile-shim.sh $(abspath $(IMAGE_DIR)) packaging/shim-hot-symbols.txt
+shim-profile: image shim
+	./scripts/profile-shim.sh $(SHIM_BIN) $(abspath $(IMAGE_DIR)) packaging/shim-hot-symbols.txt
 
 # Non-PIE like the shim: a static-pie binary dirties its relocated data at every start (the
 # agent, and each runner process it starts). The agent (profile release-agent, for size) and

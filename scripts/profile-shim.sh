@@ -3,17 +3,16 @@
 # them together (`make shim`). Runs bench_shim's pods (create, start, exec, kill, delete, ten
 # at once) with every shim process under valgrind's callgrind, and keeps the symbols that
 # ran in daemons (start and delete processes, which exit at once, are left out).
-# Usage: profile-shim.sh IMAGE_DIR OUT
+# Usage: profile-shim.sh SHIM IMAGE_DIR OUT (SHIM: the shipped build, `make shim`, which keeps
+# its symbols: its names are the ones the linker orders by)
 set -eu
-image=$1
-out=$2
+shim=$1
+image=$2
+out=$3
 command -v valgrind >/dev/null || apt-get install -y valgrind
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# The shipped build itself (`make shim`, which keeps its symbols): its names are the ones the
-# linker orders by.
-make shim
-cp target/x86_64-unknown-linux-musl/release-shim/containerd-shim-contrast-cc-v2 "$work/shim.bin"
+cp "$shim" "$work/shim.bin"
 cargo build --release -p contrast-tests --example bench_shim
 # The bench installs the shim file it is given as containerd's runtime binary: a wrapper that
 # runs the real shim, from beside itself (the shim finds its configuration next to its own
@@ -28,7 +27,9 @@ exec valgrind -q --log-file=$work/vg.%p --tool=callgrind --trace-children=yes \
 WRAP
 chmod +x "$work/containerd-shim-contrast-cc-v2"
 cp docs/performance.md "$work/perf.md"
-target/release/examples/bench_shim "$work/containerd-shim-contrast-cc-v2" "$image" "$work/perf.md" >"$work/bench.log" 2>&1 ||
+# Its figures (slowed by valgrind) go to files of its own, not to the docs or the installer.
+target/release/examples/bench_shim "$work/containerd-shim-contrast-cc-v2" "$image" "$work/perf.md" "$work/overhead.toml" \
+	>"$work/bench.log" 2>&1 ||
 	echo "profile-shim: bench_shim under valgrind failed (its timings are not used): $(grep -m1 "^Error" "$work/bench.log")" >&2
 python3 - "$work" "$out" <<'PY'
 import glob, re, sys
