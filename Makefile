@@ -32,7 +32,7 @@ PAYLOAD := $(BUILD)/payload
 PLATFORM ?= insecure
 
 .PHONY: all deps build shim agent image test lint demo bench clean installer payload manifests installer-image \
-	containerd-releases sev-snp-measure fuzz soak image-debian shim-profile
+	containerd-releases sev-snp-measure fuzz soak image-debian shim-profile qemu-igvm
 
 all: build image
 
@@ -100,7 +100,7 @@ payload: shim image
 	cp $(SHIM_BIN) $(PAYLOAD)/bin/
 	cp $(IMAGE_DIR)/vmlinux $(IMAGE_DIR)/vmlinuz $(IMAGE_DIR)/initrd.img $(IMAGE_DIR)/root.img \
 		$(IMAGE_DIR)/cmdline $(IMAGE_DIR)/OVMF.amdsev.fd $(IMAGE_DIR)/OVMF.inteltdx.fd \
-		$(IMAGE_DIR)/reference-values.json $(PAYLOAD)/share/
+		$(IMAGE_DIR)/pod.igvm $(IMAGE_DIR)/pod-snp.igvm $(IMAGE_DIR)/reference-values.json $(PAYLOAD)/share/
 	cp packaging/config/configuration-*.toml $(PAYLOAD)/config/
 
 # RuntimeClass + DaemonSet for PLATFORM (default insecure), named after the payload's hash.
@@ -131,10 +131,16 @@ containerd-releases:
 sev-snp-measure:
 	./scripts/fetch-sev-snp-measure.sh $(BUILD)/sev-snp-measure
 
+# QEMU 10.2 with IGVM support (Debian's QEMU has none), built once per machine into
+# /var/cache/contrast/qemu-igvm/<inputs' hash>; the IGVM boot tests and bench use it.
+qemu-igvm:
+	./scripts/build-qemu-igvm.sh >/dev/null
+
 # The whole suite: unit + golden tests, then the VM integration tests against the real image.
-test: image lint containerd-releases sev-snp-measure
+test: image lint containerd-releases sev-snp-measure qemu-igvm
 	$(CARGO) test --workspace --exclude contrast-agent --no-run
 	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) CONTRAST_CONTAINERD_DIR=$(abspath $(CONTAINERD_DIR)) \
+	CONTRAST_IGVM_QEMU="$$(./scripts/build-qemu-igvm.sh)" \
 	CONTRAST_SEV_SNP_MEASURE=$(abspath $(BUILD)/sev-snp-measure) \
 	CONTRAST_KERNEL_TREE="$$(realpath "$$($(KERNEL_TREE_CMD))")" \
 	CONTRAST_AGENT=$(abspath $(AGENT_BIN)) CONTRAST_RUNNER=$(abspath $(RUNNER_BIN)) CONTRAST_INIT=$(abspath $(INIT_BIN)) \
@@ -157,12 +163,13 @@ image-debian: image
 	tree=$$(./scripts/fetch-kernel.sh $(BUILD)/kernel) && target/release/contrast-image --kernel-tree "$$tree" \
 		--agent $(AGENT_BIN) --runner $(RUNNER_BIN) --init $(INIT_BIN) --busybox /bin/busybox --out $(BUILD)/image-debian >/dev/null
 
-bench: image image-debian shim
+bench: image image-debian shim qemu-igvm
 	$(CARGO) build --release -p contrast-tests --example bench_image --example bench_boot --example bench_agent \
 		--example bench_shim --example bench_layers --example bench_network
 	target/release/examples/bench_image target/release/contrast-image \
 		"$$($(KERNEL_TREE_CMD))" $(AGENT_BIN) $(RUNNER_BIN) $(INIT_BIN) docs/performance.md
-	target/release/examples/bench_boot $(abspath $(IMAGE_DIR)) $(abspath $(BUILD)/image-debian) docs/performance.md
+	CONTRAST_IGVM_QEMU="$$(./scripts/build-qemu-igvm.sh)" \
+		target/release/examples/bench_boot $(abspath $(IMAGE_DIR)) $(abspath $(BUILD)/image-debian) docs/performance.md
 	target/release/examples/bench_agent $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_shim $(SHIM_BIN) $(abspath $(IMAGE_DIR)) docs/performance.md
 	target/release/examples/bench_layers $(abspath $(IMAGE_DIR)) docs/performance.md

@@ -1,8 +1,18 @@
 #!/bin/sh
 # Installs every system package and tool the build and the tests need.
 # Idempotent: each step checks first and does nothing when already satisfied.
+# `--igvm-qemu` also builds (once per machine, cached) the QEMU that boots IGVM files
+# (scripts/build-qemu-igvm.sh); the tests need it, `make demo` does not.
 # Runs as root on Debian bookworm (see ../shared/design/LAB.md of the team).
 set -eu
+
+WITH_IGVM_QEMU=0
+for arg in "$@"; do
+    case "$arg" in
+        --igvm-qemu) WITH_IGVM_QEMU=1 ;;
+        *) echo "usage: $0 [--igvm-qemu]" >&2; exit 2 ;;
+    esac
+done
 
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
@@ -41,7 +51,8 @@ missing=""
 for pkg in containerd runc busybox-static erofs-utils e2fsprogs xz-utils zstd \
            cryptsetup-bin libseccomp-dev libcap-ng-dev pkg-config musl-tools \
            protobuf-compiler fdisk containernetworking-plugins iproute2 \
-           make gcc libc6-dev bc bison flex libelf-dev perl; do
+           make gcc libc6-dev bc bison flex libelf-dev perl \
+           curl bzip2 ninja-build python3-venv libglib2.0-dev libpixman-1-dev cbindgen; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
@@ -56,6 +67,15 @@ if ! qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 10\.'; then
     log "installing qemu-system-x86 from bookworm-backports"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
         qemu-system-x86 >/dev/null
+fi
+
+# QEMU's build (scripts/build-qemu-igvm.sh) wants meson >= 1.5 and pycotap: bookworm-backports.
+if ! dpkg --compare-versions "$(dpkg-query -W -f='${Version}' meson 2>/dev/null || echo 0)" ge 1.5 || \
+   ! dpkg-query -W -f='${Status}' python3-pycotap 2>/dev/null | grep -q 'ok installed'; then
+    need_update
+    log "installing meson and python3-pycotap from bookworm-backports"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
+        meson python3-pycotap >/dev/null
 fi
 
 # --- Rust tools -----------------------------------------------------------------
@@ -73,5 +93,8 @@ fi
 if ! rustup target list --installed | grep -q x86_64-unknown-linux-musl; then
     log "adding rust target x86_64-unknown-linux-musl"
     rustup target add x86_64-unknown-linux-musl
+fi
+if [ "$WITH_IGVM_QEMU" = 1 ]; then
+    log "QEMU with IGVM: $("$(dirname "$0")/build-qemu-igvm.sh")"
 fi
 log "all dependencies present"

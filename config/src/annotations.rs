@@ -62,6 +62,9 @@ pub(crate) fn apply(q: &QemuConfig, annotations: &BTreeMap<String, String>) -> R
                 out.vcpus = n;
             }
             "kernel_params" => {
+                if q.igvm.is_some() {
+                    return Err(err("the runtime class boots an IGVM file, whose command line is fixed".into()));
+                }
                 if value.chars().any(|c| c.is_control()) {
                     return Err(err("contains control characters".into()));
                 }

@@ -362,6 +362,28 @@ impl RuntimeClassConfig {
             }
             _ => {}
         }
+        if q.igvm.is_some() {
+            // The command line is inside the IGVM file (measured with it on snp): nothing the
+            // node or a pod adds could reach the kernel.
+            let fixed = [
+                ("initrd", q.initrd.is_some()),
+                ("firmware", q.firmware.is_some()),
+                ("kernel_params_file", q.kernel_params_file.is_some()),
+                ("kernel_params", !q.kernel_params.trim().is_empty()),
+            ];
+            if let Some((key, _)) = fixed.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    key,
+                    format!("`igvm` already holds firmware, kernel, initrd and command line; remove `{key}`"),
+                ));
+            }
+            if self.agent.kata.debug_console_enabled {
+                return Err(invalid(
+                    "debug_console_enabled",
+                    "the debug console is switched on through the kernel command line, which `igvm` fixes".into(),
+                ));
+            }
+        }
         if q.platform != Platform::Insecure && q.igvm.is_none() && q.firmware.is_none() {
             return Err(invalid("firmware", format!("platform {} needs `firmware` (or `igvm`) to boot", q.platform)));
         }

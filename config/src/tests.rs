@@ -185,3 +185,24 @@ fn timeouts_are_bounded_both_ways() {
     let text = format!("{MINIMAL}\n[agent.kata]\nrequest_timeout = 3600\n");
     assert_eq!(RuntimeClassConfig::parse(&text, origin()).expect("an hour").request_timeout(), MAX_TIMEOUT);
 }
+
+#[test]
+fn igvm_takes_no_separate_boot_files_or_command_line() {
+    let igvm = "[hypervisor.qemu]\nplatform = \"insecure\"\npath = \"/q\"\nigvm = \"/pod.igvm\"\n\
+                enable_annotations = [\"kernel_params\"]\n";
+    let c = RuntimeClassConfig::parse(igvm, origin()).expect("igvm alone is a whole boot");
+    let err = c.pod_overrides(&ann(&[("io.katacontainers.config.hypervisor.kernel_params", "quiet")])).unwrap_err();
+    assert!(err.to_string().contains("command line is fixed"), "{err}");
+    for (extra, key) in [
+        ("initrd = \"/i\"\n", "initrd"),
+        ("firmware = \"/f\"\n", "firmware"),
+        ("kernel_params = \"quiet\"\n", "kernel_params"),
+        ("kernel_params_file = \"/c\"\n", "kernel_params_file"),
+    ] {
+        let msg = RuntimeClassConfig::parse(&format!("{igvm}{extra}"), origin()).unwrap_err().to_string();
+        assert!(msg.contains(&format!("remove `{key}`")), "{msg}");
+    }
+    let debug = format!("{igvm}[agent.kata]\ndebug_console_enabled = true\n");
+    let msg = RuntimeClassConfig::parse(&debug, origin()).unwrap_err().to_string();
+    assert!(msg.contains("debug console"), "{msg}");
+}

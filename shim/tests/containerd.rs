@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use contrast_tests::containerd::{Containerd, Release, IMAGE, RUNTIME};
-use contrast_tests::{containerd_matrix, image_dir};
+use contrast_tests::{containerd_matrix, image_dir, TestConfig};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-contrast-cc-v2");
 /// containerd must see a task exit within this long after QEMU dies (issue acceptance).
@@ -367,5 +367,28 @@ containerd_matrix! {
         assert!(err.contains("this node cannot run platform snp") && err.contains("kvm_amd sev_snp"), "{err}");
         let _ = cd.ctr(&["container", "rm", "snp1"]);
         wait_clean(&cd, CLEANUP_DEADLINE);
+    }
+}
+
+containerd_matrix! {
+    /// A runtime class that boots the image's `pod.igvm` (kernel, initrd and command line in
+    /// one file, no firmware) with the project-built QEMU runs containers like any other.
+    fn container_runs_in_a_pod_booted_from_the_igvm_file(release: Release) {
+        let cd = containerd(release);
+        let image = image_dir().expect("image");
+        let mut config = TestConfig::igvm(&image, &cd.dir.path().join("run")).expect("the IGVM-capable QEMU");
+        config.extra = "default_vcpus = 2".into();
+        let path = cd.dir.path().join("igvm.toml");
+        std::fs::write(&path, config.to_toml()).expect("write config");
+        let path = path.display().to_string();
+        let script = "cat /proc/cmdline; grep -c ^processor /proc/cpuinfo";
+        let args = ["run", "--runtime", RUNTIME, "--runtime-config-path", &path, "--rm", IMAGE, "igvm1", "sh", "-c", script];
+        let out = cd.ctr(&args);
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cd.log());
+        // The guest kernel's command line is the one inside the IGVM file, and it found both
+        // vCPUs (through the MP table the file's boot stub picks for QEMU's vCPU count).
+        let cmdline = std::fs::read_to_string(image.join("cmdline")).expect("the image's cmdline");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\n2\n", cmdline.trim()));
+        assert_clean(&cd);
     }
 }

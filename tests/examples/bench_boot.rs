@@ -23,6 +23,8 @@ const POLL: Duration = Duration::from_millis(2);
 enum Layout {
     Verity,
     InitrdOnly,
+    /// `pod.igvm` (kernel, initrd and command line in one file, no firmware).
+    Igvm,
 }
 
 /// One image booted one way.
@@ -48,7 +50,7 @@ async fn main() -> Result<()> {
     for run in 0..RUNS {
         for (s, subject) in subjects.iter().enumerate() {
             let bare = bare_boot(subject.image, subject.layout).await?;
-            let (q, a) = vmm_boot(subject.image, run, subject.layout).await?;
+            let (q, a) = vmm_boot(subject.image, run, subject.layout, None).await?;
             eprintln!(
                 "run {run} {}: bare-to-agent {bare:.2?}, vmm QMP ready {q:.2?}, agent ready {a:.2?}",
                 subject.label
@@ -91,10 +93,47 @@ async fn main() -> Result<()> {
          ratio column. *Initrd only*: `initrd-agent.img`, the root tree packed into the initrd with the agent as \
          `/init`, no disk.\n\n\
          | measurement | image | median | min | max | ratio to Debian's kernel |\n|---|---|---|---|---|---|\n{rows}",
-        qemu = qemu_version(),
+        qemu = qemu_version(Path::new("qemu-system-x86_64")),
     );
     println!("{section}");
     write_section(&doc, "bench-boot", &section)?;
+    igvm_vs_kernel(&image, &doc).await
+}
+
+/// Boot to agent ready from `pod.igvm` against the kernel + initrd path, both with the
+/// project-built QEMU 10.2 (the one QEMU here that loads IGVM), interleaved.
+async fn igvm_vs_kernel(image: &Path, doc: &Path) -> Result<()> {
+    let qemu = contrast_tests::igvm_qemu()?;
+    let (mut kernel, mut igvm) = (Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        let (_, k) = vmm_boot(image, run, Layout::Verity, Some(&qemu)).await?;
+        let (_, i) = vmm_boot(image, run, Layout::Igvm, Some(&qemu)).await?;
+        eprintln!("run {run}: agent ready, kernel+initrd {k:.2?}, pod.igvm {i:.2?}");
+        kernel.push(k);
+        igvm.push(i);
+    }
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let (k, kmin, kmax) = stats(&mut kernel);
+    let (i, imin, imax) = stats(&mut igvm);
+    let section = format!(
+        "Command: `make bench` (`bench_boot`, after the table above; `CONTRAST_IGVM_QEMU` = the QEMU \
+         `scripts/build-qemu-igvm.sh` built), {RUNS} runs each, interleaved, median (min–max). Both with that QEMU \
+         ({qemu}), TCG, q35, 512 MiB, 1 vCPU, the shipped image and root disk, vmm `PodVm::launch` to \
+         `Health/Check` = SERVING. *kernel + initrd*: `-kernel vmlinux` (PVH) `-initrd initrd.img`, the \
+         image's command line (the baseline). *pod.igvm*: `igvm-cfg` with `pod.igvm` (the same vmlinux, initrd \
+         and command line in one file, entered at the kernel's 64-bit entry by the file's boot stub; no firmware, \
+         no ACPI).\n\n\
+         | boot format | median | min | max | ratio to kernel + initrd |\n|---|---|---|---|---|\n\
+         | kernel + initrd (baseline) | {k:.2?} | {kmin:.2?} | {kmax:.2?} | 1.00× |\n\
+         | pod.igvm | {i:.2?} | {imin:.2?} | {imax:.2?} | {ratio:.2}× |\n",
+        qemu = qemu_version(&qemu),
+        ratio = i.as_secs_f64() / k.as_secs_f64(),
+    );
+    println!("{section}");
+    write_section(doc, "bench-igvm", &section)?;
     Ok(())
 }
 
@@ -120,6 +159,7 @@ async fn bare_boot(image: &Path, layout: Layout) -> Result<Duration> {
             cmd.arg("-initrd").arg(image.join("initrd-agent.img"));
             cmd.args(["-append", "console=ttyS0 reboot=k panic=-1 oops=panic quiet"]);
         }
+        Layout::Igvm => bail!("the bare boot measures the kernel paths only"),
     }
     let start = Instant::now();
     let mut child = cmd.kill_on_drop(true).spawn().context("starting qemu-system-x86_64")?;
@@ -136,13 +176,17 @@ async fn bare_boot(image: &Path, layout: Layout) -> Result<Duration> {
     }
 }
 
-async fn vmm_boot(image: &Path, run: usize, layout: Layout) -> Result<(Duration, Duration)> {
+async fn vmm_boot(image: &Path, run: usize, layout: Layout, qemu: Option<&Path>) -> Result<(Duration, Duration)> {
     let scratch = tempfile::Builder::new().prefix("cb").tempdir()?;
     let state = scratch.path().join("run");
-    let config = match layout {
+    let mut config = match layout {
         Layout::Verity => TestConfig::new(image, &state),
         Layout::InitrdOnly => TestConfig::initrd_only(image, &state),
+        Layout::Igvm => TestConfig::igvm(image, &state)?,
     };
+    if let Some(qemu) = qemu {
+        config.qemu = qemu.to_owned();
+    }
     let config = config.write_and_load(&scratch.path().join("configuration.toml"))?;
     let overrides = config.pod_overrides(&BTreeMap::new())?;
     let id = format!("bench{run}");
@@ -167,8 +211,8 @@ async fn vmm_boot(image: &Path, run: usize, layout: Layout) -> Result<(Duration,
     Ok((qmp, agent))
 }
 
-fn qemu_version() -> String {
-    std::process::Command::new("qemu-system-x86_64")
+fn qemu_version(qemu: &Path) -> String {
+    std::process::Command::new(qemu)
         .arg("--version")
         .output()
         .ok()

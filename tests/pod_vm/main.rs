@@ -5,6 +5,7 @@ mod bad_input;
 mod containers;
 mod crash;
 mod exec;
+mod igvm;
 mod layers;
 mod lifecycle;
 mod network;

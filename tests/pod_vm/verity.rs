@@ -7,7 +7,7 @@ use contrast_tests::{tamper, TestConfig};
 use crate::{launch, Scratch};
 
 /// Launches a pod from `config`, expects it to fail, returns the error text.
-async fn refused(scratch: &Scratch, config: &TestConfig, id: &str) -> String {
+pub(crate) async fn refused(scratch: &Scratch, config: &TestConfig, id: &str) -> String {
     let config = scratch.load(config);
     let vm = launch(scratch, &config, id).await.expect("QEMU starts");
     let err = match vm.dial_agent().await {

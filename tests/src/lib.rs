@@ -31,6 +31,18 @@ pub fn image_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The QEMU that loads IGVM files, built by `scripts/build-qemu-igvm.sh` (`make test` passes
+/// its path in `CONTRAST_IGVM_QEMU`).
+pub fn igvm_qemu() -> Result<PathBuf> {
+    let path = std::env::var_os("CONTRAST_IGVM_QEMU")
+        .map(PathBuf::from)
+        .context("CONTRAST_IGVM_QEMU is not set: run `make test` (it builds the IGVM-capable QEMU once)")?;
+    if !path.is_file() {
+        bail!("{} missing: run scripts/build-qemu-igvm.sh", path.display());
+    }
+    Ok(path)
+}
+
 /// Options of the development runtime config the tests use.
 pub struct TestConfig {
     pub kernel: PathBuf,
@@ -44,6 +56,9 @@ pub struct TestConfig {
     pub state_dir: PathBuf,
     /// `hypervisor.qemu.shared_fs`: `virtio-fs` (default) or `none`.
     pub shared_fs: &'static str,
+    /// Boot from this IGVM file (kernel, initrd and command line inside) instead of
+    /// `kernel` + `initrd` + `cmdline`; `qemu` must then load IGVM (`igvm_qemu()`).
+    pub igvm: Option<PathBuf>,
     pub extra: String,
 }
 
@@ -62,8 +77,17 @@ impl TestConfig {
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             state_dir: state_dir.to_owned(),
             shared_fs: "virtio-fs",
+            igvm: None,
             extra: String::new(),
         }
+    }
+
+    /// Boots the image's `pod.igvm` with the project-built QEMU that loads IGVM files.
+    pub fn igvm(image: &Path, state_dir: &Path) -> Result<Self> {
+        let mut c = Self::new(image, state_dir);
+        c.igvm = Some(c.kernel.with_file_name("pod.igvm"));
+        c.qemu = igvm_qemu()?;
+        Ok(c)
     }
 
     /// The development layout without a disk: the agent as the initrd's `/init`
@@ -76,20 +100,32 @@ impl TestConfig {
     }
 
     pub fn to_toml(&self) -> String {
-        let root = if self.verity_root {
-            format!("image = \"{}\"\nkernel_params_file = \"{}\"\n", self.root_disk.display(), self.cmdline.display())
-        } else {
-            String::new()
+        let boot = match &self.igvm {
+            // The command line is the one inside the file (no diagnostics service).
+            Some(igvm) => format!("igvm = \"{}\"\nimage = \"{}\"\n", igvm.display(), self.root_disk.display()),
+            None => {
+                let root = if self.verity_root {
+                    format!(
+                        "image = \"{}\"\nkernel_params_file = \"{}\"\n",
+                        self.root_disk.display(),
+                        self.cmdline.display()
+                    )
+                } else {
+                    String::new()
+                };
+                format!(
+                    "kernel = \"{}\"\ninitrd = \"{}\"\n{root}kernel_params = \"quiet contrast.diagnostics=1\"\n",
+                    self.kernel.display(),
+                    self.initrd.display()
+                )
+            }
         };
         format!(
             r#"[hypervisor.qemu]
 platform = "insecure"
 accel = "tcg"
 path = "{qemu}"
-kernel = "{kernel}"
-initrd = "{initrd}"
-{root}kernel_params = "quiet contrast.diagnostics=1"
-default_memory = 512
+{boot}default_memory = 512
 default_maxmemory = 2048
 vsock_mode = "hybrid"
 shared_fs = "{shared_fs}"
@@ -103,8 +139,6 @@ state_dir = "{state}"
 layer_cache_dir = "{state}-layers"
 "#,
             qemu = self.qemu.display(),
-            kernel = self.kernel.display(),
-            initrd = self.initrd.display(),
             state = self.state_dir.display(),
             shared_fs = self.shared_fs,
             extra = self.extra,

@@ -129,6 +129,9 @@ pub struct PodVm {
     accel: &'static str,
     dial_timeout: Duration,
     powerdown_timeout: Duration,
+    /// Whether the guest has ACPI, through which `system_powerdown` reaches it. A VM booted
+    /// from an IGVM file has no firmware and so no ACPI: stopping it goes straight to `quit`.
+    power_button: bool,
     quit_timeout: Duration,
     stopped: std::sync::atomic::AtomicBool,
     /// The pod's interfaces joined to the VM's taps (see [`crate::net`]).
@@ -388,6 +391,7 @@ impl PodVm {
             accel,
             dial_timeout: req.config.dial_timeout(),
             powerdown_timeout: Duration::from_millis(q.powerdown_timeout_ms),
+            power_button: q.igvm.is_none(),
             quit_timeout: Duration::from_millis(q.quit_timeout_ms),
             stopped: std::sync::atomic::AtomicBool::new(false),
             network: None,
@@ -613,7 +617,7 @@ impl PodVm {
         if let Some(exit) = exited.borrow().clone() {
             return exit;
         }
-        if self.qmp.system_powerdown().await.is_ok() {
+        if self.power_button && self.qmp.system_powerdown().await.is_ok() {
             if let Ok(exit) = tokio::time::timeout(self.powerdown_timeout, self.wait()).await {
                 return exit;
             }

@@ -121,9 +121,8 @@ pub fn prepare_pause_root(root: &Path) -> Result<()> {
 }
 
 pub fn power_off() {
-    nix::unistd::sync();
     // Only fails without CAP_SYS_BOOT; then there is nothing better left to do.
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    contrast_init::power::power_off();
 }
 
 pub fn spawn_debug_console() {

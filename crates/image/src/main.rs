@@ -12,6 +12,9 @@
 //!   device-mapper, dm-verity, erofs);
 //! - `initrd-agent.img`: the development layout without a disk: the whole root tree in the
 //!   initrd, the agent as `/init` (kept to compare boot times; not measured, not shipped);
+//! - `pod.igvm`: kernel (uncompressed), initrd and command line as one IGVM file for the native platform,
+//!   booting without firmware (QEMU >= 10.2 `igvm-cfg`); `pod-snp.igvm`: the same for SEV-SNP,
+//!   whose launch digest the reference values carry (`pod_igvm`);
 //! - `reference-values.json`: SHA-256 of kernel, initrd, command line and root disk, the root
 //!   hash and the verity parameters, and the build inputs with their package versions.
 //!
@@ -19,6 +22,7 @@
 
 mod cpio;
 mod kernel;
+mod pod_igvm;
 mod tree;
 
 use std::fs;
@@ -82,6 +86,9 @@ const USAGE: &str =
 /// Firmware files the confidential platforms boot, as `scripts/fetch-firmware.sh` names them.
 const SNP_FIRMWARE: &str = "OVMF.amdsev.fd";
 const TDX_FIRMWARE: &str = "OVMF.inteltdx.fd";
+/// SEV-SNP C-bit position the SNP IGVM's page tables use (EPYC Milan and Genoa; the runtime
+/// class config's `cbitpos` default).
+const SNP_CBITPOS: u32 = 51;
 /// vCPU counts the SNP reference values cover (a verifier needs the one the pod ran with).
 const SNP_VCPUS: std::ops::RangeInclusive<u32> = 1..=8;
 
@@ -140,6 +147,13 @@ fn main() -> Result<()> {
     write_output(&args.out, "initrd.img", &initrd)?;
     write_output(&args.out, "root.img", &disk)?;
     write_output(&args.out, "cmdline", cmdline.as_bytes())?;
+    let boot = pod_igvm::BootFiles { bzimage: &bzimage, vmlinux: &vmlinux, initrd: &initrd, cmdline: &cmdline };
+    let (native_igvm, placement) = pod_igvm::build(&boot, pod_igvm::Platform::Native).context("building pod.igvm")?;
+    let snp_platform = pod_igvm::Platform::Snp { cbitpos: SNP_CBITPOS, policy: pod_igvm::SNP_POLICY };
+    let (snp_igvm, _) = pod_igvm::build(&boot, snp_platform).context("building pod-snp.igvm")?;
+    let snp_igvm_digest = contrast_measure::snp_igvm::launch_digest(&snp_igvm)?;
+    write_output(&args.out, "pod.igvm", &native_igvm)?;
+    write_output(&args.out, "pod-snp.igvm", &snp_igvm)?;
 
     let sha = |b: &[u8]| hex(&Sha256::digest(b));
     let file = |name: &str, data: &[u8]| json!({ "file": name, "sha256": sha(data), "size": data.len() });
@@ -160,6 +174,19 @@ fn main() -> Result<()> {
         "initrd": file("initrd.img", &initrd),
         "cmdline": { "value": cmdline, "sha256": sha(cmdline.as_bytes()) },
         "root_disk": file("root.img", &disk),
+        "igvm": {
+            "native": file("pod.igvm", &native_igvm),
+            "snp": {
+                "file": "pod-snp.igvm",
+                "sha256": sha(&snp_igvm),
+                "cbitpos": SNP_CBITPOS,
+                "policy": format!("{:#x}", pod_igvm::SNP_POLICY),
+                "launch_digest": hex(&snp_igvm_digest),
+                "launch_digest_covers": "every page of the file (kernel, initrd, command line, zero page, page tables, GDT, boot stub) and the boot CPU's VMSA; one vCPU",
+            },
+            "kernel_gpa": format!("{:#x}", placement.kernel),
+            "initrd_gpa": format!("{:#x}", placement.initrd),
+        },
         "root_hash": hex(&formatted.root_hash),
         "verity": {
             "format": 1,

@@ -38,8 +38,7 @@ macro_rules! log {
 fn main() {
     let Err(e) = run();
     log!("{e:#}; powering off");
-    nix::unistd::sync();
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    contrast_init::power::power_off();
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }

@@ -2,9 +2,11 @@
 //! verifier can compare an attestation report with reference values:
 //! - SEV-SNP ([`snp`]): the launch digest of OVMF (AmdSev build) + kernel + initrd + command
 //!   line with QEMU's `kernel-hashes=on`, per vCPU count and CPU model;
+//! - SEV-SNP from an IGVM file ([`snp_igvm`]): the launch digest of the file's pages and VMSA;
 //! - TDX ([`tdx`]): MRTD, the measurement of the TD firmware (TDVF) as QEMU loads it.
 
 pub mod snp;
+pub mod snp_igvm;
 pub mod tdx;
 
 /// Lower-case hex.
