@@ -383,6 +383,14 @@ impl RuntimeClassConfig {
                     "the debug console is switched on through the kernel command line, which `igvm` fixes".into(),
                 ));
             }
+            if q.simulate_launch_binding {
+                return Err(invalid(
+                    "simulate_launch_binding",
+                    "the simulated binding reaches the guest through QEMU fw_cfg, which a kernel booted from \
+                     `igvm` (no firmware, no ACPI) cannot find"
+                        .into(),
+                ));
+            }
         }
         if q.platform != Platform::Insecure && q.igvm.is_none() && q.firmware.is_none() {
             return Err(invalid("firmware", format!("platform {} needs `firmware` (or `igvm`) to boot", q.platform)));

@@ -202,6 +202,9 @@ fn igvm_takes_no_separate_boot_files_or_command_line() {
         let msg = RuntimeClassConfig::parse(&format!("{igvm}{extra}"), origin()).unwrap_err().to_string();
         assert!(msg.contains(&format!("remove `{key}`")), "{msg}");
     }
+    let sim = format!("{igvm}simulate_launch_binding = true\nshared_fs = \"none\"\n");
+    let msg = RuntimeClassConfig::parse(&sim, origin()).unwrap_err().to_string();
+    assert!(msg.contains("fw_cfg"), "{msg}");
     let debug = format!("{igvm}[agent.kata]\ndebug_console_enabled = true\n");
     let msg = RuntimeClassConfig::parse(&debug, origin()).unwrap_err().to_string();
     assert!(msg.contains("debug console"), "{msg}");
