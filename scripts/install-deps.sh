@@ -95,6 +95,8 @@ if ! rustup target list --installed | grep -q x86_64-unknown-linux-musl; then
     rustup target add x86_64-unknown-linux-musl
 fi
 if [ "$WITH_IGVM_QEMU" = 1 ]; then
-    log "QEMU with IGVM: $("$(dirname "$0")/build-qemu-igvm.sh")"
+    # Assigned first: set -e does not see a failure inside an argument's $(...).
+    igvm_qemu=$("$(dirname "$0")/build-qemu-igvm.sh")
+    log "QEMU with IGVM: $igvm_qemu"
 fi
 log "all dependencies present"

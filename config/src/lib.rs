@@ -111,6 +111,9 @@ pub struct AgentSection {
     pub kata: AgentConfig,
 }
 
+/// Most vCPUs a VM booted from the pod image's IGVM file can use (the MP tables it carries).
+pub const IGVM_MAX_VCPUS: u32 = 64;
+
 /// `[hypervisor.qemu]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -382,6 +385,29 @@ impl RuntimeClassConfig {
                     "debug_console_enabled",
                     "the debug console is switched on through the kernel command line, which `igvm` fixes".into(),
                 ));
+            }
+            // The file's boot stub carries MP tables for 1..=64 vCPUs (the pod-VM kernel's
+            // NR_CPUS); beyond that the kernel would find none and run on one CPU.
+            if q.default_maxvcpus > IGVM_MAX_VCPUS {
+                return Err(invalid(
+                    "default_maxvcpus",
+                    format!("{} is above {IGVM_MAX_VCPUS}, the most vCPUs `igvm` boots", q.default_maxvcpus),
+                ));
+            }
+            match q.platform {
+                Platform::Tdx => {
+                    return Err(invalid("igvm", "the pod image's IGVM files are for insecure and snp, not tdx".into()))
+                }
+                // The SNP file's reference launch digest covers one VMSA: KVM adds one per vCPU.
+                Platform::Snp if q.default_maxvcpus != 1 => {
+                    return Err(invalid(
+                        "default_maxvcpus",
+                        "snp with `igvm` runs one vCPU (the reference launch digest covers the boot CPU's VMSA \
+                         only); set default_maxvcpus = 1"
+                            .into(),
+                    ))
+                }
+                _ => {}
             }
             if q.simulate_launch_binding {
                 return Err(invalid(

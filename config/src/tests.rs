@@ -202,6 +202,17 @@ fn igvm_takes_no_separate_boot_files_or_command_line() {
         let msg = RuntimeClassConfig::parse(&format!("{igvm}{extra}"), origin()).unwrap_err().to_string();
         assert!(msg.contains(&format!("remove `{key}`")), "{msg}");
     }
+    let many = format!("{igvm}default_maxvcpus = 65\n");
+    let msg = RuntimeClassConfig::parse(&many, origin()).unwrap_err().to_string();
+    assert!(msg.contains("the most vCPUs `igvm` boots"), "{msg}");
+    let snp =
+        igvm.replace("insecure", "snp").replace("enable_annotations", "cpu_model = \"EPYC-v4\"\nenable_annotations");
+    let msg = RuntimeClassConfig::parse(&snp, origin()).unwrap_err().to_string();
+    assert!(msg.contains("default_maxvcpus = 1"), "{msg}");
+    RuntimeClassConfig::parse(&format!("{snp}default_maxvcpus = 1\n"), origin()).expect("snp + igvm with one vCPU");
+    let tdx = igvm.replace("insecure", "tdx");
+    let msg = RuntimeClassConfig::parse(&tdx, origin()).unwrap_err().to_string();
+    assert!(msg.contains("not tdx"), "{msg}");
     let sim = format!("{igvm}simulate_launch_binding = true\nshared_fs = \"none\"\n");
     let msg = RuntimeClassConfig::parse(&sim, origin()).unwrap_err().to_string();
     assert!(msg.contains("fw_cfg"), "{msg}");

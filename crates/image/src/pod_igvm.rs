@@ -223,11 +223,12 @@ pub fn build(files: &BootFiles, platform: Platform) -> Result<(Vec<u8>, Placemen
         files.cmdline.len(),
         MP_FLOATING - CMDLINE - 1
     );
+    // cmdline_size counts the bytes before the terminating NUL (boot.rst).
     ensure!(
-        files.cmdline.len() < kernel.cmdline_size as usize,
+        files.cmdline.len() <= kernel.cmdline_size as usize,
         "the command line is {} bytes; the kernel takes at most {}",
         files.cmdline.len(),
-        kernel.cmdline_size.saturating_sub(1)
+        kernel.cmdline_size
     );
     let initrd_gpa = vmlinux.end().next_multiple_of(2 << 20);
     let initrd_end = initrd_gpa + files.initrd.len() as u64;
@@ -297,8 +298,14 @@ pub fn build(files: &BootFiles, platform: Platform) -> Result<(Vec<u8>, Placemen
     pages.add(MP_FLOATING, &floating);
     pages.add(MP_TABLES, &tables);
     for segment in &vmlinux.segments {
-        pages.add(segment.paddr, segment.data);
+        // Up to memsz (bss): zeros, as pages without data; on SNP every page the kernel
+        // owns must be part of the launch (validated), not only those with file data.
+        let mut data = segment.data.to_vec();
+        data.resize(usize::try_from(segment.memsz)?, 0);
+        pages.add(segment.paddr, &data);
     }
+    // The page the stub writes the MP floating pointer into (zeros until then).
+    pages.add(MP_FLOATING_SCANNED & !(PAGE - 1), &[]);
     pages.add(placement.initrd, files.initrd);
 
     let regs = BootRegisters { rip: STUB_GPA, rsi: BOOT_PARAMS, rbx: MEMORY_MAP, rsp: STACK_TOP };
@@ -362,8 +369,12 @@ struct Pages {
 }
 
 impl Pages {
+    /// `data` from `gpa` on, page by page; no data at all stands for one page of zeros.
     fn add(&mut self, gpa: u64, data: &[u8]) {
-        for (i, chunk) in data.chunks(PAGE as usize).enumerate() {
+        let zero_page = [0u8; 0];
+        let chunks: Vec<&[u8]> =
+            if data.is_empty() { vec![&zero_page[..]] } else { data.chunks(PAGE as usize).collect() };
+        for (i, chunk) in chunks.into_iter().enumerate() {
             let mut page = chunk.to_vec();
             if page.iter().all(|b| *b == 0) {
                 page.clear();

@@ -89,6 +89,9 @@ pub fn launch_digest(file: &[u8]) -> Result<[u8; 48], Error> {
             IgvmDirectiveHeader::PageData { gpa, compatibility_mask, flags, data_type, data }
                 if compatibility_mask & mask != 0 =>
             {
+                if flags.is_2mb_page() {
+                    return Err(Error::Unsupported { index, what: "a 2 MiB page" });
+                }
                 if flags.unmeasured() {
                     ld.unmeasured(PageType::Unmeasured, *gpa);
                 } else if *data_type == IgvmPageDataType::NORMAL {

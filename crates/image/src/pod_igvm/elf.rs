@@ -27,12 +27,14 @@ pub struct Vmlinux<'a> {
 impl Vmlinux<'_> {
     /// First byte past the highest segment (where the kernel image, bss included, ends).
     pub fn end(&self) -> u64 {
+        // parse() checked that every segment ends below 4 GiB.
         self.segments.iter().map(|s| s.paddr + s.memsz).max().unwrap_or(0)
     }
 }
 
 pub fn parse(elf: &[u8]) -> Result<Vmlinux<'_>> {
-    let get = |at: usize, len: usize| elf.get(at..at + len).context("truncated ELF file");
+    let get =
+        |at: usize, len: usize| at.checked_add(len).and_then(|end| elf.get(at..end)).context("truncated ELF file");
     let u16_at = |at: usize| get(at, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |at: usize| get(at, 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
     let u64_at = |at: usize| get(at, 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
@@ -46,7 +48,7 @@ pub fn parse(elf: &[u8]) -> Result<Vmlinux<'_>> {
     ensure!(usize::from(u16_at(0x36)?) == PHDR_SIZE, "unexpected ELF program header size");
     let mut segments = Vec::new();
     for i in 0..usize::from(u16_at(0x38)?) {
-        let ph = phoff + i * PHDR_SIZE;
+        let ph = phoff.checked_add(i * PHDR_SIZE).context("ELF program headers out of range")?;
         if u32_at(ph)? != PT_LOAD {
             continue;
         }
@@ -55,6 +57,11 @@ pub fn parse(elf: &[u8]) -> Result<Vmlinux<'_>> {
         let filesz = usize::try_from(u64_at(ph + 0x20)?)?;
         let memsz = u64_at(ph + 0x28)?;
         ensure!(paddr >= 1 << 20, "segment {i} loads below 1 MiB ({paddr:#x})");
+        // The boot page tables map 0..4 GiB, and the initrd goes above the kernel.
+        ensure!(
+            paddr.checked_add(memsz).is_some_and(|end| end <= 1 << 32),
+            "segment {i} ({paddr:#x} + {memsz:#x}) does not end below 4 GiB"
+        );
         ensure!(memsz >= filesz as u64, "segment {i} is larger in the file than in memory");
         segments.push(Segment { paddr, data: get(offset, filesz)?, memsz });
     }

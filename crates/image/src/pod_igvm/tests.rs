@@ -77,8 +77,11 @@ fn native_file_loads_kernel_initrd_and_command_line_where_the_zero_page_says() {
     assert_eq!(placement.entry, 0x100_0040);
     // Above the kernel's end (its bss included), 2 MiB aligned.
     assert_eq!(placement.initrd, 0x140_0000);
-    // A page of zeros goes without data.
+    // A page of zeros goes without data; so do the pages up to the segment's memsz (bss),
+    // and the page the stub writes the MP floating pointer into.
     assert!(page_at(&file, placement.kernel + 2 * PAGE).is_empty());
+    assert!(page_at(&file, placement.kernel + 3 * PAGE + 0x30_0000 - PAGE).is_empty());
+    assert!(page_at(&file, 0x9F000).is_empty());
     assert_eq!(&page_at(&file, placement.kernel)[..4], &[0xAA; 4]);
     assert_eq!(page_at(&file, placement.kernel + PAGE)[..5000 - 4096], [0xAA; 904]);
     assert_eq!(
@@ -131,9 +134,15 @@ fn page_tables_identity_map_four_gib_with_the_c_bit_where_asked() {
 #[test]
 fn what_the_kernel_cannot_take_is_refused() {
     let good = kernel(&[1; 100]);
-    let long = "x".repeat(2047);
+    let long = "x".repeat(2048);
     let err = build(&files(&good, &[], &long), Platform::Native).unwrap_err();
-    assert!(err.to_string().contains("at most 2046"), "{err}");
+    assert!(err.to_string().contains("at most 2047"), "{err}");
+    build(&files(&good, &[], &long[1..]), Platform::Native).expect("2047 bytes fit: cmdline_size excludes the NUL");
+
+    let mut high = Inputs { bzimage: good.bzimage.clone(), vmlinux: good.vmlinux.clone() };
+    high.vmlinux[64 + 0x28..64 + 0x30].copy_from_slice(&(1u64 << 32).to_le_bytes());
+    let err = build(&files(&high, &[], ""), Platform::Native).unwrap_err();
+    assert!(err.to_string().contains("below 4 GiB"), "{err}");
 
     let garbage = Inputs { bzimage: b"MZ not a kernel at all".to_vec(), vmlinux: good.vmlinux.clone() };
     let err = build(&files(&garbage, &[], ""), Platform::Native).unwrap_err();
