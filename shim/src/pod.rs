@@ -353,6 +353,13 @@ mod tests {
         RuntimeClassConfig::parse(&text, Path::new("t.toml")).expect("valid")
     }
 
+    #[test]
+    fn host_and_agent_agree_on_the_vsock_ports() {
+        // Two constants each side: the vmm crate does not link the agent protocol.
+        assert_eq!(contrast_vmm::AGENT_VSOCK_PORT, contrast_agent_protocol::AGENT_VSOCK_PORT);
+        assert_eq!(contrast_vmm::AGENT_READY_VSOCK_PORT, contrast_agent_protocol::AGENT_READY_VSOCK_PORT);
+    }
+
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }

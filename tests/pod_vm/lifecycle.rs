@@ -15,6 +15,17 @@ async fn health_check_bulk_transfer_and_orderly_stop() {
     let vm = launch(&scratch, &config, "lifecycle").await.expect("pod VM launches");
     assert_eq!(vm.accel(), "tcg");
     assert!(vm.state_dir().join("console.log").exists(), "serial console is captured");
+    // Under TCG every QEMU thread (vCPU, main loop, I/O) runs as SCHED_BATCH.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", vm.qemu_pid())).expect("QEMU's threads");
+    let policies: Vec<String> = tasks
+        .flatten()
+        .map(|t| {
+            let sched = std::fs::read_to_string(t.path().join("sched")).unwrap_or_default();
+            let policy = sched.lines().find(|l| l.starts_with("policy")).unwrap_or_default();
+            policy.rsplit(' ').next().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert!(policies.len() > 1 && policies.iter().all(|p| p == "3"), "SCHED_BATCH is 3: {policies:?}");
 
     let client = ttrpc_client(vm.dial_agent().await.expect("agent reachable over hybrid vsock"));
     assert_eq!(health_check(&client).await.expect("Health/Check"), "SERVING");
@@ -44,9 +55,10 @@ async fn second_connection_and_qmp_events() {
     let mut events = vm.qmp().subscribe();
     assert_eq!(vm.qmp().query_status().await.expect("query-status"), "running");
 
-    // Three dials race the boot: each waits for the guest's vsock device and is retried until
-    // the agent listens, without ever closing a connection the guest may still accept (that
-    // would end vhost-device-vsock's worker and every later dial of this pod would time out).
+    // Three dials race the boot: each waits for the agent's announcement (one wait for all
+    // three), so no connection reaches vhost-device-vsock before the guest started its device
+    // or is closed while the guest may still accept it (either would end its worker and every
+    // later dial of this pod would time out).
     let (first, second, third) = tokio::join!(vm.dial_agent(), vm.dial_agent(), vm.dial_agent());
     let clients = [first, second, third].map(|c| ttrpc_client(c.expect("connection during boot")));
     for client in &clients {

@@ -14,5 +14,9 @@ pub mod vsock;
 pub use pod_vm::{Error, LaunchInitData, LaunchRequest, PodVm};
 pub use supervisor::VmExit;
 
-/// vsock port of the kata agent API (kata runtime `vSockPort`).
+/// vsock port of the kata agent API (kata runtime `vSockPort`); the agent's
+/// `contrast_agent_protocol::AGENT_VSOCK_PORT` (the shim's tests check they agree).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// Host vsock port the agent announces itself on once it serves; the agent's
+/// `contrast_agent_protocol::AGENT_READY_VSOCK_PORT`.
+pub const AGENT_READY_VSOCK_PORT: u32 = 1025;

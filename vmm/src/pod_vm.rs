@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use contrast_config::{Accel, PodOverrides, RuntimeClassConfig, SharedFs, VsockMode};
+use tokio::net::UnixStream;
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -15,11 +16,11 @@ use crate::helper::{self, Helper};
 use crate::net::PodNetwork;
 use crate::qemu_args::{
     BootSource, InitDataLaunch, NicDevice, QemuSpec, SnpParams, VsockDevice, HOST_DATA_LEN, MRCONFIGID_LEN,
-    VSOCK_QOM_PATH,
 };
 use crate::qmp::{self, QmpClient};
 use crate::supervisor::{LogFiles, Supervisor, VmExit};
 use crate::vsock::{self, VsockEndpoint};
+use crate::AGENT_READY_VSOCK_PORT;
 
 /// How long vhost-device-vsock gets to create its socket.
 const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,8 +34,6 @@ const MAX_SOCKET_PATH: usize = 107;
 const DIAL_CONSOLE_LINES: usize = 5;
 /// Guest CID of the VM behind its own vhost-device-vsock (every pod has its own instance).
 const HYBRID_GUEST_CID: u32 = 3;
-/// Pause between asking QEMU whether the guest has started the hybrid vsock device.
-const VSOCK_START_POLL: Duration = Duration::from_millis(10);
 /// Name of vhost-device-vsock's thread that serves the queues and host connections.
 const VSOCK_WORKER_THREAD: &str = "vring_worker";
 
@@ -124,8 +123,12 @@ pub struct PodVm {
     vsock: VsockEndpoint,
     /// vhost-device-vsock's pid (hybrid vsock only).
     vsock_helper: Option<u32>,
-    /// Set once the guest has started the hybrid vsock device (see [`PodVm::dial`]).
-    vsock_started: tokio::sync::OnceCell<()>,
+    /// Hybrid vsock: where the agent announces that it serves (see [`PodVm::dial`]); taken by
+    /// the first dial.
+    agent_ready: std::sync::Mutex<Option<tokio::net::UnixListener>>,
+    /// Set once the agent has announced itself. Holds the announcing connection for the VM's
+    /// life, so the host never closes a connection vhost-device-vsock may still write to.
+    announced: tokio::sync::OnceCell<Option<tokio::net::UnixStream>>,
     accel: &'static str,
     dial_timeout: Duration,
     powerdown_timeout: Duration,
@@ -138,6 +141,16 @@ pub struct PodVm {
     network: Option<PodNetwork>,
 }
 
+/// How the host reaches the guest's vsock, as `start_helpers` set it up.
+struct LaunchVsock {
+    device: VsockDevice,
+    endpoint: VsockEndpoint,
+    /// Kernel vhost-vsock: the claimed CID's fd, inherited by QEMU.
+    vhost: Option<vsock::VhostVsock>,
+    /// Hybrid vsock: the listener for the agent's announcement.
+    agent_ready: Option<tokio::net::UnixListener>,
+}
+
 struct Paths {
     qmp: PathBuf,
     debug_qmp: PathBuf,
@@ -145,6 +158,7 @@ struct Paths {
     qemu_log: PathBuf,
     vhost_user: PathBuf,
     hybrid_uds: PathBuf,
+    agent_ready: PathBuf,
     helper_log: PathBuf,
     virtiofsd: PathBuf,
     virtiofsd_log: PathBuf,
@@ -159,11 +173,13 @@ impl Paths {
             qemu_log: dir.join("qemu.log"),
             vhost_user: dir.join("vhost.sock"),
             hybrid_uds: dir.join("vm.vsock"),
+            // vhost-device-vsock takes a guest connection to host port P to `<uds-path>_P`.
+            agent_ready: dir.join(format!("vm.vsock_{AGENT_READY_VSOCK_PORT}")),
             helper_log: dir.join("vhost-device-vsock.log"),
             virtiofsd: dir.join("virtiofsd.sock"),
             virtiofsd_log: dir.join("virtiofsd.log"),
         };
-        for s in [&p.qmp, &p.debug_qmp, &p.vhost_user, &p.hybrid_uds, &p.virtiofsd] {
+        for s in [&p.qmp, &p.debug_qmp, &p.vhost_user, &p.hybrid_uds, &p.agent_ready, &p.virtiofsd] {
             if s.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(Error::SocketPathTooLong { path: s.clone() });
             }
@@ -204,7 +220,7 @@ impl PodVm {
         };
 
         let mut helpers = Vec::new();
-        let (vsock_device, endpoint, virtio_fs, vhost) =
+        let (vsock_device, endpoint, virtio_fs, vhost, agent_ready) =
             match Self::start_helpers(req, paths, use_vhost, &mut helpers).await {
                 Ok(started) => started,
                 Err(e) => {
@@ -227,8 +243,8 @@ impl PodVm {
                 }
             },
         };
-        let result =
-            Self::launch_with(req, paths, helpers, vsock_device, endpoint, virtio_fs, vhost, network.as_mut()).await;
+        let vsock = LaunchVsock { device: vsock_device, endpoint, vhost, agent_ready };
+        let result = Self::launch_with(req, paths, helpers, vsock, virtio_fs, network.as_mut()).await;
         match result {
             Ok(mut vm) => {
                 vm.network = network;
@@ -243,17 +259,15 @@ impl PodVm {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn launch_with(
         req: &LaunchRequest<'_>,
         paths: &Paths,
         helpers: Vec<Helper>,
-        vsock_device: VsockDevice,
-        endpoint: VsockEndpoint,
+        vsock: LaunchVsock,
         virtio_fs: Option<PathBuf>,
-        vhost: Option<vsock::VhostVsock>,
         network: Option<&mut PodNetwork>,
     ) -> Result<PodVm, Error> {
+        let LaunchVsock { device: vsock_device, endpoint, vhost, agent_ready } = vsock;
         let q = &req.config.hypervisor.qemu;
         let kvm = match q.accel {
             Accel::Kvm => true,
@@ -331,20 +345,30 @@ impl PodVm {
         // QEMU inherits the vhost-vsock fd and the taps under their numbers in this process.
         let inherited: Vec<i32> =
             vhost.iter().map(|v| v.fd.as_raw_fd()).chain(taps.iter().map(AsRawFd::as_raw_fd)).collect();
-        if !inherited.is_empty() {
-            // SAFETY: the closure only calls fcntl, which is async-signal-safe, on fds that
-            // stay open in the parent until spawn returns.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for &fd in &inherited {
-                        let flags = libc::fcntl(fd, libc::F_GETFD);
-                        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
+        // Under TCG every QEMU thread (its vCPUs above all) is CPU-bound emulation: as
+        // SCHED_BATCH it does not preempt other work when it wakes and runs longer slices, so
+        // pods booting side by side switch less and share the caches better
+        // (docs/performance.md, "concurrency"). KVM vCPUs keep the normal policy: they wait
+        // for interrupts a guest wants served promptly.
+        let batch = !kvm;
+        // SAFETY: the closure only makes system calls (fcntl, sched_setscheduler), which are
+        // async-signal-safe, on fds that stay open in the parent until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &inherited {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                // The system call, not libc's wrapper (musl's is a stub): it sets the forked
+                // thread's policy, which exec and every thread QEMU starts inherit.
+                let param: libc::sched_param = std::mem::zeroed();
+                if batch && libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_BATCH, &param) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let child = cmd.spawn().map_err(|source| Error::QemuSpawn { path: q.path.clone(), source })?;
         let recorded = record_pid(&req.state_dir, "qemu", child.id().unwrap_or_default());
@@ -387,7 +411,8 @@ impl PodVm {
             qmp,
             vsock: endpoint,
             vsock_helper,
-            vsock_started: tokio::sync::OnceCell::new(),
+            agent_ready: std::sync::Mutex::new(agent_ready),
+            announced: tokio::sync::OnceCell::new(),
             accel,
             dial_timeout: req.config.dial_timeout(),
             powerdown_timeout: Duration::from_millis(q.powerdown_timeout_ms),
@@ -406,8 +431,12 @@ impl PodVm {
         paths: &Paths,
         use_vhost: bool,
         helpers: &mut Vec<Helper>,
-    ) -> Result<(VsockDevice, VsockEndpoint, Option<PathBuf>, Option<vsock::VhostVsock>), Error> {
+    ) -> Result<
+        (VsockDevice, VsockEndpoint, Option<PathBuf>, Option<vsock::VhostVsock>, Option<tokio::net::UnixListener>),
+        Error,
+    > {
         let mut vhost: Option<vsock::VhostVsock> = None;
+        let mut agent_ready = None;
         let q = &req.config.hypervisor.qemu;
         let (vsock_device, endpoint) = if use_vhost {
             let v = vsock::allocate_vhost_cid(seed_of(req.id))?;
@@ -420,6 +449,11 @@ impl PodVm {
                 Some(p) => p.clone(),
                 None => find_on_path("vhost-device-vsock").ok_or(Error::VhostDeviceVsockMissing)?,
             };
+            // Listening before the guest exists, so its announcement cannot come too early.
+            agent_ready = Some(
+                tokio::net::UnixListener::bind(&paths.agent_ready)
+                    .map_err(|source| Error::StateFile { path: paths.agent_ready.clone(), source })?,
+            );
             let vm_arg = format!(
                 "guest-cid={HYBRID_GUEST_CID},socket={},uds-path={}",
                 paths.vhost_user.display(),
@@ -478,20 +512,21 @@ impl PodVm {
             }
         };
 
-        Ok((vsock_device, endpoint, virtio_fs, vhost))
+        Ok((vsock_device, endpoint, virtio_fs, vhost, agent_ready))
     }
 
     /// Connects to a guest vsock port within the configured dial timeout.
     ///
-    /// With hybrid vsock the first dial waits until QEMU reports that the guest driver has
-    /// started the device: vhost-device-vsock 0.3 marks itself ready at the memory table, before
-    /// the queues, and a host connection arriving in between ends its only worker thread with
-    /// an error (the pod's vsock would be dead for good).
+    /// With hybrid vsock the first dial waits until the agent announces that it serves (a
+    /// connection from the guest to host port [`AGENT_READY_VSOCK_PORT`]): no host connection
+    /// reaches vhost-device-vsock 0.3 before the guest has started the device, which ends its
+    /// only worker thread (the pod's vsock would be dead for good), and none is made, refused
+    /// and retried while the guest boots.
     pub async fn dial(&self, port: u32) -> Result<OwnedFd, Error> {
         let deadline = tokio::time::Instant::now() + self.dial_timeout;
         let result = async {
             if self.vsock_helper.is_some() {
-                self.vsock_started.get_or_try_init(|| self.wait_vsock_started(deadline)).await?;
+                self.announced.get_or_try_init(|| self.wait_announced(deadline)).await?;
             }
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.vsock.dial(port, remaining, self.supervisor.exited()).await
@@ -503,38 +538,32 @@ impl PodVm {
                 let source = vsock::Error::Timeout { port, timeout: self.dial_timeout, last };
                 Err(self.unreachable(source))
             }
-            Err(e @ vsock::Error::DeviceNotStarted { .. }) => Err(self.unreachable(e)),
+            Err(e @ vsock::Error::NotAnnounced { .. }) => Err(self.unreachable(e)),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Polls QMP until the guest has set DRIVER_OK on the hybrid vsock device.
-    async fn wait_vsock_started(&self, deadline: tokio::time::Instant) -> Result<(), vsock::Error> {
+    /// Waits for the agent's announcement (see [`PodVm::dial`]), the VM's exit or `deadline`.
+    async fn wait_announced(&self, deadline: tokio::time::Instant) -> Result<Option<UnixStream>, vsock::Error> {
+        let Some(listener) = self.agent_ready.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Ok(None);
+        };
         let mut exited = self.supervisor.exited();
         loop {
             if let Some(exit) = exited.borrow_and_update().clone() {
                 return Err(vsock::Error::VmExited(exit));
             }
-            match self.qmp.virtio_driver_ok(VSOCK_QOM_PATH).await {
-                Ok(true) => {
-                    tracing::debug!("guest started the vsock device");
-                    return Ok(());
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    if let Some(exit) = exited.borrow_and_update().clone() {
-                        return Err(vsock::Error::VmExited(exit));
-                    }
-                    // An older QEMU without the command: dial without waiting.
-                    tracing::warn!(error = %e, "cannot ask QEMU whether the guest started the vsock device");
-                    return Ok(());
-                }
-            }
-            if tokio::time::Instant::now() + VSOCK_START_POLL >= deadline {
-                return Err(vsock::Error::DeviceNotStarted { timeout: self.dial_timeout });
-            }
             tokio::select! {
-                _ = tokio::time::sleep(VSOCK_START_POLL) => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tracing::debug!("the agent announced itself");
+                        return Ok(Some(stream));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accepting the agent's announcement"),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(vsock::Error::NotAnnounced { timeout: self.dial_timeout });
+                }
                 _ = exited.changed() => {}
             }
         }

@@ -90,10 +90,8 @@ pub struct SnpParams {
 
 /// virtio-fs tag the guest mounts the shared directory by.
 pub const SHARED_FS_TAG: &str = "contrast";
-/// `id=` of the hybrid vsock device; its virtio state is at [`VSOCK_QOM_PATH`].
+/// `id=` of the hybrid vsock device (its QOM path is `/machine/peripheral/vsock`).
 const VSOCK_DEVICE_ID: &str = "vsock";
-/// QOM path of the hybrid vsock device's virtio backend (for `x-query-virtio-status`).
-pub const VSOCK_QOM_PATH: &str = "/machine/peripheral/vsock/virtio-backend";
 
 /// ID of the confidential-guest object, referenced by `-machine confidential-guest-support`.
 const CGS_ID: &str = "cgs0";

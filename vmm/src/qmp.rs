@@ -143,14 +143,6 @@ impl QmpClient {
         Ok(serde_json::to_value(info.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
     }
 
-    /// Whether the guest driver of the virtio device at QOM `path` has set DRIVER_OK. QEMU
-    /// starts a vhost(-user) backend before it records that status, so `true` also means the
-    /// backend has all its queues.
-    pub async fn virtio_driver_ok(&self, path: &str) -> Result<bool, Error> {
-        let status = self.execute(VirtioStatusQuery { path: path.to_owned() }).await?;
-        Ok(status.status.statuses.iter().any(|s| s.starts_with("VIRTIO_CONFIG_S_DRIVER_OK")))
-    }
-
     /// Presses the ACPI power button.
     pub async fn system_powerdown(&self) -> Result<(), Error> {
         self.execute(qapi::qmp::system_powerdown {}).await?;
@@ -230,32 +222,6 @@ impl QmpClient {
         self.execute(BlockdevDel(serde_json::json!({ "node-name": format!("{id}-node") }))).await?;
         Ok(())
     }
-}
-
-/// `x-query-virtio-status`, answered with only the device status read: the full generated
-/// reply type (features, vhost state, ...) would cost the shim a few hundred KiB of resident
-/// code per pod for fields it never looks at.
-#[derive(serde::Serialize)]
-struct VirtioStatusQuery {
-    path: String,
-}
-
-impl qapi::qmp::QmpCommand for VirtioStatusQuery {}
-
-impl qapi::Command for VirtioStatusQuery {
-    type Ok = VirtioStatusReply;
-    const NAME: &'static str = "x-query-virtio-status";
-    const ALLOW_OOB: bool = false;
-}
-
-#[derive(serde::Deserialize)]
-struct VirtioStatusReply {
-    status: VirtioDeviceStatus,
-}
-
-#[derive(serde::Deserialize)]
-struct VirtioDeviceStatus {
-    statuses: Vec<String>,
 }
 
 impl Drop for QmpClient {

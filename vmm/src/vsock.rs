@@ -42,8 +42,11 @@ pub enum Error {
     VmExited(VmExit),
     #[error("agent on vsock port {port} not reachable within {timeout:?} (last error: {last})")]
     Timeout { port: u32, timeout: Duration, last: String },
-    #[error("the guest did not start its vsock device within {timeout:?}")]
-    DeviceNotStarted { timeout: Duration },
+    #[error(
+        "the agent did not announce itself (host vsock port {}) within {timeout:?}",
+        crate::AGENT_READY_VSOCK_PORT
+    )]
+    NotAnnounced { timeout: Duration },
     #[error("cannot open /dev/vhost-vsock")]
     OpenVhost(#[source] io::Error),
     #[error("no free guest CID among {CID_ATTEMPTS} candidates")]

@@ -131,6 +131,12 @@ pub use client::{AgentClient, AgentError};
 /// vsock port the agent listens on (kata: `vSockPort` in the runtime's agent config).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// Host vsock port the agent connects to, and at once closes, once it serves
+/// [`AGENT_VSOCK_PORT`]: the host's cue to dial, instead of polling a guest that is still
+/// booting. The connection carries no data and proves nothing; the host dials and checks
+/// health as before. With hybrid vsock it reaches the unix socket `<uds-path>_1025`.
+pub const AGENT_READY_VSOCK_PORT: u32 = 1025;
+
 /// Largest single write the agent makes to a vsock connection. vhost-device-vsock 0.3 stalls a
 /// connection for good when the guest (Linux 6.12) sends one write of 64 KiB or more as a
 /// multi-descriptor chain; every guest-side write stays at or below this.

@@ -91,7 +91,6 @@ fn run(is_init: bool) -> Result<()> {
         let reaper = reaper::Reaper::new();
         tokio::spawn(reaper.clone().run());
         let _server = services::start(Path::new(TTRPC_SOCKET), cmdline.diagnostics, reaper, policy).await?;
-        log!("ready on vsock port {}", contrast_agent_protocol::AGENT_VSOCK_PORT);
         transport::serve_vsock(contrast_agent_protocol::AGENT_VSOCK_PORT, Path::new(TTRPC_SOCKET)).await
     })
 }
