@@ -157,7 +157,7 @@ async fn bare_boot(image: &Path, layout: Layout) -> Result<Duration> {
         }
         Layout::InitrdOnly => {
             cmd.arg("-initrd").arg(image.join("initrd-agent.img"));
-            cmd.args(["-append", "console=ttyS0 reboot=k panic=-1 oops=panic quiet"]);
+            cmd.args(["-append", "console=ttyS0 reboot=k panic=-1 oops=panic no_timer_check quiet"]);
         }
         Layout::Igvm => bail!("the bare boot measures the kernel paths only"),
     }

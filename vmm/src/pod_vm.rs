@@ -26,8 +26,9 @@ use crate::AGENT_READY_VSOCK_PORT;
 const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Kernel parameters every pod VM gets: serial console (captured to `console.log`), power off
 /// instead of reboot, and no reboot loop after a panic (QEMU runs with `-no-reboot`); a
-/// kernel oops panics (so ends the VM) instead of leaving a half-alive guest.
-const BASE_KERNEL_PARAMS: &str = "console=ttyS0 reboot=k panic=-1 oops=panic";
+/// kernel oops panics (so ends the VM) instead of leaving a half-alive guest; no timer test
+/// that a busy host fails (contrast-image's `BASE_CMDLINE` says more).
+const BASE_KERNEL_PARAMS: &str = "console=ttyS0 reboot=k panic=-1 oops=panic no_timer_check";
 /// `sun_path` holds 108 bytes including the terminating NUL (linux/un.h).
 const MAX_SOCKET_PATH: usize = 107;
 /// Console lines quoted when the agent cannot be reached.
@@ -812,7 +813,7 @@ debug_console_enabled = true
             PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: "foo=1".into(), init_data: None };
         assert_eq!(
             kernel_cmdline(&config, &overrides).unwrap(),
-            "console=ttyS0 reboot=k panic=-1 oops=panic quiet foo=1 contrast.debug_console=1"
+            "console=ttyS0 reboot=k panic=-1 oops=panic no_timer_check quiet foo=1 contrast.debug_console=1"
         );
     }
 
