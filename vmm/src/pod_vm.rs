@@ -35,6 +35,8 @@ const MAX_SOCKET_PATH: usize = 107;
 const DIAL_CONSOLE_LINES: usize = 5;
 /// Guest CID of the VM behind its own vhost-device-vsock (every pod has its own instance).
 const HYBRID_GUEST_CID: u32 = 3;
+/// Pause after a failed accept of the agent's announcement (e.g. no free descriptor).
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// Name of vhost-device-vsock's thread that serves the queues and host connections.
 const VSOCK_WORKER_THREAD: &str = "vring_worker";
 
@@ -124,9 +126,9 @@ pub struct PodVm {
     vsock: VsockEndpoint,
     /// vhost-device-vsock's pid (hybrid vsock only).
     vsock_helper: Option<u32>,
-    /// Hybrid vsock: where the agent announces that it serves (see [`PodVm::dial`]); taken by
-    /// the first dial.
-    agent_ready: std::sync::Mutex<Option<tokio::net::UnixListener>>,
+    /// Hybrid vsock: where the agent announces that it serves (see [`PodVm::dial`]). Kept
+    /// for the VM's life: a first dial that fails leaves the next one waiting here too.
+    agent_ready: Option<tokio::net::UnixListener>,
     /// Set once the agent has announced itself. Holds the announcing connection for the VM's
     /// life, so the host never closes a connection vhost-device-vsock may still write to.
     announced: tokio::sync::OnceCell<Option<tokio::net::UnixStream>>,
@@ -412,7 +414,7 @@ impl PodVm {
             qmp,
             vsock: endpoint,
             vsock_helper,
-            agent_ready: std::sync::Mutex::new(agent_ready),
+            agent_ready,
             announced: tokio::sync::OnceCell::new(),
             accel,
             dial_timeout: req.config.dial_timeout(),
@@ -546,7 +548,7 @@ impl PodVm {
 
     /// Waits for the agent's announcement (see [`PodVm::dial`]), the VM's exit or `deadline`.
     async fn wait_announced(&self, deadline: tokio::time::Instant) -> Result<Option<UnixStream>, vsock::Error> {
-        let Some(listener) = self.agent_ready.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(listener) = &self.agent_ready else {
             return Ok(None);
         };
         let mut exited = self.supervisor.exited();
@@ -560,7 +562,10 @@ impl PodVm {
                         tracing::debug!("the agent announced itself");
                         return Ok(Some(stream));
                     }
-                    Err(e) => tracing::warn!(error = %e, "accepting the agent's announcement"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting the agent's announcement");
+                        tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                    }
                 },
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(vsock::Error::NotAnnounced { timeout: self.dial_timeout });
