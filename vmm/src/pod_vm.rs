@@ -131,7 +131,7 @@ pub struct PodVm {
     agent_ready: Option<tokio::net::UnixListener>,
     /// Set once the agent has announced itself. Holds the announcing connection for the VM's
     /// life, so the host never closes a connection vhost-device-vsock may still write to.
-    announced: tokio::sync::OnceCell<Option<tokio::net::UnixStream>>,
+    announced: tokio::sync::OnceCell<UnixStream>,
     accel: &'static str,
     dial_timeout: Duration,
     powerdown_timeout: Duration,
@@ -528,8 +528,8 @@ impl PodVm {
     pub async fn dial(&self, port: u32) -> Result<OwnedFd, Error> {
         let deadline = tokio::time::Instant::now() + self.dial_timeout;
         let result = async {
-            if self.vsock_helper.is_some() {
-                self.announced.get_or_try_init(|| self.wait_announced(deadline)).await?;
+            if let Some(listener) = &self.agent_ready {
+                self.announced.get_or_try_init(|| self.wait_announced(listener, deadline)).await?;
             }
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.vsock.dial(port, remaining, self.supervisor.exited()).await
@@ -547,10 +547,11 @@ impl PodVm {
     }
 
     /// Waits for the agent's announcement (see [`PodVm::dial`]), the VM's exit or `deadline`.
-    async fn wait_announced(&self, deadline: tokio::time::Instant) -> Result<Option<UnixStream>, vsock::Error> {
-        let Some(listener) = &self.agent_ready else {
-            return Ok(None);
-        };
+    async fn wait_announced(
+        &self,
+        listener: &tokio::net::UnixListener,
+        deadline: tokio::time::Instant,
+    ) -> Result<UnixStream, vsock::Error> {
         let mut exited = self.supervisor.exited();
         loop {
             if let Some(exit) = exited.borrow_and_update().clone() {
@@ -560,7 +561,7 @@ impl PodVm {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         tracing::debug!("the agent announced itself");
-                        return Ok(Some(stream));
+                        return Ok(stream);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting the agent's announcement");
