@@ -30,7 +30,9 @@ pub const SIM_MISMATCH_HANDLER: &str = "contrast-cc-sim-mismatch";
 pub const RUNTIME: &str = "io.containerd.contrast-cc.v2";
 /// containerd namespace the tests use.
 pub const NAMESPACE: &str = "contrast-test";
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long containerd may take to answer `ctr version` after its start. It takes ~0.1 s on
+/// an idle host; the bound is for a host whose two cores run other tests' pod VMs.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound for one ctr call (seconds, for timeout(1)); pod VMs boot in ~5 s under TCG.
 const CTR_TIMEOUT: &str = "180";
 
@@ -205,6 +207,18 @@ impl Containerd {
                 format!("bin_dir = \"{}\"", cni_bin.display()),
             )
         };
+        // NRI (1.7: off by default, 2.x: on) listens on one socket per host unless told
+        // otherwise: two test containerds starting at once raced for it, and the loser's CRI
+        // plugin exited ("bind: address already in use"). Each gets its own.
+        let nri = if release.name == "1.6" {
+            String::new()
+        } else {
+            format!(
+                "[plugins.\"io.containerd.nri.v1.nri\"]\n  socket_path = \"{d}/nri/nri.sock\"\n  \
+                 plugin_path = \"{d}/nri/plugins\"\n  plugin_config_path = \"{d}/nri/conf.d\"\n",
+                d = d.display()
+            )
+        };
         Ok(format!(
             r#"version = {version}
 root = "{d}/root"
@@ -221,7 +235,7 @@ state = "{d}/state"
   conf_dir = "{d}/cni/net.d"
 [{runtime}.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-"#,
+{nri}"#,
             d = d.display()
         ))
     }
@@ -306,10 +320,13 @@ state = "{d}/state"
             .spawn()
             .with_context(|| format!("starting containerd {} (apt-get install containerd)", self.release.name))?;
         self.child = Some(child);
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let started = Instant::now();
         while self.ctr_command(NAMESPACE).arg("version").output().map_or(true, |o| !o.status.success()) {
-            if Instant::now() > deadline {
-                bail!("containerd did not come up; see {}", d.join("containerd.log").display());
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || started.elapsed() > READY_TIMEOUT {
+                let why = exited
+                    .map_or_else(|| format!("no answer after {:?}", started.elapsed()), |s| format!("it exited ({s})"));
+                bail!("containerd did not come up: {why}; its log ends:\n{}", log_tail(&d.join("containerd.log")));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -533,6 +550,13 @@ impl Drop for Containerd {
             let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         }
     }
+}
+
+/// The last lines of the log at `path`, for an error that outlives the test's temporary dir.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
