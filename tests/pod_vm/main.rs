@@ -4,6 +4,7 @@
 mod bad_input;
 mod containers;
 mod crash;
+mod devices;
 mod exec;
 mod igvm;
 mod layers;

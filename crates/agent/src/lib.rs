@@ -7,6 +7,7 @@
 mod agent_service;
 mod cgroup;
 mod copy_file;
+mod device_filter;
 mod error;
 mod init;
 mod launch;

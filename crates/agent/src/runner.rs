@@ -136,6 +136,14 @@ fn run(req: Request) -> Result<i32> {
                 .with_detach(true)
                 .build()
                 .context("creating the container")?;
+            // The container's process waits for Start: nothing of its own has run yet.
+            if let Err(e) = enforce_device_rules(&container) {
+                let mut container = container;
+                if let Err(d) = container.delete(true) {
+                    tracing::warn!("removing container {id} after its device rules failed: {d}");
+                }
+                return Err(e);
+            }
             Ok(container.pid().map_or(0, |p| p.as_raw()))
         }
         Request::Start { id } => {
@@ -156,6 +164,21 @@ fn run(req: Request) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// cgroup v2's mount point in the guest.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Attaches the device filter for the container's `linux.resources.devices` to its cgroup
+/// (libcontainer without `cgroupsv2_devices` leaves device rules unenforced).
+fn enforce_device_rules(container: &Container) -> Result<()> {
+    let spec = Spec::load(container.bundle().join("config.json")).context("reading the container's config.json")?;
+    let linux = spec.linux().as_ref().context("the container's spec has no linux section")?;
+    let relative = linux.cgroups_path().as_ref().context("the container's spec has no cgroupsPath")?;
+    let cgroup = Path::new(CGROUP_ROOT).join(relative.strip_prefix("/").unwrap_or(relative));
+    let spec_rules = linux.resources().as_ref().and_then(|r| r.devices().clone()).unwrap_or_default();
+    let rules = crate::device_filter::rules(&spec_rules).context("the container's device rules")?;
+    crate::device_filter::attach(&cgroup, &rules).context("enforcing the container's device rules")
 }
 
 /// pivot_root(2) cannot move away from the initial ramfs root; there libcontainer must use

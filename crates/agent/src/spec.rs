@@ -173,6 +173,12 @@ pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError
     // The container's hostname is the pod's, i.e. the VM's (`CreateSandbox`): no private UTS
     // namespace to set it in.
     let spec: Spec = serde_json::from_value(spec).map_err(|e| SpecError::Invalid(e.to_string()))?;
+    // Device rules the runner could not enforce are the request's fault: refused here, before
+    // anything of the container exists.
+    if let Some(devices) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().as_ref())
+    {
+        crate::device_filter::rules(devices).map_err(|e| SpecError::Invalid(e.to_string()))?;
+    }
     Ok(Converted { spec, join_sandbox_pidns, pod_sysctls })
 }
 
@@ -346,6 +352,29 @@ mod tests {
         assert_eq!(linux.cgroups_path().as_deref(), Some(std::path::Path::new("/contrast/c1")));
         assert_eq!(c.spec.process().as_ref().expect("process").args().as_ref().expect("args")[1], "hello");
         assert!(!c.join_sandbox_pidns);
+    }
+
+    #[test]
+    fn device_rules_pass_through_and_bad_ones_are_refused() {
+        let mut s = minimal();
+        let mut linux = oci::Linux::new();
+        let mut resources = oci::LinuxResources::new();
+        let mut rule = oci::LinuxDeviceCgroup::new();
+        (rule.Allow, rule.Type, rule.Major, rule.Minor, rule.Access) = (true, "b".into(), 254, 0, "r".into());
+        resources.Devices = vec![rule.clone()];
+        linux.Resources = Some(resources.clone()).into();
+        s.Linux = Some(linux.clone()).into();
+        let c = convert("c1", &s).expect("converts");
+        let r = c.spec.linux().as_ref().and_then(|l| l.resources().as_ref()).expect("resources");
+        let d = &r.devices().as_ref().expect("devices")[0];
+        assert_eq!((d.allow(), d.major(), d.minor(), d.access().as_deref()), (true, Some(254), Some(0), Some("r")));
+
+        rule.Access = "rx".into();
+        resources.Devices = vec![rule];
+        linux.Resources = Some(resources).into();
+        s.Linux = Some(linux).into();
+        let Err(err) = convert("c1", &s) else { panic!("a rule with access x converted") };
+        assert!(matches!(&err, SpecError::Invalid(m) if m.contains("device rule 0")), "{err}");
     }
 
     #[test]
