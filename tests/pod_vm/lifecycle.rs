@@ -95,3 +95,24 @@ async fn auto_accelerator_follows_the_readiness_check() {
     vm.stop().await;
     scratch.assert_nothing_left("auto");
 }
+
+/// A guest whose agent never announces itself (QEMU stopped with SIGSTOP right after launch):
+/// the dial fails after `dial_timeout`, and the error names the vCPU threads' state (here T,
+/// stopped), so a hung guest can be told from a spinning one; the VM still stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unannounced_agent_fails_the_dial_naming_the_vcpu_threads() {
+    use nix::sys::signal::{kill, Signal};
+    let scratch = Scratch::new();
+    let mut config = scratch.load(&scratch.config());
+    config.agent.kata.dial_timeout = 3;
+    let vm = launch(&scratch, &config, "silent").await.expect("pod VM launches");
+    let qemu = nix::unistd::Pid::from_raw(vm.qemu_pid() as i32);
+    kill(qemu, Signal::SIGSTOP).expect("SIGSTOP QEMU");
+    let err = vm.dial_agent().await.expect_err("nothing announces").to_string();
+    kill(qemu, Signal::SIGCONT).expect("SIGCONT QEMU");
+    eprintln!("the dial: {err}");
+    assert!(err.contains("did not announce"), "{err}");
+    assert!(err.contains("QEMU's vCPU threads: CPU 0/TCG T "), "{err}");
+    vm.stop().await;
+    scratch.assert_nothing_left("silent");
+}

@@ -78,13 +78,17 @@ pub enum Error {
     NotRunning(String),
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
-    #[error("{source}{worker}; last console lines: {console}")]
+    #[error("{source}{worker}; last console lines: {console}{vcpus}")]
     AgentUnreachable {
         source: Box<vsock::Error>,
         /// The serial console's tail: the guest may say why the agent never came up.
         console: String,
         /// Empty, or why vhost-device-vsock can no longer connect anything.
         worker: String,
+        /// Empty, or each QEMU vCPU thread's scheduler state and CPU time: a guest spinning
+        /// (running, its CPU time near the wait) reads differently from one whose vCPUs all
+        /// sleep in HLT (waiting for an interrupt that did not come).
+        vcpus: String,
     },
     #[error(transparent)]
     Network(#[from] crate::net::Error),
@@ -586,7 +590,16 @@ impl PodVm {
             ),
             _ => String::new(),
         };
-        Error::AgentUnreachable { source: Box::new(source), console: tail.trim_end().replace('\n', " | "), worker }
+        let vcpus = match vcpu_threads(self.qemu_pid()) {
+            threads if threads.is_empty() => String::new(),
+            threads => format!("; QEMU's vCPU threads: {}", threads.join(", ")),
+        };
+        Error::AgentUnreachable {
+            source: Box::new(source),
+            console: tail.trim_end().replace('\n', " | "),
+            worker,
+            vcpus,
+        }
     }
 
     /// Connects to the agent (vsock port 1024).
@@ -771,9 +784,63 @@ fn vsock_worker_alive(pid: u32) -> Option<bool> {
     )
 }
 
+/// Each vCPU thread of the QEMU process `pid` (named `CPU <n>/TCG` or `CPU <n>/KVM` with
+/// `debug-threads=on`) as "<name> <state> <CPU seconds>", from `/proc/<pid>/task/*/stat`
+/// (state R running, S sleeping, ...; user + system time).
+fn vcpu_threads(pid: u32) -> Vec<String> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        t if t > 0 => t as f64,
+        _ => 100.0,
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut out: Vec<String> = tasks
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // "<tid> (<comm>) <state> ..." — the name may hold spaces, so split at the last ')'.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1;
+            if !name.starts_with("CPU ") {
+                return None;
+            }
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // After the name: state is field 3 of stat(5), utime 14 and stime 15.
+            let (state, utime, stime) = (fields.first()?, fields.get(11)?, fields.get(12)?);
+            let cpu = (utime.parse::<f64>().ok()? + stime.parse::<f64>().ok()?) / ticks;
+            Some(format!("{name} {state} {cpu:.1} s"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcpu_threads_are_read_with_state_and_cpu_time() {
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let vcpu = std::thread::Builder::new()
+            .name("CPU 0/TCG".into())
+            .spawn(move || {
+                let _ = ready_tx.send(());
+                let _ = stop_rx.recv();
+            })
+            .expect("thread");
+        ready_rx.recv().expect("thread started");
+        let threads = vcpu_threads(std::process::id());
+        let _ = stop_tx.send(());
+        vcpu.join().expect("join");
+        assert_eq!(threads.len(), 1, "only the thread named like a vCPU: {threads:?}");
+        let fields: Vec<&str> = threads[0].split(' ').collect();
+        assert_eq!(fields[..2], ["CPU", "0/TCG"], "{threads:?}");
+        assert!(["S", "R"].contains(&fields[2]), "{threads:?}");
+        assert!(fields[3].parse::<f64>().is_ok() && fields[4] == "s", "{threads:?}");
+        assert!(vcpu_threads(u32::MAX).is_empty(), "no such process: nothing");
+    }
 
     #[test]
     fn worker_thread_is_found_by_name() {
