@@ -407,6 +407,23 @@ impl RuntimeClassConfig {
                             .into(),
                     ))
                 }
+                // QEMU takes the guest policy from the file, whatever the config says, and the
+                // file's page tables put the C-bit where contrast-image did.
+                Platform::Snp
+                    if q.snp_guest_policy != defaults::snp_guest_policy() || q.cbitpos != defaults::cbitpos() =>
+                {
+                    let key = if q.cbitpos != defaults::cbitpos() { "cbitpos" } else { "snp_guest_policy" };
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "the pod image's IGVM file fixes the guest policy ({:#x}, which QEMU takes over the \
+                             config's) and the C-bit (bit {}, in its page tables); remove `{key}`, or boot \
+                             firmware + kernel on a host whose C-bit is elsewhere",
+                            defaults::snp_guest_policy(),
+                            defaults::cbitpos()
+                        ),
+                    ));
+                }
                 _ => {}
             }
             if q.simulate_launch_binding {

@@ -210,6 +210,14 @@ fn igvm_takes_no_separate_boot_files_or_command_line() {
     let msg = RuntimeClassConfig::parse(&snp, origin()).unwrap_err().to_string();
     assert!(msg.contains("default_maxvcpus = 1"), "{msg}");
     RuntimeClassConfig::parse(&format!("{snp}default_maxvcpus = 1\n"), origin()).expect("snp + igvm with one vCPU");
+    // The file carries the guest policy and the C-bit: the config may only repeat them.
+    let same = format!("{snp}default_maxvcpus = 1\nsnp_guest_policy = 0x30000\ncbitpos = 51\n");
+    RuntimeClassConfig::parse(&same, origin()).expect("the file's own policy and C-bit");
+    for (extra, key) in [("snp_guest_policy = 0x30001\n", "snp_guest_policy"), ("cbitpos = 47\n", "cbitpos")] {
+        let text = format!("{snp}default_maxvcpus = 1\n{extra}");
+        let msg = RuntimeClassConfig::parse(&text, origin()).unwrap_err().to_string();
+        assert!(msg.contains(&format!("remove `{key}`")) && msg.contains("0x30000"), "{msg}");
+    }
     let tdx = igvm.replace("insecure", "tdx");
     let msg = RuntimeClassConfig::parse(&tdx, origin()).unwrap_err().to_string();
     assert!(msg.contains("not tdx"), "{msg}");

@@ -48,3 +48,29 @@ async fn flipped_byte_in_the_root_disk_stops_an_igvm_pod() {
         "{err}"
     );
 }
+
+/// The config check that `igvm` on snp keeps the file's guest policy and C-bit knows them: a
+/// config repeating what the built `pod-snp.igvm` carries (its reference values) loads, and
+/// one that differs in either is refused.
+#[test]
+fn snp_igvm_policy_and_c_bit_are_the_ones_the_config_expects() {
+    let image = image_dir().expect("pod-VM image");
+    let refs = std::fs::read_to_string(image.join("reference-values.json")).expect("reference values");
+    let refs: serde_json::Value = serde_json::from_str(&refs).expect("reference values are JSON");
+    let snp = &refs["igvm"]["snp"];
+    let policy = snp["policy"].as_str().and_then(|p| u64::from_str_radix(p.trim_start_matches("0x"), 16).ok());
+    let (policy, cbitpos) = (policy.expect("the file's policy"), snp["cbitpos"].as_u64().expect("the file's C-bit"));
+    let config = |policy: u64, cbitpos: u64| {
+        format!(
+            "[hypervisor.qemu]\nplatform = \"snp\"\npath = \"/q\"\nigvm = \"{}\"\ncpu_model = \"EPYC-v4\"\n\
+             default_maxvcpus = 1\nsnp_guest_policy = {policy}\ncbitpos = {cbitpos}\n",
+            image.join("pod-snp.igvm").display()
+        )
+    };
+    let origin = image.join("configuration.toml");
+    contrast_config::RuntimeClassConfig::parse(&config(policy, cbitpos), &origin).expect("the file's own values");
+    for (p, c) in [(policy ^ 1, cbitpos), (policy, cbitpos - 4)] {
+        let err = contrast_config::RuntimeClassConfig::parse(&config(p, c), &origin).expect_err("another value");
+        assert!(err.to_string().contains(&format!("{policy:#x}")), "{err}");
+    }
+}
