@@ -324,11 +324,11 @@ fn pod_init_data(
 pub fn cleanup_dead_pod(state: &Path) {
     let killed = contrast_vmm::pidfile::kill_recorded(state);
     tracing::info!(dir = %state.display(), ?killed, "cleaned up a pod whose shim is gone");
-    let needle = state.to_string_lossy().into_owned();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for pid in entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
             let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-            if String::from_utf8_lossy(&raw).contains(&needle) && pid != std::process::id() as i32 {
+            // Whole path components: pod `b1`'s cleanup must not kill pod `b10`'s VM.
+            if contrast_vmm::pidfile::cmdline_names_dir(&raw, state) && pid != std::process::id() as i32 {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use contrast_tests::containerd::{Containerd, Release, IMAGE, RUNTIME};
+use contrast_tests::containerd::{Containerd, Release, IMAGE, NAMESPACE, RUNTIME};
 use contrast_tests::{containerd_matrix, image_dir, TestConfig};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-contrast-cc-v2");
@@ -212,9 +212,14 @@ containerd_matrix! {
 }
 
 containerd_matrix! {
+    /// containerd cleans up after a SIGKILLed shim with `<shim> delete`, which stops that pod;
+    /// a pod whose id the dead one's prefixes (`orphan` / `orphan2`: state dirs `…/orphan` and
+    /// `…/orphan2`) keeps running.
     fn shim_killed_is_cleaned_up_by_containerd(release: Release) {
         let cd = containerd(release);
-        cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "orphan", "sleep", "1000"]).expect("detached run");
+        for id in ["orphan", "orphan2"] {
+            cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, id, "sleep", "1000"]).expect("detached run");
+        }
         let shims: Vec<i32> = std::fs::read_dir("/proc")
             .expect("proc")
             .flatten()
@@ -222,23 +227,47 @@ containerd_matrix! {
             .filter(|p| {
                 let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap_or_default();
                 let cwd = std::fs::read_link(format!("/proc/{p}/cwd")).unwrap_or_default();
-                exe.to_string_lossy().contains("containerd-shim-contrast") && cwd.starts_with(cd.dir.path())
+                // A shim daemon runs in its pod's bundle dir, named by the pod's id.
+                exe.to_string_lossy().contains("containerd-shim-contrast")
+                    && cwd.starts_with(cd.dir.path())
+                    && cwd.ends_with("orphan")
             })
             .collect();
         assert_eq!(shims.len(), 1, "one shim daemon per pod");
         let address = std::fs::read_to_string(format!("/proc/{}/cwd/address", shims[0])).expect("the shim's address file");
         let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
         assert!(socket.exists(), "{} is the live shim's socket", socket.display());
+        let pod_dir = |id: &str| cd.pod_root().join(NAMESPACE).join(id);
+        let neighbour = contrast_tests::processes_mentioning(&pod_dir("orphan2"));
+        assert!(neighbour.len() >= 2, "orphan2's QEMU and helpers: {neighbour:?}");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
         // containerd notices the dead shim and runs `<shim> delete`, which stops the pod.
         let end = Instant::now() + CLEANUP_DEADLINE;
-        while !processes_named(&cd, "qemu-system").is_empty() && Instant::now() < end {
+        while pod_dir("orphan").exists() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(100));
         }
+        assert!(!pod_dir("orphan").exists(), "the dead shim's pod was not cleaned up\n{}", cd.log());
+        assert!(contrast_tests::processes_mentioning(&pod_dir("orphan")).is_empty());
         let _ = cd.ctr(&["task", "delete", "orphan"]);
         let _ = cd.ctr(&["container", "rm", "orphan"]);
-        wait_clean(&cd, CLEANUP_DEADLINE);
         assert!(!socket.exists(), "the dead shim's socket {} is left behind", socket.display());
+        // Before the fix, the cleanup killed every process whose command line contained
+        // `…/orphan`: orphan2's QEMU and helpers too.
+        let pids = |procs: &[(u32, String)]| {
+            let mut p: Vec<u32> = procs.iter().map(|(p, _)| *p).collect();
+            p.sort();
+            p
+        };
+        let (still, before) = (pids(&contrast_tests::processes_mentioning(&pod_dir("orphan2"))), pids(&neighbour));
+        assert_eq!(still, before, "orphan2's processes after orphan's cleanup\n{}", cd.log());
+        assert_eq!(cd.task_status("orphan2"), "RUNNING");
+        let out = cd.ctr_ok(&["task", "exec", "--exec-id", "alive", "orphan2", "echo", "alive"]).expect("exec");
+        assert_eq!(out, "alive\n");
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", "orphan2"]).expect("kill");
+        wait_status(&cd, "orphan2", "STOPPED", Duration::from_secs(10));
+        let _ = cd.ctr(&["task", "delete", "orphan2"]);
+        cd.ctr_ok(&["container", "rm", "orphan2"]).expect("container rm");
+        wait_clean(&cd, CLEANUP_DEADLINE);
     }
 }
 

@@ -224,9 +224,9 @@ pub async fn pull_pattern(client: &ttrpc::r#async::Client, total: usize) -> Resu
     Ok(verified)
 }
 
-/// Processes whose command line mentions `needle` (e.g. a pod's state dir): QEMU and helpers.
-pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
-    let needle = needle.to_string_lossy().into_owned();
+/// Processes whose command line names the directory `dir` or a path inside it (e.g. a pod's
+/// state dir): QEMU and helpers. Whole path components, as the shim's cleanup matches them.
+pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
@@ -235,9 +235,9 @@ pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
         .filter(|&pid| pid != me)
         .filter_map(|pid| {
             let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
             // A zombie has an empty cmdline and no longer holds anything.
-            cmd.contains(&needle).then_some((pid, cmd))
+            contrast_vmm::pidfile::cmdline_names_dir(&raw, dir)
+                .then(|| (pid, String::from_utf8_lossy(&raw).replace('\0', " ")))
         })
         .collect()
 }

@@ -24,6 +24,26 @@ pub fn record(state_dir: &Path, name: &str, pid: u32) -> std::io::Result<()> {
     writeln!(f, "{name} {pid} {start}")
 }
 
+/// Whether a process's command line (`/proc/<pid>/cmdline`: arguments separated by NULs)
+/// names `dir` itself or a path inside it. Whole path components only: pod `b1`'s state dir is
+/// a prefix of pod `b10`'s, whose QEMU and helpers must not match. After the dir's name comes
+/// the end of an argument, a `/`, or the `,` that separates QEMU's and vhost-device-vsock's
+/// option keys.
+pub fn cmdline_names_dir(cmdline: &[u8], dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let mut needle = dir.as_os_str().as_bytes();
+    while needle.len() > 1 && needle.ends_with(b"/") {
+        needle = &needle[..needle.len() - 1];
+    }
+    if needle.is_empty() || cmdline.len() < needle.len() {
+        return false;
+    }
+    cmdline
+        .windows(needle.len())
+        .enumerate()
+        .any(|(at, w)| w == needle && matches!(cmdline.get(at + needle.len()), None | Some(0 | b'/' | b',')))
+}
+
 /// SIGKILLs every recorded process that is still the same process (same start time).
 /// Returns the names of the processes killed.
 pub fn kill_recorded(state_dir: &Path) -> Vec<String> {
@@ -61,6 +81,29 @@ mod tests {
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
         // Nothing left to kill.
         assert!(kill_recorded(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_state_dir_matches_its_own_processes_and_not_a_neighbour_it_prefixes() {
+        let dir = Path::new("/run/contrast/k8s.io/b1");
+        let qemu = |pod: &str| {
+            format!(
+                "qemu-system-x86_64\0-chardev\0socket,id=vsock0,path=/run/contrast/k8s.io/{pod}/vhost.sock\0\
+                 -serial\0file:/run/contrast/k8s.io/{pod}/console.log\0"
+            )
+        };
+        assert!(cmdline_names_dir(qemu("b1").as_bytes(), dir));
+        assert!(!cmdline_names_dir(qemu("b10").as_bytes(), dir), "b1 is a prefix of b10");
+        assert!(!cmdline_names_dir(qemu("b1-x").as_bytes(), dir));
+        // The dir itself, as a whole argument, at the end, or before an option's next key.
+        assert!(cmdline_names_dir(b"virtiofsd\0--shared-dir\0/run/contrast/k8s.io/b1\0", dir));
+        assert!(cmdline_names_dir(b"x --dir=/run/contrast/k8s.io/b1", dir));
+        assert!(cmdline_names_dir(b"vhost-device-vsock\0--vm\0dir=/run/contrast/k8s.io/b1,guest-cid=3\0", dir));
+        // A trailing slash on the dir changes nothing; a later occurrence still counts.
+        assert!(!cmdline_names_dir(qemu("b10").as_bytes(), Path::new("/run/contrast/k8s.io/b1/")));
+        let both = format!("{}{}", qemu("b10"), qemu("b1"));
+        assert!(cmdline_names_dir(both.as_bytes(), dir));
+        assert!(!cmdline_names_dir(b"", dir));
     }
 
     #[test]
