@@ -576,13 +576,19 @@ fn lost_to_an_exit(e: &contrast_agent_protocol::AgentError, exited: bool) -> boo
 }
 
 /// An agent call that failed on a broken connection because the VM died says so, with the
-/// VM's end (status, console), instead of the transport's "early eof".
+/// VM's end (status, console), instead of the transport's "early eof". One that got no answer
+/// in time keeps its code and adds what the running VM shows (console, vCPU threads): a
+/// guest spinning reads differently from one halted waiting for an interrupt.
 async fn explain(pod: Option<Arc<Pod>>, e: ShimError) -> ShimError {
     let ShimError::Agent(a) = &e else { return e };
+    let Some(pod) = pod else { return e };
+    if a.code == ttrpc::Code::DEADLINE_EXCEEDED && pod.vm.exited().borrow().is_none() {
+        let message = format!("{}; the pod VM is running: {}", a.message, pod.vm.hang_report());
+        return ShimError::Agent(contrast_agent_protocol::AgentError { message, ..a.clone() });
+    }
     if a.code != ttrpc::Code::UNAVAILABLE {
         return e;
     }
-    let Some(pod) = pod else { return e };
     if !vm_gone(&pod).await {
         return e;
     }

@@ -271,6 +271,9 @@ fn frozen_guest_fails_calls_in_time_and_kill_still_ends_the_pod() {
     eprintln!("exec into a frozen guest: {took:?}: {}", stderr(&out));
     assert!(!out.status.success());
     assert!(stderr(&out).to_lowercase().contains("deadline"), "{}", stderr(&out));
+    // The error shows the frozen VM: its vCPU thread sleeps (QMP `stop` parks it).
+    assert!(stderr(&out).contains("the pod VM is running: last console lines: "), "{}", stderr(&out));
+    assert!(stderr(&out).contains("QEMU's vCPU threads: CPU 0/TCG S "), "{}", stderr(&out));
     let (out, took) =
         finish(spawn_ctr(&cd, &["task", "kill", "-s", "KILL", "t"]), "ctr task kill", REQUEST_TIMEOUT + SLACK);
     eprintln!("kill of a frozen guest's task: {took:?}: {}", stderr(&out));
@@ -298,6 +301,7 @@ fn hung_qemu_fails_calls_in_time_and_delete_force_still_ends_the_pod() {
     let (out, took) = finish(exec, "ctr task exec", REQUEST_TIMEOUT + SLACK);
     eprintln!("exec into a hung QEMU: {took:?}: {}", stderr(&out));
     assert!(!out.status.success());
+    assert!(stderr(&out).contains("QEMU's vCPU threads: CPU 0/TCG T "), "stopped by SIGSTOP: {}", stderr(&out));
     let (out, took) =
         finish(spawn_ctr(&cd, &["task", "delete", "-f", "t"]), "ctr task delete -f", 2 * REQUEST_TIMEOUT + SLACK);
     eprintln!("delete -f of a hung QEMU's task: {took:?}: {}", stderr(&out));

@@ -9,6 +9,7 @@ mod pod_vm;
 pub mod qemu_args;
 pub mod qmp;
 pub mod supervisor;
+pub mod tsc;
 pub mod vsock;
 
 pub use pod_vm::{Error, LaunchInitData, LaunchRequest, PodVm};

@@ -19,6 +19,7 @@ use crate::qemu_args::{
 };
 use crate::qmp::{self, QmpClient};
 use crate::supervisor::{LogFiles, Supervisor, VmExit};
+use crate::tsc;
 use crate::vsock::{self, VsockEndpoint};
 use crate::AGENT_READY_VSOCK_PORT;
 
@@ -219,6 +220,9 @@ impl PodVm {
     }
 
     async fn launch_in(req: &LaunchRequest<'_>, paths: &Paths) -> Result<PodVm, Error> {
+        // The first of two TSC readings a TCG guest's `tsc_early_khz=` is measured between;
+        // starting the helpers takes the time in between.
+        let tsc_start = tsc::Sample::take();
         let q = &req.config.hypervisor.qemu;
         let use_vhost = match q.vsock_mode {
             VsockMode::Vhost => true,
@@ -251,7 +255,7 @@ impl PodVm {
             },
         };
         let vsock = LaunchVsock { device: vsock_device, endpoint, vhost, agent_ready };
-        let result = Self::launch_with(req, paths, helpers, vsock, virtio_fs, network.as_mut()).await;
+        let result = Self::launch_with(req, paths, helpers, vsock, virtio_fs, network.as_mut(), tsc_start).await;
         match result {
             Ok(mut vm) => {
                 vm.network = network;
@@ -273,6 +277,7 @@ impl PodVm {
         vsock: LaunchVsock,
         virtio_fs: Option<PathBuf>,
         network: Option<&mut PodNetwork>,
+        tsc_start: Option<tsc::Sample>,
     ) -> Result<PodVm, Error> {
         let LaunchVsock { device: vsock_device, endpoint, vhost, agent_ready } = vsock;
         let q = &req.config.hypervisor.qemu;
@@ -299,12 +304,17 @@ impl PodVm {
 
         let boot = match (&q.igvm, &q.kernel) {
             (Some(file), _) => BootSource::Igvm { file: file.clone() },
-            (None, Some(kernel)) => BootSource::Kernel {
-                firmware: q.firmware.clone(),
-                kernel: kernel.clone(),
-                initrd: q.initrd.clone(),
-                cmdline: kernel_cmdline(req.config, req.overrides)?,
-            },
+            (None, Some(kernel)) => {
+                // Only TCG guests read the host's TSC as their own; KVM gives its guests the
+                // rate (kvmclock), and a confidential guest's command line is measured.
+                let tsc_khz = if kvm { None } else { host_tsc_khz(tsc_start).await };
+                BootSource::Kernel {
+                    firmware: q.firmware.clone(),
+                    kernel: kernel.clone(),
+                    initrd: q.initrd.clone(),
+                    cmdline: kernel_cmdline(req.config, req.overrides, tsc_khz)?,
+                }
+            }
             // RuntimeClassConfig::parse guarantees one of them.
             (None, None) => unreachable!("validated config has kernel or igvm"),
         };
@@ -353,13 +363,21 @@ impl PodVm {
         let inherited: Vec<i32> =
             vhost.iter().map(|v| v.fd.as_raw_fd()).chain(taps.iter().map(AsRawFd::as_raw_fd)).collect();
         // Under TCG every QEMU thread (its vCPUs above all) is CPU-bound emulation: as
-        // SCHED_BATCH it does not preempt other work when it wakes and runs longer slices, so
-        // pods booting side by side switch less and share the caches better
-        // (docs/performance.md, "concurrency"). KVM vCPUs keep the normal policy: they wait
-        // for interrupts a guest wants served promptly.
+        // SCHED_BATCH it does not preempt other work when it wakes, and with a slice of
+        // TCG_SLICE (Linux >= 6.12 honours it; older kernels ignore it) pods booting side by
+        // side switch less and share the caches better (docs/performance.md, "concurrency").
+        // Tasks of the normal policy still preempt it when they wake. KVM vCPUs keep the
+        // normal policy: they wait for interrupts a guest wants served promptly.
         let batch = !kvm;
-        // SAFETY: the closure only makes system calls (fcntl, sched_setscheduler), which are
-        // async-signal-safe, on fds that stay open in the parent until spawn returns.
+        let attr = SchedAttr {
+            size: std::mem::size_of::<SchedAttr>() as u32,
+            policy: libc::SCHED_BATCH as u32,
+            runtime: TCG_SLICE.as_nanos() as u64,
+            ..SchedAttr::default()
+        };
+        // SAFETY: the closure only makes system calls (fcntl, sched_setattr,
+        // sched_setscheduler), which are async-signal-safe, on fds that stay open in the
+        // parent until spawn returns and on `attr`, which the closure owns.
         unsafe {
             cmd.pre_exec(move || {
                 for &fd in &inherited {
@@ -368,11 +386,14 @@ impl PodVm {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                // The system call, not libc's wrapper (musl's is a stub): it sets the forked
-                // thread's policy, which exec and every thread QEMU starts inherit.
-                let param: libc::sched_param = std::mem::zeroed();
-                if batch && libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_BATCH, &param) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                // The system calls, not libc's wrappers (musl's sched_setscheduler is a stub):
+                // they set the forked thread's policy and slice, which exec and every thread
+                // QEMU starts inherit. A kernel without sched_setattr gets the policy alone.
+                if batch && libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) < 0 {
+                    let param: libc::sched_param = std::mem::zeroed();
+                    if libc::syscall(libc::SYS_sched_setscheduler, 0, libc::SCHED_BATCH, &param) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -580,8 +601,26 @@ impl PodVm {
         }
     }
 
-    fn unreachable(&self, source: vsock::Error) -> Error {
+    /// What the VM shows while a call to its agent goes unanswered: the console's last lines
+    /// and each vCPU thread's state and CPU time (see [`Error::AgentUnreachable`]).
+    pub fn hang_report(&self) -> String {
+        format!("last console lines: {}{}", self.console_tail(), self.vcpu_summary())
+    }
+
+    fn console_tail(&self) -> String {
         let tail = crate::supervisor::tail(&self.state_dir.join("console.log"), DIAL_CONSOLE_LINES);
+        tail.trim_end().replace('\n', " | ")
+    }
+
+    /// Empty, or "; QEMU's vCPU threads: CPU 0/TCG S 1.2 s, …".
+    fn vcpu_summary(&self) -> String {
+        match vcpu_threads(self.qemu_pid()) {
+            threads if threads.is_empty() => String::new(),
+            threads => format!("; QEMU's vCPU threads: {}", threads.join(", ")),
+        }
+    }
+
+    fn unreachable(&self, source: vsock::Error) -> Error {
         let worker = match self.vsock_helper.map(vsock_worker_alive) {
             Some(Some(false)) => format!(
                 "; vhost-device-vsock's {VSOCK_WORKER_THREAD} thread has ended, so no host connection can reach \
@@ -590,15 +629,11 @@ impl PodVm {
             ),
             _ => String::new(),
         };
-        let vcpus = match vcpu_threads(self.qemu_pid()) {
-            threads if threads.is_empty() => String::new(),
-            threads => format!("; QEMU's vCPU threads: {}", threads.join(", ")),
-        };
         Error::AgentUnreachable {
             source: Box::new(source),
-            console: tail.trim_end().replace('\n', " | "),
+            console: self.console_tail(),
             worker,
-            vcpus,
+            vcpus: self.vcpu_summary(),
         }
     }
 
@@ -700,8 +735,55 @@ impl Drop for PodVm {
     }
 }
 
-/// The image's command line (or the built-in base), then the config's and the pod's parameters.
-fn kernel_cmdline(config: &RuntimeClassConfig, overrides: &PodOverrides) -> Result<String, Error> {
+/// The host's TSC rate for a TCG guest (see [`crate::tsc`]), measured from `start` (the launch's
+/// beginning) to now; when the helpers came up sooner than [`tsc::MIN_SPAN`], waits that long
+/// once more.
+/// `None`, logged, when the host's TSC cannot be read undisturbed: the guest then calibrates.
+async fn host_tsc_khz(start: Option<tsc::Sample>) -> Option<u64> {
+    let khz = async {
+        let start = start?;
+        if let Some(end) = tsc::Sample::take() {
+            if let Some(khz) = start.khz_until(&end) {
+                return Some(khz);
+            }
+        }
+        tokio::time::sleep(tsc::MIN_SPAN).await;
+        start.khz_until(&tsc::Sample::take()?)
+    }
+    .await;
+    if khz.is_none() {
+        tracing::warn!("cannot measure the host's TSC rate; the TCG guest calibrates its own");
+    }
+    khz
+}
+
+/// The scheduler slice of a TCG QEMU's threads: the most Linux grants (it clamps requests to
+/// 0.1–100 ms). Ten pods starting at once on two cores finish sooner than with the default
+/// slice of a few milliseconds (docs/performance.md, "concurrency").
+const TCG_SLICE: Duration = Duration::from_millis(100);
+
+/// `struct sched_attr` of sched_setattr(2), its first version (48 bytes); `runtime` is the
+/// slice a task of a fair policy asks for.
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+/// The image's command line (or the built-in base), `tsc_early_khz=` for a TCG guest, then the
+/// config's and the pod's parameters (so that a runtime class or pod can still override it).
+fn kernel_cmdline(
+    config: &RuntimeClassConfig,
+    overrides: &PodOverrides,
+    tsc_khz: Option<u64>,
+) -> Result<String, Error> {
     let base = match &config.hypervisor.qemu.kernel_params_file {
         None => BASE_KERNEL_PARAMS.to_owned(),
         Some(path) => {
@@ -715,6 +797,7 @@ fn kernel_cmdline(config: &RuntimeClassConfig, overrides: &PodOverrides) -> Resu
         }
     };
     let mut parts = vec![base];
+    parts.extend(tsc_khz.map(|khz| format!("tsc_early_khz={khz}")));
     for extra in [config.hypervisor.qemu.kernel_params.trim(), overrides.extra_kernel_params.trim()] {
         if !extra.is_empty() {
             parts.push(extra.to_owned());
@@ -885,7 +968,7 @@ debug_console_enabled = true
         let overrides =
             PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: "foo=1".into(), init_data: None };
         assert_eq!(
-            kernel_cmdline(&config, &overrides).unwrap(),
+            kernel_cmdline(&config, &overrides, None).unwrap(),
             "console=ttyS0 reboot=k panic=-1 oops=panic no_timer_check quiet foo=1 contrast.debug_console=1"
         );
     }
@@ -900,12 +983,17 @@ debug_console_enabled = true
         );
         let config = RuntimeClassConfig::parse(&text, Path::new("t.toml")).expect("valid");
         let overrides = PodOverrides { vcpus: 1, memory_mib: 512, extra_kernel_params: String::new(), init_data: None };
-        assert_eq!(kernel_cmdline(&config, &overrides).unwrap(), "console=hvc0 roothash=ab quiet");
+        assert_eq!(kernel_cmdline(&config, &overrides, None).unwrap(), "console=hvc0 roothash=ab quiet");
+        // A TCG guest's TSC rate comes after the image's line, before the config's parameters.
+        assert_eq!(
+            kernel_cmdline(&config, &overrides, Some(2_596_150)).unwrap(),
+            "console=hvc0 roothash=ab tsc_early_khz=2596150 quiet"
+        );
         std::fs::write(&file, "a\nb\n").unwrap();
-        let err = kernel_cmdline(&config, &overrides).unwrap_err().to_string();
+        let err = kernel_cmdline(&config, &overrides, None).unwrap_err().to_string();
         assert!(err.contains("kernel_params_file") && err.contains("one non-empty line"), "{err}");
         std::fs::remove_file(&file).unwrap();
-        let err = kernel_cmdline(&config, &overrides).unwrap_err().to_string();
+        let err = kernel_cmdline(&config, &overrides, None).unwrap_err().to_string();
         assert!(err.contains("No such file"), "{err}");
     }
 
