@@ -23,6 +23,8 @@ pub struct ContrastShim {
     id: String,
     bundle: String,
     exit: Arc<ExitSignal>,
+    /// The daemon's own socket (`unix:///run/containerd/s/<hash>`; empty outside the daemon).
+    socket: String,
 }
 
 #[async_trait]
@@ -36,6 +38,7 @@ impl Shim for ContrastShim {
             id: args.id.clone(),
             bundle: args.bundle.clone(),
             exit: Arc::new(ExitSignal::default()),
+            socket: args.socket.clone(),
         }
     }
 
@@ -80,12 +83,47 @@ impl Shim for ContrastShim {
         })
     }
 
+    /// Until the last task is gone; then the daemon removes its own socket. The crate removes
+    /// it too, but only through `<bundle>/address`, read after its server stopped: when
+    /// containerd saw the connection close first, ran `<shim> delete` (which keeps a socket
+    /// that still answers) and removed the bundle, neither did, and one socket per such race
+    /// stayed in /run/containerd/s (2 in 100 pods, ten at a time).
     async fn wait(&mut self) {
+        // The crate calls this once its server serves the socket (it binds it only after
+        // `create_task_service`), so the file at the path is this daemon's now.
+        let path = socket_path(&self.socket);
+        let identity = file_identity(path);
         self.exit.wait().await;
+        if let Some(identity) = identity {
+            remove_own_socket(path, identity);
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         TaskService::new(&self.namespace, &self.address, publisher, self.exit.clone())
+    }
+}
+
+fn socket_path(address: &str) -> &std::path::Path {
+    std::path::Path::new(address.trim().trim_start_matches("unix://"))
+}
+
+/// Device and inode of the socket file at `path`.
+fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::symlink_metadata(path).ok()?;
+    m.file_type().is_socket().then(|| (m.dev(), m.ino()))
+}
+
+/// Removes the daemon's socket if it is still the one it bound (`identity`): a socket a
+/// newer daemon bound at the same path (the same pod id started again) stays.
+fn remove_own_socket(path: &std::path::Path, identity: (u64, u64)) {
+    if file_identity(path) != Some(identity) {
+        return;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::debug!(socket = %path.display(), "removed the daemon's socket"),
+        Err(e) => tracing::warn!(socket = %path.display(), error = %e, "removing the daemon's socket"),
     }
 }
 
@@ -106,5 +144,32 @@ fn remove_dead_socket(bundle: &std::path::Path) {
             Ok(()) => tracing::info!(socket = %path.display(), "delete: removed the dead shim's socket"),
             Err(e) => tracing::warn!(socket = %path.display(), error = %e, "delete: removing the dead shim's socket"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_removes_its_own_socket_but_not_a_successor_s() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let address = format!("unix://{}", path.display());
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let identity = file_identity(socket_path(&address)).expect("a socket");
+        remove_own_socket(&path, identity);
+        assert!(!path.exists(), "its own socket is removed, bundle or not");
+        drop(listener);
+
+        // Another daemon bound the same path since: its socket stays.
+        let _first = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let identity = file_identity(&path).expect("a socket");
+        std::fs::remove_file(&path).expect("rm");
+        let _second = std::os::unix::net::UnixListener::bind(&path).expect("bind again");
+        remove_own_socket(&path, identity);
+        assert!(path.exists(), "a newer daemon's socket is kept");
+        // Not a socket: nothing to identify.
+        assert_eq!(file_identity(dir.path()), None);
     }
 }

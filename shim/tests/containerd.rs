@@ -214,33 +214,18 @@ containerd_matrix! {
 containerd_matrix! {
     /// containerd cleans up after a SIGKILLed shim with `<shim> delete`, which stops that pod;
     /// a pod whose id the dead one's prefixes (`orphan` / `orphan2`: state dirs `…/orphan` and
-    /// `…/orphan2`) keeps running.
+    /// `…/orphan2`) keeps running; its daemon removes its socket as it ends, bundle or not.
     fn shim_killed_is_cleaned_up_by_containerd(release: Release) {
         let cd = containerd(release);
         for id in ["orphan", "orphan2"] {
             cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, id, "sleep", "1000"]).expect("detached run");
         }
-        let shims: Vec<i32> = std::fs::read_dir("/proc")
-            .expect("proc")
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|p| {
-                let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap_or_default();
-                let cwd = std::fs::read_link(format!("/proc/{p}/cwd")).unwrap_or_default();
-                // A shim daemon runs in its pod's bundle dir, named by the pod's id.
-                exe.to_string_lossy().contains("containerd-shim-contrast")
-                    && cwd.starts_with(cd.dir.path())
-                    && cwd.ends_with("orphan")
-            })
-            .collect();
-        assert_eq!(shims.len(), 1, "one shim daemon per pod");
-        let address = std::fs::read_to_string(format!("/proc/{}/cwd/address", shims[0])).expect("the shim's address file");
-        let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
+        let (shim, socket) = cd.shim_daemon("orphan").expect("orphan's shim daemon");
         assert!(socket.exists(), "{} is the live shim's socket", socket.display());
         let pod_dir = |id: &str| cd.pod_root().join(NAMESPACE).join(id);
         let neighbour = contrast_tests::processes_mentioning(&pod_dir("orphan2"));
         assert!(neighbour.len() >= 2, "orphan2's QEMU and helpers: {neighbour:?}");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim as i32), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
         // containerd notices the dead shim and runs `<shim> delete`, which stops the pod.
         let end = Instant::now() + CLEANUP_DEADLINE;
         while pod_dir("orphan").exists() && Instant::now() < end {
@@ -263,11 +248,18 @@ containerd_matrix! {
         assert_eq!(cd.task_status("orphan2"), "RUNNING");
         let out = cd.ctr_ok(&["task", "exec", "--exec-id", "alive", "orphan2", "echo", "alive"]).expect("exec");
         assert_eq!(out, "alive\n");
+
+        // A live daemon removes its own socket as it exits, even when its bundle's `address`
+        // file (through which the containerd-shim crate finds it) is gone: containerd removes
+        // the bundle when it saw the connection close before the daemon had stopped.
+        let (shim, socket) = cd.shim_daemon("orphan2").expect("orphan2's shim daemon");
+        std::fs::remove_file(format!("/proc/{shim}/cwd/address")).expect("remove the bundle's address file");
         cd.ctr_ok(&["task", "kill", "-s", "KILL", "orphan2"]).expect("kill");
         wait_status(&cd, "orphan2", "STOPPED", Duration::from_secs(10));
         let _ = cd.ctr(&["task", "delete", "orphan2"]);
         cd.ctr_ok(&["container", "rm", "orphan2"]).expect("container rm");
         wait_clean(&cd, CLEANUP_DEADLINE);
+        assert!(!socket.exists(), "orphan2's daemon left its socket {}", socket.display());
     }
 }
 

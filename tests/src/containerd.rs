@@ -439,7 +439,6 @@ state = "{d}/state"
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Pids of the shim daemons this containerd started.
     /// The status `ctr task ls` shows for task `id` (`RUNNING`, `STOPPED`, …; empty if none).
     pub fn task_status(&self, id: &str) -> String {
         let out = self.ctr_ok(&["task", "ls"]).unwrap_or_default();
@@ -450,8 +449,19 @@ state = "{d}/state"
             .to_owned()
     }
 
+    /// Pids of the shim daemons this containerd started.
     pub fn shim_pids(&self) -> Vec<u32> {
         shim_processes(self.dir.path())
+    }
+
+    /// The shim daemon of pod `id` (it runs in the pod's bundle dir, named by the id) and the
+    /// socket it serves.
+    pub fn shim_daemon(&self, id: &str) -> Option<(u32, PathBuf)> {
+        shim_processes(self.dir.path()).into_iter().find_map(|pid| {
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+            (cwd.file_name()? == id).then_some(())?;
+            Some((pid, daemon_socket(pid)?))
+        })
     }
 
     pub fn log(&self) -> String {
@@ -509,6 +519,15 @@ fn shim_processes(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The socket a shim daemon serves: its `-socket unix://…` argument (`<shim> start` has none).
+fn daemon_socket(pid: u32) -> Option<PathBuf> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+    let at = args.iter().position(|a| *a == b"-socket")?;
+    let address = std::str::from_utf8(args.get(at + 1)?).ok()?;
+    Some(PathBuf::from(address.trim_start_matches("unix://")))
+}
+
 /// How much of containerd's log a failed test prints.
 const FAILED_TEST_LOG_LINES: usize = 200;
 
@@ -524,11 +543,12 @@ impl Drop for Containerd {
         }
         self.kill();
         for pid in shim_processes(self.dir.path()) {
-            // With containerd gone nobody runs `<shim> delete`: the socket goes here.
-            let socket = std::fs::read_to_string(format!("/proc/{pid}/cwd/address")).ok();
+            // With containerd gone nobody runs `<shim> delete`: the socket goes here. Named by
+            // the daemon's own argument: containerd may have removed the bundle's `address`.
+            let socket = daemon_socket(pid);
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-            if let Some(address) = socket {
-                let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));
+            if let Some(socket) = socket {
+                let _ = std::fs::remove_file(socket);
             }
         }
         for (pid, _) in crate::processes_mentioning(&self.pod_root()) {
