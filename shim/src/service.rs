@@ -599,6 +599,14 @@ async fn explain(pod: Option<Arc<Pod>>, e: ShimError) -> ShimError {
     }
 }
 
+/// An agent call's result, its error explained as by [`explain`].
+async fn explained<T>(pod: &Arc<Pod>, r: Result<T, contrast_agent_protocol::AgentError>) -> Result<T, ShimError> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) => Err(explain(Some(pod.clone()), ShimError::from(e)).await),
+    }
+}
+
 /// Whether the pod's VM has exited, waiting [`VM_EXIT_GRACE`] for its supervisor to notice.
 async fn vm_gone(pod: &Pod) -> bool {
     let mut exited = pod.vm.exited();
@@ -719,7 +727,7 @@ impl Task for TaskService {
         let pod = self.0.pod().await?;
         let mut preq = agent::PauseContainerRequest::new();
         preq.container_id = req.id.clone();
-        pod.agent.pause_container(&preq).await.map_err(ShimError::from)?;
+        explained(&pod, pod.agent.pause_container(&preq).await).await?;
         p.advance(&req.id, Transition::Pause)?;
         let e = ev::TaskPaused { container_id: req.id.clone(), ..Default::default() };
         self.0.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(e));
@@ -731,7 +739,7 @@ impl Task for TaskService {
         let pod = self.0.pod().await?;
         let mut rreq = agent::ResumeContainerRequest::new();
         rreq.container_id = req.id.clone();
-        pod.agent.resume_container(&rreq).await.map_err(ShimError::from)?;
+        explained(&pod, pod.agent.resume_container(&rreq).await).await?;
         p.advance(&req.id, Transition::Resume)?;
         let e = ev::TaskResumed { container_id: req.id.clone(), ..Default::default() };
         self.0.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(e));
@@ -768,7 +776,7 @@ impl Task for TaskService {
         r.exec_id = req.exec_id.clone();
         r.row = req.height;
         r.column = req.width;
-        pod.agent.tty_win_resize(&r).await.map_err(ShimError::from)?;
+        explained(&pod, pod.agent.tty_win_resize(&r).await).await?;
         Ok(api::Empty::new())
     }
 
@@ -791,7 +799,7 @@ impl Task for TaskService {
         let mut u = agent::UpdateContainerRequest::new();
         u.container_id = req.id.clone();
         u.resources = Some(spec::resources(&resources)).into();
-        pod.agent.update_container(&u).await.map_err(ShimError::from)?;
+        explained(&pod, pod.agent.update_container(&u).await).await?;
         Ok(api::Empty::new())
     }
 
@@ -800,7 +808,7 @@ impl Task for TaskService {
         let pod = self.0.pod().await?;
         let mut s = agent::StatsContainerRequest::new();
         s.container_id = req.id.clone();
-        let stats = pod.agent.stats_container(&s).await.map_err(ShimError::from)?;
+        let stats = explained(&pod, pod.agent.stats_container(&s).await).await?;
         let any = crate::metrics::to_any(&stats).map_err(|e| ShimError::Internal(e.to_string()))?;
         Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
     }

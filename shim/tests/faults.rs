@@ -274,6 +274,11 @@ fn frozen_guest_fails_calls_in_time_and_kill_still_ends_the_pod() {
     // The error shows the frozen VM: its vCPU thread sleeps (QMP `stop` parks it).
     assert!(stderr(&out).contains("the pod VM is running: last console lines: "), "{}", stderr(&out));
     assert!(stderr(&out).contains("QEMU's vCPU threads: CPU 0/TCG S "), "{}", stderr(&out));
+    // Every call the agent must answer says so, not only exec.
+    let (out, took) = finish(spawn_ctr(&cd, &["task", "pause", "t"]), "ctr task pause", REQUEST_TIMEOUT + SLACK);
+    eprintln!("pause of a frozen guest's task: {took:?}: {}", stderr(&out));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("the pod VM is running: last console lines: "), "{}", stderr(&out));
     let (out, took) =
         finish(spawn_ctr(&cd, &["task", "kill", "-s", "KILL", "t"]), "ctr task kill", REQUEST_TIMEOUT + SLACK);
     eprintln!("kill of a frozen guest's task: {took:?}: {}", stderr(&out));
