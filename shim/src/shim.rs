@@ -132,14 +132,13 @@ fn remove_own_socket(path: &std::path::Path, identity: (u64, u64)) {
 /// orderly exit, so every SIGKILLed shim left one in `/run/containerd/s` (containerd's runc
 /// shim removes it in `delete` too).
 fn remove_dead_socket(bundle: &std::path::Path) {
-    use std::os::unix::fs::FileTypeExt;
     let Ok(address) = std::fs::read_to_string(bundle.join("address")) else { return };
-    let path = std::path::Path::new(address.trim().trim_start_matches("unix://"));
+    let path = socket_path(&address);
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         tracing::info!(socket = %path.display(), "delete: the shim socket is still served; kept");
         return;
     }
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+    if file_identity(path).is_some() {
         match std::fs::remove_file(path) {
             Ok(()) => tracing::info!(socket = %path.display(), "delete: removed the dead shim's socket"),
             Err(e) => tracing::warn!(socket = %path.display(), error = %e, "delete: removing the dead shim's socket"),
