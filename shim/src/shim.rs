@@ -68,8 +68,9 @@ impl Shim for ContrastShim {
             Ok((_, config)) => {
                 let state = pod::state_dir(&config, &self.namespace, &sandbox);
                 if sandbox == self.id {
-                    pod::cleanup_dead_pod(&state);
+                    // The socket first: whoever sees the state dir gone sees the socket gone.
                     remove_dead_socket(&bundle);
+                    pod::cleanup_dead_pod(&state);
                 } else {
                     crate::rootfs::unmount_all(&state.join("shared").join(&self.id));
                 }

@@ -228,7 +228,7 @@ containerd_matrix! {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim as i32), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
         // containerd notices the dead shim and runs `<shim> delete`, which stops the pod.
         let end = Instant::now() + CLEANUP_DEADLINE;
-        while pod_dir("orphan").exists() && Instant::now() < end {
+        while (pod_dir("orphan").exists() || socket.exists()) && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert!(!pod_dir("orphan").exists(), "the dead shim's pod was not cleaned up\n{}", cd.log());
