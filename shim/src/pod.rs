@@ -37,6 +37,8 @@ pub struct Pod {
     pub config: RuntimeClassConfig,
     /// Hot-plugged layer disks per container.
     pub layers: crate::layers::LayerDisks,
+    /// Containers created in this pod so far: names each one's directory in the share.
+    instances: std::sync::atomic::AtomicU64,
 }
 
 /// The runtime config: runtime options `ConfigPath`, else next to the binary, else the default.
@@ -163,6 +165,7 @@ impl Pod {
                     shared,
                     config: config.clone(),
                     layers: Default::default(),
+                    instances: Default::default(),
                 })
             }
             Err(e) => {
@@ -199,9 +202,19 @@ impl Pod {
         Ok(agent)
     }
 
-    /// Host and guest paths of a container's directory in the shared directory.
-    pub fn container_dirs(&self, id: &str) -> (PathBuf, String) {
-        (self.shared.join(id), format!("{GUEST_SHARED}/{id}"))
+    /// Host directory of everything a container shares with the guest (under
+    /// [`Pod::new_instance_dirs`]); unmounting it removes the container's share.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.shared.join(id)
+    }
+
+    /// Host and guest paths of a new directory for one container instance, inside
+    /// [`Pod::container_dir`]. The guest caches virtio-fs names and attributes for a second
+    /// (virtiofsd `--cache=auto`): a container deleted and created again under its id within
+    /// that second would see the old instance's rootfs and mounts at the same path.
+    pub fn new_instance_dirs(&self, id: &str) -> (PathBuf, String) {
+        let n = self.instances.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (self.container_dir(id).join(n.to_string()), format!("{GUEST_SHARED}/{id}/{n}"))
     }
 
     /// Destroys the guest sandbox, unmounts everything shared, stops the VM. Idempotent.

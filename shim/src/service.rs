@@ -348,8 +348,8 @@ impl Inner {
         req: &api::CreateTaskRequest,
         spec: &oci_spec::runtime::Spec,
     ) -> Result<api::CreateTaskResponse, ShimError> {
-        let (host_dir, guest_dir) = pod.container_dirs(&req.id);
-        let undo_share = || rootfs::unmount_all(&host_dir);
+        let (host_dir, guest_dir) = pod.new_instance_dirs(&req.id);
+        let undo_share = || rootfs::unmount_all(&pod.container_dir(&req.id));
         let mut creq = agent::CreateContainerRequest::new();
         if pod.confidential() {
             let (oci, storages) = self.confidential_container(pod, &req.id, spec).await?;
@@ -507,7 +507,7 @@ impl Inner {
                     return Err(e.into());
                 }
             }
-            rootfs::unmount_all(&pod.container_dirs(&req.id).0);
+            rootfs::unmount_all(&pod.container_dir(&req.id));
             crate::layers::detach(pod, &req.id).await;
         }
         lock(&self.ctrs).remove(&req.id);

@@ -413,3 +413,42 @@ containerd_matrix! {
         assert_clean(&cd);
     }
 }
+
+containerd_matrix! {
+    /// A container deleted and created again under the same id in the same pod sees its new
+    /// files, not the old ones: the guest caches virtio-fs names for a second (virtiofsd
+    /// `--cache=auto`), so each container instance gets a directory of its own in the share.
+    fn container_recreated_under_its_id_sees_its_new_files(release: Release) {
+        let cd = containerd(release);
+        cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "pod", "sleep", "1000"]).expect("the pod");
+        for text in ["first", "second"] {
+            let data = cd.dir.path().join(text);
+            std::fs::create_dir_all(&data).expect("mkdir");
+            std::fs::write(data.join("f"), text).expect("write");
+            let mount = format!("type=bind,src={},dst=/data,options=rbind:ro", data.display());
+            let out = cd.ctr(&[
+                "run",
+                "--runtime",
+                RUNTIME,
+                "--rm",
+                "--annotation",
+                "io.kubernetes.cri.sandbox-id=pod",
+                "--annotation",
+                "io.kubernetes.cri.container-type=container",
+                "--mount",
+                &mount,
+                IMAGE,
+                "again",
+                "cat",
+                "/data/f",
+            ]);
+            assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cd.log());
+            assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+        }
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", "pod"]).expect("kill the pod");
+        wait_status(&cd, "pod", "STOPPED", Duration::from_secs(10));
+        let _ = cd.ctr(&["task", "delete", "pod"]);
+        cd.ctr_ok(&["container", "rm", "pod"]).expect("container rm");
+        assert_clean(&cd);
+    }
+}
