@@ -57,6 +57,13 @@ pub fn init_logging(debug: bool) {
     let level = std::env::var("RUST_LOG").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default);
     let fifo = std::sync::Mutex::new(fifo);
     let _ = tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_writer(fifo).try_init();
+    // The daemon's stderr goes nowhere: a panic would end a request, a connection or the
+    // daemon without a word. Into containerd's log with it.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::capture();
+        tracing::error!(thread = thread.name().unwrap_or("?"), "panic: {info}\n{backtrace}");
+    }));
 }
 
 fn main() {

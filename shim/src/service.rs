@@ -49,6 +49,8 @@ struct Proc {
     /// Status and exit in one: see [`crate::task_state`].
     state: StateCell,
     streams: tokio::sync::Mutex<Option<Streams>>,
+    /// Held shared by every Kill in flight; its TaskExit waits for them (see `watch_exit`).
+    kills: tokio::sync::RwLock<()>,
 }
 
 impl Proc {
@@ -62,6 +64,7 @@ impl Proc {
             spec: Mutex::new(None),
             state: StateCell::default(),
             streams: tokio::sync::Mutex::new(None),
+            kills: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -168,6 +171,12 @@ impl Inner {
                 streams.drain().await;
             }
             if proc_.record_exit(status) {
+                // The guest can report the exit before it answers the signal that caused it.
+                // On the exit event containerd 1.6 deletes the task and closes the task's
+                // connection, and a Kill answer still on its way is lost: kubelet's
+                // StopPodSandbox failed with "ttrpc: closed". Kills in flight answer first
+                // (they return as soon as the exit is recorded).
+                drop(proc_.kills.write().await);
                 inner.publish_exit(&ctr, &proc_, inner.task_pid(&pod));
             }
         });
@@ -530,6 +539,7 @@ impl Inner {
 
     async fn kill(&self, req: api::KillRequest) -> Result<(), ShimError> {
         let (_, p) = self.proc(&req.id, &req.exec_id)?;
+        let _in_flight = p.kills.read().await;
         if p.exited().is_some() {
             return Ok(());
         }
@@ -540,7 +550,16 @@ impl Inner {
         // `all` (for the init) is sent as such (kata runtime, `signalProcess`).
         kreq.exec_id = if req.all { String::new() } else { req.exec_id.clone() };
         kreq.signal = req.signal;
-        match pod.agent.signal_process(&kreq).await {
+        let answer = tokio::select! {
+            answer = pod.agent.signal_process(&kreq) => answer,
+            // Exited meanwhile (most often of this very signal): nothing is left to signal,
+            // and the exit's TaskExit waits for this answer.
+            _ = p.state.wait_exit() => {
+                tracing::debug!(container = %req.id, exec = %req.exec_id, "exited before the agent answered the signal");
+                return Ok(());
+            }
+        };
+        match answer {
             Ok(_) => Ok(()),
             Err(e) if e.is_unknown_container() => Ok(()),
             // The process ended while the signal was on its way: its exit can reach containerd,
