@@ -23,6 +23,9 @@ const READ_CHUNK: usize = 1 << 20;
 /// overflowing a byte count.
 const MAX_DATA_BLOCKS: u64 = 1 << 40;
 
+/// The options of a layer storage, each `key=value`.
+const LAYER_OPTIONS: [&str; 4] = ["digest", "root_hash", "salt", "data_blocks"];
+
 /// What a layer storage says (options `key=value`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct LayerSpec {
@@ -37,6 +40,17 @@ pub struct LayerSpec {
 
 impl LayerSpec {
     pub fn parse(s: &Storage) -> Result<Self, String> {
+        // Each of the four options exactly once and nothing else: the policy judges the
+        // options as a set, and a second `root_hash=` must not be the one used.
+        for o in &s.options {
+            let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k);
+            if !LAYER_OPTIONS.contains(&key) {
+                return Err(format!("option {o:?} is not one of {}", LAYER_OPTIONS.join("=, ") + "="));
+            }
+            if s.options.iter().filter(|x| x.split_once('=').is_some_and(|(k, _)| k == key)).count() > 1 {
+                return Err(format!("option {key}= is given more than once"));
+            }
+        }
         let get = |key: &str| {
             s.options
                 .iter()
@@ -224,6 +238,12 @@ mod tests {
         assert!(LayerSpec::parse(&storage("0:3", &["digest=md5:x", &r, "salt=", "data_blocks=1"])).is_err());
         assert!(LayerSpec::parse(&storage("0:3", &[&d, "root_hash=zz", "salt=", "data_blocks=1"])).is_err());
         assert!(LayerSpec::parse(&storage("0:3", &[&d, &r, "data_blocks=1"])).is_err(), "salt missing");
+        // A second root hash in front of the pinned one (the policy sees both in the set).
+        let other = format!("root_hash={}", "ee".repeat(32));
+        let twice = LayerSpec::parse(&storage("0:3", &[&d, &other, &r, "salt=00", "data_blocks=1"]));
+        assert!(twice.is_err_and(|e| e.contains("more than once")));
+        let extra = LayerSpec::parse(&storage("0:3", &[&d, &r, "salt=00", "data_blocks=1", "ro"]));
+        assert!(extra.is_err_and(|e| e.contains("\"ro\" is not one of")));
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum Plan {
     Mount { fstype: &'static str, source: String, flags: MsFlags, data: String, dirs: Vec<PathBuf> },
 }
 
+/// The data options an overlay storage takes.
+const OVERLAY_OPTIONS: [&str; 3] = ["lowerdir", "upperdir", "workdir"];
+
 /// An absolute path that cannot climb out of where it points (`..`).
 fn clean_absolute(p: &str) -> bool {
     p.starts_with('/') && !Path::new(p).components().any(|c| c == Component::ParentDir)
@@ -66,6 +69,22 @@ pub fn plan(s: &Storage) -> Result<Planned, StorageError> {
         // A container root from verified layers: `lowerdir=` their mount points, a
         // writable upper layer in guest memory (`upperdir=`, `workdir=` are created).
         "overlayfs" => {
+            // lowerdir, upperdir and workdir once each and no other data: overlayfs takes the
+            // last `lowerdir=` it is given, and the policy judges the options as a set.
+            for key in OVERLAY_OPTIONS {
+                let given = s.options.iter().filter(|o| o.split_once('=').is_some_and(|(k, _)| k == key)).count();
+                if given != 1 {
+                    return Err(invalid(&format!("overlay needs option {key}= exactly once (given {given} times)")));
+                }
+            }
+            if let Some(other) = data
+                .split(',')
+                .find(|d| !d.is_empty() && !OVERLAY_OPTIONS.iter().any(|k| d.starts_with(&format!("{k}="))))
+            {
+                return Err(invalid(&format!(
+                    "overlay option {other:?} is not allowed (only lowerdir=, upperdir=, workdir=)"
+                )));
+            }
             for o in &s.options {
                 if let Some(dirs_) = o.strip_prefix("lowerdir=") {
                     if !dirs_.split(':').all(clean_absolute) {
@@ -189,10 +208,24 @@ mod tests {
         let s = storage("overlayfs", "overlay", &["lowerdir=/a:../b", "upperdir=/u", "workdir=/w"], "/r");
         assert!(plan(&s).expect_err("relative lower").to_string().contains("lowerdir"));
         let s = storage("overlayfs", "overlay", &["lowerdir=/a:/b", "upperdir=/u", "workdir=/w"], "/r");
-        let Planned { target, plan } = plan(&s).expect("valid overlay");
+        let Planned { target, plan: planned } = plan(&s).expect("valid overlay");
         assert_eq!(target, Path::new("/r"));
-        let Plan::Mount { fstype, data, dirs, .. } = plan else { panic!("a mount") };
+        let Plan::Mount { fstype, data, dirs, .. } = planned else { panic!("a mount") };
         assert_eq!((fstype, data.as_str()), ("overlay", "lowerdir=/a:/b,upperdir=/u,workdir=/w"));
         assert_eq!(dirs, [PathBuf::from("/u"), PathBuf::from("/w")]);
+        // overlayfs would use the last lowerdir: a second one is refused, as are missing
+        // dirs and data options beyond the three.
+        let twice = ["lowerdir=/a", "lowerdir=/etc", "upperdir=/u", "workdir=/w"];
+        let err = plan(&storage("overlayfs", "overlay", &twice, "/r")).expect_err("two lowerdirs").to_string();
+        assert!(err.contains("lowerdir= exactly once (given 2 times)"), "{err}");
+        let err =
+            plan(&storage("overlayfs", "overlay", &["lowerdir=/a", "upperdir=/u"], "/r")).expect_err("no workdir");
+        assert!(err.to_string().contains("workdir= exactly once (given 0 times)"), "{err}");
+        let extra = ["lowerdir=/a", "upperdir=/u", "workdir=/w", "redirect_dir=on"];
+        let err = plan(&storage("overlayfs", "overlay", &extra, "/r")).expect_err("other data").to_string();
+        assert!(err.contains("\"redirect_dir=on\" is not allowed"), "{err}");
+        assert!(
+            plan(&storage("overlayfs", "overlay", &["ro", "lowerdir=/a", "upperdir=/u", "workdir=/w"], "/r")).is_ok()
+        );
     }
 }

@@ -157,7 +157,8 @@ mod tests {
         });
         let overlay = serde_json::json!({
             "driver": "overlayfs", "source": "overlay", "fstype": "overlay", "mount_point": "/run/contrast/rootfs/c",
-            "options": ["lowerdir=/run/contrast/layers/c/0", "upperdir=/u", "workdir=/w"],
+            "options": ["lowerdir=/run/contrast/layers/c/0", "upperdir=/run/contrast/upper/c/upper",
+                        "workdir=/run/contrast/upper/c/work"],
         });
         serde_json::json!({
             "container_id": "c", "storages": [layer, overlay],
@@ -180,6 +181,79 @@ mod tests {
         );
         assert_eq!(eval(&rego, request(&"cd".repeat(32), &["sh"])), regorus::Value::Bool(false), "command");
         assert_eq!(policy_rego(&[image()]), rego, "deterministic");
+    }
+
+    /// Each way a host could bring unpinned bytes in next to pinned layers: refused.
+    #[test]
+    fn storages_and_mounts_beyond_the_pinned_ones_are_refused() {
+        let rego = policy_rego(&[image()]);
+        let pinned = || request(&"cd".repeat(32), &["sleep", "1000"]);
+        let refused = |what: &str, r: serde_json::Value| {
+            assert_eq!(eval(&rego, r), regorus::Value::Bool(false), "{what}");
+        };
+        // The host's own root hash in front of the pinned one: the agent would use the first.
+        let mut r = pinned();
+        r["storages"][0]["options"]
+            .as_array_mut()
+            .expect("options")
+            .insert(1, format!("root_hash={}", "00".repeat(32)).into());
+        refused("a second root_hash", r);
+        let mut r = pinned();
+        r["storages"][0]["mount_point"] = "/usr/bin".into();
+        refused("a layer mounted over the guest's programs", r);
+        let mut r = pinned();
+        r["storages"][1]["options"]
+            .as_array_mut()
+            .expect("options")
+            .push("lowerdir=/run/kata-containers/shared/containers".into());
+        refused("a second lowerdir (overlayfs takes the last)", r);
+        let mut r = pinned();
+        r["storages"][1]["options"][1] = "upperdir=/run/kata-containers/shared/containers".into();
+        refused("the copied files as the upper layer", r);
+        let mut r = pinned();
+        let storages = r["storages"].as_array_mut().expect("storages");
+        storages.reverse();
+        refused("the overlay before its layers", r);
+        let mut r = pinned();
+        r["OCI"]["Root"]["Path"] = "/run/contrast/rootfs/other".into();
+        r["storages"][1]["mount_point"] = "/run/contrast/rootfs/other".into();
+        refused("another container's root", r);
+
+        let with_mount = |m: serde_json::Value| {
+            let mut r = pinned();
+            r["OCI"]["Mounts"].as_array_mut().expect("mounts").push(m);
+            eval(&rego, r)
+        };
+        let kernel =
+            serde_json::json!({ "destination": "/dev/mqueue", "type_": "mqueue", "source": "mqueue", "options": [] });
+        assert_eq!(with_mount(kernel), regorus::Value::Bool(true));
+        for (what, m) in [
+            (
+                "a bind by its options",
+                serde_json::json!({ "destination": "/data", "type_": "none", "source": "/usr", "options": ["rbind"] }),
+            ),
+            (
+                "a host share",
+                serde_json::json!({ "destination": "/data", "type_": "virtiofs", "source": "contrast", "options": [] }),
+            ),
+            (
+                "a raw disk",
+                serde_json::json!({ "destination": "/data", "type_": "erofs", "source": "/dev/sda", "options": [] }),
+            ),
+            (
+                "proc as a bind",
+                serde_json::json!({ "destination": "/data", "type_": "proc", "source": "/etc", "options": ["bind"] }),
+            ),
+        ] {
+            assert_eq!(with_mount(m), regorus::Value::Bool(false), "{what}");
+        }
+
+        let sandbox = |storages: serde_json::Value| {
+            eval_rule(&rego, "CreateSandboxRequest", serde_json::json!({ "hostname": "pod", "storages": storages }))
+        };
+        assert_eq!(sandbox(serde_json::json!([])), regorus::Value::Bool(true));
+        let share = serde_json::json!([{ "driver": "virtio-fs", "source": "contrast", "mount_point": "/usr/bin", "options": [] }]);
+        assert_eq!(sandbox(share), regorus::Value::Bool(false), "a sandbox storage nobody judges");
     }
 
     #[test]

@@ -24,7 +24,6 @@ pub struct PinnedImage {
 /// guest's own pause; other containers only from their image's pinned layers.
 const RULES: &str = r#"package agent_policy
 
-default CreateSandboxRequest := true
 default DestroySandboxRequest := true
 default StartContainerRequest := true
 default RemoveContainerRequest := true
@@ -43,6 +42,10 @@ default ResumeContainerRequest := true
 default ExecProcessRequest := true
 default SetPolicyRequest := false
 
+# The sandbox mounts nothing: every storage is judged with the container it is for.
+default CreateSandboxRequest := false
+CreateSandboxRequest if { count(input.storages) == 0 }
+
 
 image_name := input.OCI.Annotations["io.kubernetes.cri.image-name"]
 
@@ -58,34 +61,65 @@ pause_allowed if {
 
 layer_storages := [s | some s in input.storages; s.driver == "contrast.layer"]
 
+# Each guest path a container's storages use, from its id alone.
+layer_dir(i) := concat("", ["/run/contrast/layers/", input.container_id, "/", format_int(i, 10)])
+upper_dir := concat("", ["/run/contrast/upper/", input.container_id])
+rootfs_dir := concat("", ["/run/contrast/rootfs/", input.container_id])
+
+# The four options and nothing else: a second `root_hash=` must not hide behind the pinned one.
 layer_matches(s, l) if {
+    count(s.options) == 4
     concat("=", ["digest", l.digest]) in s.options
     concat("=", ["root_hash", l.root_hash]) in s.options
     concat("=", ["salt", l.salt]) in s.options
     concat("=", ["data_blocks", format_int(l.data_blocks, 10)]) in s.options
 }
 
-# Exactly the image's layers, in order, under one overlay that is the container's root.
+# Exactly the image's layers, in order, each at its own place, then one overlay of them that
+# is the container's root, with a fresh upper layer of its own.
 layers_allowed(pinned) if {
-    count(layer_storages) == count(pinned.layers)
-    every i, s in layer_storages { layer_matches(s, pinned.layers[i]) }
-    overlays := [s | some s in input.storages; s.driver == "overlayfs"]
-    count(overlays) == 1
-    count(input.storages) == count(layer_storages) + 1
-    overlays[0].mount_point == input.OCI.Root.Path
-    n := count(layer_storages)
-    lower := concat(":", [layer_storages[n - 1 - i].mount_point | some i in numbers.range(0, n - 1)])
-    concat("=", ["lowerdir", lower]) in overlays[0].options
+    n := count(pinned.layers)
+    n > 0
+    count(input.storages) == n + 1
+    every i in numbers.range(0, n - 1) {
+        s := input.storages[i]
+        s.driver == "contrast.layer"
+        s.mount_point == layer_dir(i)
+        layer_matches(s, pinned.layers[i])
+    }
+    overlay := input.storages[n]
+    overlay.driver == "overlayfs"
+    overlay.mount_point == rootfs_dir
+    input.OCI.Root.Path == rootfs_dir
+    lower := concat(":", [layer_dir(n - 1 - i) | some i in numbers.range(0, n - 1)])
+    want := {
+        concat("=", ["lowerdir", lower]),
+        concat("", ["upperdir=", upper_dir, "/upper"]),
+        concat("", ["workdir=", upper_dir, "/work"]),
+    }
+    count(overlay.options) == count(want)
+    {o | some o in overlay.options} == want
 }
 
 command_allowed(pinned) if { is_null(pinned.command) }
 command_allowed(pinned) if { input.OCI.Process.Args == pinned.command }
 
-# Bind mounts only of the files the host copied in for this container, each at its own place.
+# Kernel file systems, which carry no bytes of the host's; and bind mounts only of the files
+# the host copied in for this container, each at its own place. A mount is a bind by its
+# options as much as by its type (`none` with `rbind` binds a guest path).
+kernel_file_systems := {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"}
+is_bind(m) if { m.type_ == "bind" }
+is_bind(m) if {
+    some o in m.options
+    o in {"bind", "rbind"}
+}
 copied_files := {"/etc/hosts": "hosts", "/etc/hostname": "hostname", "/etc/resolv.conf": "resolv.conf"}
-mount_allowed(m) if { m.type_ != "bind" }
 mount_allowed(m) if {
-    m.type_ == "bind"
+    not is_bind(m)
+    m.type_ in kernel_file_systems
+}
+mount_allowed(m) if {
+    is_bind(m)
     name := copied_files[m.destination]
     m.source == concat("", ["/run/kata-containers/shared/containers/", input.container_id, "-", name])
 }
@@ -120,7 +154,7 @@ CreateContainerRequest if {
     not is_sandbox
     some m in input.OCI.Mounts
     not mount_allowed(m)
-    print("bind mount of", m.source, "on", m.destination, "is not allowed by the policy")
+    print("mount of", m.source, "on", m.destination, "( type", m.type_, ") is not allowed by the policy")
     false
 }
 CreateContainerRequest if {
