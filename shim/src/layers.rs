@@ -24,36 +24,60 @@ pub const GUEST_PAUSE_ROOT: &str = "/run/contrast/pause";
 pub const GUEST_PAUSE_ARGS: &[&str] = &["/pause"];
 /// Largest layer blob read from containerd.
 const MAX_LAYER: usize = 8 << 30;
-/// virtio-scsi targets one pod may use over its lifetime (target 0 is left unused).
+/// virtio-scsi targets of a pod (target 0 is left unused).
 const MAX_TARGET: u32 = 255;
 
-/// The layer disks of each container of a pod, and the next free SCSI target.
+/// The layer disks of each container of a pod, and the SCSI targets free for new ones.
 #[derive(Default)]
 pub struct LayerDisks {
-    inner: Mutex<(u32, HashMap<String, Vec<String>>)>,
+    inner: Mutex<Targets>,
+}
+
+#[derive(Default)]
+struct Targets {
+    /// Targets up to this one have been handed out at least once.
+    highest: u32,
+    /// Targets whose disk was unplugged, oldest first.
+    freed: std::collections::VecDeque<u32>,
+    disks: HashMap<String, Vec<u32>>,
 }
 
 impl LayerDisks {
+    /// A target no disk is on. Fresh ones first: a target freed a moment ago may still be
+    /// known to the guest, whose removal of the old disk runs on after the unplug. Freed ones
+    /// (oldest first) once all 255 have been used, so restarts over a pod's life never run out.
     fn next_target(&self) -> Result<u32, ShimError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0 >= MAX_TARGET {
-            return Err(ShimError::FailedPrecondition(format!(
-                "this pod has used all {MAX_TARGET} layer disk slots; recreate the pod"
-            )));
+        if g.highest < MAX_TARGET {
+            g.highest += 1;
+            return Ok(g.highest);
         }
-        g.0 += 1;
-        Ok(g.0)
+        g.freed.pop_front().ok_or_else(|| {
+            ShimError::FailedPrecondition(format!(
+                "this pod has {MAX_TARGET} layer disks attached, the most it can have; remove containers or recreate the pod"
+            ))
+        })
     }
 
-    fn record(&self, container: &str, disk: String) {
+    fn record(&self, container: &str, target: u32) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.1.entry(container.to_owned()).or_default().push(disk);
+        g.disks.entry(container.to_owned()).or_default().push(target);
     }
 
-    pub fn take(&self, container: &str) -> Vec<String> {
+    fn take(&self, container: &str) -> Vec<u32> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.1.remove(container).unwrap_or_default()
+        g.disks.remove(container).unwrap_or_default()
     }
+
+    /// The disk on `target` is unplugged: the target can take another.
+    fn free(&self, target: u32) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.freed.push_back(target);
+    }
+}
+
+fn disk_name(target: u32) -> String {
+    format!("layer{target}")
 }
 
 /// Where a layer's image is cached, and its verity parameters.
@@ -128,13 +152,13 @@ pub async fn container_rootfs(
     for (i, layer) in layers.iter().enumerate() {
         let cached = cached_layer(&mut client, cache, &layer.digest).await?;
         let target = pod.layers.next_target()?;
-        let disk = format!("layer{target}");
+        // A failed attach may leave half a disk on the target (its block node): not reused.
         pod.vm
             .qmp()
-            .attach_scsi_disk(&disk, &cached.path, target)
+            .attach_scsi_disk(&disk_name(target), &cached.path, target)
             .await
             .map_err(|e| ShimError::Vm(Box::new(contrast_vmm::Error::Qmp(e))))?;
-        pod.layers.record(id, disk);
+        pod.layers.record(id, target);
         let mut s = agent::Storage::new();
         s.driver = "contrast.layer".into();
         s.source = format!("{target}:0");
@@ -181,9 +205,12 @@ pub fn forget_refused_layer(cache: &Path, guest_error: &str) {
 
 /// Unplugs the layer disks of container `id` (after the guest released them).
 pub async fn detach(pod: &crate::pod::Pod, id: &str) {
-    for disk in pod.layers.take(id) {
-        if let Err(e) = pod.vm.qmp().detach_scsi_disk(&disk).await {
-            tracing::warn!(disk, error = %e, "cannot unplug a layer disk");
+    for target in pod.layers.take(id) {
+        let disk = disk_name(target);
+        match pod.vm.qmp().detach_scsi_disk(&disk).await {
+            Ok(()) => pod.layers.free(target),
+            // Possibly still plugged: its target is not given out again.
+            Err(e) => tracing::warn!(disk, error = %e, "cannot unplug a layer disk"),
         }
     }
 }
@@ -191,6 +218,25 @@ pub async fn detach(pod: &crate::pod::Pod, id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pod whose containers restart keeps getting targets: fresh ones first, then the
+    /// unplugged ones, oldest first; none while all are attached.
+    #[test]
+    fn scsi_targets_are_reused_once_all_were_used() {
+        let disks = LayerDisks::default();
+        for want in 1..=MAX_TARGET {
+            assert_eq!(disks.next_target().expect("a fresh target"), want);
+            disks.record(&format!("c{}", want % 3), want);
+        }
+        assert!(disks.next_target().is_err(), "all attached");
+        let freed = disks.take("c1");
+        assert_eq!(freed.len(), 85);
+        for t in &freed {
+            disks.free(*t);
+        }
+        assert_eq!(disks.next_target().expect("a freed target"), freed[0]);
+        assert_eq!(disks.next_target().expect("a freed target"), freed[1]);
+    }
 
     #[test]
     fn a_refused_layer_leaves_the_cache() {

@@ -24,6 +24,9 @@ const HOSTNAME_MAX: usize = 64;
 /// File in a container's bundle naming the runtime config its pod was started with (as
 /// runc's shim keeps `options.json` there): `delete` reads it when the daemon is gone.
 pub const BUNDLE_CONFIG_PATH_FILE: &str = "contrast-runtime-config";
+/// The file in a container's bundle that names its pod's state dir, for `delete` after a
+/// dead shim even when the runtime config no longer loads (moved, edited, uninstalled).
+pub const BUNDLE_STATE_DIR_FILE: &str = "contrast-state-dir";
 
 pub struct Pod {
     pub id: String,
@@ -64,6 +67,19 @@ pub fn record_config_path(bundle: &Path, config_path: &Path) -> Result<(), ShimE
             source: e,
         }
     })
+}
+
+pub fn record_state_dir(bundle: &Path, state: &Path) -> Result<(), ShimError> {
+    std::fs::write(bundle.join(BUNDLE_STATE_DIR_FILE), state.as_os_str().as_encoded_bytes()).map_err(|e| {
+        ShimError::Io { what: format!("recording the pod's state dir in the bundle {}", bundle.display()), source: e }
+    })
+}
+
+/// The pod state dir recorded in `bundle` at create, if any.
+pub fn recorded_state_dir(bundle: &Path) -> Option<PathBuf> {
+    let text = std::fs::read(bundle.join(BUNDLE_STATE_DIR_FILE)).ok()?;
+    let path = PathBuf::from(std::ffi::OsString::from(String::from_utf8(text).ok()?));
+    path.is_absolute().then_some(path)
 }
 
 /// The runtime config for `delete`: the one recorded in `bundle`, else where the shim looks
@@ -346,12 +362,8 @@ pub fn cleanup_dead_pod(state: &Path) {
             }
         }
     }
+    // Removes the state dir too, never through a mount left in it.
     crate::rootfs::unmount_all(state);
-    if let Err(e) = std::fs::remove_dir_all(state) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %state.display(), error = %e, "cannot remove state dir");
-        }
-    }
 }
 
 #[cfg(test)]

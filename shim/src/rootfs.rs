@@ -73,21 +73,62 @@ pub fn share_bind_mounts(mounts: &[Mount], host_dir: &Path, guest_dir: &str) -> 
     Ok(out)
 }
 
-/// Unmounts everything mounted at or below `dir` (deepest first) and removes `dir`.
+/// Unmounts everything mounted at or below `dir` (deepest first) and removes `dir`, unless a
+/// mount is still there: removing through it would delete the files of whatever is mounted
+/// (a host directory bound in read-write).
 pub fn unmount_all(dir: &Path) {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
+    let mut points = mount_points_below(dir);
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
         if let Err(e) = umount2(&p, MntFlags::MNT_DETACH) {
             tracing::warn!(mount = %p.display(), error = %e, "cannot unmount");
         }
     }
+    let left = mount_points_below(dir);
+    if !left.is_empty() {
+        tracing::warn!(dir = %dir.display(), mounts = ?left, "still mounted below; left in place");
+        return;
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove");
+        }
+    }
+}
+
+/// Mount points at or below `dir`, from this process's mountinfo.
+fn mount_points_below(dir: &Path) -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_octal(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape_octal(s: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && (b'0'..=b'3').contains(&d[0]) && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 fn split_options(options: &[String]) -> (MsFlags, String) {
@@ -106,4 +147,31 @@ fn split_options(options: &[String]) -> (MsFlags, String) {
         }
     }
     (flags, data.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_read_back() {
+        assert_eq!(unescape_octal(r"/a\040b\011c\012d\134e"), std::ffi::OsString::from("/a b\tc\nd\\e"));
+        assert_eq!(unescape_octal(r"/x\777\04"), std::ffi::OsString::from(r"/x\777\04"), "not octal bytes: kept");
+    }
+
+    /// A directory whose mountinfo path needs escaping (a tab) is unmounted and removed; the
+    /// host directory that was bound there keeps its files.
+    #[test]
+    fn unmount_all_removes_the_dir_and_never_what_was_mounted() {
+        let host = tempfile::tempdir().expect("tempdir");
+        std::fs::write(host.path().join("keep"), "host data").expect("write");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("c\t1").join("0/mounts/0");
+        std::fs::create_dir_all(&target).expect("mkdir");
+        bind(host.path(), &target, false).expect("bind (tests run as root)");
+        let dir = dir.keep();
+        unmount_all(&dir);
+        assert!(!dir.exists(), "the dir is removed");
+        assert_eq!(std::fs::read_to_string(host.path().join("keep")).expect("host file"), "host data");
+    }
 }

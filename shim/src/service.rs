@@ -259,6 +259,7 @@ impl Inner {
         let pod = match pod_guard.as_ref() {
             Some(p) => {
                 pod::record_config_path(&bundle, &p.config_path)?;
+                pod::record_state_dir(&bundle, p.vm.state_dir())?;
                 p.clone()
             }
             None => {
@@ -267,6 +268,7 @@ impl Inner {
                 // Before anything is started: `delete` after a SIGKILLed shim finds the pod
                 // through this even when the config is not where it would look by itself.
                 pod::record_config_path(&bundle, &config_path)?;
+                pod::record_state_dir(&bundle, &pod::state_dir(&config, &self.namespace, &sandbox_id))?;
                 let annotations: BTreeMap<String, String> =
                     spec.annotations().clone().unwrap_or_default().into_iter().collect();
                 let sizing = pod::PodSpec {
@@ -402,7 +404,7 @@ impl Inner {
         }
         tracing::info!(guest_create_ms = agent_started.elapsed().as_millis() as u64, "container created in the guest");
         let init = Proc::new("", req.terminal, &req.stdin, &req.stdout, &req.stderr);
-        let streams = Streams::start(
+        let streams = match Streams::start(
             &pod.agent,
             &self.namespace,
             &req.id,
@@ -411,8 +413,19 @@ impl Inner {
             &req.stdout,
             &req.stderr,
             req.terminal,
-        )
-        .map_err(|e| ShimError::Io { what: "opening stdio FIFOs".into(), source: e })?;
+        ) {
+            Ok(streams) => streams,
+            Err(e) => {
+                // The guest has the container already: it goes with the rest.
+                let mut rreq = agent::RemoveContainerRequest::new();
+                rreq.container_id = req.id.clone();
+                if let Err(r) = pod.agent.remove_container(&rreq).await {
+                    tracing::warn!(container = %req.id, error = %r, "removing the container after its stdio failed");
+                }
+                undo().await;
+                return Err(ShimError::Io { what: "opening stdio FIFOs".into(), source: e });
+            }
+        };
         *init.streams.lock().await = Some(streams);
         let ctr =
             Arc::new(Ctr { id: req.id.clone(), bundle: req.bundle.clone(), init, execs: Mutex::new(HashMap::new()) });

@@ -61,21 +61,32 @@ impl Shim for ContrastShim {
     /// The daemon is gone: kill what it started for this pod and remove its traces.
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         let bundle = if self.bundle.is_empty() { std::path::PathBuf::from(".") } else { self.bundle.clone().into() };
-        let sandbox = oci_spec::runtime::Spec::load(bundle.join("config.json"))
-            .map(|s| crate::spec::sandbox_id(&s, &self.id))
-            .unwrap_or_else(|_| self.id.clone());
-        match pod::recorded_config(&bundle) {
-            Ok((_, config)) => {
-                let state = pod::state_dir(&config, &self.namespace, &sandbox);
-                if sandbox == self.id {
-                    // The socket first: whoever sees the state dir gone sees the socket gone.
-                    remove_dead_socket(&bundle);
-                    pod::cleanup_dead_pod(&state);
-                } else {
-                    crate::rootfs::unmount_all(&state.join("shared").join(&self.id));
-                }
+        // The pod's state dir as recorded at create (`<root>/<namespace>/<sandbox id>`: the
+        // last component says whether this task is the sandbox, config.json or not); from
+        // the runtime config for a bundle of an older shim.
+        let target = match pod::recorded_state_dir(&bundle) {
+            Some(state) => {
+                let sandbox = state.file_name().is_some_and(|n| n == self.id.as_str());
+                Ok((state, sandbox))
             }
-            Err(e) => tracing::warn!(error = %e, "delete: no runtime config; nothing to clean"),
+            None => {
+                let sandbox = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+                    .map(|s| crate::spec::sandbox_id(&s, &self.id))
+                    .unwrap_or_else(|_| self.id.clone());
+                pod::recorded_config(&bundle)
+                    .map(|(_, config)| (pod::state_dir(&config, &self.namespace, &sandbox), sandbox == self.id))
+            }
+        };
+        match target {
+            Ok((state, true)) => {
+                // The socket first: whoever sees the state dir gone sees the socket gone.
+                remove_dead_socket(&bundle);
+                pod::cleanup_dead_pod(&state);
+            }
+            Ok((state, false)) => crate::rootfs::unmount_all(&state.join("shared").join(&self.id)),
+            Err(e) => {
+                tracing::warn!(error = %e, "delete: no state dir recorded and no runtime config; nothing to clean")
+            }
         }
         Ok(DeleteResponse {
             exit_status: DEAD_SHIM_STATUS,

@@ -107,7 +107,7 @@ containerd_matrix! {
         let text = std::fs::read_to_string(&out_file).expect("logger wrote");
         assert!(text.contains("via-binary\n") && text.contains("err\n"), "{text:?}");
         assert_eq!(std::fs::read_to_string(&id_file).expect("logger finished").trim(), "t4");
-        assert_clean(&cd);
+        wait_clean(&cd, CLEANUP_DEADLINE);
     }
 }
 
@@ -134,7 +134,7 @@ containerd_matrix! {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("exit code 137"), "{err}");
         cd.ctr_ok(&["container", "rm", "t"]).expect("container rm");
-        assert_clean(&cd);
+        wait_clean(&cd, CLEANUP_DEADLINE);
     }
 }
 
@@ -225,6 +225,11 @@ containerd_matrix! {
         let pod_dir = |id: &str| cd.pod_root().join(NAMESPACE).join(id);
         let neighbour = contrast_tests::processes_mentioning(&pod_dir("orphan2"));
         assert!(neighbour.len() >= 2, "orphan2's QEMU and helpers: {neighbour:?}");
+        // The runtime config is gone when the cleanup runs (an upgrade moved it): the pod's
+        // state dir recorded in the bundle is enough. Before, `delete` cleaned nothing.
+        let config = cd.dir.path().join("bin/configuration.toml");
+        let moved = cd.dir.path().join("bin/configuration.toml.moved");
+        std::fs::rename(&config, &moved).expect("move the runtime config away");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim as i32), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
         // containerd notices the dead shim and runs `<shim> delete`, which stops the pod.
         let end = Instant::now() + CLEANUP_DEADLINE;
@@ -236,6 +241,7 @@ containerd_matrix! {
         let _ = cd.ctr(&["task", "delete", "orphan"]);
         let _ = cd.ctr(&["container", "rm", "orphan"]);
         assert!(!socket.exists(), "the dead shim's socket {} is left behind", socket.display());
+        std::fs::rename(&moved, &config).expect("the runtime config back");
         // Before the fix, the cleanup killed every process whose command line contained
         // `…/orphan`: orphan2's QEMU and helpers too.
         let pids = |procs: &[(u32, String)]| {
@@ -410,7 +416,7 @@ containerd_matrix! {
         // vCPUs (through the MP table the file's boot stub picks for QEMU's vCPU count).
         let cmdline = std::fs::read_to_string(image.join("cmdline")).expect("the image's cmdline");
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\n2\n", cmdline.trim()));
-        assert_clean(&cd);
+        wait_clean(&cd, CLEANUP_DEADLINE);
     }
 }
 
@@ -449,6 +455,44 @@ containerd_matrix! {
         wait_status(&cd, "pod", "STOPPED", Duration::from_secs(10));
         let _ = cd.ctr(&["task", "delete", "pod"]);
         cd.ctr_ok(&["container", "rm", "pod"]).expect("container rm");
-        assert_clean(&cd);
+        wait_clean(&cd, CLEANUP_DEADLINE);
+    }
+}
+
+containerd_matrix! {
+    /// A container whose output cannot be opened (a log file where none can be made) fails
+    /// its create after the guest made it: the guest's container and the shared rootfs go
+    /// with it, so the id is free again at once.
+    fn container_whose_stdio_fails_leaves_nothing_in_its_pod(release: Release) {
+        let cd = containerd(release);
+        cd.ctr_ok(&["run", "--runtime", RUNTIME, "-d", IMAGE, "pod", "sleep", "1000"]).expect("the pod");
+        let in_pod = |extra: &[&str]| {
+            let mut args = vec![
+                "run",
+                "--runtime",
+                RUNTIME,
+                "--rm",
+                "--annotation",
+                "io.kubernetes.cri.sandbox-id=pod",
+                "--annotation",
+                "io.kubernetes.cri.container-type=container",
+            ];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&[IMAGE, "app", "echo", "hi"]);
+            cd.ctr(&args)
+        };
+        let out = in_pod(&["--log-uri", "file:///proc/no-such-dir/app.log"]);
+        assert!(!out.status.success(), "a log file under /proc cannot be made");
+        let _ = cd.ctr(&["container", "rm", "app"]);
+        let shared = cd.pod_root().join(NAMESPACE).join("pod/shared/app");
+        assert!(!shared.exists(), "{} left behind", shared.display());
+        let out = in_pod(&[]);
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cd.log());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+        cd.ctr_ok(&["task", "kill", "-s", "KILL", "pod"]).expect("kill the pod");
+        wait_status(&cd, "pod", "STOPPED", Duration::from_secs(10));
+        let _ = cd.ctr(&["task", "delete", "pod"]);
+        cd.ctr_ok(&["container", "rm", "pod"]).expect("container rm");
+        wait_clean(&cd, CLEANUP_DEADLINE);
     }
 }
