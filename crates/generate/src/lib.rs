@@ -248,6 +248,22 @@ mod tests {
             assert_eq!(with_mount(m), regorus::Value::Bool(false), "{what}");
         }
 
+        // The pause container runs the guest's own binary: nothing may be mounted over it.
+        let pause = |mounts: serde_json::Value| {
+            let r = serde_json::json!({
+                "container_id": "p", "storages": [],
+                "OCI": { "Root": { "Path": "/run/contrast/pause", "Readonly": true },
+                         "Process": { "Args": ["/pause"] }, "Mounts": mounts,
+                         "Annotations": { "io.kubernetes.cri.container-type": "sandbox" } },
+            });
+            eval(&rego, r)
+        };
+        let proc_ = serde_json::json!({ "destination": "/proc", "type_": "proc", "source": "proc", "options": [] });
+        assert_eq!(pause(serde_json::json!([proc_])), regorus::Value::Bool(true));
+        let over = serde_json::json!({ "destination": "/pause", "type_": "bind",
+            "source": "/run/kata-containers/shared/containers/p-hosts", "options": ["rbind"] });
+        assert_eq!(pause(serde_json::json!([proc_, over])), regorus::Value::Bool(false), "a copied file over /pause");
+
         let sandbox = |storages: serde_json::Value| {
             eval_rule(&rego, "CreateSandboxRequest", serde_json::json!({ "hostname": "pod", "storages": storages }))
         };

@@ -57,6 +57,7 @@ pause_allowed if {
     input.OCI.Root.Path == "/run/contrast/pause"
     input.OCI.Process.Args == ["/pause"]
     count(input.storages) == 0
+    mounts_allowed
 }
 
 layer_storages := [s | some s in input.storages; s.driver == "contrast.layer"]
