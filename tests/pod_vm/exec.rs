@@ -65,11 +65,40 @@ async fn exec_tty_resize_close_stdin_and_pid_namespaces() {
     assert_eq!(pod.read_all_stdout("main", "cat").await.expect("cat output"), b"through the pipe\n");
     assert_eq!(pod.wait("main", "cat").await.expect("cat exit"), 0);
 
-    // Exec into an unknown container / duplicate exec id.
+    // Exec into an unknown container / an exec id still in use.
     let err = pod.agent.exec_process(&exec_request("nope", "x", &["true"], false)).await.unwrap_err();
     assert_eq!(err.code, ttrpc::Code::NOT_FOUND, "{err}");
-    let err = pod.agent.exec_process(&exec_request("main", "cat", &["true"], false)).await.unwrap_err();
+    pod.agent.exec_process(&exec_request("main", "sleeper", &["sleep", "1000"], false)).await.expect("exec sleep");
+    let err = pod.agent.exec_process(&exec_request("main", "sleeper", &["true"], false)).await.unwrap_err();
     assert_eq!(err.code, ttrpc::Code::ALREADY_EXISTS, "{err}");
+
+    // An exec whose exit was reported and whose output was read to its end is gone from
+    // the agent, descriptors and all (before, every exec stayed until its container was
+    // removed: exec probes ran the agent out of descriptors); its id is free again.
+    assert!(pod.read_all_stderr("main", "cat").await.expect("cat's stderr").is_empty());
+    let reused = async {
+        loop {
+            match pod.agent.exec_process(&exec_request("main", "cat", &["echo", "again"], false)).await {
+                Ok(_) => return,
+                Err(e) if e.code == ttrpc::Code::ALREADY_EXISTS => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("exec again: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reused).await.expect("the exec id is free once its output ended");
+    assert_eq!(pod.read_all_stdout("main", "cat").await.expect("output"), b"again\n");
+    assert_eq!(pod.wait("main", "cat").await.expect("exit"), 0);
+    // The terminal's shell too (one output, the terminal).
+    pod.read_all_stdout("main", "shell").await.expect("the rest of the terminal's output");
+    let reused = async {
+        while pod.agent.exec_process(&exec_request("main", "shell", &["true"], true)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reused).await.expect("the terminal exec's id is free");
+    assert_eq!(pod.wait("main", "shell").await.expect("exit"), 0);
+    pod.signal("main", "sleeper", 9).await.expect("kill sleeper");
+    assert_eq!(pod.wait("main", "sleeper").await.expect("sleeper exit"), 137);
 
     // PID namespaces: a container that shares the sandbox's sees `sleep 1000` of the first
     // container (the namespace holder); one with its own does not.

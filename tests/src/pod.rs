@@ -198,13 +198,23 @@ impl TestPod {
 
     /// Reads stdout of a process until end of stream.
     pub async fn read_all_stdout(&self, id: &str, exec_id: &str) -> Result<Vec<u8>, AgentError> {
+        self.read_all(id, exec_id, false).await
+    }
+
+    /// Reads stderr of a process until end of stream.
+    pub async fn read_all_stderr(&self, id: &str, exec_id: &str) -> Result<Vec<u8>, AgentError> {
+        self.read_all(id, exec_id, true).await
+    }
+
+    async fn read_all(&self, id: &str, exec_id: &str, stderr: bool) -> Result<Vec<u8>, AgentError> {
         let mut out = Vec::new();
         loop {
             let mut req = agent::ReadStreamRequest::new();
             req.container_id = id.into();
             req.exec_id = exec_id.into();
             req.len = 32 * 1024;
-            match self.agent.read_stdout(&req).await {
+            let read = if stderr { self.agent.read_stderr(&req).await } else { self.agent.read_stdout(&req).await };
+            match read {
                 Ok(resp) => out.extend_from_slice(&resp.data),
                 Err(e) if e.code == ttrpc::Code::OUT_OF_RANGE => return Ok(out),
                 Err(e) => return Err(e),
@@ -212,7 +222,6 @@ impl TestPod {
         }
     }
 
-    /// Reads one chunk of a process's stdout.
     pub async fn read_stdout(&self, id: &str, exec_id: &str) -> Result<Vec<u8>, AgentError> {
         let mut req = agent::ReadStreamRequest::new();
         req.container_id = id.into();

@@ -106,6 +106,8 @@ impl agent_ttrpc::AgentService for AgentService {
             // An OOM kill that ended the container is queued before its exit is answered,
             // so GetOOMEvent reports it before the host can remove the container.
             self.sandbox.note_oom_kills(&req.container_id);
+        } else {
+            self.sandbox.forget_exec(&req.container_id, &req.exec_id, p);
         }
         Ok(resp)
     }

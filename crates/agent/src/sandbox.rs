@@ -26,6 +26,8 @@ const CONSOLE_ROOT: &str = "/run/contrast/console";
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long RemoveContainer waits for a killed container when the request names no timeout.
 const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an exited exec's output may stay unread before the exec is forgotten.
+const EXEC_OUTPUT_GRACE: Duration = Duration::from_secs(30);
 /// How often GetOOMEvent looks at the containers' memory.events.
 const OOM_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -185,6 +187,22 @@ impl Sandbox {
         }
         let execs = lock(&c.execs);
         execs.get(exec_id).cloned().ok_or_else(|| Error::NotFound(format!("process {exec_id} in container {id}")))
+    }
+
+    /// An exec whose exit has been reported goes once the host has read its output to the
+    /// end (or after [`EXEC_OUTPUT_GRACE`], for output nobody reads or a child of it still
+    /// holds): its record and descriptors no longer stay until the container is removed
+    /// (exec probes would exhaust the agent's descriptors), and its id is free again.
+    pub fn forget_exec(&self, id: &str, exec_id: &str, p: Arc<Process>) {
+        let Ok(c) = self.container(id) else { return };
+        let exec_id = exec_id.to_owned();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(EXEC_OUTPUT_GRACE, p.io.drained()).await;
+            let mut execs = lock(&c.execs);
+            if execs.get(&exec_id).is_some_and(|q| Arc::ptr_eq(q, &p)) {
+                execs.remove(&exec_id);
+            }
+        });
     }
 
     pub fn create_sandbox(&self, req: &agent::CreateSandboxRequest) -> Result<(), Error> {

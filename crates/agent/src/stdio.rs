@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::fcntl::OFlag;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 /// Largest chunk one `ReadStdout`/`ReadStderr` returns.
 const MAX_READ: usize = 1 << 20;
@@ -34,6 +34,8 @@ pub struct ProcessIo {
     stdout: Mutex<Reader>,
     stderr: Mutex<Reader>,
     pty: Option<OwnedFd>,
+    /// How many outputs have not reached their end yet; each closes its descriptor there.
+    open_outputs: watch::Sender<u8>,
 }
 
 impl ProcessIo {
@@ -48,6 +50,7 @@ impl ProcessIo {
             stdout: Mutex::new(Reader::Pipe(pipe::Receiver::from_owned_fd(out_r)?)),
             stderr: Mutex::new(Reader::Pipe(pipe::Receiver::from_owned_fd(err_r)?)),
             pty: None,
+            open_outputs: watch::Sender::new(2),
         };
         Ok((io, [in_r, out_w, err_w]))
     }
@@ -61,15 +64,33 @@ impl ProcessIo {
             stdout: Mutex::new(Reader::Pty(tokio::fs::File::from_std(reader))),
             stderr: Mutex::new(Reader::None),
             pty: Some(master),
+            open_outputs: watch::Sender::new(1),
         })
     }
 
     pub async fn read_stdout(&self, len: usize) -> io::Result<Vec<u8>> {
-        read(&mut *self.stdout.lock().await, len).await
+        self.read(&self.stdout, len).await
     }
 
     pub async fn read_stderr(&self, len: usize) -> io::Result<Vec<u8>> {
-        read(&mut *self.stderr.lock().await, len).await
+        self.read(&self.stderr, len).await
+    }
+
+    /// Reads; at the end of the stream the reader's descriptor is closed at once (and every
+    /// later read answers the end again).
+    async fn read(&self, reader: &Mutex<Reader>, len: usize) -> io::Result<Vec<u8>> {
+        let mut reader = reader.lock().await;
+        let data = read(&mut reader, len).await?;
+        if data.is_empty() && !matches!(*reader, Reader::None) {
+            *reader = Reader::None;
+            self.open_outputs.send_modify(|n| *n = n.saturating_sub(1));
+        }
+        Ok(data)
+    }
+
+    /// Until every output has been read to its end.
+    pub async fn drained(&self) {
+        let _ = self.open_outputs.subscribe().wait_for(|n| *n == 0).await;
     }
 
     pub async fn write_stdin(&self, data: &[u8]) -> io::Result<usize> {
@@ -119,4 +140,29 @@ async fn read(reader: &mut Reader, len: usize) -> io::Result<Vec<u8>> {
     };
     buf.truncate(n);
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn outputs_close_at_their_end_and_report_drained() {
+        let (io, [_stdin, out_w, err_w]) = ProcessIo::pipes().expect("pipes");
+        nix::unistd::write(&out_w, b"hi").expect("write");
+        drop(out_w);
+        assert_eq!(io.read_stdout(16).await.expect("read"), b"hi");
+        assert!(io.read_stdout(16).await.expect("read").is_empty(), "end of stdout");
+        assert!(matches!(*io.stdout.lock().await, Reader::None), "stdout's descriptor is closed at its end");
+        let drained = io.drained();
+        tokio::pin!(drained);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut drained).await.is_err(),
+            "stderr is still open"
+        );
+        drop(err_w);
+        assert!(io.read_stderr(16).await.expect("read").is_empty());
+        assert!(io.read_stderr(16).await.expect("read").is_empty(), "the end again, from a closed reader");
+        tokio::time::timeout(std::time::Duration::from_secs(5), drained).await.expect("both outputs drained");
+    }
 }
