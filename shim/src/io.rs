@@ -23,7 +23,7 @@ enum Output {
 impl Streams {
     /// Opens the FIFOs containerd created (empty path: not attached) and starts pumping.
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    pub async fn start(
         agent: &AgentClient,
         namespace: &str,
         id: &str,
@@ -37,7 +37,7 @@ impl Streams {
         // `binary://<logger>?k=v`: both streams go to a logging binary (containerd's shim
         // logging protocol); it is started once for the process.
         if stdout.starts_with("binary://") {
-            let (out, err) = crate::logbinary::start(stdout, id, namespace)?;
+            let (out, err) = crate::logbinary::start(stdout, id, namespace).await?;
             outputs.push(tokio::spawn(pump_out(agent.clone(), id.to_owned(), exec_id.to_owned(), out, Output::Stdout)));
             if !terminal {
                 outputs.push(tokio::spawn(pump_out(

@@ -14,13 +14,17 @@ use crate::io::Sink;
 
 /// First descriptor number of the three the logging binary receives.
 const LOGGER_FD_BASE: i32 = 3;
+/// How long a logging binary may take to say it is ready.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn invalid(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, msg)
 }
 
-/// Starts the logging binary; returns the sinks for stdout and stderr once it is ready.
-pub fn start(uri: &str, id: &str, namespace: &str) -> std::io::Result<(Sink, Sink)> {
+/// Starts the logging binary; returns the sinks for stdout and stderr once it is ready. One
+/// that is not ready within [`READY_TIMEOUT`] is killed; the daemon's other calls go on
+/// meanwhile.
+pub async fn start(uri: &str, id: &str, namespace: &str) -> std::io::Result<(Sink, Sink)> {
     let rest = uri.strip_prefix("binary://").ok_or_else(|| invalid(format!("not a binary:// URI: {uri}")))?;
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if !path.starts_with('/') {
@@ -44,7 +48,9 @@ pub fn start(uri: &str, id: &str, namespace: &str) -> std::io::Result<(Sink, Sin
         .env("CONTAINER_NAMESPACE", namespace)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(Stdio::null())
+        // Its own process group: a logger that never gets ready goes with whatever it started.
+        .process_group(0);
     // SAFETY: only fcntl/dup2 (async-signal-safe) run between fork and exec, on descriptors
     // that stay open in the parent until spawn returns.
     unsafe {
@@ -63,11 +69,27 @@ pub fn start(uri: &str, id: &str, namespace: &str) -> std::io::Result<(Sink, Sin
     }
     let mut child = cmd.spawn().map_err(|e| invalid(format!("starting logging binary {path}: {e}")))?;
     drop((out_r, err_r, ready_w));
+    let ready = tokio::time::timeout(READY_TIMEOUT, wait_ready(ready_r)).await;
+    let failed = match ready {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(std::io::Error::new(e.kind(), format!("waiting for logging binary {path}: {e}"))),
+        Err(_) => Some(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("logging binary {path} was not ready within {}s", READY_TIMEOUT.as_secs()),
+        )),
+    };
+    if failed.is_some() {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
     // The logger exits when the process's output ends; reap it then.
     tokio::spawn(async move {
         let _ = child.wait().await;
     });
-    wait_ready(ready_r)?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     Ok((Sink::Fifo(pipe::Sender::from_owned_fd(out_w)?), Sink::Fifo(pipe::Sender::from_owned_fd(err_w)?)))
 }
 
@@ -82,10 +104,11 @@ fn libc_dup_high(fd: i32) -> std::io::Result<i32> {
     }
 }
 
-/// Blocks until the logger closes or writes to its readiness pipe.
-fn wait_ready(ready: OwnedFd) -> std::io::Result<()> {
-    let mut file = std::fs::File::from(ready);
+/// Until the logger closes or writes to its readiness pipe.
+async fn wait_ready(ready: OwnedFd) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = pipe::Receiver::from_owned_fd(ready)?;
     let mut b = [0u8; 1];
-    let _ = std::io::Read::read(&mut file, &mut b)?;
+    let _ = reader.read(&mut b).await?;
     Ok(())
 }

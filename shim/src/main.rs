@@ -91,8 +91,18 @@ fn main() {
     };
     let pod = flag_value(&args, "-id").unwrap_or_default();
     // Daemon mode (no `start`/`delete` action): log into the bundle's FIFO from the start.
-    if !matches!(args.last().map(String::as_str), Some("start" | "delete")) {
-        init_logging(args.iter().any(|a| a == "-debug"));
+    // `delete` warns on stderr: containerd logs what it says as "cleanup warnings".
+    match args.last().map(String::as_str) {
+        Some("start") => {}
+        Some("delete") => {
+            let level = if args.iter().any(|a| a == "-debug") { tracing::Level::DEBUG } else { tracing::Level::WARN };
+            let _ = tracing_subscriber::fmt()
+                .with_max_level(level)
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+        _ => init_logging(args.iter().any(|a| a == "-debug")),
     }
     // The runtime is single-threaded: a span entered here is current for every task.
     let span = tracing::info_span!("shim", pod = %pod);

@@ -413,7 +413,9 @@ impl Inner {
             &req.stdout,
             &req.stderr,
             req.terminal,
-        ) {
+        )
+        .await
+        {
             Ok(streams) => streams,
             Err(e) => {
                 // The guest has the container already: it goes with the rest.
@@ -477,7 +479,15 @@ impl Inner {
                 &p.stderr,
                 p.terminal,
             )
-            .map_err(|e| ShimError::Io { what: "opening stdio FIFOs".into(), source: e })?;
+            .await;
+            let streams = match streams {
+                Ok(streams) => streams,
+                Err(e) => {
+                    // The guest runs the process already: it does not outlive the failed start.
+                    stop_guest_exec(&pod.agent, &req.id, &req.exec_id).await;
+                    return Err(ShimError::Io { what: "opening stdio FIFOs".into(), source: e });
+                }
+            };
             *p.streams.lock().await = Some(streams);
         }
         // The VM may have died while the guest started it: then it stays STOPPED (255).
@@ -597,6 +607,24 @@ impl Inner {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Kills an exec the guest started and reaps it there, so that the agent forgets it.
+async fn stop_guest_exec(agent: &contrast_agent_protocol::AgentClient, id: &str, exec_id: &str) {
+    let mut sreq = agent::SignalProcessRequest::new();
+    sreq.container_id = id.into();
+    sreq.exec_id = exec_id.into();
+    sreq.signal = SIGKILL;
+    if let Err(e) = agent.signal_process(&sreq).await {
+        tracing::warn!(container = %id, exec = %exec_id, error = %e, "killing the exec after its stdio failed");
+        return;
+    }
+    let mut wreq = agent::WaitProcessRequest::new();
+    wreq.container_id = id.into();
+    wreq.exec_id = exec_id.into();
+    if let Err(e) = agent.wait_process(&wreq).await {
+        tracing::warn!(container = %id, exec = %exec_id, error = %e, "reaping the exec after its stdio failed");
     }
 }
 

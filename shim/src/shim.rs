@@ -80,8 +80,17 @@ impl Shim for ContrastShim {
         match target {
             Ok((state, true)) => {
                 // The socket first: whoever sees the state dir gone sees the socket gone.
-                remove_dead_socket(&bundle);
+                let kept = remove_dead_socket(&bundle);
                 pod::cleanup_dead_pod(&state);
+                // One that still answered may have been held by a process of the pod's,
+                // which the cleanup just ended.
+                if let Some(path) = kept {
+                    if remove_unserved_socket(&path) {
+                        tracing::warn!(socket = %path.display(), "delete: the shim socket answered until the pod's processes were gone; removed");
+                    } else {
+                        tracing::warn!(socket = %path.display(), holders = %socket_holders(&path), "delete: the shim socket is still served after the pod's cleanup; kept");
+                    }
+                }
             }
             Ok((state, false)) => crate::rootfs::unmount_all(&state.join("shared").join(&self.id)),
             Err(e) => {
@@ -142,13 +151,22 @@ fn remove_own_socket(path: &std::path::Path, identity: (u64, u64)) {
 /// Removes the socket of the pod's daemon named in `<bundle>/address` (written by `start`),
 /// unless something still answers on it: the containerd-shim crate removes it only on an
 /// orderly exit, so every SIGKILLed shim left one in `/run/containerd/s` (containerd's runc
-/// shim removes it in `delete` too).
-fn remove_dead_socket(bundle: &std::path::Path) {
-    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else { return };
+/// shim removes it in `delete` too). Returns the path of a socket it kept.
+fn remove_dead_socket(bundle: &std::path::Path) -> Option<std::path::PathBuf> {
+    let address = std::fs::read_to_string(bundle.join("address")).ok()?;
     let path = socket_path(&address);
+    if remove_unserved_socket(path) {
+        return None;
+    }
+    tracing::info!(socket = %path.display(), "delete: the shim socket is still served; kept");
+    Some(path.to_owned())
+}
+
+/// Removes the socket at `path` unless something accepts connections on it; whether it is
+/// gone (or was never there).
+fn remove_unserved_socket(path: &std::path::Path) -> bool {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        tracing::info!(socket = %path.display(), "delete: the shim socket is still served; kept");
-        return;
+        return false;
     }
     if file_identity(path).is_some() {
         match std::fs::remove_file(path) {
@@ -156,6 +174,44 @@ fn remove_dead_socket(bundle: &std::path::Path) {
             Err(e) => tracing::warn!(socket = %path.display(), error = %e, "delete: removing the dead shim's socket"),
         }
     }
+    true
+}
+
+/// The processes holding the listening socket bound at `path`, as `pid (comm)` (for the log).
+fn socket_holders(path: &std::path::Path) -> String {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let inodes = listening_inodes(&table, path);
+    let mut holders = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let holds = std::fs::read_dir(entry.path().join("fd")).into_iter().flatten().flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == format!("socket:[{i}]").as_str()))
+        });
+        if holds {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            holders.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    if holders.is_empty() {
+        "none found".into()
+    } else {
+        holders.join(", ")
+    }
+}
+
+/// Inodes of the listening sockets bound at `path`, from `/proc/net/unix`'s text.
+fn listening_inodes(table: &str, path: &std::path::Path) -> Vec<String> {
+    const LISTENING: &str = "01";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Num RefCount Protocol Flags Type St Inode Path
+            (f.len() == 8 && f[5] == LISTENING && std::path::Path::new(f[7]) == path).then(|| f[6].to_owned())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -182,5 +238,31 @@ mod tests {
         assert!(path.exists(), "a newer daemon's socket is kept");
         // Not a socket: nothing to identify.
         assert_eq!(file_identity(dir.path()), None);
+    }
+
+    #[test]
+    fn a_served_socket_is_kept_and_its_holder_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        assert!(!remove_unserved_socket(&path), "a socket that answers stays");
+        assert!(path.exists());
+        let me = format!("{} (", std::process::id());
+        assert!(socket_holders(&path).contains(&me), "{}", socket_holders(&path));
+        drop(listener);
+        assert!(remove_unserved_socket(&path), "a dead one goes");
+        assert!(!path.exists());
+        assert!(remove_unserved_socket(&path), "and nothing there is gone too");
+    }
+
+    #[test]
+    fn listening_sockets_are_found_by_path() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 4242 /run/containerd/s/abc\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 4343 /run/containerd/s/abc\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 4444 /run/containerd/s/other\n\
+            0000000000000000: 00000002 00000000 00000000 0002 01 4545\n";
+        assert_eq!(listening_inodes(table, std::path::Path::new("/run/containerd/s/abc")), ["4242"]);
+        assert!(listening_inodes(table, std::path::Path::new("/nope")).is_empty());
     }
 }

@@ -247,7 +247,7 @@ containerd_matrix! {
         while socket.exists() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(!socket.exists(), "the dead shim's socket {} is left behind", socket.display());
+        assert!(!socket.exists(), "the dead shim's socket {} is left behind\n{}", socket.display(), cd.log());
         // Before the fix, the cleanup killed every process whose command line contained
         // `…/orphan`: orphan2's QEMU and helpers too.
         let pids = |procs: &[(u32, String)]| {
@@ -495,6 +495,31 @@ containerd_matrix! {
         let out = in_pod(&[]);
         assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cd.log());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+
+        // A logging binary that never says it is ready: the container fails after the
+        // shim's wait, the logger and what it started are killed, and the pod's daemon
+        // answers meanwhile (before, it blocked in a read and the whole pod froze).
+        let logger = cd.dir.path().join("stuck-logger.sh");
+        let child_pid = cd.dir.path().join("stuck-logger.child");
+        std::fs::write(&logger, format!("#!/bin/sh\nsleep 4242 &\necho $! > {}\nwait\n", child_pid.display()))
+            .expect("write logger");
+        std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let uri = format!("binary://{}", logger.display());
+        let out = std::thread::scope(|s| {
+            let stuck = s.spawn(|| in_pod(&["--log-uri", &uri]));
+            std::thread::sleep(Duration::from_secs(2));
+            let alive = cd.ctr_ok(&["task", "exec", "--exec-id", "meanwhile", "pod", "echo", "alive"]);
+            assert_eq!(alive.expect("exec while a logger is stuck"), "alive\n");
+            stuck.join().expect("ctr run")
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("was not ready within"), "{stderr}");
+        let _ = cd.ctr(&["container", "rm", "app"]);
+        assert!(!shared.exists(), "{} left behind", shared.display());
+        let pid = std::fs::read_to_string(&child_pid).expect("the stuck logger started its child");
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+        assert_ne!(cmdline, b"sleep\x004242\x00", "the stuck logger's child {} is left", pid.trim());
+
         cd.ctr_ok(&["task", "kill", "-s", "KILL", "pod"]).expect("kill the pod");
         wait_status(&cd, "pod", "STOPPED", Duration::from_secs(10));
         let _ = cd.ctr(&["task", "delete", "pod"]);
