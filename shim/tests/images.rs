@@ -51,7 +51,16 @@ containerd_matrix! {
         import(&cd, &good);
         import(&cd, &node_swap);
 
-        let init_data = contrast_generate::init_data_for_archives(&[&good, &pinned_swap]).expect("generator");
+        // The execs this test makes, and no other.
+        let execs: Vec<Vec<String>> = [
+            &["cat", "/etc/motd"][..],
+            &["sha256sum", "/data/blob"],
+            &["cat", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"],
+        ]
+        .iter()
+        .map(|c| c.iter().map(|a| a.to_string()).collect())
+        .collect();
+        let init_data = contrast_generate::init_data_for_archives(&[&good, &pinned_swap], &execs).expect("generator");
         let annotations = HashMap::from([(INIT_DATA_ANNOTATION.to_owned(), init_data.annotation())]);
         let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
         let mut config = pod_config("layered", "default");
@@ -79,6 +88,10 @@ containerd_matrix! {
         assert_eq!(code, 0, "{files}{}", String::from_utf8_lossy(&err));
         assert!(files.contains("nameserver 10.88.0.53") && files.contains("search svc.example"), "{files}");
         assert!(files.contains("layered-host"), "hostname and hosts: {files}");
+        // Any other exec is the node running code of its choice beside the pod's data.
+        let err = cri.exec_sync(&c, &["cat", "/etc/shadow"]).await.expect_err("an unlisted exec");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("exec of cat /etc/shadow is not allowed by the policy"), "{msg}");
 
         // The node's image under a pinned name has a layer the policy does not pin.
         let err = cri.run_container(&pod, "swapped", SWAPPED, &["sleep", "1000"]).await.expect_err("unpinned layer");

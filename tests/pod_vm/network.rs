@@ -4,7 +4,10 @@
 
 use contrast_agent_protocol::{agent, types};
 use contrast_tests::image_dir;
-use contrast_tests::pod::TestPod;
+use contrast_tests::pod::{container_spec, create_request, mount, TestPod};
+
+/// Where `CopyFile` writes in the guest (kata's directory).
+const COPY_DIR: &str = "/run/kata-containers/shared/containers";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_is_up_and_bad_network_requests_are_refused_clearly() {
@@ -47,6 +50,46 @@ async fn loopback_is_up_and_bad_network_requests_are_refused_clearly() {
     copy.data = b"x".to_vec();
     let err = pod.agent.copy_file(&copy).await.expect_err("outside the copy dir");
     assert_eq!(err.code, ttrpc::Code::INVALID_ARGUMENT, "{err}");
+
+    // A copied file is what the container that binds it sees, and goes with that container.
+    let copied = format!("{COPY_DIR}/copier-hosts");
+    let hosts = b"10.0.0.7 copied-in\n";
+    let mut copy = agent::CopyFileRequest::new();
+    copy.path = copied.clone();
+    copy.file_size = hosts.len() as i64;
+    copy.file_mode = 0o100_644;
+    copy.data = hosts.to_vec();
+    pod.agent.copy_file(&copy).await.expect("CopyFile");
+    let ls = |id: &str| {
+        let mut spec = container_spec(&pod.rootfs, &["ls", "/copies"], false);
+        spec.Mounts.push(mount("/copies", "bind", COPY_DIR, &["rbind", "ro"]));
+        create_request(id, spec)
+    };
+    let listing = |id: &'static str| {
+        let pod = &pod;
+        async move {
+            pod.agent.create_container(&ls(id)).await.expect("create ls");
+            let mut start = agent::StartContainerRequest::new();
+            start.container_id = id.into();
+            pod.agent.start_container(&start).await.expect("start ls");
+            let out = String::from_utf8_lossy(&pod.read_all_stdout(id, "").await.expect("ls")).into_owned();
+            assert_eq!(pod.wait(id, "").await.expect("wait"), 0, "{out}");
+            pod.remove(id).await.expect("remove ls");
+            out
+        }
+    };
+    assert!(listing("ls1").await.contains("copier-hosts"), "the copy is there");
+    let mut spec = container_spec(&pod.rootfs, &["cat", "/etc/hosts"], false);
+    spec.Mounts.push(mount("/etc/hosts", "bind", &copied, &["rbind", "ro"]));
+    pod.agent.create_container(&create_request("copier", spec)).await.expect("create copier");
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = "copier".into();
+    pod.agent.start_container(&start).await.expect("start copier");
+    assert_eq!(pod.read_all_stdout("copier", "").await.expect("cat"), hosts);
+    assert_eq!(pod.wait("copier", "").await.expect("wait"), 0);
+    pod.remove("copier").await.expect("remove copier");
+    let after = listing("ls2").await;
+    assert!(!after.contains("copier-hosts"), "the copy went with its container: {after}");
     let exit = pod.stop().await;
     assert!(exit.expected, "{exit}");
 }

@@ -39,7 +39,7 @@ pub fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
     Ok(root)
 }
 
-fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> oci::Mount {
+pub fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> oci::Mount {
     let mut m = oci::Mount::new();
     m.destination = dest.into();
     m.type_ = kind.into();

@@ -92,6 +92,32 @@ pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
     Ok(())
 }
 
+/// The copied files a container's bind mounts use: their sources, canonical and below
+/// [`COPY_DIR`] as `CopyFile` takes them (nothing else is ever removed through this).
+pub fn copies_in(spec: &libcontainer::oci_spec::runtime::Spec) -> Vec<PathBuf> {
+    let is_bind = |m: &libcontainer::oci_spec::runtime::Mount| {
+        m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
+    };
+    spec.mounts()
+        .iter()
+        .flatten()
+        .filter(|m| is_bind(m))
+        .filter_map(|m| m.source().as_ref()?.to_str())
+        .filter_map(|source| destination(source).ok())
+        .collect()
+}
+
+/// Removes copied files (gone already is fine).
+pub fn remove(copies: &[PathBuf]) {
+    for path in copies {
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                crate::log!("removing the copied file {}: {e}", path.display());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +137,23 @@ mod tests {
         ] {
             assert!(matches!(destination(bad), Err(Error::InvalidArgument(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_container_s_copies_are_its_canonical_bind_sources_below_the_copy_dir() {
+        let spec: libcontainer::oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "mounts": [
+                { "destination": "/etc/hosts", "type": "bind", "source": format!("{COPY_DIR}/c-hosts") },
+                { "destination": "/etc/resolv.conf", "source": format!("{COPY_DIR}/c-resolv.conf"), "options": ["rbind"] },
+                { "destination": "/x", "type": "bind", "source": format!("{COPY_DIR}/../../contrast/x") },
+                { "destination": "/y", "type": "tmpfs", "source": format!("{COPY_DIR}/c-hostname") },
+                { "destination": "/z", "type": "bind", "source": "/run/contrast/z" },
+            ],
+        }))
+        .expect("spec");
+        let want = [format!("{COPY_DIR}/c-hosts"), format!("{COPY_DIR}/c-resolv.conf")].map(PathBuf::from);
+        assert_eq!(copies_in(&spec), want);
     }
 
     #[test]

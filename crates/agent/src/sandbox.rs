@@ -68,6 +68,8 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Process>>>,
     state: Mutex<State>,
     storages: Vec<PathBuf>,
+    /// The files the host copied in (`CopyFile`) that this container's mounts bind.
+    copies: Vec<PathBuf>,
 }
 
 impl Container {
@@ -321,6 +323,7 @@ impl Sandbox {
             cleanup_bundle();
             return Err(Error::Internal(format!("writing config.json: {e}")));
         }
+        let copies = crate::copy_file::copies_in(&oci);
         let terminal = oci.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let spawned = self
             .spawn(id, terminal, |console_socket, stdio| Request::Create {
@@ -334,6 +337,7 @@ impl Sandbox {
             Ok(p) => p,
             Err(e) => {
                 cleanup_bundle();
+                crate::copy_file::remove(&copies);
                 return Err(e);
             }
         };
@@ -347,6 +351,7 @@ impl Sandbox {
             execs: Mutex::new(HashMap::new()),
             state: Mutex::new(State::Created),
             storages,
+            copies,
         })
     }
 
@@ -504,6 +509,9 @@ impl Sandbox {
             log!("deleting container {id}: {e}");
         }
         let _ = std::fs::remove_dir_all(&c.bundle);
+        // Its copies of the pod's hosts, hostname and resolv.conf go with it: a container
+        // restarted again and again would otherwise fill the guest's memory with them.
+        crate::copy_file::remove(&c.copies);
         // Last mounted first: an overlay before the layers under it.
         for p in c.storages.iter().rev() {
             storage::unmount(p);

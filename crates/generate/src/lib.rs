@@ -71,8 +71,12 @@ pub fn pin(name: &str, blobs: &[Vec<u8>], command: Option<&Vec<String>>) -> Resu
     Ok(PinnedImage { name: name.to_owned(), layers, command: command.cloned() })
 }
 
-/// The init data of a pod whose containers run `images` (each archive's images pinned).
-pub fn init_data_for_archives(archives: &[&std::path::Path]) -> Result<contrast_initdata::InitData> {
+/// The init data of a pod whose containers run `images` (each archive's images pinned), into
+/// which the commands `execs` may be exec'd.
+pub fn init_data_for_archives(
+    archives: &[&std::path::Path],
+    execs: &[Vec<String>],
+) -> Result<contrast_initdata::InitData> {
     let mut images = Vec::new();
     for path in archives {
         for (name, blobs) in archive_images(path)? {
@@ -80,7 +84,7 @@ pub fn init_data_for_archives(archives: &[&std::path::Path]) -> Result<contrast_
         }
     }
     images.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(contrast_initdata::InitData::wrap_policy(&policy_rego(&images)))
+    Ok(contrast_initdata::InitData::wrap_policy(&policy_rego(&images, execs)))
 }
 
 #[cfg(test)]
@@ -113,7 +117,7 @@ mod tests {
 
     #[test]
     fn copied_files_network_and_their_bind_mounts() {
-        let rego = policy_rego(&[image()]);
+        let rego = policy_rego(&[image()], &[]);
         let dir = "/run/kata-containers/shared/containers";
         let copy = |path: &str| eval_rule(&rego, "CopyFileRequest", serde_json::json!({ "path": path }));
         assert_eq!(copy(&format!("{dir}/c-resolv.conf")), regorus::Value::Bool(true));
@@ -172,7 +176,7 @@ mod tests {
 
     #[test]
     fn pinned_layers_and_command_are_what_the_policy_allows() {
-        let rego = policy_rego(&[image()]);
+        let rego = policy_rego(&[image()], &[]);
         assert_eq!(eval(&rego, request(&"cd".repeat(32), &["sleep", "1000"])), regorus::Value::Bool(true));
         assert_eq!(
             eval(&rego, request(&"00".repeat(32), &["sleep", "1000"])),
@@ -180,13 +184,32 @@ mod tests {
             "root hash"
         );
         assert_eq!(eval(&rego, request(&"cd".repeat(32), &["sh"])), regorus::Value::Bool(false), "command");
-        assert_eq!(policy_rego(&[image()]), rego, "deterministic");
+        assert_eq!(policy_rego(&[image()], &[]), rego, "deterministic");
+    }
+
+    #[test]
+    fn execs_only_of_the_listed_commands() {
+        let exec = |rego: &str, args: &[&str]| {
+            eval_rule(
+                rego,
+                "ExecProcessRequest",
+                serde_json::json!({ "container_id": "c", "process": { "Args": args } }),
+            )
+        };
+        let none = policy_rego(&[image()], &[]);
+        assert_eq!(exec(&none, &["sh"]), regorus::Value::Bool(false), "no exec unless listed");
+        let probe = vec!["cat".to_owned(), "/tmp/healthy".to_owned()];
+        let rego = policy_rego(&[image()], &[probe]);
+        assert_eq!(exec(&rego, &["cat", "/tmp/healthy"]), regorus::Value::Bool(true));
+        for other in [&["cat"][..], &["cat", "/tmp/healthy", "/etc/shadow"], &["cat", "/tmp/other"], &["sh"]] {
+            assert_eq!(exec(&rego, other), regorus::Value::Bool(false), "{other:?}");
+        }
     }
 
     /// Each way a host could bring unpinned bytes in next to pinned layers: refused.
     #[test]
     fn storages_and_mounts_beyond_the_pinned_ones_are_refused() {
-        let rego = policy_rego(&[image()]);
+        let rego = policy_rego(&[image()], &[]);
         let pinned = || request(&"cd".repeat(32), &["sleep", "1000"]);
         let refused = |what: &str, r: serde_json::Value| {
             assert_eq!(eval(&rego, r), regorus::Value::Bool(false), "{what}");
@@ -307,8 +330,8 @@ mod tests {
         }
         t.finish().expect("tar");
         drop(t);
-        let a = init_data_for_archives(&[&path]).expect("init data");
-        let b = init_data_for_archives(&[&path]).expect("init data");
+        let a = init_data_for_archives(&[&path], &[]).expect("init data");
+        let b = init_data_for_archives(&[&path], &[]).expect("init data");
         assert_eq!(a.toml(), b.toml());
         assert_eq!(a.annotation(), b.annotation());
         assert!(a.policy().expect("policy").contains("\"x:1\""));

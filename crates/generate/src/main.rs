@@ -7,7 +7,8 @@
 //! values come from the image's bytes alone, never from a node. The policy (`policy.rego`,
 //! kata's rule names, kata's input shape) allows a container only when its storages are
 //! exactly its image's pinned layers in order under one overlay that is its root, and — when a
-//! command is pinned — only that command. The init data TOML goes to `--out`; the annotation
+//! command is pinned — only that command; an exec only of a command given with `--exec` (an
+//! exec probe's, say), none by default. The init data TOML goes to `--out`; the annotation
 //! value (base64 of gzip) is printed. Same input, same bytes.
 
 use std::collections::BTreeMap;
@@ -17,13 +18,15 @@ use anyhow::{bail, Context, Result};
 use contrast_generate::{archive_images, pin, policy_rego};
 
 const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
-[--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... --out INITDATA.toml";
+[--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--exec JSON]... \
+--out INITDATA.toml";
 
 struct Args {
     archives: Vec<PathBuf>,
     containerd: Option<(PathBuf, String)>,
     image_names: Vec<String>,
     commands: BTreeMap<String, Vec<String>>,
+    execs: Vec<Vec<String>>,
     out: PathBuf,
 }
 
@@ -33,6 +36,7 @@ fn parse_args() -> Result<Args> {
         containerd: None,
         image_names: Vec::new(),
         commands: BTreeMap::new(),
+        execs: Vec::new(),
         out: PathBuf::new(),
     };
     let (mut socket, mut namespace) = (None, None);
@@ -50,6 +54,15 @@ fn parse_args() -> Result<Args> {
                 let args: Vec<String> =
                     serde_json::from_str(json).with_context(|| format!("--command {v:?}: not a JSON list"))?;
                 a.commands.insert(image.to_owned(), args);
+            }
+            "--exec" => {
+                let v = value()?;
+                let args: Vec<String> =
+                    serde_json::from_str(&v).with_context(|| format!("--exec {v:?}: not a JSON list of strings"))?;
+                if args.is_empty() {
+                    bail!("--exec {v:?}: an empty command");
+                }
+                a.execs.push(args);
             }
             "--out" => a.out = value()?.into(),
             _ => bail!("unknown argument {flag:?}\n{USAGE}"),
@@ -93,7 +106,7 @@ fn main() -> Result<()> {
         }
     }
     images.sort_by(|a, b| a.name.cmp(&b.name));
-    let init_data = contrast_initdata::InitData::wrap_policy(&policy_rego(&images));
+    let init_data = contrast_initdata::InitData::wrap_policy(&policy_rego(&images, &args.execs));
     std::fs::write(&args.out, init_data.toml()).with_context(|| format!("writing {}", args.out.display()))?;
     println!("{}", init_data.annotation());
     Ok(())

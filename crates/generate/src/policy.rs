@@ -21,7 +21,9 @@ pub struct PinnedImage {
 }
 
 /// Rules: the pod lifecycle allowed; `SetPolicy` refused; the sandbox container only as the
-/// guest's own pause; other containers only from their image's pinned layers.
+/// guest's own pause; other containers only from their image's pinned layers; execs only of
+/// the commands the policy lists (none unless asked: an exec is the host running code of its
+/// choice next to the pod's data).
 const RULES: &str = r#"package agent_policy
 
 default DestroySandboxRequest := true
@@ -39,7 +41,6 @@ default ListProcessesRequest := true
 default UpdateContainerRequest := true
 default PauseContainerRequest := true
 default ResumeContainerRequest := true
-default ExecProcessRequest := true
 default SetPolicyRequest := false
 
 # The sandbox mounts nothing: every storage is judged with the container it is for.
@@ -166,6 +167,15 @@ CreateContainerRequest if {
     false
 }
 
+# An exec only of a command the policy lists, argument for argument.
+default ExecProcessRequest := false
+ExecProcessRequest if { input.process.Args in policy_data.execs }
+ExecProcessRequest if {
+    not input.process.Args in policy_data.execs
+    print("exec of", concat(" ", input.process.Args), "is not allowed by the policy")
+    false
+}
+
 pinned_layer(pinned, s) if {
     some l in pinned.layers
     layer_matches(s, l)
@@ -209,8 +219,9 @@ CopyFileRequest if {
 }
 "#;
 
-/// The whole policy: the rules, then `policy_data` with the pinned values.
-pub fn policy_rego(images: &[PinnedImage]) -> String {
+/// The whole policy: the rules, then `policy_data` with the pinned values: the images, and
+/// the commands an exec may run (in any container of the pod).
+pub fn policy_rego(images: &[PinnedImage], execs: &[Vec<String>]) -> String {
     let mut map = serde_json::Map::new();
     for image in images {
         let layers: Vec<serde_json::Value> = image
@@ -224,6 +235,6 @@ pub fn policy_rego(images: &[PinnedImage]) -> String {
             .collect();
         map.insert(image.name.clone(), serde_json::json!({ "layers": layers, "command": image.command }));
     }
-    let data = serde_json::json!({ "images": map });
+    let data = serde_json::json!({ "images": map, "execs": execs });
     format!("{RULES}{POD_NETWORK_RULES}\npolicy_data := {}\n", serde_json::to_string_pretty(&data).expect("JSON"))
 }
