@@ -51,6 +51,15 @@ fn wait_status(cd: &Containerd, id: &str, want: &str, deadline: Duration) {
     }
 }
 
+/// SIGKILL the task `id`, delete it and its container, and require nothing left behind.
+fn kill_and_remove(cd: &Containerd, id: &str) {
+    cd.ctr_ok(&["task", "kill", "-s", "KILL", id]).expect("kill");
+    wait_status(cd, id, "STOPPED", Duration::from_secs(10));
+    let _ = cd.ctr(&["task", "delete", id]);
+    cd.ctr_ok(&["container", "rm", id]).expect("container rm");
+    wait_clean(cd, CLEANUP_DEADLINE);
+}
+
 fn processes_named(cd: &Containerd, name: &str) -> Vec<i32> {
     contrast_tests::processes_mentioning(&cd.pod_root())
         .into_iter()
@@ -266,11 +275,7 @@ containerd_matrix! {
         // the bundle when it saw the connection close before the daemon had stopped.
         let (shim, socket) = cd.shim_daemon("orphan2").expect("orphan2's shim daemon");
         std::fs::remove_file(format!("/proc/{shim}/cwd/address")).expect("remove the bundle's address file");
-        cd.ctr_ok(&["task", "kill", "-s", "KILL", "orphan2"]).expect("kill");
-        wait_status(&cd, "orphan2", "STOPPED", Duration::from_secs(10));
-        let _ = cd.ctr(&["task", "delete", "orphan2"]);
-        cd.ctr_ok(&["container", "rm", "orphan2"]).expect("container rm");
-        wait_clean(&cd, CLEANUP_DEADLINE);
+        kill_and_remove(&cd, "orphan2");
         assert!(!socket.exists(), "orphan2's daemon left its socket {}", socket.display());
     }
 }
@@ -284,11 +289,7 @@ containerd_matrix! {
         let out =
             cd.ctr_ok(&["task", "exec", "--exec-id", "after", "keep", "echo", "still-here"]).expect("exec after restart");
         assert_eq!(out, "still-here\n");
-        cd.ctr_ok(&["task", "kill", "-s", "KILL", "keep"]).expect("kill");
-        wait_status(&cd, "keep", "STOPPED", Duration::from_secs(10));
-        let _ = cd.ctr(&["task", "delete", "keep"]);
-        cd.ctr_ok(&["container", "rm", "keep"]).expect("container rm");
-        wait_clean(&cd, CLEANUP_DEADLINE);
+        kill_and_remove(&cd, "keep");
     }
 }
 
@@ -457,11 +458,7 @@ containerd_matrix! {
             assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cd.log());
             assert_eq!(String::from_utf8_lossy(&out.stdout), text);
         }
-        cd.ctr_ok(&["task", "kill", "-s", "KILL", "pod"]).expect("kill the pod");
-        wait_status(&cd, "pod", "STOPPED", Duration::from_secs(10));
-        let _ = cd.ctr(&["task", "delete", "pod"]);
-        cd.ctr_ok(&["container", "rm", "pod"]).expect("container rm");
-        wait_clean(&cd, CLEANUP_DEADLINE);
+        kill_and_remove(&cd, "pod");
     }
 }
 
@@ -520,10 +517,6 @@ containerd_matrix! {
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
         assert_ne!(cmdline, b"sleep\x004242\x00", "the stuck logger's child {} is left", pid.trim());
 
-        cd.ctr_ok(&["task", "kill", "-s", "KILL", "pod"]).expect("kill the pod");
-        wait_status(&cd, "pod", "STOPPED", Duration::from_secs(10));
-        let _ = cd.ctr(&["task", "delete", "pod"]);
-        cd.ctr_ok(&["container", "rm", "pod"]).expect("container rm");
-        wait_clean(&cd, CLEANUP_DEADLINE);
+        kill_and_remove(&cd, "pod");
     }
 }
