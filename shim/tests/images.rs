@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use contrast_cri_client::{cri, pod_config, CriClient};
+use contrast_cri_client::{container_config, cri, pod_config, CriClient};
 use contrast_tests::containerd::{Containerd, CRI_NAMESPACE, SIM_HANDLER};
 use contrast_tests::images::{blob_content, three_layers, write_archive};
 use contrast_tests::{containerd_matrix, image_dir};
@@ -56,11 +56,14 @@ containerd_matrix! {
             &["cat", "/etc/motd"][..],
             &["sha256sum", "/data/blob"],
             &["cat", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"],
+            &["cat", "/proc/self/environ"],
         ]
         .iter()
         .map(|c| c.iter().map(|a| a.to_string()).collect())
         .collect();
-        let init_data = contrast_generate::init_data_for_archives(&[&good, &pinned_swap], &execs).expect("generator");
+        // The pod spec's environment, and no other.
+        let pod_env = contrast_generate::PodAllowances { execs, env: vec!["GREETING=hello".into()] };
+        let init_data = contrast_generate::init_data_for_archives(&[&good, &pinned_swap], &pod_env).expect("generator");
         let annotations = HashMap::from([(INIT_DATA_ANNOTATION.to_owned(), init_data.annotation())]);
         let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
         let mut config = pod_config("layered", "default");
@@ -74,7 +77,31 @@ containerd_matrix! {
         assert!(!qemu.contains("vhost-user-fs"), "{qemu}");
         assert!(qemu.contains("virtio-scsi-pci") && qemu.contains("virtio-net-pci"), "{qemu}");
 
-        let c = cri.run_container(&pod, "app", GOOD, &["sleep", "1000"]).await.expect("pinned image runs");
+        let with_env = |name: &str, key: &str, value: &str| {
+            let mut config = container_config(name, GOOD, &["sleep", "1000"]);
+            config.envs = vec![cri::KeyValue { key: key.into(), value: value.into() }];
+            config
+        };
+        let c = cri.run_container_config(&pod, with_env("app", "GREETING", "hello")).await.expect("pinned image runs");
+        // The image's, the pod spec's and containerd's own (HOSTNAME) variables.
+        let (code, out, _) = cri.exec_sync(&c, &["cat", "/proc/self/environ"]).await.expect("exec");
+        let env = String::from_utf8_lossy(&out);
+        assert_eq!(code, 0, "{env}");
+        for want in ["PATH=/bin", "GREETING=hello", "HOSTNAME=layered-host"] {
+            assert!(env.split('\0').any(|l| l == want), "{want} in {env:?}");
+        }
+        // A variable the pod spec does not set: BASH_ENV at a file the host copies in would run
+        // the host's commands in any shell of the container.
+        let err = cri
+            .run_container_config(&pod, with_env("bash-env", "BASH_ENV", "/etc/resolv.conf"))
+            .await
+            .expect_err("an unpinned variable");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("environment variable BASH_ENV=/etc/resolv.conf is not allowed by the policy"), "{msg}");
+        // The image's own command only (the pod spec gives none here).
+        let err = cri.run_container(&pod, "shell", GOOD, &["sh", "-c", "cat /etc/motd"]).await.expect_err("a command");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("command sh -c cat /etc/motd is not the one pinned for image"), "{msg}");
         let (code, out, err) = cri.exec_sync(&c, &["cat", "/etc/motd"]).await.expect("exec");
         assert_eq!((code, out.as_slice()), (0, &b"upper replaces lower\n"[..]), "{}", String::from_utf8_lossy(&err));
         let (code, out, _) = cri.exec_sync(&c, &["sha256sum", "/data/blob"]).await.expect("exec");

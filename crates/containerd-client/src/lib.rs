@@ -78,6 +78,13 @@ struct ReadContentResponse {
     data: Vec<u8>,
 }
 
+/// An image's manifest for linux/amd64: its config blob's digest and its layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub config: String,
+    pub layers: Vec<Layer>,
+}
+
 /// A layer of an image manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
@@ -116,6 +123,11 @@ impl Client {
 
     /// The layers (bottom first) of `image` for linux/amd64.
     pub async fn image_layers(&mut self, image: &str) -> Result<Vec<Layer>, Error> {
+        Ok(self.image_manifest(image).await?.layers)
+    }
+
+    /// The manifest of `image` for linux/amd64: config digest and layers (bottom first).
+    pub async fn image_manifest(&mut self, image: &str) -> Result<Manifest, Error> {
         let call = |status| Error::Call { call: "Images/Get", status: Box::new(status) };
         self.grpc.ready().await.map_err(|e| call(tonic::Status::unavailable(e.to_string())))?;
         let path = http::uri::PathAndQuery::from_static(IMAGES_GET);
@@ -154,7 +166,8 @@ impl Client {
                 continue;
             }
             let layers = doc["layers"].as_array().ok_or_else(|| bad("manifest without layers".into()))?;
-            return layers
+            let config = doc["config"]["digest"].as_str().ok_or_else(|| bad("manifest without a config".into()))?;
+            let layers = layers
                 .iter()
                 .map(|l| {
                     Ok(Layer {
@@ -163,7 +176,8 @@ impl Client {
                         size: l["size"].as_u64().unwrap_or_default(),
                     })
                 })
-                .collect();
+                .collect::<Result<_, Error>>()?;
+            return Ok(Manifest { config: config.to_owned(), layers });
         }
         Err(bad("indexes nested too deep".into()))
     }

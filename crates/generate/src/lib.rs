@@ -6,9 +6,9 @@ mod policy;
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
-pub use policy::{policy_rego, PinnedImage, PinnedLayer, POD_NETWORK_RULES};
+pub use policy::{policy_rego, PinnedImage, PinnedLayer, PodAllowances, POD_NETWORK_RULES};
 
 /// The files of an OCI image archive (`index.json`, `blobs/sha256/...`).
 pub fn read_archive(path: &std::path::Path) -> Result<BTreeMap<String, Vec<u8>>> {
@@ -29,8 +29,51 @@ fn blob<'a>(files: &'a BTreeMap<String, Vec<u8>>, digest: &str) -> Result<&'a [u
     files.get(&format!("blobs/sha256/{hex}")).map(Vec::as_slice).with_context(|| format!("archive lacks blob {digest}"))
 }
 
-/// Every image an archive names: (name, layer blobs bottom first).
-pub fn archive_images(path: &std::path::Path) -> Result<Vec<(String, Vec<Vec<u8>>)>> {
+/// What an image's config (`config` of the OCI image configuration) says its containers run
+/// with, as containerd builds a container's process from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// `Env`, each `NAME=VALUE`.
+    pub env: Vec<String>,
+    /// `Entrypoint` then `Cmd`: the command when the pod spec gives none.
+    pub command: Vec<String>,
+    /// `WorkingDir`, `/` when the image sets none (containerd's default).
+    pub working_dir: String,
+}
+
+impl ImageConfig {
+    /// Parses an image configuration blob.
+    pub fn parse(blob: &[u8]) -> Result<ImageConfig> {
+        let doc: serde_json::Value = serde_json::from_slice(blob).context("image config is not JSON")?;
+        let config = &doc["config"];
+        let strings = |key: &str| -> Result<Vec<String>> {
+            match &config[key] {
+                serde_json::Value::Null => Ok(Vec::new()),
+                v => serde_json::from_value(v.clone())
+                    .with_context(|| format!("image config: {key} is not a list of strings")),
+            }
+        };
+        let mut command = strings("Entrypoint")?;
+        command.extend(strings("Cmd")?);
+        let working_dir = match &config["WorkingDir"] {
+            serde_json::Value::Null => String::new(),
+            v => v.as_str().context("image config: WorkingDir is not a string")?.to_owned(),
+        };
+        let working_dir = if working_dir.is_empty() { "/".to_owned() } else { working_dir };
+        Ok(ImageConfig { env: strings("Env")?, command, working_dir })
+    }
+}
+
+/// An image as the generator reads it: its name, config and layer blobs (bottom first).
+#[derive(Debug, Clone)]
+pub struct SourceImage {
+    pub name: String,
+    pub config: ImageConfig,
+    pub layers: Vec<Vec<u8>>,
+}
+
+/// Every image an archive names.
+pub fn archive_images(path: &std::path::Path) -> Result<Vec<SourceImage>> {
     let files = read_archive(path)?;
     let index: serde_json::Value =
         serde_json::from_slice(files.get("index.json").context("no index.json: not an OCI image archive")?)?;
@@ -42,49 +85,72 @@ pub fn archive_images(path: &std::path::Path) -> Result<Vec<(String, Vec<Vec<u8>
             .context("a manifest without an image name annotation")?;
         let manifest: serde_json::Value =
             serde_json::from_slice(blob(&files, m["digest"].as_str().context("manifest digest")?)?)?;
+        let config = manifest["config"]["digest"]
+            .as_str()
+            .with_context(|| format!("image {name}: manifest without a config"))?;
+        let config = ImageConfig::parse(blob(&files, config)?).with_context(|| format!("image {name}"))?;
         let layers = manifest["layers"]
             .as_array()
             .context("manifest without layers (an index inside the archive is not supported)")?
             .iter()
             .map(|l| Ok(blob(&files, l["digest"].as_str().context("layer digest")?)?.to_vec()))
             .collect::<Result<Vec<_>>>()?;
-        out.push((name.to_owned(), layers));
+        out.push(SourceImage { name: name.to_owned(), config, layers });
     }
     Ok(out)
 }
 
-pub fn pin(name: &str, blobs: &[Vec<u8>], command: Option<&Vec<String>>) -> Result<PinnedImage> {
+/// What the pod spec changes for one image's containers (`--command`, `--workdir`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub command: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+}
+
+pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
     use sha2::Digest;
-    let layers = blobs
+    let name = &image.name;
+    let layers = image
+        .layers
         .iter()
         .map(|b| {
-            let image = contrast_erofs::layer_image(b).with_context(|| format!("image {name}: a layer"))?;
+            let erofs = contrast_erofs::layer_image(b).with_context(|| format!("image {name}: a layer"))?;
             let hex = |x: &[u8]| x.iter().map(|v| format!("{v:02x}")).collect::<String>();
             Ok(PinnedLayer {
                 digest: format!("sha256:{}", hex(&sha2::Sha256::digest(b))),
-                root_hash: hex(&image.root_hash),
-                salt: hex(&image.salt),
-                data_blocks: image.data_blocks,
+                root_hash: hex(&erofs.root_hash),
+                salt: hex(&erofs.salt),
+                data_blocks: erofs.data_blocks,
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(PinnedImage { name: name.to_owned(), layers, command: command.cloned() })
+    let command = overrides.command.clone().unwrap_or_else(|| image.config.command.clone());
+    if command.is_empty() {
+        bail!("image {name} has neither Entrypoint nor Cmd: give its command with --command {name}=JSON");
+    }
+    Ok(PinnedImage {
+        name: name.clone(),
+        layers,
+        command,
+        env: image.config.env.clone(),
+        working_dir: overrides.working_dir.clone().unwrap_or_else(|| image.config.working_dir.clone()),
+    })
 }
 
-/// The init data of a pod whose containers run `images` (each archive's images pinned), into
-/// which the commands `execs` may be exec'd.
+/// The init data of a pod whose containers run `images` (each archive's images pinned, with
+/// their own commands), allowing what `pod` adds (execs, environment).
 pub fn init_data_for_archives(
     archives: &[&std::path::Path],
-    execs: &[Vec<String>],
+    pod: &PodAllowances,
 ) -> Result<contrast_initdata::InitData> {
     let mut images = Vec::new();
     for path in archives {
-        for (name, blobs) in archive_images(path)? {
-            images.push(pin(&name, &blobs, None)?);
+        for image in archive_images(path)? {
+            images.push(pin(&image, &Overrides::default())?);
         }
     }
     images.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(contrast_initdata::InitData::wrap_policy(&policy_rego(&images, execs)))
+    Ok(contrast_initdata::InitData::wrap_policy(&policy_rego(&images, pod)))
 }
 
 #[cfg(test)]
@@ -100,8 +166,14 @@ mod tests {
                 salt: "ef".repeat(32),
                 data_blocks: 7,
             }],
-            command: Some(vec!["sleep".into(), "1000".into()]),
+            command: vec!["sleep".into(), "1000".into()],
+            env: vec!["PATH=/bin".into()],
+            working_dir: "/srv".into(),
         }
+    }
+
+    fn no_pod() -> PodAllowances {
+        PodAllowances::default()
     }
 
     fn eval(rego: &str, input: serde_json::Value) -> regorus::Value {
@@ -117,7 +189,7 @@ mod tests {
 
     #[test]
     fn copied_files_network_and_their_bind_mounts() {
-        let rego = policy_rego(&[image()], &[]);
+        let rego = policy_rego(&[image()], &no_pod());
         let dir = "/run/kata-containers/shared/containers";
         let copy = |path: &str| eval_rule(&rego, "CopyFileRequest", serde_json::json!({ "path": path }));
         assert_eq!(copy(&format!("{dir}/c-resolv.conf")), regorus::Value::Bool(true));
@@ -167,7 +239,7 @@ mod tests {
         serde_json::json!({
             "container_id": "c", "storages": [layer, overlay],
             "OCI": { "Root": { "Path": "/run/contrast/rootfs/c", "Readonly": false },
-                     "Process": { "Args": args },
+                     "Process": { "Args": args, "Env": ["PATH=/bin", "HOSTNAME=pod-1"], "Cwd": "/srv" },
                      "Mounts": [{ "destination": "/proc", "type_": "proc", "source": "proc", "options": [] }],
                      "Annotations": { "io.kubernetes.cri.image-name": "docker.io/library/app:1",
                                       "io.kubernetes.cri.container-type": "container" } },
@@ -176,7 +248,7 @@ mod tests {
 
     #[test]
     fn pinned_layers_and_command_are_what_the_policy_allows() {
-        let rego = policy_rego(&[image()], &[]);
+        let rego = policy_rego(&[image()], &no_pod());
         assert_eq!(eval(&rego, request(&"cd".repeat(32), &["sleep", "1000"])), regorus::Value::Bool(true));
         assert_eq!(
             eval(&rego, request(&"00".repeat(32), &["sleep", "1000"])),
@@ -184,7 +256,7 @@ mod tests {
             "root hash"
         );
         assert_eq!(eval(&rego, request(&"cd".repeat(32), &["sh"])), regorus::Value::Bool(false), "command");
-        assert_eq!(policy_rego(&[image()], &[]), rego, "deterministic");
+        assert_eq!(policy_rego(&[image()], &no_pod()), rego, "deterministic");
     }
 
     #[test]
@@ -193,23 +265,100 @@ mod tests {
             eval_rule(
                 rego,
                 "ExecProcessRequest",
-                serde_json::json!({ "container_id": "c", "process": { "Args": args } }),
+                serde_json::json!({ "container_id": "c",
+                                    "process": { "Args": args, "Env": ["PATH=/bin"], "Cwd": "/srv" } }),
             )
         };
-        let none = policy_rego(&[image()], &[]);
+        let none = policy_rego(&[image()], &no_pod());
         assert_eq!(exec(&none, &["sh"]), regorus::Value::Bool(false), "no exec unless listed");
         let probe = vec!["cat".to_owned(), "/tmp/healthy".to_owned()];
-        let rego = policy_rego(&[image()], &[probe]);
+        let rego = policy_rego(&[image()], &PodAllowances { execs: vec![probe], env: vec![] });
         assert_eq!(exec(&rego, &["cat", "/tmp/healthy"]), regorus::Value::Bool(true));
         for other in [&["cat"][..], &["cat", "/tmp/healthy", "/etc/shadow"], &["cat", "/tmp/other"], &["sh"]] {
             assert_eq!(exec(&rego, other), regorus::Value::Bool(false), "{other:?}");
         }
     }
 
+    #[test]
+    fn environment_and_working_directory_are_pinned() {
+        let pod = PodAllowances { execs: vec![vec!["env".into()]], env: vec!["GREETING=hi".into()] };
+        let rego = policy_rego(&[image()], &pod);
+        let create = |env: &[&str], cwd: &str| {
+            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+            r["OCI"]["Process"]["Env"] = serde_json::json!(env);
+            r["OCI"]["Process"]["Cwd"] = cwd.into();
+            eval(&rego, r) == regorus::Value::Bool(true)
+        };
+        let allowed = [
+            "PATH=/bin",
+            "GREETING=hi",
+            "HOSTNAME=web-0.example",
+            "TERM=xterm",
+            "KUBERNETES_SERVICE_HOST=10.96.0.1",
+            "KUBERNETES_SERVICE_PORT=443",
+            "KUBERNETES_SERVICE_PORT_HTTPS=443",
+            "KUBERNETES_PORT=tcp://10.96.0.1:443",
+            "KUBERNETES_PORT_443_TCP=tcp://10.96.0.1:443",
+            "KUBERNETES_PORT_443_TCP_PROTO=tcp",
+            "KUBERNETES_PORT_443_TCP_PORT=443",
+            "KUBERNETES_PORT_443_TCP_ADDR=10.96.0.1",
+            "DB_SERVICE_HOST=fd00::a",
+        ];
+        assert!(create(&allowed, "/srv"), "everything containerd and Kubernetes set");
+        assert!(create(&[], "/srv"));
+        for bad in [
+            "LD_PRELOAD=/etc/resolv.conf",
+            "BASH_ENV=/etc/resolv.conf",
+            "PATH=/run/kata-containers/shared/containers",
+            "GREETING=bye",
+            "HOSTNAME=/etc/hosts",
+            "HOSTNAME=",
+            "DB_SERVICE_HOST=/etc/hosts",
+            "DB_PORT=tcp://$(sh)",
+            "db_service_host=10.0.0.1",
+            "LD_PRELOAD_SERVICE_HOST=10.0.0.1=x",
+            "no-equals-sign",
+        ] {
+            assert!(!create(&["PATH=/bin", bad], "/srv"), "{bad}");
+        }
+        assert!(!create(&["PATH=/bin"], "/"), "another working directory");
+        let exec = |env: &[&str], cwd: &str| {
+            let input =
+                serde_json::json!({ "container_id": "c", "process": { "Args": ["env"], "Env": env, "Cwd": cwd } });
+            eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
+        };
+        assert!(exec(&["PATH=/bin", "GREETING=hi", "HOSTNAME=web-0"], "/srv"));
+        assert!(!exec(&["PATH=/bin", "LD_PRELOAD=/etc/hosts"], "/srv"), "an exec's environment");
+        assert!(!exec(&["PATH=/bin"], "/tmp"), "an exec's working directory");
+    }
+
+    #[test]
+    fn image_config_gives_command_environment_and_working_directory() {
+        let config = ImageConfig::parse(
+            br#"{"config":{"Env":["PATH=/bin","A=1"],"Entrypoint":["/bin/app"],"Cmd":["--port","80"]}}"#,
+        )
+        .expect("config");
+        assert_eq!(config.command, ["/bin/app", "--port", "80"]);
+        assert_eq!(config.env, ["PATH=/bin", "A=1"]);
+        assert_eq!(config.working_dir, "/", "containerd's default");
+        let config =
+            ImageConfig::parse(br#"{"config":{"Cmd":["sh"],"WorkingDir":"/app","Entrypoint":null}}"#).expect("config");
+        assert_eq!((config.command, config.working_dir), (vec!["sh".to_owned()], "/app".to_owned()));
+        assert!(ImageConfig::parse(br#"{"config":{"Env":"PATH=/bin"}}"#).is_err(), "Env not a list");
+
+        let source =
+            SourceImage { name: "x:1".into(), config: ImageConfig::parse(b"{}").expect("empty"), layers: vec![] };
+        let err = pin(&source, &Overrides::default()).expect_err("no command");
+        assert!(format!("{err:#}").contains("--command x:1=JSON"), "{err:#}");
+        let pinned = pin(&source, &Overrides { command: Some(vec!["true".into()]), working_dir: Some("/w".into()) })
+            .expect("pinned");
+        assert_eq!((pinned.command, pinned.working_dir), (vec!["true".to_owned()], "/w".to_owned()));
+    }
+
     /// Each way a host could bring unpinned bytes in next to pinned layers: refused.
     #[test]
     fn storages_and_mounts_beyond_the_pinned_ones_are_refused() {
-        let rego = policy_rego(&[image()], &[]);
+        let rego = policy_rego(&[image()], &no_pod());
         let pinned = || request(&"cd".repeat(32), &["sleep", "1000"]);
         let refused = |what: &str, r: serde_json::Value| {
             assert_eq!(eval(&rego, r), regorus::Value::Bool(false), "{what}");
@@ -311,7 +460,9 @@ mod tests {
         let layer = layer.into_inner().expect("layer");
         use sha2::Digest;
         let hex = |b: &[u8]| sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let config = serde_json::to_vec(&serde_json::json!({ "config": { "Cmd": ["/hi"] } })).expect("json");
         let manifest = serde_json::to_vec(&serde_json::json!({
+            "config": { "digest": format!("sha256:{}", hex(&config)) },
             "layers": [{ "digest": format!("sha256:{}", hex(&layer)) }] }))
         .expect("json");
         let index = serde_json::to_vec(&serde_json::json!({ "manifests": [{
@@ -321,6 +472,7 @@ mod tests {
         for (name, data) in [
             (format!("blobs/sha256/{}", hex(&layer)), layer.clone()),
             (format!("blobs/sha256/{}", hex(&manifest)), manifest.clone()),
+            (format!("blobs/sha256/{}", hex(&config)), config.clone()),
             ("index.json".to_owned(), index),
         ] {
             let mut h = tar::Header::new_gnu();
@@ -330,11 +482,12 @@ mod tests {
         }
         t.finish().expect("tar");
         drop(t);
-        let a = init_data_for_archives(&[&path], &[]).expect("init data");
-        let b = init_data_for_archives(&[&path], &[]).expect("init data");
+        let a = init_data_for_archives(&[&path], &no_pod()).expect("init data");
+        let b = init_data_for_archives(&[&path], &no_pod()).expect("init data");
         assert_eq!(a.toml(), b.toml());
         assert_eq!(a.annotation(), b.annotation());
-        assert!(a.policy().expect("policy").contains("\"x:1\""));
+        let policy = a.policy().expect("policy");
+        assert!(policy.contains("\"x:1\"") && policy.contains("\"/hi\""), "{policy}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

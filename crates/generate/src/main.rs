@@ -6,27 +6,29 @@
 //! guest (`contrast-erofs`, a pure function of the blob), and its root hash is pinned: the
 //! values come from the image's bytes alone, never from a node. The policy (`policy.rego`,
 //! kata's rule names, kata's input shape) allows a container only when its storages are
-//! exactly its image's pinned layers in order under one overlay that is its root, and — when a
-//! command is pinned — only that command; an exec only of a command given with `--exec` (an
-//! exec probe's, say), none by default. The init data TOML goes to `--out`; the annotation
-//! value (base64 of gzip) is printed. Same input, same bytes.
+//! exactly its image's pinned layers in order under one overlay that is its root, running its
+//! image's command (Entrypoint and Cmd, or `--command`) in its image's working directory (or
+//! `--workdir`), with no environment beyond its image's, the pod's (`--env`), its hostname and
+//! Kubernetes' service addresses; an exec only of a command given with `--exec` (an exec
+//! probe's, say), none by default. The init data TOML goes to `--out`; the annotation value
+//! (base64 of gzip) is printed. Same input, same bytes.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use contrast_generate::{archive_images, pin, policy_rego};
+use contrast_generate::{archive_images, pin, policy_rego, ImageConfig, Overrides, PodAllowances, SourceImage};
 
 const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
-[--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--exec JSON]... \
---out INITDATA.toml";
+[--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--workdir IMAGE=DIR]... \
+[--env NAME=VALUE]... [--exec JSON]... --out INITDATA.toml";
 
 struct Args {
     archives: Vec<PathBuf>,
     containerd: Option<(PathBuf, String)>,
     image_names: Vec<String>,
-    commands: BTreeMap<String, Vec<String>>,
-    execs: Vec<Vec<String>>,
+    overrides: BTreeMap<String, Overrides>,
+    pod: PodAllowances,
     out: PathBuf,
 }
 
@@ -35,8 +37,8 @@ fn parse_args() -> Result<Args> {
         archives: Vec::new(),
         containerd: None,
         image_names: Vec::new(),
-        commands: BTreeMap::new(),
-        execs: Vec::new(),
+        overrides: BTreeMap::new(),
+        pod: PodAllowances::default(),
         out: PathBuf::new(),
     };
     let (mut socket, mut namespace) = (None, None);
@@ -53,7 +55,25 @@ fn parse_args() -> Result<Args> {
                 let (image, json) = v.split_once('=').with_context(|| format!("--command {v:?}: IMAGE=JSON"))?;
                 let args: Vec<String> =
                     serde_json::from_str(json).with_context(|| format!("--command {v:?}: not a JSON list"))?;
-                a.commands.insert(image.to_owned(), args);
+                if args.is_empty() {
+                    bail!("--command {v:?}: an empty command");
+                }
+                a.overrides.entry(image.to_owned()).or_default().command = Some(args);
+            }
+            "--workdir" => {
+                let v = value()?;
+                let (image, dir) = v.split_once('=').with_context(|| format!("--workdir {v:?}: IMAGE=DIR"))?;
+                if !dir.starts_with('/') {
+                    bail!("--workdir {v:?}: not an absolute path");
+                }
+                a.overrides.entry(image.to_owned()).or_default().working_dir = Some(dir.to_owned());
+            }
+            "--env" => {
+                let v = value()?;
+                if v.split_once('=').is_none_or(|(name, _)| name.is_empty()) {
+                    bail!("--env {v:?}: NAME=VALUE");
+                }
+                a.pod.env.push(v);
             }
             "--exec" => {
                 let v = value()?;
@@ -62,7 +82,7 @@ fn parse_args() -> Result<Args> {
                 if args.is_empty() {
                     bail!("--exec {v:?}: an empty command");
                 }
-                a.execs.push(args);
+                a.pod.execs.push(args);
             }
             "--out" => a.out = value()?.into(),
             _ => bail!("unknown argument {flag:?}\n{USAGE}"),
@@ -85,28 +105,37 @@ fn parse_args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let mut images = Vec::new();
+    let mut sources = Vec::new();
     for path in &args.archives {
-        for (name, blobs) in archive_images(path)? {
-            images.push(pin(&name, &blobs, args.commands.get(&name))?);
-        }
+        sources.extend(archive_images(path)?);
     }
     if let Some((socket, namespace)) = &args.containerd {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         for name in &args.image_names {
-            let blobs = rt.block_on(async {
+            sources.push(rt.block_on(async {
                 let mut c = contrast_containerd_client::Client::connect(socket, namespace).await?;
-                let mut blobs = Vec::new();
-                for l in c.image_layers(name).await? {
-                    blobs.push(c.read_blob(&l.digest, usize::MAX).await?);
+                let manifest = c.image_manifest(name).await?;
+                let config = c.read_blob(&manifest.config, usize::MAX).await?;
+                let config = ImageConfig::parse(&config).with_context(|| format!("image {name}"))?;
+                let mut layers = Vec::new();
+                for l in &manifest.layers {
+                    layers.push(c.read_blob(&l.digest, usize::MAX).await?);
                 }
-                Ok::<_, anyhow::Error>(blobs)
-            })?;
-            images.push(pin(name, &blobs, args.commands.get(name))?);
+                Ok::<_, anyhow::Error>(SourceImage { name: name.clone(), config, layers })
+            })?);
         }
     }
+    for image in args.overrides.keys() {
+        if !sources.iter().any(|s| &s.name == image) {
+            bail!("--command or --workdir for {image:?}, which no given image is named");
+        }
+    }
+    let mut images = Vec::new();
+    for source in &sources {
+        images.push(pin(source, args.overrides.get(&source.name).unwrap_or(&Overrides::default()))?);
+    }
     images.sort_by(|a, b| a.name.cmp(&b.name));
-    let init_data = contrast_initdata::InitData::wrap_policy(&policy_rego(&images, &args.execs));
+    let init_data = contrast_initdata::InitData::wrap_policy(&policy_rego(&images, &args.pod));
     std::fs::write(&args.out, init_data.toml()).with_context(|| format!("writing {}", args.out.display()))?;
     println!("{}", init_data.annotation());
     Ok(())

@@ -16,14 +16,28 @@ pub struct PinnedImage {
     pub name: String,
     /// Bottom first, as the manifest lists them.
     pub layers: Vec<PinnedLayer>,
-    /// When set, the only command a container of this image may run.
-    pub command: Option<Vec<String>>,
+    /// The only command a container of this image may run: its Entrypoint and Cmd, or what
+    /// the pod spec gives instead.
+    pub command: Vec<String>,
+    /// The image's own environment (`NAME=VALUE`).
+    pub env: Vec<String>,
+    /// The only working directory a process of this image's containers may start in.
+    pub working_dir: String,
+}
+
+/// What the pod adds for all of its containers: the commands an exec may run, and the
+/// environment variables (`NAME=VALUE`) its spec sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodAllowances {
+    pub execs: Vec<Vec<String>>,
+    pub env: Vec<String>,
 }
 
 /// Rules: the pod lifecycle allowed; `SetPolicy` refused; the sandbox container only as the
-/// guest's own pause; other containers only from their image's pinned layers; execs only of
-/// the commands the policy lists (none unless asked: an exec is the host running code of its
-/// choice next to the pod's data).
+/// guest's own pause; other containers only from their image's pinned layers, with their
+/// pinned command, working directory and environment; execs only of the commands the policy
+/// lists (none unless asked: an exec is the host running code of its choice next to the
+/// pod's data).
 const RULES: &str = r#"package agent_policy
 
 default DestroySandboxRequest := true
@@ -103,8 +117,46 @@ layers_allowed(pinned) if {
     {o | some o in overlay.options} == want
 }
 
-command_allowed(pinned) if { is_null(pinned.command) }
 command_allowed(pinned) if { input.OCI.Process.Args == pinned.command }
+
+# Environment: what the image's config sets, what the pod's spec sets (`policy_data.env`), the
+# pod's hostname, a terminal's TERM, and what Kubernetes derives from the services of the
+# pod's namespace (addresses, ports, protocols only). Nothing else: a variable such as
+# LD_PRELOAD or BASH_ENV would make a program of the image run code of the host's choice.
+env_allowed(pinned, e) if { e in pinned.env }
+env_allowed(_, e) if { e in policy_data.env }
+env_allowed(_, e) if { e == "TERM=xterm" }
+env_allowed(_, e) if {
+    startswith(e, "HOSTNAME=")
+    value := substring(e, count("HOSTNAME="), -1)
+    count(value) > 0
+    trim(value, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") == ""
+}
+env_allowed(_, e) if {
+    i := indexof(e, "=")
+    i > 0
+    service_env_name(substring(e, 0, i))
+    network_value(substring(e, i + 1, -1))
+}
+service_env_name(n) if {
+    trim(n, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == ""
+    some marker in {"_SERVICE_HOST", "_SERVICE_PORT", "_PORT"}
+    contains(n, marker)
+}
+network_chars := "0123456789abcdefABCDEF.:[]"
+network_value(v) if {
+    count(v) > 0
+    trim(v, network_chars) == ""
+}
+network_value(v) if { v in {"tcp", "udp", "sctp"} }
+network_value(v) if {
+    some scheme in {"tcp://", "udp://", "sctp://"}
+    startswith(v, scheme)
+    rest := substring(v, count(scheme), -1)
+    count(rest) > 0
+    trim(rest, network_chars) == ""
+}
+env_denied(pinned) := {e | some e in input.OCI.Process.Env; not env_allowed(pinned, e)}
 
 # Kernel file systems, which carry no bytes of the host's; and bind mounts only of the files
 # the host copied in for this container, each at its own place. A mount is a bind by its
@@ -134,6 +186,8 @@ CreateContainerRequest if {
     pinned := policy_data.images[image_name]
     layers_allowed(pinned)
     command_allowed(pinned)
+    input.OCI.Process.Cwd == pinned.working_dir
+    count(env_denied(pinned)) == 0
     mounts_allowed
 }
 
@@ -166,13 +220,55 @@ CreateContainerRequest if {
     print("command", concat(" ", input.OCI.Process.Args), "is not the one pinned for image", image_name)
     false
 }
+CreateContainerRequest if {
+    not is_sandbox
+    pinned := policy_data.images[image_name]
+    input.OCI.Process.Cwd != pinned.working_dir
+    print("working directory", input.OCI.Process.Cwd, "is not the one pinned for image", image_name)
+    false
+}
+CreateContainerRequest if {
+    not is_sandbox
+    pinned := policy_data.images[image_name]
+    some e in env_denied(pinned)
+    print("environment variable", e, "is not allowed by the policy")
+    false
+}
 
-# An exec only of a command the policy lists, argument for argument.
+# An exec only of a command the policy lists, argument for argument, with an environment and
+# working directory some pinned image's containers may have (containerd gives an exec its
+# container's).
 default ExecProcessRequest := false
-ExecProcessRequest if { input.process.Args in policy_data.execs }
+ExecProcessRequest if {
+    input.process.Args in policy_data.execs
+    count(exec_env_denied) == 0
+    exec_working_dir_allowed
+}
+exec_env_denied contains e if {
+    some e in input.process.Env
+    not exec_env_allowed(e)
+}
+exec_env_allowed(e) if {
+    some pinned in policy_data.images
+    env_allowed(pinned, e)
+}
+exec_working_dir_allowed if {
+    some pinned in policy_data.images
+    input.process.Cwd == pinned.working_dir
+}
 ExecProcessRequest if {
     not input.process.Args in policy_data.execs
     print("exec of", concat(" ", input.process.Args), "is not allowed by the policy")
+    false
+}
+ExecProcessRequest if {
+    some e in exec_env_denied
+    print("environment variable", e, "is not allowed by the policy")
+    false
+}
+ExecProcessRequest if {
+    not exec_working_dir_allowed
+    print("working directory", input.process.Cwd, "is not allowed by the policy")
     false
 }
 
@@ -220,8 +316,8 @@ CopyFileRequest if {
 "#;
 
 /// The whole policy: the rules, then `policy_data` with the pinned values: the images, and
-/// the commands an exec may run (in any container of the pod).
-pub fn policy_rego(images: &[PinnedImage], execs: &[Vec<String>]) -> String {
+/// what the pod allows all of its containers (execs, environment).
+pub fn policy_rego(images: &[PinnedImage], pod: &PodAllowances) -> String {
     let mut map = serde_json::Map::new();
     for image in images {
         let layers: Vec<serde_json::Value> = image
@@ -233,8 +329,13 @@ pub fn policy_rego(images: &[PinnedImage], execs: &[Vec<String>]) -> String {
                 })
             })
             .collect();
-        map.insert(image.name.clone(), serde_json::json!({ "layers": layers, "command": image.command }));
+        map.insert(
+            image.name.clone(),
+            serde_json::json!({
+                "layers": layers, "command": image.command, "env": image.env, "working_dir": image.working_dir,
+            }),
+        );
     }
-    let data = serde_json::json!({ "images": map, "execs": execs });
+    let data = serde_json::json!({ "images": map, "execs": pod.execs, "env": pod.env });
     format!("{RULES}{POD_NETWORK_RULES}\npolicy_data := {}\n", serde_json::to_string_pretty(&data).expect("JSON"))
 }
