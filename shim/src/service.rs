@@ -107,6 +107,9 @@ pub struct Inner {
     containerd: String,
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     ctrs: Mutex<HashMap<String, Arc<Ctr>>>,
+    /// Set, under the pod lock, by the `Shutdown` that ends the daemon: a `Create` that was
+    /// waiting for that lock must not boot a VM in a process about to exit.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -121,11 +124,31 @@ impl TaskService {
             containerd: containerd.into(),
             pod: tokio::sync::Mutex::new(None),
             ctrs: Mutex::new(HashMap::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }
 
 impl Inner {
+    /// containerd's `Shutdown`: with no task left, the pod is torn down and the daemon exits.
+    /// Decided under the pod lock, which a `Create` holds while it boots the pod's VM, so a
+    /// create either finished booting first (and the pod is torn down here) or finds the
+    /// daemon shutting down and boots nothing. Whether the daemon is exiting.
+    async fn shutdown(&self) -> bool {
+        let mut pod = self.pod.lock().await;
+        if !lock(&self.ctrs).is_empty() {
+            return false;
+        }
+        self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(pod) = pod.take() {
+            pod.teardown().await;
+        }
+        drop(pod);
+        self.events.flush(EVENT_FLUSH_TIMEOUT).await;
+        self.exit.signal();
+        true
+    }
+
     /// Queues an event for containerd (never waits; see [`crate::events`]).
     fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
         self.events.send(topic, event);
@@ -256,6 +279,12 @@ impl Inner {
         spec::refuse_host_propagation(&spec).map_err(ShimError::InvalidArgument)?;
         let sandbox_id = spec::sandbox_id(&spec, &req.id);
         let mut pod_guard = self.pod.lock().await;
+        if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {}: the shim of pod {sandbox_id} is shutting down (its last task was deleted)",
+                req.id
+            )));
+        }
         let pod = match pod_guard.as_ref() {
             Some(p) => {
                 pod::record_config_path(&bundle, &p.config_path)?;
@@ -887,13 +916,7 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TResult<api::Empty> {
-        if lock(&self.0.ctrs).is_empty() {
-            if let Some(pod) = self.0.pod.lock().await.take() {
-                pod.teardown().await;
-            }
-            self.0.events.flush(EVENT_FLUSH_TIMEOUT).await;
-            self.0.exit.signal();
-        }
+        self.0.shutdown().await;
         Ok(api::Empty::new())
     }
 }
@@ -905,6 +928,49 @@ mod tests {
 
     fn err(code: ttrpc::Code) -> AgentError {
         AgentError { method: "signal_process", code, message: "socket err: early eof".into() }
+    }
+
+    struct Discard;
+
+    #[async_trait]
+    impl events::EventSink for Discard {
+        async fn publish(&self, _: &'static str, _: Box<dyn MessageDyn>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn daemon() -> Arc<Inner> {
+        Arc::new(Inner {
+            namespace: "test".into(),
+            events: EventQueue::start(Discard),
+            exit: Arc::new(ExitSignal::default()),
+            containerd: String::new(),
+            pod: tokio::sync::Mutex::new(None),
+            ctrs: Mutex::new(HashMap::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// containerd's Shutdown of a daemon with no task, then a Create that was already on its
+    /// way: refused before anything is booted or written for it.
+    #[tokio::test]
+    async fn a_create_after_the_last_shutdown_boots_nothing() {
+        let d = daemon();
+        assert!(d.shutdown().await, "no task left: the daemon exits");
+        let bundle = tempfile::tempdir().expect("bundle");
+        let spec = serde_json::to_vec(&oci_spec::runtime::Spec::default()).expect("spec");
+        std::fs::write(bundle.path().join("config.json"), spec).expect("config.json");
+        let req = api::CreateTaskRequest {
+            id: "c".into(),
+            bundle: bundle.path().to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let err = d.create(req).await.expect_err("a create into an exiting daemon");
+        assert!(matches!(&err, ShimError::FailedPrecondition(m) if m.contains("shutting down")), "{err:?}");
+        assert!(d.pod.lock().await.is_none(), "no pod");
+        let files: Vec<_> =
+            std::fs::read_dir(bundle.path()).expect("bundle").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(files, ["config.json"], "nothing recorded in the bundle");
     }
 
     #[test]
