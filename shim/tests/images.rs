@@ -98,6 +98,17 @@ containerd_matrix! {
             .expect_err("an unpinned variable");
         let msg = format!("{err:#}");
         assert!(msg.contains("environment variable BASH_ENV=/etc/resolv.conf is not allowed by the policy"), "{msg}");
+        // A capability the pod spec does not add (the policy allows containerd's defaults).
+        let security = cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() }),
+            ..Default::default()
+        };
+        let err = cri
+            .run_container_with(&pod, "sys-admin", GOOD, &["sleep", "1000"], Some(security))
+            .await
+            .expect_err("an unpinned capability");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("capability CAP_SYS_ADMIN is not allowed by the policy for image"), "{msg}");
         // The image's own command only (the pod spec gives none here).
         let err = cri.run_container(&pod, "shell", GOOD, &["sh", "-c", "cat /etc/motd"]).await.expect_err("a command");
         let msg = format!("{err:#}");

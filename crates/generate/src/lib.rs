@@ -100,11 +100,14 @@ pub fn archive_images(path: &std::path::Path) -> Result<Vec<SourceImage>> {
     Ok(out)
 }
 
-/// What the pod spec changes for one image's containers (`--command`, `--workdir`).
+/// What the pod spec changes for one image's containers (`--command`, `--workdir`,
+/// `--cap-add`).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub command: Option<Vec<String>>,
     pub working_dir: Option<String>,
+    /// Capability names as the kernel's (`CAP_NET_ADMIN`).
+    pub capabilities_added: Vec<String>,
 }
 
 pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
@@ -134,6 +137,7 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         command,
         env: image.config.env.clone(),
         working_dir: overrides.working_dir.clone().unwrap_or_else(|| image.config.working_dir.clone()),
+        capabilities_added: overrides.capabilities_added.clone(),
     })
 }
 
@@ -169,6 +173,7 @@ mod tests {
             command: vec!["sleep".into(), "1000".into()],
             env: vec!["PATH=/bin".into()],
             working_dir: "/srv".into(),
+            capabilities_added: vec![],
         }
     }
 
@@ -333,6 +338,54 @@ mod tests {
     }
 
     #[test]
+    fn capabilities_beyond_containerds_defaults_only_when_added() {
+        let defaults = [
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FSETID",
+            "CAP_FOWNER",
+            "CAP_MKNOD",
+            "CAP_NET_RAW",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_SETFCAP",
+            "CAP_SETPCAP",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_CHROOT",
+            "CAP_KILL",
+            "CAP_AUDIT_WRITE",
+        ];
+        let create = |rego: &str, caps: serde_json::Value| {
+            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+            r["OCI"]["Process"]["Capabilities"] = caps;
+            eval(rego, r) == regorus::Value::Bool(true)
+        };
+        let sets = |caps: &[&str]| serde_json::json!({ "Bounding": caps, "Effective": caps, "Inheritable": [], "Permitted": caps, "Ambient": [] });
+        let rego = policy_rego(&[image()], &no_pod());
+        assert!(create(&rego, sets(&defaults)), "containerd's defaults");
+        assert!(create(&rego, sets(&["CAP_KILL"])), "fewer");
+        assert!(create(&rego, serde_json::Value::Null), "none");
+        let mut more = defaults.to_vec();
+        more.push("CAP_SYS_ADMIN");
+        assert!(!create(&rego, sets(&more)), "one more");
+        let mut only_bounding = sets(&defaults);
+        only_bounding["Bounding"] = serde_json::json!(more);
+        assert!(!create(&rego, only_bounding), "one more, in the bounding set only");
+        let mut added = image();
+        added.capabilities_added = vec!["CAP_SYS_ADMIN".into()];
+        let pod = PodAllowances { execs: vec![vec!["env".into()]], env: vec![] };
+        let rego = policy_rego(&[added], &pod);
+        assert!(create(&rego, sets(&more)), "added for the image");
+        let exec = |caps: &[&str]| {
+            let input = serde_json::json!({ "container_id": "c", "process": {
+                "Args": ["env"], "Env": [], "Cwd": "/srv", "Capabilities": sets(caps) } });
+            eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
+        };
+        assert!(exec(&more));
+        assert!(!exec(&["CAP_SYS_PTRACE"]), "an exec's capabilities");
+    }
+
+    #[test]
     fn image_config_gives_command_environment_and_working_directory() {
         let config = ImageConfig::parse(
             br#"{"config":{"Env":["PATH=/bin","A=1"],"Entrypoint":["/bin/app"],"Cmd":["--port","80"]}}"#,
@@ -350,8 +403,12 @@ mod tests {
             SourceImage { name: "x:1".into(), config: ImageConfig::parse(b"{}").expect("empty"), layers: vec![] };
         let err = pin(&source, &Overrides::default()).expect_err("no command");
         assert!(format!("{err:#}").contains("--command x:1=JSON"), "{err:#}");
-        let pinned = pin(&source, &Overrides { command: Some(vec!["true".into()]), working_dir: Some("/w".into()) })
-            .expect("pinned");
+        let overrides = Overrides {
+            command: Some(vec!["true".into()]),
+            working_dir: Some("/w".into()),
+            capabilities_added: vec![],
+        };
+        let pinned = pin(&source, &overrides).expect("pinned");
         assert_eq!((pinned.command, pinned.working_dir), (vec!["true".to_owned()], "/w".to_owned()));
     }
 

@@ -9,7 +9,8 @@
 //! exactly its image's pinned layers in order under one overlay that is its root, running its
 //! image's command (Entrypoint and Cmd, or `--command`) in its image's working directory (or
 //! `--workdir`), with no environment beyond its image's, the pod's (`--env`), its hostname and
-//! Kubernetes' service addresses; an exec only of a command given with `--exec` (an exec
+//! Kubernetes' service addresses, and no capability beyond containerd's defaults and
+//! `--cap-add`; an exec only of a command given with `--exec` (an exec
 //! probe's, say), none by default. The init data TOML goes to `--out`; the annotation value
 //! (base64 of gzip) is printed. Same input, same bytes.
 
@@ -21,7 +22,7 @@ use contrast_generate::{archive_images, pin, policy_rego, ImageConfig, Overrides
 
 const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
 [--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--workdir IMAGE=DIR]... \
-[--env NAME=VALUE]... [--exec JSON]... --out INITDATA.toml";
+[--cap-add IMAGE=CAPABILITY]... [--env NAME=VALUE]... [--exec JSON]... --out INITDATA.toml";
 
 struct Args {
     archives: Vec<PathBuf>,
@@ -67,6 +68,17 @@ fn parse_args() -> Result<Args> {
                     bail!("--workdir {v:?}: not an absolute path");
                 }
                 a.overrides.entry(image.to_owned()).or_default().working_dir = Some(dir.to_owned());
+            }
+            "--cap-add" => {
+                let v = value()?;
+                let (image, cap) = v.split_once('=').with_context(|| format!("--cap-add {v:?}: IMAGE=CAPABILITY"))?;
+                // Kubernetes writes NET_ADMIN, the kernel and the OCI spec CAP_NET_ADMIN.
+                let cap = cap.to_ascii_uppercase();
+                let cap = if cap.starts_with("CAP_") { cap } else { format!("CAP_{cap}") };
+                if cap.len() <= 4 || !cap.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                    bail!("--cap-add {v:?}: not a capability name");
+                }
+                a.overrides.entry(image.to_owned()).or_default().capabilities_added.push(cap);
             }
             "--env" => {
                 let v = value()?;
@@ -127,7 +139,7 @@ fn main() -> Result<()> {
     }
     for image in args.overrides.keys() {
         if !sources.iter().any(|s| &s.name == image) {
-            bail!("--command or --workdir for {image:?}, which no given image is named");
+            bail!("--command, --workdir or --cap-add for {image:?}, which no given image is named");
         }
     }
     let mut images = Vec::new();

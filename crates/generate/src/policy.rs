@@ -23,6 +23,8 @@ pub struct PinnedImage {
     pub env: Vec<String>,
     /// The only working directory a process of this image's containers may start in.
     pub working_dir: String,
+    /// Capabilities the pod spec adds beyond containerd's defaults (`CAP_NET_ADMIN`, …).
+    pub capabilities_added: Vec<String>,
 }
 
 /// What the pod adds for all of its containers: the commands an exec may run, and the
@@ -158,6 +160,23 @@ network_value(v) if {
 }
 env_denied(pinned) := {e | some e in input.OCI.Process.Env; not env_allowed(pinned, e)}
 
+# Capabilities: in every set, at most containerd's defaults for an unprivileged container
+# and what the pod spec adds for the image; a container the host made privileged (every
+# capability) is refused.
+default_capabilities := {
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+}
+capability_sets := ["Bounding", "Effective", "Inheritable", "Permitted", "Ambient"]
+capability_allowed(_, c) if { c in default_capabilities }
+capability_allowed(pinned, c) if { c in pinned.capabilities_added }
+capabilities_denied(pinned, process) := {c |
+    some set in capability_sets
+    some c in process.Capabilities[set]
+    not capability_allowed(pinned, c)
+}
+
 # Kernel file systems, which carry no bytes of the host's; and bind mounts only of the files
 # the host copied in for this container, each at its own place. A mount is a bind by its
 # options as much as by its type (`none` with `rbind` binds a guest path).
@@ -188,6 +207,7 @@ CreateContainerRequest if {
     command_allowed(pinned)
     input.OCI.Process.Cwd == pinned.working_dir
     count(env_denied(pinned)) == 0
+    count(capabilities_denied(pinned, input.OCI.Process)) == 0
     mounts_allowed
 }
 
@@ -234,6 +254,13 @@ CreateContainerRequest if {
     print("environment variable", e, "is not allowed by the policy")
     false
 }
+CreateContainerRequest if {
+    not is_sandbox
+    pinned := policy_data.images[image_name]
+    some c in capabilities_denied(pinned, input.OCI.Process)
+    print("capability", c, "is not allowed by the policy for image", image_name)
+    false
+}
 
 # An exec only of a command the policy lists, argument for argument, with an environment and
 # working directory some pinned image's containers may have (containerd gives an exec its
@@ -242,7 +269,17 @@ default ExecProcessRequest := false
 ExecProcessRequest if {
     input.process.Args in policy_data.execs
     count(exec_env_denied) == 0
+    count(exec_capabilities_denied) == 0
     exec_working_dir_allowed
+}
+exec_capabilities_denied := {c |
+    some set in capability_sets
+    some c in input.process.Capabilities[set]
+    not exec_capability_allowed(c)
+}
+exec_capability_allowed(c) if {
+    some pinned in policy_data.images
+    capability_allowed(pinned, c)
 }
 exec_env_denied contains e if {
     some e in input.process.Env
@@ -264,6 +301,11 @@ ExecProcessRequest if {
 ExecProcessRequest if {
     some e in exec_env_denied
     print("environment variable", e, "is not allowed by the policy")
+    false
+}
+ExecProcessRequest if {
+    some c in exec_capabilities_denied
+    print("capability", c, "is not allowed by the policy")
     false
 }
 ExecProcessRequest if {
@@ -333,6 +375,7 @@ pub fn policy_rego(images: &[PinnedImage], pod: &PodAllowances) -> String {
             image.name.clone(),
             serde_json::json!({
                 "layers": layers, "command": image.command, "env": image.env, "working_dir": image.working_dir,
+                "capabilities_added": image.capabilities_added,
             }),
         );
     }
