@@ -456,6 +456,17 @@ mod tests {
         let kernel =
             serde_json::json!({ "destination": "/dev/mqueue", "type_": "mqueue", "source": "mqueue", "options": [] });
         assert_eq!(with_mount(kernel), regorus::Value::Bool(true));
+        let hidden = |list: &str, path: &str| {
+            let mut r = pinned();
+            r["OCI"]["Linux"] = serde_json::json!({ "MaskedPaths": ["/proc/kcore"], "ReadonlyPaths": ["/proc/sys"] });
+            r["OCI"]["Linux"][list].as_array_mut().expect("paths").push(path.into());
+            eval(&rego, r)
+        };
+        assert_eq!(hidden("MaskedPaths", "/sys/firmware"), regorus::Value::Bool(true));
+        assert_eq!(hidden("ReadonlyPaths", "/proc/bus"), regorus::Value::Bool(true));
+        assert_eq!(hidden("MaskedPaths", "/etc/app"), regorus::Value::Bool(false), "a masked image directory");
+        assert_eq!(hidden("ReadonlyPaths", "/data"), regorus::Value::Bool(false), "a read-only image directory");
+        assert_eq!(hidden("MaskedPaths", "/proc/../etc"), regorus::Value::Bool(false), "a masked parent");
         for (what, m) in [
             (
                 "a bind by its options",
@@ -468,6 +479,18 @@ mod tests {
             (
                 "a raw disk",
                 serde_json::json!({ "destination": "/data", "type_": "erofs", "source": "/dev/sda", "options": [] }),
+            ),
+            (
+                "a kernel file system over the image's files",
+                serde_json::json!({ "destination": "/etc/app", "type_": "tmpfs", "source": "tmpfs", "options": [] }),
+            ),
+            (
+                "… through a parent directory",
+                serde_json::json!({ "destination": "/dev/../etc", "type_": "tmpfs", "source": "tmpfs", "options": [] }),
+            ),
+            (
+                "… beside a kernel directory",
+                serde_json::json!({ "destination": "/device", "type_": "tmpfs", "source": "tmpfs", "options": [] }),
             ),
             (
                 "proc as a bind",

@@ -177,10 +177,22 @@ capabilities_denied(pinned, process) := {c |
     not capability_allowed(pinned, c)
 }
 
-# Kernel file systems, which carry no bytes of the host's; and bind mounts only of the files
-# the host copied in for this container, each at its own place. A mount is a bind by its
-# options as much as by its type (`none` with `rbind` binds a guest path).
+# Kernel file systems, which carry no bytes of the host's, only at or below /proc, /sys and
+# /dev (none of which shows the image's files): one over a directory of the image would
+# hide what the policy pinned there (an application's configuration, say, for its
+# defaults); and bind mounts only of the files the host copied in for this container, each
+# at its own place. A mount is a bind by its options as much as by its type (`none` with
+# `rbind` binds a guest path).
 kernel_file_systems := {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"}
+kernel_path(p) if {
+    some d in {"/proc", "/sys", "/dev"}
+    p == d
+}
+kernel_path(p) if {
+    some d in {"/proc/", "/sys/", "/dev/"}
+    startswith(p, d)
+    not ".." in split(p, "/")
+}
 is_bind(m) if { m.type_ == "bind" }
 is_bind(m) if {
     some o in m.options
@@ -190,13 +202,25 @@ copied_files := {"/etc/hosts": "hosts", "/etc/hostname": "hostname", "/etc/resol
 mount_allowed(m) if {
     not is_bind(m)
     m.type_ in kernel_file_systems
+    kernel_path(m.destination)
 }
 mount_allowed(m) if {
     is_bind(m)
     name := copied_files[m.destination]
     m.source == concat("", ["/run/kata-containers/shared/containers/", input.container_id, "-", name])
 }
-mounts_allowed if { every m in input.OCI.Mounts { mount_allowed(m) } }
+mounts_allowed if {
+    every m in input.OCI.Mounts { mount_allowed(m) }
+    count(hidden_paths_denied) == 0
+}
+
+# Masked and read-only paths likewise only of the kernel's files: a masked path is an empty
+# file system over it.
+hidden_paths_denied := {p |
+    some list in ["MaskedPaths", "ReadonlyPaths"]
+    some p in input.OCI.Linux[list]
+    not kernel_path(p)
+}
 
 default CreateContainerRequest := false
 CreateContainerRequest if { pause_allowed }
@@ -231,6 +255,11 @@ CreateContainerRequest if {
     some m in input.OCI.Mounts
     not mount_allowed(m)
     print("mount of", m.source, "on", m.destination, "( type", m.type_, ") is not allowed by the policy")
+    false
+}
+CreateContainerRequest if {
+    some p in hidden_paths_denied
+    print("masked or read-only path", p, "is not allowed by the policy")
     false
 }
 CreateContainerRequest if {
