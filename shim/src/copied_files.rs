@@ -1,8 +1,10 @@
 //! On the confidential path (no host share) the files containerd bind-mounts into a CRI
 //! container — `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, the pod's DNS and names —
 //! are copied into the guest with kata's `CopyFile` and the container bind-mounts the copy,
-//! as kata does without a shared file system. Each copy is judged by the guest's policy. Any
-//! other host bind mount cannot reach such a guest and is left out.
+//! as kata does without a shared file system. Each copy is judged by the guest's policy.
+//! A Kubernetes `emptyDir` volume becomes a directory of the pod's own in the guest
+//! ([`GUEST_VOLUME_DIR`], shared by the pod's containers that mount it; the agent makes
+//! it). Any other host bind mount cannot reach such a guest and is left out.
 
 use contrast_agent_protocol::{agent, AgentClient};
 use oci_spec::runtime::Mount;
@@ -13,6 +15,8 @@ use crate::error::ShimError;
 pub const GUEST_DIR: &str = "/run/kata-containers/shared/containers";
 /// Mount destinations whose source is copied: what containerd's CRI writes per pod.
 const COPIED: [&str; 3] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
+/// The guest directory of the pod's `emptyDir` volumes, one directory per volume name.
+pub const GUEST_VOLUME_DIR: &str = "/run/contrast/volumes";
 /// Larger files are not configuration files; they are refused.
 const MAX_SIZE: u64 = 64 * 1024;
 
@@ -23,6 +27,12 @@ pub async fn guest_mounts(agent: &AgentClient, container: &str, mounts: &[Mount]
     for m in mounts {
         if !crate::rootfs::is_bind(m) {
             out.push(m.clone());
+            continue;
+        }
+        if let Some(volume) = m.source().as_deref().and_then(empty_dir_volume) {
+            let mut guest = m.clone();
+            guest.set_source(Some(format!("{GUEST_VOLUME_DIR}/{volume}").into()));
+            out.push(guest);
             continue;
         }
         let destination = m.destination().to_string_lossy().into_owned();
@@ -56,4 +66,31 @@ pub async fn guest_mounts(agent: &AgentClient, container: &str, mounts: &[Mount]
         out.push(copy);
     }
     Ok(out)
+}
+
+/// The volume name of a kubelet `emptyDir` directory
+/// (`<kubelet root>/pods/<pod uid>/volumes/kubernetes.io~empty-dir/<name>`).
+fn empty_dir_volume(source: &std::path::Path) -> Option<&str> {
+    let name = source.file_name()?.to_str()?;
+    let plugin = source.parent()?;
+    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (valid && plugin.file_name()? == "kubernetes.io~empty-dir" && plugin.parent()?.file_name()? == "volumes")
+        .then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubelet_empty_dirs_by_their_path() {
+        fn volume(p: &str) -> Option<&str> {
+            empty_dir_volume(std::path::Path::new(p))
+        }
+        assert_eq!(volume("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~empty-dir/cache"), Some("cache"));
+        assert_eq!(volume("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~secret/token"), None);
+        assert_eq!(volume("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~empty-dir"), None);
+        assert_eq!(volume("/tmp/kubernetes.io~empty-dir/cache"), None);
+        assert_eq!(volume("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~empty-dir/../x"), None);
+    }
 }

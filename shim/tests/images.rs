@@ -57,13 +57,28 @@ containerd_matrix! {
             &["sha256sum", "/data/blob"],
             &["cat", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"],
             &["cat", "/proc/self/environ"],
+            &["sh", "-c", "echo shared > /cache/note"],
+            &["cat", "/cache/note"],
         ]
         .iter()
         .map(|c| c.iter().map(|a| a.to_string()).collect())
         .collect();
         // The pod spec's environment, and no other.
         let pod_env = contrast_generate::PodAllowances { execs, env: vec!["GREETING=hello".into()] };
-        let init_data = contrast_generate::init_data_for_archives(&[&good, &pinned_swap], &pod_env).expect("generator");
+        // The pod's emptyDir volume `cache`, mounted at /cache.
+        let overrides = std::collections::BTreeMap::from([(
+            GOOD.to_owned(),
+            contrast_generate::Overrides { empty_dirs: vec![("cache".into(), "/cache".into())], ..Default::default() },
+        )]);
+        let init_data =
+            contrast_generate::init_data_for_archives(&[&good, &pinned_swap], &overrides, &pod_env).expect("generator");
+        let empty_dir = dir.path().join("pods/uid-layered/volumes/kubernetes.io~empty-dir/cache");
+        std::fs::create_dir_all(&empty_dir).expect("kubelet's emptyDir");
+        let volume = |destination: &str| cri::Mount {
+            container_path: destination.into(),
+            host_path: empty_dir.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
         let annotations = HashMap::from([(INIT_DATA_ANNOTATION.to_owned(), init_data.annotation())]);
         let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
         let mut config = pod_config("layered", "default");
@@ -80,6 +95,7 @@ containerd_matrix! {
         let with_env = |name: &str, key: &str, value: &str| {
             let mut config = container_config(name, GOOD, &["sleep", "1000"]);
             config.envs = vec![cri::KeyValue { key: key.into(), value: value.into() }];
+            config.mounts = vec![volume("/cache")];
             config
         };
         let c = cri.run_container_config(&pod, with_env("app", "GREETING", "hello")).await.expect("pinned image runs");
@@ -158,7 +174,20 @@ containerd_matrix! {
         let (code, out, _) = cri.exec_sync(&c, &["cat", "/etc/motd"]).await.expect("exec after the refusal");
         assert_eq!((code, out.as_slice()), (0, &b"upper replaces lower\n"[..]));
         assert!(!middle.exists(), "the refused cache entry is dropped");
-        let again = cri.run_container(&pod, "again", GOOD, &["sleep", "1000"]).await.expect("rebuilt layer runs");
+        let mut config = container_config("again", GOOD, &["sleep", "1000"]);
+        config.mounts = vec![volume("/cache")];
+        let again = cri.run_container_config(&pod, config).await.expect("rebuilt layer runs");
+        // The emptyDir is the pod's, shared by its containers, and never on the node.
+        let (code, out, err) = cri.exec_sync(&c, &["sh", "-c", "echo shared > /cache/note"]).await.expect("exec");
+        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+        let (code, out2, _) = cri.exec_sync(&again, &["cat", "/cache/note"]).await.expect("exec");
+        assert_eq!((code, out.as_slice(), out2.as_slice()), (0, &b""[..], &b"shared\n"[..]));
+        assert!(std::fs::read_dir(&empty_dir).expect("node dir").next().is_none(), "written on the node");
+        let mut config = container_config("volume-over-etc", GOOD, &["sleep", "1000"]);
+        config.mounts = vec![volume("/etc")];
+        let err = cri.run_container_config(&pod, config).await.expect_err("a volume where the pod spec has none");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("mount of /run/contrast/volumes/cache on /etc"), "{msg}");
         let (code, out, _) = cri.exec_sync(&again, &["sha256sum", "/data/blob"]).await.expect("exec");
         assert_eq!(code, 0);
         assert_eq!(String::from_utf8_lossy(&out), format!("{:x}  /data/blob\n", Sha256::digest(blob_content())));

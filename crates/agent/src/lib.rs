@@ -25,6 +25,7 @@ pub mod spec;
 mod stdio;
 pub mod storage;
 mod transport;
+mod volumes;
 
 use std::path::Path;
 

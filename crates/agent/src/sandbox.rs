@@ -323,6 +323,10 @@ impl Sandbox {
             cleanup_bundle();
             return Err(Error::Internal(format!("writing config.json: {e}")));
         }
+        if let Err(e) = crate::volumes::prepare(&oci) {
+            cleanup_bundle();
+            return Err(e);
+        }
         let copies = crate::copy_file::copies_in(&oci);
         let terminal = oci.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let spawned = self

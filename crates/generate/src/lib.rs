@@ -101,13 +101,15 @@ pub fn archive_images(path: &std::path::Path) -> Result<Vec<SourceImage>> {
 }
 
 /// What the pod spec changes for one image's containers (`--command`, `--workdir`,
-/// `--cap-add`).
+/// `--cap-add`, `--empty-dir`).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub command: Option<Vec<String>>,
     pub working_dir: Option<String>,
     /// Capability names as the kernel's (`CAP_NET_ADMIN`).
     pub capabilities_added: Vec<String>,
+    /// `emptyDir` volumes: (volume name, mount path).
+    pub empty_dirs: Vec<(String, String)>,
 }
 
 pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
@@ -138,19 +140,22 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         env: image.config.env.clone(),
         working_dir: overrides.working_dir.clone().unwrap_or_else(|| image.config.working_dir.clone()),
         capabilities_added: overrides.capabilities_added.clone(),
+        empty_dirs: overrides.empty_dirs.clone(),
     })
 }
 
 /// The init data of a pod whose containers run `images` (each archive's images pinned, with
-/// their own commands), allowing what `pod` adds (execs, environment).
+/// what the pod spec changes for them in `overrides` by image name), allowing what `pod`
+/// adds (execs, environment).
 pub fn init_data_for_archives(
     archives: &[&std::path::Path],
+    overrides: &BTreeMap<String, Overrides>,
     pod: &PodAllowances,
 ) -> Result<contrast_initdata::InitData> {
     let mut images = Vec::new();
     for path in archives {
         for image in archive_images(path)? {
-            images.push(pin(&image, &Overrides::default())?);
+            images.push(pin(&image, overrides.get(&image.name).unwrap_or(&Overrides::default()))?);
         }
     }
     images.sort_by(|a, b| a.name.cmp(&b.name));
@@ -174,6 +179,7 @@ mod tests {
             env: vec!["PATH=/bin".into()],
             working_dir: "/srv".into(),
             capabilities_added: vec![],
+            empty_dirs: vec![("cache".into(), "/var/cache/app".into())],
         }
     }
 
@@ -228,6 +234,12 @@ mod tests {
         assert_eq!(with_mount(&format!("{dir}/c-hosts"), "/etc/resolv.conf"), regorus::Value::Bool(false));
         assert_eq!(with_mount(&format!("{dir}/other-resolv.conf"), "/etc/resolv.conf"), regorus::Value::Bool(false));
         assert_eq!(with_mount("/var/lib/secret", "/etc/resolv.conf"), regorus::Value::Bool(false));
+        // The pod's emptyDir volume, only where the pod spec mounts it.
+        let volume = "/run/contrast/volumes/cache";
+        assert_eq!(with_mount(volume, "/var/cache/app"), regorus::Value::Bool(true));
+        assert_eq!(with_mount(volume, "/etc"), regorus::Value::Bool(false), "over the image's files");
+        assert_eq!(with_mount("/run/contrast/volumes/other", "/var/cache/app"), regorus::Value::Bool(false));
+        assert_eq!(with_mount("/run/contrast/volumes/cache/..", "/var/cache/app"), regorus::Value::Bool(false));
     }
 
     fn request(root_hash: &str, args: &[&str]) -> serde_json::Value {
@@ -403,11 +415,8 @@ mod tests {
             SourceImage { name: "x:1".into(), config: ImageConfig::parse(b"{}").expect("empty"), layers: vec![] };
         let err = pin(&source, &Overrides::default()).expect_err("no command");
         assert!(format!("{err:#}").contains("--command x:1=JSON"), "{err:#}");
-        let overrides = Overrides {
-            command: Some(vec!["true".into()]),
-            working_dir: Some("/w".into()),
-            capabilities_added: vec![],
-        };
+        let overrides =
+            Overrides { command: Some(vec!["true".into()]), working_dir: Some("/w".into()), ..Default::default() };
         let pinned = pin(&source, &overrides).expect("pinned");
         assert_eq!((pinned.command, pinned.working_dir), (vec!["true".to_owned()], "/w".to_owned()));
     }
@@ -562,8 +571,8 @@ mod tests {
         }
         t.finish().expect("tar");
         drop(t);
-        let a = init_data_for_archives(&[&path], &no_pod()).expect("init data");
-        let b = init_data_for_archives(&[&path], &no_pod()).expect("init data");
+        let a = init_data_for_archives(&[&path], &BTreeMap::new(), &no_pod()).expect("init data");
+        let b = init_data_for_archives(&[&path], &BTreeMap::new(), &no_pod()).expect("init data");
         assert_eq!(a.toml(), b.toml());
         assert_eq!(a.annotation(), b.annotation());
         let policy = a.policy().expect("policy");

@@ -9,8 +9,8 @@
 //! exactly its image's pinned layers in order under one overlay that is its root, running its
 //! image's command (Entrypoint and Cmd, or `--command`) in its image's working directory (or
 //! `--workdir`), with no environment beyond its image's, the pod's (`--env`), its hostname and
-//! Kubernetes' service addresses, and no capability beyond containerd's defaults and
-//! `--cap-add`; an exec only of a command given with `--exec` (an exec
+//! Kubernetes' service addresses, no capability beyond containerd's defaults and
+//! `--cap-add`, and the pod's emptyDir volumes only where `--empty-dir` mounts them; an exec only of a command given with `--exec` (an exec
 //! probe's, say), none by default. The init data TOML goes to `--out`; the annotation value
 //! (base64 of gzip) is printed. Same input, same bytes.
 
@@ -22,7 +22,8 @@ use contrast_generate::{archive_images, pin, policy_rego, ImageConfig, Overrides
 
 const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
 [--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--workdir IMAGE=DIR]... \
-[--cap-add IMAGE=CAPABILITY]... [--env NAME=VALUE]... [--exec JSON]... --out INITDATA.toml";
+[--cap-add IMAGE=CAPABILITY]... [--empty-dir IMAGE=VOLUME:PATH]... [--env NAME=VALUE]... [--exec JSON]... \
+--out INITDATA.toml";
 
 struct Args {
     archives: Vec<PathBuf>,
@@ -79,6 +80,19 @@ fn parse_args() -> Result<Args> {
                     bail!("--cap-add {v:?}: not a capability name");
                 }
                 a.overrides.entry(image.to_owned()).or_default().capabilities_added.push(cap);
+            }
+            "--empty-dir" => {
+                let v = value()?;
+                let (image, volume) =
+                    v.split_once('=').with_context(|| format!("--empty-dir {v:?}: IMAGE=VOLUME:PATH"))?;
+                let (name, path) =
+                    volume.split_once(':').with_context(|| format!("--empty-dir {v:?}: IMAGE=VOLUME:PATH"))?;
+                let valid_name =
+                    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !valid_name || !path.starts_with('/') {
+                    bail!("--empty-dir {v:?}: a volume name (lowercase, digits, -) and an absolute path");
+                }
+                a.overrides.entry(image.to_owned()).or_default().empty_dirs.push((name.to_owned(), path.to_owned()));
             }
             "--env" => {
                 let v = value()?;
@@ -139,7 +153,7 @@ fn main() -> Result<()> {
     }
     for image in args.overrides.keys() {
         if !sources.iter().any(|s| &s.name == image) {
-            bail!("--command, --workdir or --cap-add for {image:?}, which no given image is named");
+            bail!("--command, --workdir, --cap-add or --empty-dir for {image:?}, which no given image is named");
         }
     }
     let mut images = Vec::new();

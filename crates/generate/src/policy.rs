@@ -25,6 +25,8 @@ pub struct PinnedImage {
     pub working_dir: String,
     /// Capabilities the pod spec adds beyond containerd's defaults (`CAP_NET_ADMIN`, …).
     pub capabilities_added: Vec<String>,
+    /// The pod's `emptyDir` volumes this image's containers mount: (volume name, where).
+    pub empty_dirs: Vec<(String, String)>,
 }
 
 /// What the pod adds for all of its containers: the commands an exec may run, and the
@@ -208,6 +210,17 @@ mount_allowed(m) if {
     is_bind(m)
     name := copied_files[m.destination]
     m.source == concat("", ["/run/kata-containers/shared/containers/", input.container_id, "-", name])
+}
+# The pod's emptyDir volumes (a directory of the pod's own in the guest, shared by its
+# containers), each only where the pod spec mounts it: anywhere else it would hide the
+# image's files.
+default image_empty_dirs := []
+image_empty_dirs := v if { v := policy_data.images[image_name].empty_dirs }
+mount_allowed(m) if {
+    is_bind(m)
+    some v in image_empty_dirs
+    m.destination == v.destination
+    m.source == concat("/", ["/run/contrast/volumes", v.name])
 }
 mounts_allowed if {
     every m in input.OCI.Mounts { mount_allowed(m) }
@@ -405,6 +418,9 @@ pub fn policy_rego(images: &[PinnedImage], pod: &PodAllowances) -> String {
             serde_json::json!({
                 "layers": layers, "command": image.command, "env": image.env, "working_dir": image.working_dir,
                 "capabilities_added": image.capabilities_added,
+                "empty_dirs": image.empty_dirs.iter().map(|(name, destination)| {
+                    serde_json::json!({ "name": name, "destination": destination })
+                }).collect::<Vec<_>>(),
             }),
         );
     }
