@@ -72,6 +72,17 @@ containerd_matrix! {
         )]);
         let init_data =
             contrast_generate::init_data_for_archives(&[&good, &pinned_swap], &overrides, &pod_env).expect("generator");
+        // The generator reading the node's containerd pins what it pins from the archive.
+        let mut client = contrast_containerd_client::Client::connect(Path::new(&cd.socket()), CRI_NAMESPACE)
+            .await
+            .expect("containerd's API");
+        let from_node = contrast_generate::containerd_image(&mut client, GOOD).await.expect("image in containerd");
+        let from_archive = contrast_generate::archive_images(&good).expect("archive").remove(0);
+        assert_eq!(from_node.config.command, ["sleep", "1000"]);
+        assert_eq!(
+            contrast_generate::pin(&from_node, &overrides[GOOD]).expect("pin"),
+            contrast_generate::pin(&from_archive, &overrides[GOOD]).expect("pin")
+        );
         let empty_dir = dir.path().join("pods/uid-layered/volumes/kubernetes.io~empty-dir/cache");
         std::fs::create_dir_all(&empty_dir).expect("kubelet's emptyDir");
         let volume = |destination: &str| cri::Mount {

@@ -100,6 +100,19 @@ pub fn archive_images(path: &std::path::Path) -> Result<Vec<SourceImage>> {
     Ok(out)
 }
 
+/// An image as the node's containerd has it (`client`'s namespace): config and layer blobs,
+/// each checked against its digest.
+pub async fn containerd_image(client: &mut contrast_containerd_client::Client, name: &str) -> Result<SourceImage> {
+    let manifest = client.image_manifest(name).await?;
+    let config = client.read_blob(&manifest.config, usize::MAX).await?;
+    let config = ImageConfig::parse(&config).with_context(|| format!("image {name}"))?;
+    let mut layers = Vec::new();
+    for l in &manifest.layers {
+        layers.push(client.read_blob(&l.digest, usize::MAX).await?);
+    }
+    Ok(SourceImage { name: name.to_owned(), config, layers })
+}
+
 /// What the pod spec changes for one image's containers (`--command`, `--workdir`,
 /// `--cap-add`, `--empty-dir`).
 #[derive(Debug, Clone, Default)]

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use contrast_generate::{archive_images, pin, policy_rego, ImageConfig, Overrides, PodAllowances, SourceImage};
+use contrast_generate::{archive_images, containerd_image, pin, policy_rego, Overrides, PodAllowances};
 
 const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
 [--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--workdir IMAGE=DIR]... \
@@ -140,14 +140,7 @@ fn main() -> Result<()> {
         for name in &args.image_names {
             sources.push(rt.block_on(async {
                 let mut c = contrast_containerd_client::Client::connect(socket, namespace).await?;
-                let manifest = c.image_manifest(name).await?;
-                let config = c.read_blob(&manifest.config, usize::MAX).await?;
-                let config = ImageConfig::parse(&config).with_context(|| format!("image {name}"))?;
-                let mut layers = Vec::new();
-                for l in &manifest.layers {
-                    layers.push(c.read_blob(&l.digest, usize::MAX).await?);
-                }
-                Ok::<_, anyhow::Error>(SourceImage { name: name.clone(), config, layers })
+                containerd_image(&mut c, name).await
             })?);
         }
     }
