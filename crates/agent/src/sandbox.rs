@@ -68,6 +68,8 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Process>>>,
     state: Mutex<State>,
     storages: Vec<PathBuf>,
+    /// Its storages' upper and work directories (see [`storage::scratch_dirs`]).
+    scratch: Vec<PathBuf>,
     /// The files the host copied in (`CopyFile`) that this container's mounts bind.
     copies: Vec<PathBuf>,
 }
@@ -283,6 +285,7 @@ impl Sandbox {
             }
             Err(e) => {
                 mounted.iter().rev().for_each(|p| storage::unmount(p));
+                storage::remove_scratch(&storage::scratch_dirs(&req.storages));
                 Err(e)
             }
         }
@@ -355,6 +358,7 @@ impl Sandbox {
             execs: Mutex::new(HashMap::new()),
             state: Mutex::new(State::Created),
             storages,
+            scratch: storage::scratch_dirs(&req.storages),
             copies,
         })
     }
@@ -520,6 +524,7 @@ impl Sandbox {
         for p in c.storages.iter().rev() {
             storage::unmount(p);
         }
+        storage::remove_scratch(&c.scratch);
         {
             let mut reg = lock(&self.registry);
             reg.containers.remove(id);

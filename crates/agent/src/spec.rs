@@ -70,6 +70,12 @@ pub fn is_pod_sysctl(key: &str) -> bool {
     key.starts_with("net.") || key.starts_with("fs.mqueue.") || KERNEL_IPC_UTS.contains(&key)
 }
 
+/// A device node's path: below `/dev/`, every component a plain name (no `.`, `..`, or
+/// empty one).
+fn device_path(p: &str) -> bool {
+    p.strip_prefix("/dev/").is_some_and(|rest| rest.split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
 /// `/proc/sys` path of a sysctl key; refuses keys that could name anything else.
 pub fn sysctl_path(key: &str) -> Result<std::path::PathBuf, SpecError> {
     let valid = !key.is_empty()
@@ -144,10 +150,15 @@ pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError
             .Devices
             .iter()
             .map(|d| {
-                json!({ "path": d.Path, "type": d.Type, "major": d.Major, "minor": d.Minor,
-                        "fileMode": d.FileMode, "uid": d.UID, "gid": d.GID })
+                // A node elsewhere would stand in for a file of the image (libcontainer
+                // only checks that the path begins with /dev, so /dev/../etc/x passes).
+                if !device_path(&d.Path) {
+                    return Err(SpecError::Invalid(format!("device {:?}: not a canonical path below /dev/", d.Path)));
+                }
+                Ok(json!({ "path": d.Path, "type": d.Type, "major": d.Major, "minor": d.Minor,
+                           "fileMode": d.FileMode, "uid": d.UID, "gid": d.GID }))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         if !devices.is_empty() {
             linux.insert("devices".into(), Value::Array(devices));
         }
@@ -521,6 +532,23 @@ mod tests {
         // What is not the pod's stays with libcontainer, which judges it as runc would.
         let own = c.spec.linux().as_ref().and_then(|l| l.sysctl().clone()).unwrap_or_default();
         assert_eq!(own.keys().collect::<Vec<_>>(), ["vm.overcommit_memory"]);
+    }
+
+    #[test]
+    fn device_nodes_only_below_dev() {
+        for ok in ["/dev/fuse", "/dev/net/tun"] {
+            assert!(device_path(ok), "{ok}");
+        }
+        for bad in ["/dev/../etc/app.conf", "/dev/./x", "/dev//x", "/dev/", "/dev", "/etc/x", "dev/x", "/dev/x/.."] {
+            assert!(!device_path(bad), "{bad}");
+        }
+        let mut s = minimal();
+        let mut d = oci::LinuxDevice::new();
+        d.Path = "/dev/../usr/lib/python3/site-packages/x.pth".into();
+        d.Type = "b".into();
+        s.Linux.mut_or_insert_default().Devices.push(d);
+        let err = convert("c", &s).err().expect("a device node outside /dev").to_string();
+        assert!(err.contains("not a canonical path below /dev/"), "{err}");
     }
 
     #[test]

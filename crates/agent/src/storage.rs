@@ -107,6 +107,35 @@ pub fn plan(s: &Storage) -> Result<Planned, StorageError> {
     Ok(Planned { target, plan: Plan::Mount { fstype, source, flags, data, dirs } })
 }
 
+/// The directories mounting `storages` creates for a container's own writes (overlay upper
+/// and work dirs): they go with the container, or the next container under its id would see
+/// its files, and a restarting container would fill the guest's memory.
+pub fn scratch_dirs(storages: &[Storage]) -> Vec<PathBuf> {
+    storages
+        .iter()
+        .filter_map(|s| plan(s).ok())
+        .flat_map(|p| match p.plan {
+            Plan::Mount { dirs, .. } => dirs,
+            Plan::Layer(_) => Vec::new(),
+        })
+        .collect()
+}
+
+/// Removes scratch directories (after their overlay is unmounted), and the directory that
+/// held them once it is empty.
+pub fn remove_scratch(dirs: &[PathBuf]) {
+    for dir in dirs {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                crate::log!("removing {}: {e}", dir.display());
+            }
+        }
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
 /// Mounts one storage; returns its mount point.
 pub fn mount_storage(s: &Storage) -> Result<PathBuf, StorageError> {
     let Planned { target, plan } = plan(s)?;
@@ -114,6 +143,15 @@ pub fn mount_storage(s: &Storage) -> Result<PathBuf, StorageError> {
     match plan {
         Plan::Layer(spec) => crate::layers::mount_layer(&spec, &target)?,
         Plan::Mount { fstype, source, flags, data, dirs } => {
+            for dir in &dirs {
+                // Another container's writes (the same id again): never under a new root.
+                if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+                    return Err(invalid(format!(
+                        "{} is not empty: it holds an earlier container's files",
+                        dir.display()
+                    )));
+                }
+            }
             for dir in dirs.iter().chain([&target]) {
                 std::fs::create_dir_all(dir).map_err(|e| invalid(format!("creating {}: {e}", dir.display())))?;
             }
@@ -189,6 +227,24 @@ mod tests {
         }
         // `...` is a name, not a way up.
         assert!(plan(&storage("virtio-fs", "tag", &[], "/run/...")).is_ok());
+    }
+
+    #[test]
+    fn an_earlier_containers_writes_are_refused_and_removed_with_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (upper, work) = (dir.path().join("c/upper"), dir.path().join("c/work"));
+        let options =
+            ["lowerdir=/l".to_owned(), format!("upperdir={}", upper.display()), format!("workdir={}", work.display())];
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        let s = storage("overlayfs", "overlay", &options, &dir.path().join("rootfs").to_string_lossy());
+        let scratch = scratch_dirs(std::slice::from_ref(&s));
+        assert_eq!(scratch, [upper.clone(), work.clone()]);
+        std::fs::create_dir_all(&upper).expect("upper");
+        std::fs::write(upper.join("secret"), "of the container before").expect("write");
+        let err = mount_storage(&s).expect_err("a used upper dir").to_string();
+        assert!(err.contains("is not empty: it holds an earlier container's files"), "{err}");
+        remove_scratch(&scratch);
+        assert!(!dir.path().join("c").exists(), "upper, work and their directory gone");
     }
 
     #[test]
