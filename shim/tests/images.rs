@@ -64,7 +64,8 @@ containerd_matrix! {
         .map(|c| c.iter().map(|a| a.to_string()).collect())
         .collect();
         // The pod spec's environment, and no other.
-        let pod_env = contrast_generate::PodAllowances { execs, env: vec!["GREETING=hello".into()] };
+        let pod_env =
+            contrast_generate::PodAllowances { execs, env: vec!["GREETING=hello".into()], ..Default::default() };
         // The pod's emptyDir volume `cache`, mounted at /cache.
         let overrides = std::collections::BTreeMap::from([(
             GOOD.to_owned(),

@@ -234,6 +234,13 @@ mod tests {
             )
         };
         assert_eq!((nic(0), nic(0x80)), (regorus::Value::Bool(true), regorus::Value::Bool(false)));
+        // stdin only when the pod spec asks for it: a shell or interpreter would run it.
+        let write = |rego: &str| {
+            eval_rule(rego, "WriteStreamRequest", serde_json::json!({ "container_id": "c", "exec_id": "", "data": [] }))
+        };
+        assert_eq!(write(&rego), regorus::Value::Bool(false));
+        let with_stdin = policy_rego(&[image()], &PodAllowances { stdin: true, ..Default::default() });
+        assert_eq!(write(&with_stdin), regorus::Value::Bool(true));
         // A bind mount only of the container's own copy, at its own place.
         let with_mount = |source: &str, destination: &str| {
             let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
@@ -269,7 +276,13 @@ mod tests {
         serde_json::json!({
             "container_id": "c", "storages": [layer, overlay],
             "OCI": { "Root": { "Path": "/run/contrast/rootfs/c", "Readonly": false },
-                     "Process": { "Args": args, "Env": ["PATH=/bin", "HOSTNAME=pod-1"], "Cwd": "/srv" },
+                     "Process": { "Args": args, "Env": ["PATH=/bin", "HOSTNAME=pod-1"], "Cwd": "/srv",
+                                  "Capabilities": { "Bounding": ["CAP_KILL"], "Effective": ["CAP_KILL"],
+                                                    "Inheritable": [], "Permitted": ["CAP_KILL"], "Ambient": [] } },
+                     "Linux": { "Namespaces": [{ "Type": "pid", "Path": "" }, { "Type": "mount", "Path": "" },
+                                               { "Type": "network", "Path": "/proc/1/ns/net" }],
+                                "MaskedPaths": ["/proc/kcore"], "ReadonlyPaths": ["/proc/sys"], "Devices": [],
+                                "Sysctl": {} },
                      "Mounts": [{ "destination": "/proc", "type_": "proc", "source": "proc", "options": [] }],
                      "Annotations": { "io.kubernetes.cri.image-name": "docker.io/library/app:1",
                                       "io.kubernetes.cri.container-type": "container" } },
@@ -296,13 +309,14 @@ mod tests {
                 rego,
                 "ExecProcessRequest",
                 serde_json::json!({ "container_id": "c",
-                                    "process": { "Args": args, "Env": ["PATH=/bin"], "Cwd": "/srv" } }),
+                                    "process": { "Args": args, "Env": ["PATH=/bin"], "Cwd": "/srv",
+                                                 "Capabilities": { "Bounding": [] } } }),
             )
         };
         let none = policy_rego(&[image()], &no_pod());
         assert_eq!(exec(&none, &["sh"]), regorus::Value::Bool(false), "no exec unless listed");
         let probe = vec!["cat".to_owned(), "/tmp/healthy".to_owned()];
-        let rego = policy_rego(&[image()], &PodAllowances { execs: vec![probe], env: vec![] });
+        let rego = policy_rego(&[image()], &PodAllowances { execs: vec![probe], ..Default::default() });
         assert_eq!(exec(&rego, &["cat", "/tmp/healthy"]), regorus::Value::Bool(true));
         for other in [&["cat"][..], &["cat", "/tmp/healthy", "/etc/shadow"], &["cat", "/tmp/other"], &["sh"]] {
             assert_eq!(exec(&rego, other), regorus::Value::Bool(false), "{other:?}");
@@ -311,7 +325,8 @@ mod tests {
 
     #[test]
     fn environment_and_working_directory_are_pinned() {
-        let pod = PodAllowances { execs: vec![vec!["env".into()]], env: vec!["GREETING=hi".into()] };
+        let pod =
+            PodAllowances { execs: vec![vec!["env".into()]], env: vec!["GREETING=hi".into()], ..Default::default() };
         let rego = policy_rego(&[image()], &pod);
         let create = |env: &[&str], cwd: &str| {
             let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
@@ -353,8 +368,8 @@ mod tests {
         }
         assert!(!create(&["PATH=/bin"], "/"), "another working directory");
         let exec = |env: &[&str], cwd: &str| {
-            let input =
-                serde_json::json!({ "container_id": "c", "process": { "Args": ["env"], "Env": env, "Cwd": cwd } });
+            let input = serde_json::json!({ "container_id": "c",
+                "process": { "Args": ["env"], "Env": env, "Cwd": cwd, "Capabilities": { "Bounding": [] } } });
             eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
         };
         assert!(exec(&["PATH=/bin", "GREETING=hi", "HOSTNAME=web-0"], "/srv"));
@@ -389,7 +404,8 @@ mod tests {
         let rego = policy_rego(&[image()], &no_pod());
         assert!(create(&rego, sets(&defaults)), "containerd's defaults");
         assert!(create(&rego, sets(&["CAP_KILL"])), "fewer");
-        assert!(create(&rego, serde_json::Value::Null), "none");
+        assert!(!create(&rego, serde_json::Value::Null), "no sets at all: the process keeps every capability");
+        assert!(create(&rego, sets(&[])), "none");
         let mut more = defaults.to_vec();
         more.push("CAP_SYS_ADMIN");
         assert!(!create(&rego, sets(&more)), "one more");
@@ -398,7 +414,7 @@ mod tests {
         assert!(!create(&rego, only_bounding), "one more, in the bounding set only");
         let mut added = image();
         added.capabilities_added = vec!["CAP_SYS_ADMIN".into()];
-        let pod = PodAllowances { execs: vec![vec!["env".into()]], env: vec![] };
+        let pod = PodAllowances { execs: vec![vec!["env".into()]], ..Default::default() };
         let rego = policy_rego(&[added], &pod);
         assert!(create(&rego, sets(&more)), "added for the image");
         let exec = |caps: &[&str]| {
@@ -408,6 +424,13 @@ mod tests {
         };
         assert!(exec(&more));
         assert!(!exec(&["CAP_SYS_PTRACE"]), "an exec's capabilities");
+        let input = serde_json::json!({ "container_id": "c",
+            "process": { "Args": ["env"], "Env": [], "Cwd": "/srv", "Capabilities": null } });
+        assert_eq!(
+            eval_rule(&rego, "ExecProcessRequest", input),
+            regorus::Value::Bool(false),
+            "an exec with every capability"
+        );
     }
 
     #[test]
@@ -480,7 +503,6 @@ mod tests {
         assert_eq!(with_mount(kernel), regorus::Value::Bool(true));
         let hidden = |list: &str, path: &str| {
             let mut r = pinned();
-            r["OCI"]["Linux"] = serde_json::json!({ "MaskedPaths": ["/proc/kcore"], "ReadonlyPaths": ["/proc/sys"] });
             r["OCI"]["Linux"][list].as_array_mut().expect("paths").push(path.into());
             eval(&rego, r)
         };
@@ -489,6 +511,36 @@ mod tests {
         assert_eq!(hidden("MaskedPaths", "/etc/app"), regorus::Value::Bool(false), "a masked image directory");
         assert_eq!(hidden("ReadonlyPaths", "/data"), regorus::Value::Bool(false), "a read-only image directory");
         assert_eq!(hidden("MaskedPaths", "/proc/../etc"), regorus::Value::Bool(false), "a masked parent");
+        for magic in ["/proc/self/root/etc/app", "/proc/thread-self/cwd", "/proc/1/root/etc", "/proc/self"] {
+            assert_eq!(hidden("MaskedPaths", magic), regorus::Value::Bool(false), "{magic}: back into the container");
+        }
+        assert_eq!(hidden("ReadonlyPaths", "/dev/fd/3"), regorus::Value::Bool(false), "a /dev link to /proc/self");
+        assert_eq!(hidden("ReadonlyPaths", "/sys//fs"), regorus::Value::Bool(false), "not canonical");
+        let linux = |key: &str, value: serde_json::Value| {
+            let mut r = pinned();
+            r["OCI"]["Linux"][key] = value;
+            eval(&rego, r)
+        };
+        let device = |path: &str| serde_json::json!([{ "Path": path, "Type": "c", "Major": 10, "Minor": 229 }]);
+        assert_eq!(linux("Devices", device("/dev/fuse")), regorus::Value::Bool(true));
+        for bad in ["/dev/../usr/lib/python3/site-packages/x.pth", "/etc/x", "/dev/./x", "/dev"] {
+            assert_eq!(linux("Devices", device(bad)), regorus::Value::Bool(false), "device {bad}");
+        }
+        assert_eq!(
+            linux("Sysctl", serde_json::json!({ "net.ipv4.ping_group_range": "0 1" })),
+            regorus::Value::Bool(true)
+        );
+        let sysctl = serde_json::json!({ "net.ipv4.conf.all.route_localnet": "1" });
+        assert_eq!(linux("Sysctl", sysctl), regorus::Value::Bool(false), "an unsafe sysctl");
+        let own = |types: &[&str]| {
+            serde_json::Value::Array(types.iter().map(|t| serde_json::json!({ "Type": t, "Path": "" })).collect())
+        };
+        assert_eq!(linux("Namespaces", own(&["mount", "pid"])), regorus::Value::Bool(true));
+        assert_eq!(linux("Namespaces", own(&["pid"])), regorus::Value::Bool(false), "the guest's mounts");
+        assert_eq!(linux("Namespaces", own(&["mount"])), regorus::Value::Bool(false), "the guest's processes");
+        let mut r = pinned();
+        r["OCI"]["Process"]["Capabilities"] = serde_json::Value::Null;
+        assert_eq!(eval(&rego, r), regorus::Value::Bool(false), "no capability sets: every capability");
         for (what, m) in [
             (
                 "a bind by its options",
@@ -528,6 +580,7 @@ mod tests {
                 "container_id": "p", "storages": [],
                 "OCI": { "Root": { "Path": "/run/contrast/pause", "Readonly": true },
                          "Process": { "Args": ["/pause"] }, "Mounts": mounts,
+                         "Linux": { "Namespaces": [{ "Type": "pid", "Path": "" }, { "Type": "mount", "Path": "" }] },
                          "Annotations": { "io.kubernetes.cri.container-type": "sandbox" } },
             });
             eval(&rego, r)

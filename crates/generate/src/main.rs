@@ -10,7 +10,9 @@
 //! image's command (Entrypoint and Cmd, or `--command`) in its image's working directory (or
 //! `--workdir`), with no environment beyond its image's, the pod's (`--env`), its hostname and
 //! Kubernetes' service addresses, no capability beyond containerd's defaults and
-//! `--cap-add`, and the pod's emptyDir volumes only where `--empty-dir` mounts them; an exec only of a command given with `--exec` (an exec
+//! `--cap-add`, the pod's emptyDir volumes only where `--empty-dir` mounts them, device
+//! nodes only below /dev, sysctls only Kubernetes' safe ones and `--sysctl`, and no write to
+//! a process's stdin unless `--stdin`; an exec only of a command given with `--exec` (an exec
 //! probe's, say), none by default. The init data TOML goes to `--out`; the annotation value
 //! (base64 of gzip) is printed. Same input, same bytes.
 
@@ -23,7 +25,7 @@ use contrast_generate::{archive_images, containerd_image, pin, policy_rego, Over
 const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
 [--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--workdir IMAGE=DIR]... \
 [--cap-add IMAGE=CAPABILITY]... [--empty-dir IMAGE=VOLUME:PATH]... [--env NAME=VALUE]... [--exec JSON]... \
---out INITDATA.toml";
+[--sysctl NAME]... [--stdin] --out INITDATA.toml";
 
 struct Args {
     archives: Vec<PathBuf>,
@@ -94,6 +96,14 @@ fn parse_args() -> Result<Args> {
                 }
                 a.overrides.entry(image.to_owned()).or_default().empty_dirs.push((name.to_owned(), path.to_owned()));
             }
+            "--sysctl" => {
+                let v = value()?;
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b)) {
+                    bail!("--sysctl {v:?}: a sysctl name (net.ipv4.tcp_rmem)");
+                }
+                a.pod.sysctls.push(v.replace('/', "."));
+            }
+            "--stdin" => a.pod.stdin = true,
             "--env" => {
                 let v = value()?;
                 if v.split_once('=').is_none_or(|(name, _)| name.is_empty()) {

@@ -29,12 +29,16 @@ pub struct PinnedImage {
     pub empty_dirs: Vec<(String, String)>,
 }
 
-/// What the pod adds for all of its containers: the commands an exec may run, and the
-/// environment variables (`NAME=VALUE`) its spec sets.
+/// What the pod adds for all of its containers: the commands an exec may run, the
+/// environment variables (`NAME=VALUE`) its spec sets, sysctls, stdin.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodAllowances {
     pub execs: Vec<Vec<String>>,
     pub env: Vec<String>,
+    /// Sysctls beyond those Kubernetes calls safe (the pod spec's `securityContext.sysctls`).
+    pub sysctls: Vec<String>,
+    /// Whether the host may write to a process's stdin (the pod spec's `stdin: true`).
+    pub stdin: bool,
 }
 
 /// Rules: the pod lifecycle allowed; `SetPolicy` refused; the sandbox container only as the
@@ -50,7 +54,10 @@ default RemoveContainerRequest := true
 default WaitProcessRequest := true
 default SignalProcessRequest := true
 default ReadStreamRequest := true
-default WriteStreamRequest := true
+# A process's stdin is the host's input: a pinned command that reads it (a shell, an
+# interpreter) would run what the host writes. Only when the pod spec asks for stdin.
+default WriteStreamRequest := false
+WriteStreamRequest if { policy_data.stdin == true }
 default CloseStdinRequest := true
 default TtyWinResizeRequest := true
 default GetOOMEventRequest := true
@@ -193,7 +200,36 @@ kernel_path(p) if {
 kernel_path(p) if {
     some d in {"/proc/", "/sys/", "/dev/"}
     startswith(p, d)
-    not ".." in split(p, "/")
+    canonical(p)
+}
+# Every component a plain name: no `..`, `.` or empty one.
+canonical(p) if {
+    startswith(p, "/")
+    parts := split(p, "/")
+    every i, c in parts {
+        plain_component(i, c)
+    }
+}
+plain_component(0, _) := true
+plain_component(i, c) if {
+    i > 0
+    not c in {"", ".", ".."}
+}
+# /proc/self, /proc/thread-self and /proc/<pid> lead (through `root`, `cwd`, `fd`) back into
+# the container's own files.
+proc_magic(p) if {
+    startswith(p, "/proc/")
+    split(p, "/")[2] in {"self", "thread-self"}
+}
+proc_magic(p) if {
+    startswith(p, "/proc/")
+    trim(split(p, "/")[2], "0123456789") == ""
+}
+hidden_path_allowed(p) if {
+    some d in {"/proc/", "/sys/"}
+    startswith(p, d)
+    canonical(p)
+    not proc_magic(p)
 }
 is_bind(m) if { m.type_ == "bind" }
 is_bind(m) if {
@@ -225,14 +261,50 @@ mount_allowed(m) if {
 mounts_allowed if {
     every m in input.OCI.Mounts { mount_allowed(m) }
     count(hidden_paths_denied) == 0
+    count(devices_denied) == 0
+    count(sysctls_denied) == 0
+    namespaces_allowed
 }
 
-# Masked and read-only paths likewise only of the kernel's files: a masked path is an empty
-# file system over it.
+# Masked and read-only paths only of the kernel's own files below /proc and /sys, never
+# through a /proc link back into the container's: a masked path is an empty file system
+# over it.
 hidden_paths_denied := {p |
     some list in ["MaskedPaths", "ReadonlyPaths"]
     some p in input.OCI.Linux[list]
-    not kernel_path(p)
+    not hidden_path_allowed(p)
+}
+
+# Device nodes only below /dev (the agent refuses others too).
+device_path(p) if {
+    startswith(p, "/dev/")
+    canonical(p)
+}
+devices_denied := {d.Path |
+    some d in input.OCI.Linux.Devices
+    not device_path(d.Path)
+}
+
+# The container's own mount and PID namespaces: without them it would share the guest's
+# mounts or see the agent's processes.
+namespaces_present := {n.Type | some n in input.OCI.Linux.Namespaces}
+namespaces_allowed if {
+    "mount" in namespaces_present
+    "pid" in namespaces_present
+}
+
+# Sysctls: only those Kubernetes calls safe (namespaced, and harmless to the pod's
+# neighbours and to itself), and what the policy lists for the pod (`--sysctl`).
+safe_sysctls := {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+sysctls_denied := {k |
+    some k, _ in input.OCI.Linux.Sysctl
+    not k in safe_sysctls
+    not k in policy_data.sysctls
 }
 
 default CreateContainerRequest := false
@@ -244,6 +316,7 @@ CreateContainerRequest if {
     command_allowed(pinned)
     input.OCI.Process.Cwd == pinned.working_dir
     count(env_denied(pinned)) == 0
+    is_object(input.OCI.Process.Capabilities)
     count(capabilities_denied(pinned, input.OCI.Process)) == 0
     mounts_allowed
 }
@@ -273,6 +346,27 @@ CreateContainerRequest if {
 CreateContainerRequest if {
     some p in hidden_paths_denied
     print("masked or read-only path", p, "is not allowed by the policy")
+    false
+}
+CreateContainerRequest if {
+    some p in devices_denied
+    print("device", p, "is not allowed by the policy")
+    false
+}
+CreateContainerRequest if {
+    some k in sysctls_denied
+    print("sysctl", k, "is not allowed by the policy")
+    false
+}
+CreateContainerRequest if {
+    not namespaces_allowed
+    print("a container without its own mount and PID namespaces is not allowed by the policy")
+    false
+}
+CreateContainerRequest if {
+    not is_sandbox
+    not is_object(input.OCI.Process.Capabilities)
+    print("a container without capability sets (so with every capability) is not allowed by the policy")
     false
 }
 CreateContainerRequest if {
@@ -311,6 +405,7 @@ default ExecProcessRequest := false
 ExecProcessRequest if {
     input.process.Args in policy_data.execs
     count(exec_env_denied) == 0
+    is_object(input.process.Capabilities)
     count(exec_capabilities_denied) == 0
     exec_working_dir_allowed
 }
@@ -343,6 +438,11 @@ ExecProcessRequest if {
 ExecProcessRequest if {
     some e in exec_env_denied
     print("environment variable", e, "is not allowed by the policy")
+    false
+}
+ExecProcessRequest if {
+    not is_object(input.process.Capabilities)
+    print("an exec without capability sets (so with every capability) is not allowed by the policy")
     false
 }
 ExecProcessRequest if {
@@ -424,6 +524,8 @@ pub fn policy_rego(images: &[PinnedImage], pod: &PodAllowances) -> String {
             }),
         );
     }
-    let data = serde_json::json!({ "images": map, "execs": pod.execs, "env": pod.env });
+    let data = serde_json::json!({
+        "images": map, "execs": pod.execs, "env": pod.env, "sysctls": pod.sysctls, "stdin": pod.stdin,
+    });
     format!("{RULES}{POD_NETWORK_RULES}\npolicy_data := {}\n", serde_json::to_string_pretty(&data).expect("JSON"))
 }
