@@ -350,7 +350,7 @@ mod tests {
             "DB_SERVICE_HOST=fd00::a",
         ];
         assert!(create(&allowed, "/srv"), "everything containerd and Kubernetes set");
-        assert!(create(&[], "/srv"));
+        assert!(!create(&[], "/srv"), "the image's PATH left out");
         for bad in [
             "LD_PRELOAD=/etc/resolv.conf",
             "BASH_ENV=/etc/resolv.conf",
@@ -367,6 +367,18 @@ mod tests {
             assert!(!create(&["PATH=/bin", bad], "/srv"), "{bad}");
         }
         assert!(!create(&["PATH=/bin"], "/"), "another working directory");
+        assert!(!create(&["PATH=/bin", "GREETING=hi", "GREETING=hi"], "/srv"), "a name twice");
+        assert!(!create(&["GREETING=hi", "PATH=/bin", "PATH=/bin"], "/srv"), "a pinned name twice");
+        let mut with_password = image();
+        with_password.env.push("DB_PASSWORD=s3cret".into());
+        let rego_pw = policy_rego(&[with_password], &pod);
+        let create_pw = |env: &[&str]| {
+            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+            r["OCI"]["Process"]["Env"] = serde_json::json!(env);
+            eval(&rego_pw, r) == regorus::Value::Bool(true)
+        };
+        assert!(create_pw(&["PATH=/bin", "DB_PASSWORD=s3cret"]));
+        assert!(!create_pw(&["PATH=/bin"]), "the image's variable left out");
         let exec = |env: &[&str], cwd: &str| {
             let input = serde_json::json!({ "container_id": "c",
                 "process": { "Args": ["env"], "Env": env, "Cwd": cwd, "Capabilities": { "Bounding": [] } } });
@@ -375,6 +387,7 @@ mod tests {
         assert!(exec(&["PATH=/bin", "GREETING=hi", "HOSTNAME=web-0"], "/srv"));
         assert!(!exec(&["PATH=/bin", "LD_PRELOAD=/etc/hosts"], "/srv"), "an exec's environment");
         assert!(!exec(&["PATH=/bin"], "/tmp"), "an exec's working directory");
+        assert!(!exec(&["PATH=/bin", "PATH=/bin"], "/srv"), "an exec's name twice");
     }
 
     #[test]

@@ -169,6 +169,22 @@ network_value(v) if {
 }
 env_denied(pinned) := {e | some e in input.OCI.Process.Env; not env_allowed(pinned, e)}
 
+# Each name once (a later entry would win over a pinned one), and every variable of the
+# image's there (with its own value or the pod spec's): without one, a program may fall back
+# to an unsafe default (no password, no authentication).
+env_name(e) := substring(e, 0, indexof(e, "="))
+duplicate_env_names(env) := {n |
+    some i, e in env
+    n := env_name(e)
+    some j, f in env
+    j > i
+    env_name(f) == n
+}
+image_env_missing(pinned) := {env_name(e) |
+    some e in pinned.env
+    not env_name(e) in {env_name(f) | some f in input.OCI.Process.Env}
+}
+
 # Capabilities: in every set, at most containerd's defaults for an unprivileged container
 # and what the pod spec adds for the image; a container the host made privileged (every
 # capability) is refused.
@@ -316,6 +332,8 @@ CreateContainerRequest if {
     command_allowed(pinned)
     input.OCI.Process.Cwd == pinned.working_dir
     count(env_denied(pinned)) == 0
+    count(duplicate_env_names(input.OCI.Process.Env)) == 0
+    count(image_env_missing(pinned)) == 0
     is_object(input.OCI.Process.Capabilities)
     count(capabilities_denied(pinned, input.OCI.Process)) == 0
     mounts_allowed
@@ -392,6 +410,19 @@ CreateContainerRequest if {
 }
 CreateContainerRequest if {
     not is_sandbox
+    some n in duplicate_env_names(input.OCI.Process.Env)
+    print("environment variable", n, "is set more than once")
+    false
+}
+CreateContainerRequest if {
+    not is_sandbox
+    pinned := policy_data.images[image_name]
+    some n in image_env_missing(pinned)
+    print("environment variable", n, "of image", image_name, "is missing")
+    false
+}
+CreateContainerRequest if {
+    not is_sandbox
     pinned := policy_data.images[image_name]
     some c in capabilities_denied(pinned, input.OCI.Process)
     print("capability", c, "is not allowed by the policy for image", image_name)
@@ -405,6 +436,7 @@ default ExecProcessRequest := false
 ExecProcessRequest if {
     input.process.Args in policy_data.execs
     count(exec_env_denied) == 0
+    count(duplicate_env_names(input.process.Env)) == 0
     is_object(input.process.Capabilities)
     count(exec_capabilities_denied) == 0
     exec_working_dir_allowed
