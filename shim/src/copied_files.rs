@@ -73,9 +73,8 @@ pub async fn guest_mounts(agent: &AgentClient, container: &str, mounts: &[Mount]
 fn empty_dir_volume(source: &std::path::Path) -> Option<&str> {
     let name = source.file_name()?.to_str()?;
     let plugin = source.parent()?;
-    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    (valid && plugin.file_name()? == "kubernetes.io~empty-dir" && plugin.parent()?.file_name()? == "volumes")
-        .then_some(name)
+    // Whether the name is a volume name (a DNS label) the agent decides, with a clear error.
+    (plugin.file_name()? == "kubernetes.io~empty-dir" && plugin.parent()?.file_name()? == "volumes").then_some(name)
 }
 
 #[cfg(test)]

@@ -110,7 +110,16 @@ pub fn plan(s: &Storage) -> Result<Planned, StorageError> {
 /// The directories mounting `storages` creates for a container's own writes (overlay upper
 /// and work dirs): they go with the container, or the next container under its id would see
 /// its files, and a restarting container would fill the guest's memory.
+/// Only those below [`SCRATCH_ROOT`] (where the shim puts them): on the `insecure` path the
+/// host may name any directory, which is not ours to remove.
 pub fn scratch_dirs(storages: &[Storage]) -> Vec<PathBuf> {
+    scratch_dirs_below(Path::new(SCRATCH_ROOT), storages)
+}
+
+/// Where a container's overlay upper and work directories are made.
+const SCRATCH_ROOT: &str = "/run/contrast/upper";
+
+fn scratch_dirs_below(root: &Path, storages: &[Storage]) -> Vec<PathBuf> {
     storages
         .iter()
         .filter_map(|s| plan(s).ok())
@@ -118,6 +127,7 @@ pub fn scratch_dirs(storages: &[Storage]) -> Vec<PathBuf> {
             Plan::Mount { dirs, .. } => dirs,
             Plan::Layer(_) => Vec::new(),
         })
+        .filter(|d| d.starts_with(root) && d != root)
         .collect()
 }
 
@@ -237,8 +247,9 @@ mod tests {
             ["lowerdir=/l".to_owned(), format!("upperdir={}", upper.display()), format!("workdir={}", work.display())];
         let options: Vec<&str> = options.iter().map(String::as_str).collect();
         let s = storage("overlayfs", "overlay", &options, &dir.path().join("rootfs").to_string_lossy());
-        let scratch = scratch_dirs(std::slice::from_ref(&s));
+        let scratch = scratch_dirs_below(dir.path(), std::slice::from_ref(&s));
         assert_eq!(scratch, [upper.clone(), work.clone()]);
+        assert!(scratch_dirs(std::slice::from_ref(&s)).is_empty(), "not below the scratch root: not ours");
         std::fs::create_dir_all(&upper).expect("upper");
         std::fs::write(upper.join("secret"), "of the container before").expect("write");
         let err = mount_storage(&s).expect_err("a used upper dir").to_string();

@@ -45,6 +45,10 @@ fn prepare_in(dir: &Path, spec: &Spec) -> Result<(), Error> {
             )));
         }
         let path = dir.join(name);
+        if path.is_dir() {
+            // Made by an earlier container of the pod, maybe changed by one since.
+            continue;
+        }
         let io = |e: std::io::Error| Error::Internal(format!("volume {name}: {e}"));
         std::fs::DirBuilder::new().recursive(true).mode(VOLUME_MODE).create(&path).map_err(io)?;
         // The umask narrowed what `mode` asked for.
@@ -70,8 +74,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         prepare_in(dir.path(), &spec(dir.path(), &["cache"])).expect("first container");
         std::fs::write(dir.path().join("cache/note"), "kept").expect("write");
+        std::fs::set_permissions(dir.path().join("cache"), std::fs::Permissions::from_mode(0o750)).expect("chmod");
         prepare_in(dir.path(), &spec(dir.path(), &["cache", "logs-0"])).expect("second container");
         assert_eq!(std::fs::read_to_string(dir.path().join("cache/note")).expect("read"), "kept");
+        let mode = std::fs::metadata(dir.path().join("cache")).expect("kept").permissions().mode();
+        assert_eq!(mode & 0o7777, 0o750, "a container's chmod stays");
         let mode = std::fs::metadata(dir.path().join("logs-0")).expect("made").permissions().mode();
         assert_eq!(mode & 0o7777, VOLUME_MODE);
     }

@@ -113,6 +113,14 @@ pub async fn containerd_image(client: &mut contrast_containerd_client::Client, n
     Ok(SourceImage { name: name.to_owned(), config, layers })
 }
 
+/// A Kubernetes volume name (a DNS label: lowercase letters, digits, `-` inside, ≤ 63).
+pub fn volume_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// What the pod spec changes for one image's containers (`--command`, `--workdir`,
 /// `--cap-add`, `--empty-dir`).
 #[derive(Debug, Clone, Default)]
@@ -369,16 +377,29 @@ mod tests {
         assert!(!create(&["PATH=/bin"], "/"), "another working directory");
         assert!(!create(&["PATH=/bin", "GREETING=hi", "GREETING=hi"], "/srv"), "a name twice");
         assert!(!create(&["GREETING=hi", "PATH=/bin", "PATH=/bin"], "/srv"), "a pinned name twice");
-        let mut with_password = image();
-        with_password.env.push("DB_PASSWORD=s3cret".into());
-        let rego_pw = policy_rego(&[with_password], &pod);
-        let create_pw = |env: &[&str]| {
+        // The image's variables: each there, each with its value.
+        let with_env = |var: &str, env: &[&str]| {
+            let mut pinned = image();
+            pinned.env.push(var.into());
             let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
             r["OCI"]["Process"]["Env"] = serde_json::json!(env);
-            eval(&rego_pw, r) == regorus::Value::Bool(true)
+            eval(&policy_rego(&[pinned], &pod), r) == regorus::Value::Bool(true)
         };
-        assert!(create_pw(&["PATH=/bin", "DB_PASSWORD=s3cret"]));
-        assert!(!create_pw(&["PATH=/bin"]), "the image's variable left out");
+        assert!(with_env("DB_PASSWORD=s3cret", &["PATH=/bin", "DB_PASSWORD=s3cret"]));
+        assert!(!with_env("DB_PASSWORD=s3cret", &["PATH=/bin"]), "the image's variable left out");
+        // … even where another value has a service variable's shape.
+        assert!(with_env("METRICS_PORT=9090", &["PATH=/bin", "METRICS_PORT=9090"]));
+        let other = ["PATH=/bin", "METRICS_PORT=1"];
+        assert!(!with_env("METRICS_PORT=9090", &other), "another value of the image's variable");
+        // containerd's own PATH for an image that sets none.
+        let mut no_path = image();
+        no_path.env.clear();
+        let rego_no_path = policy_rego(&[no_path], &pod);
+        let default_path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+        r["OCI"]["Process"]["Env"] = serde_json::json!([default_path]);
+        assert_eq!(eval(&rego_no_path, r), regorus::Value::Bool(true), "containerd's default PATH");
+        assert!(!create(&[default_path], "/srv"), "not where the image sets its own");
         let exec = |env: &[&str], cwd: &str| {
             let input = serde_json::json!({ "container_id": "c",
                 "process": { "Args": ["env"], "Env": env, "Cwd": cwd, "Capabilities": { "Bounding": [] } } });
@@ -535,8 +556,8 @@ mod tests {
             eval(&rego, r)
         };
         let device = |path: &str| serde_json::json!([{ "Path": path, "Type": "c", "Major": 10, "Minor": 229 }]);
-        assert_eq!(linux("Devices", device("/dev/fuse")), regorus::Value::Bool(true));
-        for bad in ["/dev/../usr/lib/python3/site-packages/x.pth", "/etc/x", "/dev/./x", "/dev"] {
+        assert_eq!(linux("Devices", serde_json::json!([])), regorus::Value::Bool(true));
+        for bad in ["/dev/urandom", "/dev/fuse", "/dev/../usr/lib/python3/site-packages/x.pth", "/etc/x"] {
             assert_eq!(linux("Devices", device(bad)), regorus::Value::Bool(false), "device {bad}");
         }
         assert_eq!(
@@ -551,6 +572,10 @@ mod tests {
         assert_eq!(linux("Namespaces", own(&["mount", "pid"])), regorus::Value::Bool(true));
         assert_eq!(linux("Namespaces", own(&["pid"])), regorus::Value::Bool(false), "the guest's mounts");
         assert_eq!(linux("Namespaces", own(&["mount"])), regorus::Value::Bool(false), "the guest's processes");
+        let guests = serde_json::json!([{ "Type": "mount", "Path": "/proc/1/ns/mnt" }, { "Type": "pid", "Path": "" }]);
+        assert_eq!(linux("Namespaces", guests), regorus::Value::Bool(false), "the guest's mount namespace by path");
+        let pods = serde_json::json!([{ "Type": "mount", "Path": "" }, { "Type": "pid", "Path": "/proc/7/ns/pid" }]);
+        assert_eq!(linux("Namespaces", pods), regorus::Value::Bool(true), "the pod's shared PID namespace");
         let mut r = pinned();
         r["OCI"]["Process"]["Capabilities"] = serde_json::Value::Null;
         assert_eq!(eval(&rego, r), regorus::Value::Bool(false), "no capability sets: every capability");

@@ -62,7 +62,11 @@ fn parse_args() -> Result<Args> {
                 if args.is_empty() {
                     bail!("--command {v:?}: an empty command");
                 }
-                a.overrides.entry(image.to_owned()).or_default().command = Some(args);
+                let command = &mut a.overrides.entry(image.to_owned()).or_default().command;
+                if command.is_some() {
+                    bail!("--command {v:?}: a second command for {image}");
+                }
+                *command = Some(args);
             }
             "--workdir" => {
                 let v = value()?;
@@ -78,6 +82,9 @@ fn parse_args() -> Result<Args> {
                 // Kubernetes writes NET_ADMIN, the kernel and the OCI spec CAP_NET_ADMIN.
                 let cap = cap.to_ascii_uppercase();
                 let cap = if cap.starts_with("CAP_") { cap } else { format!("CAP_{cap}") };
+                if cap == "CAP_ALL" {
+                    bail!("--cap-add {v:?}: name the capabilities (ALL would be a privileged container)");
+                }
                 if cap.len() <= 4 || !cap.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
                     bail!("--cap-add {v:?}: not a capability name");
                 }
@@ -89,11 +96,11 @@ fn parse_args() -> Result<Args> {
                     v.split_once('=').with_context(|| format!("--empty-dir {v:?}: IMAGE=VOLUME:PATH"))?;
                 let (name, path) =
                     volume.split_once(':').with_context(|| format!("--empty-dir {v:?}: IMAGE=VOLUME:PATH"))?;
-                let valid_name =
-                    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-                if !valid_name || !path.starts_with('/') {
-                    bail!("--empty-dir {v:?}: a volume name (lowercase, digits, -) and an absolute path");
+                if !contrast_generate::volume_name(name) || !path.starts_with('/') {
+                    bail!("--empty-dir {v:?}: a volume name (a DNS label) and an absolute path");
                 }
+                // As kubelet passes it: no trailing slash.
+                let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
                 a.overrides.entry(image.to_owned()).or_default().empty_dirs.push((name.to_owned(), path.to_owned()));
             }
             "--sysctl" => {

@@ -136,6 +136,19 @@ command_allowed(pinned) if { input.OCI.Process.Args == pinned.command }
 # LD_PRELOAD or BASH_ENV would make a program of the image run code of the host's choice.
 env_allowed(pinned, e) if { e in pinned.env }
 env_allowed(_, e) if { e in policy_data.env }
+# containerd's default PATH, when the image sets none.
+env_allowed(pinned, e) if {
+    e == "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    not "PATH" in pinned_env_names(pinned)
+}
+pinned_env_names(pinned) := {env_name(x) | some x in pinned.env}
+# A variable the image sets keeps the image's value or takes the pod spec's, never one that
+# only has the shape of a hostname or a service address.
+env_value_denied(pinned, e) if {
+    env_name(e) in pinned_env_names(pinned)
+    not e in pinned.env
+    not e in policy_data.env
+}
 env_allowed(_, e) if { e == "TERM=xterm" }
 env_allowed(_, e) if {
     startswith(e, "HOSTNAME=")
@@ -167,7 +180,10 @@ network_value(v) if {
     count(rest) > 0
     trim(rest, network_chars) == ""
 }
-env_denied(pinned) := {e | some e in input.OCI.Process.Env; not env_allowed(pinned, e)}
+env_denied(pinned) := {e | some e in input.OCI.Process.Env; not env_allowed(pinned, e)} | {e |
+    some e in input.OCI.Process.Env
+    env_value_denied(pinned, e)
+}
 
 # Each name once (a later entry would win over a pinned one), and every variable of the
 # image's there (with its own value or the pod spec's): without one, a program may fall back
@@ -180,12 +196,13 @@ duplicate_env_names(env) := {n |
     j > i
     env_name(f) == n
 }
-image_env_missing(pinned) := {env_name(e) |
-    some e in pinned.env
-    not env_name(e) in {env_name(f) | some f in input.OCI.Process.Env}
+image_env_missing(pinned) := {n |
+    some n in pinned_env_names(pinned)
+    not n in {env_name(f) | some f in input.OCI.Process.Env}
 }
 
 # Capabilities: in every set, at most containerd's defaults for an unprivileged container
+# (containerd's `pkg/oci` default capability list)
 # and what the pod spec adds for the image; a container the host made privileged (every
 # capability) is refused.
 default_capabilities := {
@@ -291,26 +308,23 @@ hidden_paths_denied := {p |
     not hidden_path_allowed(p)
 }
 
-# Device nodes only below /dev (the agent refuses others too).
-device_path(p) if {
-    startswith(p, "/dev/")
-    canonical(p)
-}
-devices_denied := {d.Path |
-    some d in input.OCI.Linux.Devices
-    not device_path(d.Path)
-}
+# No device nodes beyond the runtime's defaults (containerd adds none to an unprivileged
+# container): one can also replace a default, /dev/urandom as /dev/zero's numbers. (The agent
+# refuses a path outside /dev itself.)
+devices_denied := {d.Path | some d in input.OCI.Linux.Devices}
 
 # The container's own mount and PID namespaces: without them it would share the guest's
 # mounts or see the agent's processes.
-namespaces_present := {n.Type | some n in input.OCI.Linux.Namespaces}
+# (A mount namespace with a path would be dropped by the agent, as the pod's network, IPC
+# and UTS ones are; a PID namespace with a path is the pod's shared one.)
 namespaces_allowed if {
-    "mount" in namespaces_present
-    "pid" in namespaces_present
+    "mount" in {n.Type | some n in input.OCI.Linux.Namespaces; n.Path == ""}
+    "pid" in {n.Type | some n in input.OCI.Linux.Namespaces}
 }
 
-# Sysctls: only those Kubernetes calls safe (namespaced, and harmless to the pod's
-# neighbours and to itself), and what the policy lists for the pod (`--sysctl`).
+# Sysctls: only those Kubernetes calls safe (kubelet's list of safe sysctls: namespaced, and
+# harmless to the pod's neighbours and to itself), and what the policy lists for the pod
+# (`--sysctl`).
 safe_sysctls := {
     "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
     "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
