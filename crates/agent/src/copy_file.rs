@@ -110,11 +110,7 @@ pub fn copies_in(spec: &libcontainer::oci_spec::runtime::Spec) -> Vec<PathBuf> {
 /// Removes copied files (gone already is fine).
 pub fn remove(copies: &[PathBuf]) {
     for path in copies {
-        if let Err(e) = std::fs::remove_file(path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                crate::log!("removing the copied file {}: {e}", path.display());
-            }
-        }
+        crate::log_unless_gone(std::fs::remove_file(path), path);
     }
 }
 

@@ -40,6 +40,15 @@ macro_rules! log {
 }
 pub(crate) use log;
 
+/// Logs a failed removal of `path`; one that was gone already is what was wanted.
+pub(crate) fn log_unless_gone(result: std::io::Result<()>, path: &Path) {
+    if let Err(e) = result {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log!("removing {}: {e}", path.display());
+        }
+    }
+}
+
 /// Seconds since boot (CLOCK_BOOTTIME), like the kernel's own console timestamps.
 pub(crate) fn uptime() -> f64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)

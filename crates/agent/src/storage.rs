@@ -135,11 +135,7 @@ fn scratch_dirs_below(root: &Path, storages: &[Storage]) -> Vec<PathBuf> {
 /// held them once it is empty.
 pub fn remove_scratch(dirs: &[PathBuf]) {
     for dir in dirs {
-        if let Err(e) = std::fs::remove_dir_all(dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                crate::log!("removing {}: {e}", dir.display());
-            }
-        }
+        crate::log_unless_gone(std::fs::remove_dir_all(dir), dir);
         if let Some(parent) = dir.parent() {
             let _ = std::fs::remove_dir(parent);
         }
