@@ -212,9 +212,21 @@ mod tests {
         eval_rule(rego, "CreateContainerRequest", input)
     }
 
+    /// A rule's verdict as `true`/`false` (an allowed create answers with the state it keeps),
+    /// with container `c` created from `image()` before.
     fn eval_rule(rego: &str, rule: &str, input: serde_json::Value) -> regorus::Value {
+        let state = serde_json::json!({ "c": image().name });
+        match eval_with_state(rego, rule, input, &state) {
+            v @ regorus::Value::Object(_) => regorus::Value::Bool(v["allowed"] == regorus::Value::Bool(true)),
+            v => v,
+        }
+    }
+
+    /// A rule's answer with `state` as the policy's state (`data.pstate`), as the agent keeps it.
+    fn eval_with_state(rego: &str, rule: &str, input: serde_json::Value, state: &serde_json::Value) -> regorus::Value {
         let mut e = regorus::Engine::new();
         e.add_policy("policy.rego".into(), rego.into()).expect("the generated policy compiles");
+        e.add_data_json(&serde_json::json!({ "pstate": state }).to_string()).expect("state");
         e.set_input_json(&input.to_string()).expect("input");
         e.eval_rule(format!("data.agent_policy.{rule}")).expect("eval")
     }
@@ -329,6 +341,45 @@ mod tests {
         for other in [&["cat"][..], &["cat", "/tmp/healthy", "/etc/shadow"], &["cat", "/tmp/other"], &["sh"]] {
             assert_eq!(exec(&rego, other), regorus::Value::Bool(false), "{other:?}");
         }
+    }
+
+    #[test]
+    fn an_exec_is_judged_by_its_own_containers_image() {
+        let mut other = image();
+        other.name = "docker.io/library/tool:1".into();
+        other.working_dir = "/".into();
+        other.env = vec!["PATH=/bin".into(), "MODE=tool".into()];
+        other.capabilities_added = vec!["CAP_SYS_PTRACE".into()];
+        let pod = PodAllowances { execs: vec![vec!["env".into()]], ..Default::default() };
+        let rego = policy_rego(&[image(), other.clone()], &pod);
+
+        // An allowed create keeps its container's image in the state, under its id.
+        let answer = eval_with_state(
+            &rego,
+            "CreateContainerRequest",
+            request(&"cd".repeat(32), &["sleep", "1000"]),
+            &serde_json::json!({}),
+        );
+        let ops: serde_json::Value = serde_json::to_value(&answer["ops"]).expect("ops");
+        assert_eq!(answer["allowed"], regorus::Value::Bool(true));
+        assert_eq!(ops, serde_json::json!([{ "op": "add", "path": "/pstate/c", "value": image().name }]));
+        let mut odd_id = request(&"cd".repeat(32), &["sleep", "1000"]);
+        odd_id["container_id"] = "c/../x".into();
+        assert_eq!(eval(&rego, odd_id), regorus::Value::Bool(false), "an id that is no containerd identifier");
+
+        let exec = |container: &str, env: &[&str], cwd: &str, caps: &[&str]| {
+            let state = serde_json::json!({ "c": image().name, "t": other.name });
+            let input = serde_json::json!({ "container_id": container, "process": {
+                "Args": ["env"], "Env": env, "Cwd": cwd, "Capabilities": { "Bounding": caps } } });
+            eval_with_state(&rego, "ExecProcessRequest", input, &state) == regorus::Value::Bool(true)
+        };
+        assert!(exec("c", &["PATH=/bin"], "/srv", &["CAP_KILL"]));
+        assert!(exec("t", &["PATH=/bin", "MODE=tool"], "/", &["CAP_SYS_PTRACE"]));
+        assert!(!exec("c", &["PATH=/bin"], "/", &[]), "the other image's working directory");
+        assert!(!exec("c", &["PATH=/bin"], "/srv", &["CAP_SYS_PTRACE"]), "a capability added for the other image");
+        assert!(!exec("c", &["PATH=/bin", "MODE=tool"], "/srv", &[]), "the other image's variable");
+        assert!(!exec("t", &["PATH=/bin", "MODE=other"], "/", &[]), "the image's variable with another value");
+        assert!(!exec("p", &["PATH=/bin"], "/srv", &[]), "a container the policy did not create (the sandbox's)");
     }
 
     #[test]

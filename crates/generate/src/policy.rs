@@ -45,7 +45,8 @@ pub struct PodAllowances {
 /// guest's own pause; other containers only from their image's pinned layers, with their
 /// pinned command, working directory and environment; execs only of the commands the policy
 /// lists (none unless asked: an exec is the host running code of its choice next to the
-/// pod's data).
+/// pod's data), each judged by the image its container was allowed from (kept in the
+/// policy's state).
 const RULES: &str = r#"package agent_policy
 
 default DestroySandboxRequest := true
@@ -339,8 +340,11 @@ sysctls_denied := {k |
 
 default CreateContainerRequest := false
 CreateContainerRequest if { pause_allowed }
-CreateContainerRequest if {
+# An allowed container's image is kept in the policy's state (`data.pstate`, by container id)
+# for the execs into it.
+CreateContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": state_path, "value": image_name}]} if {
     not is_sandbox
+    plain_id(input.container_id)
     pinned := policy_data.images[image_name]
     layers_allowed(pinned)
     command_allowed(pinned)
@@ -353,7 +357,20 @@ CreateContainerRequest if {
     mounts_allowed
 }
 
+# containerd's identifiers (letters, digits, `.`, `_`, `-`): one can name a key of the state.
+plain_id(id) if {
+    count(id) > 0
+    trim(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == ""
+}
+state_path := concat("/", ["", "pstate", input.container_id])
+
 # Why a container was refused, in the denial.
+CreateContainerRequest if {
+    not is_sandbox
+    not plain_id(input.container_id)
+    print("container id", input.container_id, "is not a containerd identifier")
+    false
+}
 CreateContainerRequest if {
     not is_sandbox
     not policy_data.images[image_name]
@@ -443,38 +460,23 @@ CreateContainerRequest if {
     false
 }
 
-# An exec only of a command the policy lists, argument for argument, with an environment and
-# working directory some pinned image's containers may have (containerd gives an exec its
-# container's).
+# An exec only of a command the policy lists, argument for argument, into a container the
+# policy allowed, with the environment, capabilities and working directory its image's
+# containers may have (containerd gives an exec its container's).
+exec_image := policy_data.images[data.pstate[input.container_id]]
 default ExecProcessRequest := false
 ExecProcessRequest if {
     input.process.Args in policy_data.execs
-    count(exec_env_denied) == 0
+    pinned := exec_image
+    count(exec_env_denied(pinned)) == 0
     count(duplicate_env_names(input.process.Env)) == 0
     is_object(input.process.Capabilities)
-    count(exec_capabilities_denied) == 0
-    exec_working_dir_allowed
-}
-exec_capabilities_denied := {c |
-    some set in capability_sets
-    some c in input.process.Capabilities[set]
-    not exec_capability_allowed(c)
-}
-exec_capability_allowed(c) if {
-    some pinned in policy_data.images
-    capability_allowed(pinned, c)
-}
-exec_env_denied contains e if {
-    some e in input.process.Env
-    not exec_env_allowed(e)
-}
-exec_env_allowed(e) if {
-    some pinned in policy_data.images
-    env_allowed(pinned, e)
-}
-exec_working_dir_allowed if {
-    some pinned in policy_data.images
+    count(capabilities_denied(pinned, input.process)) == 0
     input.process.Cwd == pinned.working_dir
+}
+exec_env_denied(pinned) := {e | some e in input.process.Env; not env_allowed(pinned, e)} | {e |
+    some e in input.process.Env
+    env_value_denied(pinned, e)
 }
 ExecProcessRequest if {
     not input.process.Args in policy_data.execs
@@ -482,8 +484,18 @@ ExecProcessRequest if {
     false
 }
 ExecProcessRequest if {
-    some e in exec_env_denied
+    not exec_image
+    print("exec into container", input.container_id, "which the policy did not allow from a pinned image")
+    false
+}
+ExecProcessRequest if {
+    some e in exec_env_denied(exec_image)
     print("environment variable", e, "is not allowed by the policy")
+    false
+}
+ExecProcessRequest if {
+    some n in duplicate_env_names(input.process.Env)
+    print("environment variable", n, "is set more than once")
     false
 }
 ExecProcessRequest if {
@@ -492,13 +504,14 @@ ExecProcessRequest if {
     false
 }
 ExecProcessRequest if {
-    some c in exec_capabilities_denied
-    print("capability", c, "is not allowed by the policy")
+    some c in capabilities_denied(exec_image, input.process)
+    print("capability", c, "is not allowed by the policy for image", data.pstate[input.container_id])
     false
 }
 ExecProcessRequest if {
-    not exec_working_dir_allowed
-    print("working directory", input.process.Cwd, "is not allowed by the policy")
+    pinned := exec_image
+    input.process.Cwd != pinned.working_dir
+    print("working directory", input.process.Cwd, "is not the one pinned for image", data.pstate[input.container_id])
     false
 }
 
