@@ -110,6 +110,28 @@ pub struct Inner {
     /// Set, under the pod lock, by the `Shutdown` that ends the daemon: a `Create` that was
     /// waiting for that lock must not boot a VM in a process about to exit.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// `Create`s that have a pod (booted or found, under the pod lock) and have not yet
+    /// recorded their container or failed: the pod is theirs too, though `ctrs` does not show
+    /// it yet. Raised only under the pod lock; the pod is ended only under that lock with
+    /// `ctrs` empty and this zero.
+    creating: std::sync::atomic::AtomicUsize,
+}
+
+/// One `Create` counted in [`Inner::creating`] until it is dropped.
+struct Creating<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Creating<'a> {
+    /// Call with the pod lock held.
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Creating(count)
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone)]
@@ -125,18 +147,21 @@ impl TaskService {
             pod: tokio::sync::Mutex::new(None),
             ctrs: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            creating: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 }
 
 impl Inner {
-    /// containerd's `Shutdown`: with no task left, the pod is torn down and the daemon exits.
-    /// Decided under the pod lock, which a `Create` holds while it boots the pod's VM, so a
-    /// create either finished booting first (and the pod is torn down here) or finds the
-    /// daemon shutting down and boots nothing. Whether the daemon is exiting.
+    /// containerd's `Shutdown`: with no task left and none being created, the pod is torn
+    /// down and the daemon exits. Decided under the pod lock, which a `Create` holds while it
+    /// boots or finds the pod's VM: a create either got the pod first (and counts in
+    /// `creating` until its container is recorded, so the daemon stays; containerd shuts it
+    /// down again after that task's delete or failed create) or finds the daemon shutting
+    /// down and boots nothing. Whether the daemon is exiting.
     async fn shutdown(&self) -> bool {
         let mut pod = self.pod.lock().await;
-        if !lock(&self.ctrs).is_empty() {
+        if !self.unused() {
             return false;
         }
         self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -147,6 +172,22 @@ impl Inner {
         self.events.flush(EVENT_FLUSH_TIMEOUT).await;
         self.exit.signal();
         true
+    }
+
+    /// No container and none being created: nothing needs the pod. Meaningful under the pod
+    /// lock only.
+    fn unused(&self) -> bool {
+        lock(&self.ctrs).is_empty() && self.creating.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// Ends the pod if nothing needs it any more (after a delete or a failed create).
+    async fn end_pod_if_unused(&self) {
+        let mut slot = self.pod.lock().await;
+        if self.unused() {
+            if let Some(pod) = slot.take() {
+                pod.teardown().await;
+            }
+        }
     }
 
     /// Queues an event for containerd (never waits; see [`crate::events`]).
@@ -285,6 +326,7 @@ impl Inner {
                 req.id
             )));
         }
+        let creating = Creating::start(&self.creating);
         let pod = match pod_guard.as_ref() {
             Some(p) => {
                 pod::record_config_path(&bundle, &p.config_path)?;
@@ -319,11 +361,10 @@ impl Inner {
             Ok(r) => Ok(r),
             Err(e) => Err(explain(Some(pod.clone()), e).await),
         };
-        if result.is_err() && lock(&self.ctrs).is_empty() {
-            // The pod was booted for this container only: nothing must stay behind.
-            if let Some(p) = self.pod.lock().await.take() {
-                p.teardown().await;
-            }
+        drop(creating);
+        if result.is_err() {
+            // A pod booted for this container only: nothing must stay behind.
+            self.end_pod_if_unused().await;
         }
         result
     }
@@ -582,9 +623,7 @@ impl Inner {
         };
         self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(e));
         if lock(&self.ctrs).is_empty() {
-            if let Some(pod) = self.pod.lock().await.take() {
-                pod.teardown().await;
-            }
+            self.end_pod_if_unused().await;
         }
         Ok(api::DeleteResponse { pid, exit_status: status, exited_at: Some(at).into(), ..Default::default() })
     }
@@ -948,6 +987,7 @@ mod tests {
             pod: tokio::sync::Mutex::new(None),
             ctrs: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            creating: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -971,6 +1011,18 @@ mod tests {
         let files: Vec<_> =
             std::fs::read_dir(bundle.path()).expect("bundle").flatten().map(|e| e.file_name()).collect();
         assert_eq!(files, ["config.json"], "nothing recorded in the bundle");
+    }
+
+    /// A Shutdown while a Create has its pod but has not recorded its container yet (the
+    /// pod lock is free then): the daemon stays, and ends once that create is over.
+    #[tokio::test]
+    async fn a_shutdown_during_a_create_leaves_the_create_its_pod() {
+        let d = daemon();
+        let creating = Creating::start(&d.creating);
+        assert!(!d.shutdown().await, "a create in flight: the daemon stays");
+        assert!(!d.shutting_down.load(std::sync::atomic::Ordering::SeqCst), "a later create is not refused");
+        drop(creating);
+        assert!(d.shutdown().await, "the create is over and no task is left: the daemon exits");
     }
 
     #[test]
