@@ -4,7 +4,14 @@
 //! as kata does without a shared file system. Each copy is judged by the guest's policy.
 //! A Kubernetes `emptyDir` volume becomes a directory of the pod's own in the guest
 //! ([`GUEST_VOLUME_DIR`], shared by the pod's containers that mount it; the agent makes
-//! it). Any other host bind mount cannot reach such a guest and is left out.
+//! it). The files of configMap, secret, projected and downwardAPI volumes (kubelet writes
+//! them, the pod only reads them) are copied to a directory per container and volume, and
+//! kept up to date while the container lives ([`watch`]): kubelet changes them in place.
+//! Any other host bind mount cannot reach such a guest and is left out.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use contrast_agent_protocol::{agent, AgentClient};
 use oci_spec::runtime::Mount;
@@ -19,20 +26,78 @@ const COPIED: [&str; 3] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
 pub const GUEST_VOLUME_DIR: &str = "/run/contrast/volumes";
 /// Larger files are not configuration files; they are refused.
 const MAX_SIZE: u64 = 64 * 1024;
+/// kubelet's volume plugins whose files it writes for the pod to read ("atomic writer"
+/// volumes): copied in, kept up to date.
+const COPIED_VOLUME_PLUGINS: [&str; 4] =
+    ["kubernetes.io~configmap", "kubernetes.io~secret", "kubernetes.io~projected", "kubernetes.io~downward-api"];
+/// Largest file of such a volume (the agent's limit for a copied file).
+const MAX_VOLUME_FILE: u64 = 1 << 20;
+/// Largest such volume, all files together, and most files in it (Kubernetes keeps a
+/// configMap or secret below 1 MiB; a projected volume combines a few).
+const MAX_VOLUME_SIZE: u64 = 8 << 20;
+const MAX_VOLUME_FILES: usize = 1024;
+/// Bytes per `CopyFile` request.
+const CHUNK: usize = 256 * 1024;
+/// How often a copied volume is compared with kubelet's directory.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The container's mounts for the guest: non-bind mounts as they are, the copied files
-/// pointing at their guest copies (sent now), other bind mounts dropped (logged).
-pub async fn guest_mounts(agent: &AgentClient, container: &str, mounts: &[Mount]) -> Result<Vec<Mount>, ShimError> {
+/// A configMap, secret, projected or downwardAPI volume copied for one container.
+#[derive(Debug)]
+pub struct CopiedVolume {
+    host: PathBuf,
+    guest: String,
+    /// What was copied: each file's path in the volume, and its host file as it was then.
+    sent: BTreeMap<PathBuf, Stamp>,
+}
+
+/// A host file's identity and version: kubelet writes an update as new files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    mode: u32,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Stamp { dev: m.dev(), ino: m.ino(), size: m.size(), mtime: (m.mtime(), m.mtime_nsec()), mode: m.mode() }
+    }
+}
+
+/// The container's mounts for the guest: non-bind mounts as they are, the copied files and
+/// volumes pointing at their guest copies (sent now), other bind mounts dropped (logged);
+/// and the copied volumes, to keep up to date ([`watch`]).
+pub async fn guest_mounts(
+    agent: &AgentClient,
+    container: &str,
+    mounts: &[Mount],
+) -> Result<(Vec<Mount>, Vec<CopiedVolume>), ShimError> {
     let mut out = Vec::new();
+    let mut volumes = Vec::new();
     for m in mounts {
         if !crate::rootfs::is_bind(m) {
             out.push(m.clone());
             continue;
         }
-        if let Some(volume) = m.source().as_deref().and_then(empty_dir_volume) {
+        if let Some(volume) = m.source().as_deref().and_then(|s| kubelet_volume(s, &["kubernetes.io~empty-dir"])) {
             let mut guest = m.clone();
             guest.set_source(Some(format!("{GUEST_VOLUME_DIR}/{volume}").into()));
             out.push(guest);
+            continue;
+        }
+        if let Some(name) = m.source().as_deref().and_then(|s| kubelet_volume(s, &COPIED_VOLUME_PLUGINS)) {
+            let host = m.source().clone().expect("a source");
+            let mut volume =
+                CopiedVolume { host, guest: format!("{GUEST_DIR}/{container}-volume-{name}"), sent: BTreeMap::new() };
+            volume.sync(agent).await.map_err(|e| {
+                ShimError::InvalidArgument(format!("mount {}: volume {name}: {e}", m.destination().display()))
+            })?;
+            let mut guest = m.clone();
+            guest.set_source(Some(volume.guest.clone().into()));
+            out.push(guest);
+            volumes.push(volume);
             continue;
         }
         let destination = m.destination().to_string_lossy().into_owned();
@@ -65,16 +130,124 @@ pub async fn guest_mounts(agent: &AgentClient, container: &str, mounts: &[Mount]
         copy.set_source(Some(guest.into()));
         out.push(copy);
     }
+    Ok((out, volumes))
+}
+
+/// The volume name of a kubelet volume directory of one of `plugins`
+/// (`<kubelet root>/pods/<pod uid>/volumes/<plugin>/<name>`).
+fn kubelet_volume<'a>(source: &'a Path, plugins: &[&str]) -> Option<&'a str> {
+    let name = source.file_name()?.to_str()?;
+    let plugin = source.parent()?;
+    // Whether the name is a volume name (a DNS label) the agent or the policy decides.
+    let known = plugins.iter().any(|p| plugin.file_name() == Some(std::ffi::OsStr::new(p)));
+    (known && plugin.parent()?.file_name()? == "volumes").then_some(name)
+}
+
+/// The files of a kubelet-written volume as a container sees them: each path below the
+/// volume (kubelet's own `..data` and `..<timestamp>` entries left out, its symlinks
+/// followed, never out of the volume) with the host file it resolves to.
+fn volume_files(root: &Path) -> Result<BTreeMap<PathBuf, (PathBuf, std::fs::Metadata)>, String> {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        rel: &Path,
+        out: &mut BTreeMap<PathBuf, (PathBuf, std::fs::Metadata)>,
+        total: &mut u64,
+    ) -> Result<(), String> {
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("reading {}: {e}", dir.display()))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("..") {
+                continue;
+            }
+            let path = entry.path();
+            let resolved = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if !resolved.starts_with(root) {
+                return Err(format!("{} leads out of the volume", path.display()));
+            }
+            let meta = std::fs::metadata(&resolved).map_err(|e| format!("{}: {e}", resolved.display()))?;
+            let rel = rel.join(&name);
+            if meta.is_dir() {
+                walk(root, &resolved, &rel, out, total)?;
+            } else if meta.is_file() {
+                if meta.len() > MAX_VOLUME_FILE {
+                    return Err(format!("{} is larger than {MAX_VOLUME_FILE} bytes", path.display()));
+                }
+                *total += meta.len();
+                out.insert(rel, (resolved, meta));
+                if *total > MAX_VOLUME_SIZE || out.len() > MAX_VOLUME_FILES {
+                    return Err(format!("more than {MAX_VOLUME_FILES} files or {MAX_VOLUME_SIZE} bytes"));
+                }
+            } else {
+                return Err(format!("{} is neither a file nor a directory", path.display()));
+            }
+        }
+        Ok(())
+    }
+    let root = std::fs::canonicalize(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let mut out = BTreeMap::new();
+    walk(&root, &root, Path::new(""), &mut out, &mut 0)?;
     Ok(out)
 }
 
-/// The volume name of a kubelet `emptyDir` directory
-/// (`<kubelet root>/pods/<pod uid>/volumes/kubernetes.io~empty-dir/<name>`).
-fn empty_dir_volume(source: &std::path::Path) -> Option<&str> {
-    let name = source.file_name()?.to_str()?;
-    let plugin = source.parent()?;
-    // Whether the name is a volume name (a DNS label) the agent decides, with a clear error.
-    (plugin.file_name()? == "kubernetes.io~empty-dir" && plugin.parent()?.file_name()? == "volumes").then_some(name)
+impl CopiedVolume {
+    /// Copies every file that changed on the host since the last sync (all of them the first
+    /// time). A file kubelet removed stays in the guest's copy.
+    async fn sync(&mut self, agent: &AgentClient) -> Result<usize, String> {
+        let files = volume_files(&self.host)?;
+        let mut copied = 0;
+        for (rel, (host, meta)) in files {
+            let stamp = Stamp::of(&meta);
+            if self.sent.get(&rel) == Some(&stamp) {
+                continue;
+            }
+            let data = std::fs::read(&host).map_err(|e| format!("reading {}: {e}", host.display()))?;
+            let path = format!("{}/{}", self.guest, rel.display());
+            let mut offset = 0;
+            loop {
+                let end = (offset + CHUNK).min(data.len());
+                let mut req = agent::CopyFileRequest::new();
+                req.path = path.clone();
+                req.file_size = data.len() as i64;
+                req.file_mode = 0o100_000 | (meta.mode() & 0o7777);
+                req.dir_mode = 0o755;
+                req.uid = meta.uid() as i32;
+                req.gid = meta.gid() as i32;
+                req.offset = offset as i64;
+                req.data = data[offset..end].to_vec();
+                agent.copy_file(&req).await.map_err(|e| format!("copying {}: {e}", rel.display()))?;
+                offset = end;
+                if offset == data.len() {
+                    break;
+                }
+            }
+            self.sent.insert(rel, stamp);
+            copied += 1;
+        }
+        Ok(copied)
+    }
+}
+
+/// Keeps a container's copied volumes up to date until aborted (the container's delete) or
+/// until the guest stops taking copies (the pod is gone).
+pub fn watch(agent: AgentClient, container: String, mut volumes: Vec<CopiedVolume>) -> tokio::task::AbortHandle {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            for v in &mut volumes {
+                match v.sync(&agent).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(%container, volume = %v.host.display(), files = n, "volume updated in the guest"),
+                    Err(e) => {
+                        tracing::warn!(%container, volume = %v.host.display(), error = %e, "volume no longer kept up to date");
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .abort_handle()
 }
 
 #[cfg(test)]
@@ -84,12 +257,64 @@ mod tests {
     #[test]
     fn kubelet_empty_dirs_by_their_path() {
         fn volume(p: &str) -> Option<&str> {
-            empty_dir_volume(std::path::Path::new(p))
+            kubelet_volume(std::path::Path::new(p), &["kubernetes.io~empty-dir"])
         }
         assert_eq!(volume("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~empty-dir/cache"), Some("cache"));
         assert_eq!(volume("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~secret/token"), None);
         assert_eq!(volume("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~empty-dir"), None);
         assert_eq!(volume("/tmp/kubernetes.io~empty-dir/cache"), None);
         assert_eq!(volume("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~empty-dir/../x"), None);
+        fn copied(p: &str) -> Option<&str> {
+            kubelet_volume(std::path::Path::new(p), &COPIED_VOLUME_PLUGINS)
+        }
+        assert_eq!(
+            copied("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~projected/kube-api-access-x7k2p"),
+            Some("kube-api-access-x7k2p")
+        );
+        assert_eq!(copied("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~configmap/config"), Some("config"));
+        assert_eq!(copied("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~empty-dir/cache"), None);
+        assert_eq!(copied("/var/lib/kubelet/pods/0c1d/volume-subpaths/config/app/0"), None);
+    }
+
+    /// kubelet's layout: the files in a timestamped directory, `..data` pointing at it, each
+    /// key a link through `..data`; an update is a new directory and `..data` swapped.
+    fn kubelet_dir(root: &Path, stamp: &str, files: &[(&str, &str)]) {
+        let dir = root.join(stamp);
+        for (key, content) in files {
+            let path = dir.join(key);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+            std::fs::write(path, content).expect("file");
+        }
+        let tmp = root.join("..data_tmp");
+        std::os::unix::fs::symlink(stamp, &tmp).expect("link");
+        std::fs::rename(&tmp, root.join("..data")).expect("swap");
+        for (key, _) in files {
+            let top = key.split('/').next().expect("key");
+            let link = root.join(top);
+            if link.symlink_metadata().is_err() {
+                std::os::unix::fs::symlink(format!("..data/{top}"), link).expect("key link");
+            }
+        }
+    }
+
+    #[test]
+    fn a_volume_is_the_files_its_keys_lead_to() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("volumes/kubernetes.io~configmap/config");
+        kubelet_dir(&root, "..2026_12_05_12_00_00.1", &[("app.yaml", "a: 1\n"), ("conf/extra.ini", "x=1\n")]);
+        let files = volume_files(&root).expect("files");
+        let rel: Vec<_> = files.keys().map(|p| p.display().to_string()).collect();
+        assert_eq!(rel, ["app.yaml", "conf/extra.ini"], "kubelet's own entries left out, links followed");
+        let first = Stamp::of(&files[Path::new("app.yaml")].1);
+
+        kubelet_dir(&root, "..2026_12_05_12_01_00.2", &[("app.yaml", "a: 2\n"), ("conf/extra.ini", "x=1\n")]);
+        let files = volume_files(&root).expect("files");
+        let (host, meta) = &files[Path::new("app.yaml")];
+        assert_ne!(Stamp::of(meta), first, "an update is seen as a changed file");
+        assert_eq!(std::fs::read_to_string(host).expect("read"), "a: 2\n");
+
+        std::os::unix::fs::symlink("/etc", root.join("escape")).expect("link");
+        let err = volume_files(&root).expect_err("a link out of the volume");
+        assert!(err.contains("leads out of the volume"), "{err}");
     }
 }

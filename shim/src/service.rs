@@ -88,11 +88,20 @@ impl Proc {
     }
 }
 
+/// A confidential container's guest spec, storages and copied volumes.
+struct ConfidentialContainer {
+    oci: contrast_agent_protocol::oci::Spec,
+    storages: Vec<agent::Storage>,
+    volumes: Vec<crate::copied_files::CopiedVolume>,
+}
+
 struct Ctr {
     id: String,
     bundle: String,
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
+    /// Keeps the container's copied volumes up to date (confidential path), until delete.
+    volume_watch: Option<tokio::task::AbortHandle>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -372,15 +381,16 @@ impl Inner {
     /// The guest spec and storages of a container on the confidential path: the sandbox
     /// runs the guest's own pause; any other container its image's verified layers. Host
     /// bind mounts cannot reach such a guest (no host share): the pod's hosts, hostname and
-    /// resolv.conf are copied in ([`crate::copied_files`]), any other is left out.
+    /// resolv.conf and its configMap, secret, projected and downwardAPI volumes are copied in
+    /// ([`crate::copied_files`]), emptyDirs are the guest's own, any other is left out.
     async fn confidential_container(
         &self,
         pod: &Arc<Pod>,
         id: &str,
         spec: &oci_spec::runtime::Spec,
-    ) -> Result<(contrast_agent_protocol::oci::Spec, Vec<agent::Storage>), ShimError> {
+    ) -> Result<ConfidentialContainer, ShimError> {
         let annotations = spec.annotations().clone().unwrap_or_default();
-        let mounts =
+        let (mounts, volumes) =
             crate::copied_files::guest_mounts(&pod.agent, id, spec.mounts().as_deref().unwrap_or_default()).await?;
         if annotations.get("io.kubernetes.cri.container-type").map(String::as_str) == Some("sandbox") {
             let mut oci =
@@ -388,7 +398,7 @@ impl Inner {
             if let Some(p) = oci.Process.as_mut() {
                 p.Args = crate::layers::GUEST_PAUSE_ARGS.iter().map(|a| a.to_string()).collect();
             }
-            return Ok((oci, Vec::new()));
+            return Ok(ConfidentialContainer { oci, storages: Vec::new(), volumes });
         }
         let image = annotations.get(crate::layers::IMAGE_NAME_ANNOTATION).ok_or_else(|| {
             ShimError::FailedPrecondition(format!(
@@ -415,7 +425,7 @@ impl Inner {
             }
         };
         match spec::convert(spec, &rootfs, &mounts) {
-            Ok(oci) => Ok((oci, storages)),
+            Ok(oci) => Ok(ConfidentialContainer { oci, storages, volumes }),
             Err(e) => {
                 crate::layers::detach(pod, id).await;
                 Err(ShimError::InvalidArgument(e))
@@ -432,10 +442,12 @@ impl Inner {
         let (host_dir, guest_dir) = pod.new_instance_dirs(&req.id);
         let undo_share = || rootfs::unmount_all(&pod.container_dir(&req.id));
         let mut creq = agent::CreateContainerRequest::new();
+        let mut volumes = Vec::new();
         if pod.confidential() {
-            let (oci, storages) = self.confidential_container(pod, &req.id, spec).await?;
-            creq.OCI = Some(oci).into();
-            creq.storages = storages;
+            let c = self.confidential_container(pod, &req.id, spec).await?;
+            creq.OCI = Some(c.oci).into();
+            creq.storages = c.storages;
+            volumes = c.volumes;
         } else {
             let host_rootfs = host_dir.join("rootfs");
             rootfs::mount_rootfs(&req.rootfs, std::path::Path::new(&req.bundle), &host_rootfs).map_err(|e| {
@@ -499,8 +511,15 @@ impl Inner {
             }
         };
         *init.streams.lock().await = Some(streams);
-        let ctr =
-            Arc::new(Ctr { id: req.id.clone(), bundle: req.bundle.clone(), init, execs: Mutex::new(HashMap::new()) });
+        let volume_watch =
+            (!volumes.is_empty()).then(|| crate::copied_files::watch(pod.agent.clone(), req.id.clone(), volumes));
+        let ctr = Arc::new(Ctr {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            init,
+            execs: Mutex::new(HashMap::new()),
+            volume_watch,
+        });
         lock(&self.ctrs).insert(req.id.clone(), ctr);
         let pid = self.task_pid(pod);
         let event = ev::TaskCreate {
@@ -612,7 +631,11 @@ impl Inner {
             rootfs::unmount_all(&pod.container_dir(&req.id));
             crate::layers::detach(pod, &req.id).await;
         }
-        lock(&self.ctrs).remove(&req.id);
+        if let Some(ctr) = lock(&self.ctrs).remove(&req.id) {
+            if let Some(w) = &ctr.volume_watch {
+                w.abort();
+            }
+        }
         let e = ev::TaskDelete {
             container_id: req.id.clone(),
             id: req.id.clone(),

@@ -38,6 +38,26 @@ fn qemu_args_of(pod_id: &str) -> String {
     panic!("no QEMU for pod {pod_id}");
 }
 
+/// kubelet's layout of a configMap volume: the files in a timestamped directory, `..data`
+/// pointing at it, each key a link through `..data`; an update is a new directory and
+/// `..data` swapped.
+fn kubelet_volume(root: &Path, stamp: &str, files: &[(&str, &str)]) {
+    for (key, content) in files {
+        let path = root.join(stamp).join(key);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(path, content).expect("file");
+    }
+    let tmp = root.join("..data_tmp");
+    std::os::unix::fs::symlink(stamp, &tmp).expect("link");
+    std::fs::rename(&tmp, root.join("..data")).expect("swap");
+    for (key, _) in files {
+        let top = key.split('/').next().expect("key");
+        if root.join(top).symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{top}"), root.join(top)).expect("key link");
+        }
+    }
+}
+
 containerd_matrix! {
     async fn confidential_pod_runs_verified_layers_from_the_node(release: Release) {
         let cd = Containerd::start_release(release, Path::new(SHIM), &image_dir().expect("image")).expect("containerd");
@@ -59,6 +79,7 @@ containerd_matrix! {
             &["cat", "/proc/self/environ"],
             &["sh", "-c", "echo shared > /cache/note"],
             &["cat", "/cache/note"],
+            &["cat", "/etc/app/greeting", "/etc/app/conf/level"],
         ]
         .iter()
         .map(|c| c.iter().map(|a| a.to_string()).collect())
@@ -69,7 +90,11 @@ containerd_matrix! {
         // The pod's emptyDir volume `cache`, mounted at /cache.
         let overrides = std::collections::BTreeMap::from([(
             GOOD.to_owned(),
-            contrast_generate::Overrides { empty_dirs: vec![("cache".into(), "/cache".into())], ..Default::default() },
+            contrast_generate::Overrides {
+                empty_dirs: vec![("cache".into(), "/cache".into())],
+                config_volumes: vec!["/etc/app".into()],
+                ..Default::default()
+            },
         )]);
         let init_data =
             contrast_generate::init_data_for_archives(&[&good, &pinned_swap], &overrides, &pod_env).expect("generator");
@@ -91,6 +116,15 @@ containerd_matrix! {
             host_path: empty_dir.to_string_lossy().into_owned(),
             ..Default::default()
         };
+        // A configMap volume `settings` as kubelet writes it, mounted read-only at /etc/app.
+        let settings = dir.path().join("pods/uid-layered/volumes/kubernetes.io~configmap/settings");
+        kubelet_volume(&settings, "..2026_12_05_12_00_00.1", &[("greeting", "hi\n"), ("conf/level", "1\n")]);
+        let settings_mount = cri::Mount {
+            container_path: "/etc/app".into(),
+            host_path: settings.to_string_lossy().into_owned(),
+            readonly: true,
+            ..Default::default()
+        };
         let annotations = HashMap::from([(INIT_DATA_ANNOTATION.to_owned(), init_data.annotation())]);
         let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
         let mut config = pod_config("layered", "default");
@@ -107,7 +141,7 @@ containerd_matrix! {
         let with_env = |name: &str, key: &str, value: &str| {
             let mut config = container_config(name, GOOD, &["sleep", "1000"]);
             config.envs = vec![cri::KeyValue { key: key.into(), value: value.into() }];
-            config.mounts = vec![volume("/cache")];
+            config.mounts = vec![volume("/cache"), settings_mount.clone()];
             config
         };
         let c = cri.run_container_config(&pod, with_env("app", "GREETING", "hello")).await.expect("pinned image runs");
@@ -154,6 +188,21 @@ containerd_matrix! {
         assert_eq!(code, 0, "{files}{}", String::from_utf8_lossy(&err));
         assert!(files.contains("nameserver 10.88.0.53") && files.contains("search svc.example"), "{files}");
         assert!(files.contains("layered-host"), "hostname and hosts: {files}");
+        // The configMap's files, copied in, and kept up to date when kubelet changes them.
+        let settings_cmd = ["cat", "/etc/app/greeting", "/etc/app/conf/level"];
+        let (code, out, err) = cri.exec_sync(&c, &settings_cmd).await.expect("exec");
+        assert_eq!((code, out.as_slice()), (0, &b"hi\n1\n"[..]), "{}", String::from_utf8_lossy(&err));
+        kubelet_volume(&settings, "..2026_12_05_12_01_00.2", &[("greeting", "bye\n"), ("conf/level", "2\n")]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, out, _) = cri.exec_sync(&c, &settings_cmd).await.expect("exec");
+            if out == b"bye\n2\n" {
+                break;
+            }
+            let now = String::from_utf8_lossy(&out);
+            assert!(std::time::Instant::now() < deadline, "the update never reached the guest: {now:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         // Any other exec is the node running code of its choice beside the pod's data.
         let err = cri.exec_sync(&c, &["cat", "/etc/shadow"]).await.expect_err("an unlisted exec");
         let msg = format!("{err:#}");

@@ -1,11 +1,14 @@
 //! kata's `CopyFile`: small files the host hands a pod whose VM has no host share — on the
 //! confidential path the files containerd bind-mounts into containers (`/etc/hosts`,
-//! `/etc/hostname`, `/etc/resolv.conf`), which a container then bind-mounts from here.
+//! `/etc/hostname`, `/etc/resolv.conf`) and the files of Kubernetes' configMap, secret,
+//! projected and downwardAPI volumes (a directory per container and volume), which a
+//! container then bind-mounts from here.
 //!
 //! Only regular files below [`COPY_DIR`] are written (kata allows anything below `/run`; the
 //! policy narrows it further). A file arrives in one or more chunks at increasing offsets
-//! into `<path>.part`, and is renamed into place with its mode and owner once `file_size`
-//! bytes are there, so a container never sees half a file.
+//! into `<path>~part` (a name no Kubernetes volume key can have), and is renamed into place
+//! with its mode and owner once `file_size` bytes are there, so a container never sees half
+//! a file, nor an updated one half written.
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
@@ -69,10 +72,8 @@ pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
     let parent = path.parent().unwrap_or(Path::new(COPY_DIR));
     let dir_mode = if req.dir_mode == 0 { 0o755 } else { req.dir_mode & 0o7777 };
     DirBuilder::new().recursive(true).mode(dir_mode).create(parent).map_err(|e| io("creating its directory", e))?;
-    let part = path.with_extension(match path.extension() {
-        Some(ext) => format!("{}.part", ext.to_string_lossy()),
-        None => "part".into(),
-    });
+    let mut part = path.clone().into_os_string();
+    part.push("~part");
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -107,10 +108,15 @@ pub fn copies_in(spec: &libcontainer::oci_spec::runtime::Spec) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes copied files (gone already is fine).
+/// Removes copied files and volume directories (gone already is fine).
 pub fn remove(copies: &[PathBuf]) {
     for path in copies {
-        crate::log_unless_gone(std::fs::remove_file(path), path);
+        let result = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+            Ok(_) => std::fs::remove_file(path),
+            Err(e) => Err(e),
+        };
+        crate::log_unless_gone(result, path);
     }
 }
 
@@ -150,6 +156,20 @@ mod tests {
         .expect("spec");
         let want = [format!("{COPY_DIR}/c-hosts"), format!("{COPY_DIR}/c-resolv.conf")].map(PathBuf::from);
         assert_eq!(copies_in(&spec), want);
+    }
+
+    #[test]
+    fn copies_go_files_and_volume_directories_alike() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c-hosts");
+        std::fs::write(&file, "127.0.0.1 localhost\n").expect("file");
+        let volume = dir.path().join("c-volume-config");
+        std::fs::create_dir_all(volume.join("conf")).expect("volume");
+        std::fs::write(volume.join("conf/app.yaml"), "a: 1\n").expect("key");
+        let gone = dir.path().join("c-resolv.conf");
+        remove(&[file.clone(), volume.clone(), gone]);
+        assert!(!file.exists() && !volume.exists());
+        assert!(dir.path().exists(), "nothing beside them");
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn volume_name(name: &str) -> bool {
 }
 
 /// What the pod spec changes for one image's containers (`--command`, `--workdir`,
-/// `--cap-add`, `--empty-dir`).
+/// `--cap-add`, `--empty-dir`, `--config-volume`).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub command: Option<Vec<String>>,
@@ -131,6 +131,9 @@ pub struct Overrides {
     pub capabilities_added: Vec<String>,
     /// `emptyDir` volumes: (volume name, mount path).
     pub empty_dirs: Vec<(String, String)>,
+    /// Mount paths of configMap, secret, projected or downwardAPI volumes (files the node
+    /// writes, copied in, read-only).
+    pub config_volumes: Vec<String>,
 }
 
 pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
@@ -162,6 +165,7 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         working_dir: overrides.working_dir.clone().unwrap_or_else(|| image.config.working_dir.clone()),
         capabilities_added: overrides.capabilities_added.clone(),
         empty_dirs: overrides.empty_dirs.clone(),
+        config_volumes: overrides.config_volumes.clone(),
     })
 }
 
@@ -201,6 +205,7 @@ mod tests {
             working_dir: "/srv".into(),
             capabilities_added: vec![],
             empty_dirs: vec![("cache".into(), "/var/cache/app".into())],
+            config_volumes: vec!["/var/run/secrets/kubernetes.io/serviceaccount".into()],
         }
     }
 
@@ -280,6 +285,30 @@ mod tests {
         assert_eq!(with_mount(volume, "/etc"), regorus::Value::Bool(false), "over the image's files");
         assert_eq!(with_mount("/run/contrast/volumes/other", "/var/cache/app"), regorus::Value::Bool(false));
         assert_eq!(with_mount("/run/contrast/volumes/cache/..", "/var/cache/app"), regorus::Value::Bool(false));
+        // The node's configMap, secret, projected and downwardAPI volumes: this container's
+        // copy, read-only, only where the pod spec mounts one.
+        let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+        let config_volume = |source: &str, destination: &str, options: &[&str]| {
+            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+            let m = serde_json::json!({ "destination": destination, "type_": "bind", "source": source, "options": options });
+            r["OCI"]["Mounts"].as_array_mut().expect("mounts").push(m);
+            eval(&rego, r) == regorus::Value::Bool(true)
+        };
+        let token = format!("{dir}/c-volume-kube-api-access-x7k2p");
+        assert!(config_volume(&token, sa, &["rbind", "ro"]));
+        assert!(!config_volume(&token, sa, &["rbind", "rw"]), "writable");
+        assert!(!config_volume(&token, "/etc", &["rbind", "ro"]), "over the image's files");
+        assert!(
+            !config_volume(&format!("{dir}/other-volume-kube-api-access-x7k2p"), sa, &["rbind", "ro"]),
+            "another container's"
+        );
+        assert!(!config_volume(&format!("{dir}/c-volume-x/.."), sa, &["rbind", "ro"]), "not a volume name");
+        assert!(!config_volume(&format!("{dir}/c-resolv.conf"), sa, &["rbind", "ro"]), "a copied file");
+        assert_eq!(copy(&format!("{dir}/c-volume-config/app.yaml")), regorus::Value::Bool(true));
+        assert_eq!(copy(&format!("{dir}/c-volume-config/conf/extra.ini")), regorus::Value::Bool(true));
+        for bad in [format!("{dir}/c-volume-config"), format!("{dir}/c-volume-/x"), format!("{dir}/c-volume-A/x")] {
+            assert_eq!(copy(&bad), regorus::Value::Bool(false), "{bad}");
+        }
     }
 
     fn request(root_hash: &str, args: &[&str]) -> serde_json::Value {

@@ -10,7 +10,9 @@
 //! image's command (Entrypoint and Cmd, or `--command`) in its image's working directory (or
 //! `--workdir`), with no environment beyond its image's, the pod's (`--env`), its hostname and
 //! Kubernetes' service addresses, no capability beyond containerd's defaults and
-//! `--cap-add`, the pod's emptyDir volumes only where `--empty-dir` mounts them, device
+//! `--cap-add`, the pod's emptyDir volumes only where `--empty-dir` mounts them, the node's
+//! configMap, secret, projected and downwardAPI volumes (copied, read-only) only where
+//! `--config-volume` mounts them, device
 //! nodes only below /dev, sysctls only Kubernetes' safe ones and `--sysctl`, and no write to
 //! a process's stdin unless `--stdin`; an exec only of a command given with `--exec` (an exec
 //! probe's, say), none by default. The init data TOML goes to `--out`; the annotation value
@@ -24,7 +26,8 @@ use contrast_generate::{archive_images, containerd_image, pin, policy_rego, Over
 
 const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
 [--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--workdir IMAGE=DIR]... \
-[--cap-add IMAGE=CAPABILITY]... [--empty-dir IMAGE=VOLUME:PATH]... [--env NAME=VALUE]... [--exec JSON]... \
+[--cap-add IMAGE=CAPABILITY]... [--empty-dir IMAGE=VOLUME:PATH]... [--config-volume IMAGE=PATH]... \
+[--env NAME=VALUE]... [--exec JSON]... \
 [--sysctl NAME]... [--stdin] --out INITDATA.toml";
 
 struct Args {
@@ -103,6 +106,16 @@ fn parse_args() -> Result<Args> {
                 let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
                 a.overrides.entry(image.to_owned()).or_default().empty_dirs.push((name.to_owned(), path.to_owned()));
             }
+            "--config-volume" => {
+                let v = value()?;
+                let (image, path) = v.split_once('=').with_context(|| format!("--config-volume {v:?}: IMAGE=PATH"))?;
+                // As kubelet passes it: no trailing slash.
+                let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+                if !path.starts_with('/') || path.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == "..") {
+                    bail!("--config-volume {v:?}: a canonical absolute path, not / (where the container reads the volume)");
+                }
+                a.overrides.entry(image.to_owned()).or_default().config_volumes.push(path.to_owned());
+            }
             "--sysctl" => {
                 let v = value()?;
                 if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b)) {
@@ -163,7 +176,9 @@ fn main() -> Result<()> {
     }
     for image in args.overrides.keys() {
         if !sources.iter().any(|s| &s.name == image) {
-            bail!("--command, --workdir, --cap-add or --empty-dir for {image:?}, which no given image is named");
+            bail!(
+                "--command, --workdir, --cap-add, --empty-dir or --config-volume for {image:?}, which no given image is named"
+            );
         }
     }
     let mut images = Vec::new();

@@ -27,6 +27,9 @@ pub struct PinnedImage {
     pub capabilities_added: Vec<String>,
     /// The pod's `emptyDir` volumes this image's containers mount: (volume name, where).
     pub empty_dirs: Vec<(String, String)>,
+    /// Where this image's containers mount a configMap, secret, projected or downwardAPI
+    /// volume: files the node writes (and may change), copied into the guest, read-only.
+    pub config_volumes: Vec<String>,
 }
 
 /// What the pod adds for all of its containers: the commands an exec may run, the
@@ -292,6 +295,28 @@ mount_allowed(m) if {
     m.destination == v.destination
     m.source == concat("/", ["/run/contrast/volumes", v.name])
 }
+# The node's configMap, secret, projected and downwardAPI volumes: files the node writes
+# (a service account token, configuration) and the pod reads, copied for this container
+# (`<container id>-volume-<name>`), read-only, only where the pod spec mounts one. What
+# they hold is the node's: the policy pins where they appear, not what they say.
+default image_config_volumes := []
+image_config_volumes := v if { v := policy_data.images[image_name].config_volumes }
+mount_allowed(m) if {
+    is_bind(m)
+    m.destination in image_config_volumes
+    prefix := concat("", ["/run/kata-containers/shared/containers/", input.container_id, "-volume-"])
+    startswith(m.source, prefix)
+    volume_label(substring(m.source, count(prefix), -1))
+    "ro" in m.options
+}
+# A Kubernetes volume name: a DNS label.
+volume_label(n) if {
+    count(n) > 0
+    count(n) <= 63
+    trim(n, "abcdefghijklmnopqrstuvwxyz0123456789-") == ""
+    not startswith(n, "-")
+    not endswith(n, "-")
+}
 mounts_allowed if {
     every m in input.OCI.Mounts { mount_allowed(m) }
     count(hidden_paths_denied) == 0
@@ -556,6 +581,19 @@ CopyFileRequest if {
     endswith(rest, concat("", ["-", name]))
     count(rest) > count(name) + 1
 }
+# The files of a configMap, secret, projected or downwardAPI volume, for one container:
+# <dir>/<container id>-volume-<volume name>/<path in the volume> (the agent takes only
+# canonical paths). Mounted only where the policy allows such a volume.
+CopyFileRequest if {
+    startswith(input.path, copied_file_dir)
+    parts := split(substring(input.path, count(copied_file_dir), -1), "/")
+    count(parts) > 1
+    i := indexof(parts[0], "-volume-")
+    i > 0
+    label := substring(parts[0], i + count("-volume-"), -1)
+    count(label) > 0
+    trim(label, "abcdefghijklmnopqrstuvwxyz0123456789-") == ""
+}
 "#;
 
 /// The whole policy: the rules, then `policy_data` with the pinned values: the images, and
@@ -580,6 +618,7 @@ pub fn policy_rego(images: &[PinnedImage], pod: &PodAllowances) -> String {
                 "empty_dirs": image.empty_dirs.iter().map(|(name, destination)| {
                     serde_json::json!({ "name": name, "destination": destination })
                 }).collect::<Vec<_>>(),
+                "config_volumes": image.config_volumes,
             }),
         );
     }
