@@ -251,11 +251,19 @@ pub struct RuntimeSection {
     /// handed to guests (one file per layer digest, shared by all pods of the node).
     #[serde(default = "defaults::layer_cache_dir")]
     pub layer_cache_dir: PathBuf,
+    /// How often the confidential path compares a container's configMap, secret, projected
+    /// and downwardAPI volumes with kubelet's files and copies what changed into the guest.
+    #[serde(default = "defaults::volume_sync_interval_ms")]
+    pub volume_sync_interval_ms: u64,
 }
 
 impl Default for RuntimeSection {
     fn default() -> Self {
-        RuntimeSection { state_dir: defaults::state_dir(), layer_cache_dir: defaults::layer_cache_dir() }
+        RuntimeSection {
+            state_dir: defaults::state_dir(),
+            layer_cache_dir: defaults::layer_cache_dir(),
+            volume_sync_interval_ms: defaults::volume_sync_interval_ms(),
+        }
     }
 }
 
@@ -307,6 +315,9 @@ mod defaults {
     }
     pub fn layer_cache_dir() -> PathBuf {
         PathBuf::from("/var/lib/contrast/layers")
+    }
+    pub fn volume_sync_interval_ms() -> u64 {
+        2000
     }
 }
 
@@ -490,6 +501,14 @@ impl RuntimeClassConfig {
                     format!("`{name}` is not an annotation we support (known: {})", annotations::KNOWN.join(", ")),
                 ));
             }
+        }
+        let interval = self.runtime.volume_sync_interval_ms;
+        if !(100..=MAX_TIMEOUT.as_millis() as u64).contains(&interval) {
+            return Err(Error::Invalid {
+                path: origin.to_owned(),
+                key: "runtime.volume_sync_interval_ms".into(),
+                problem: format!("{interval} is not within 100..={} ms", MAX_TIMEOUT.as_millis()),
+            });
         }
         // 0 would mean "no deadline" to ttrpc: a hung guest would hang every call.
         for (key, s) in

@@ -184,6 +184,14 @@ fn timeouts_are_bounded_both_ways() {
     }
     let text = format!("{MINIMAL}\n[agent.kata]\nrequest_timeout = 3600\n");
     assert_eq!(RuntimeClassConfig::parse(&text, origin()).expect("an hour").request_timeout(), MAX_TIMEOUT);
+    // A copied volume compared with kubelet's files in a busy loop, or never.
+    for interval in ["0", "99", "3600001"] {
+        let text = format!("{MINIMAL}\n[runtime]\nvolume_sync_interval_ms = {interval}\n");
+        let msg = RuntimeClassConfig::parse(&text, origin()).expect_err(interval).to_string();
+        assert!(msg.contains("runtime.volume_sync_interval_ms") && msg.contains("100..="), "{msg}");
+    }
+    let c = RuntimeClassConfig::parse(MINIMAL, origin()).expect("defaults");
+    assert_eq!(c.runtime.volume_sync_interval_ms, 2000);
 }
 
 #[test]

@@ -36,10 +36,15 @@ const MAX_VOLUME_FILE: u64 = 1 << 20;
 /// configMap or secret below 1 MiB; a projected volume combines a few).
 const MAX_VOLUME_SIZE: u64 = 8 << 20;
 const MAX_VOLUME_FILES: usize = 1024;
+/// Deepest directory inside such a volume (a link back up would recurse forever).
+const MAX_VOLUME_DEPTH: usize = 16;
 /// Bytes per `CopyFile` request.
 const CHUNK: usize = 256 * 1024;
-/// How often a copied volume is compared with kubelet's directory.
-const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Walks of a volume that kubelet changed under one (it removes the old files after an
+/// update) before a sync gives up until the next interval.
+const SYNC_ATTEMPTS: usize = 3;
+/// How long a container's delete waits for its volume watcher's copy in flight.
+const WATCH_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A configMap, secret, projected or downwardAPI volume copied for one container.
 #[derive(Debug)]
@@ -90,8 +95,8 @@ pub async fn guest_mounts(
         if let Some(name) = m.source().as_deref().and_then(|s| kubelet_volume(s, &COPIED_VOLUME_PLUGINS)) {
             let host = m.source().clone().expect("a source");
             let mut volume =
-                CopiedVolume { host, guest: format!("{GUEST_DIR}/{container}-volume-{name}"), sent: BTreeMap::new() };
-            volume.sync(agent).await.map_err(|e| {
+                CopiedVolume { host, guest: format!("{GUEST_DIR}/{container}.volumes/{name}"), sent: BTreeMap::new() };
+            volume.sync(agent, None).await.map_err(|e| {
                 ShimError::InvalidArgument(format!("mount {}: volume {name}: {e}", m.destination().display()))
             })?;
             let mut guest = m.clone();
@@ -154,6 +159,9 @@ fn volume_files(root: &Path) -> Result<BTreeMap<PathBuf, (PathBuf, std::fs::Meta
         out: &mut BTreeMap<PathBuf, (PathBuf, std::fs::Metadata)>,
         total: &mut u64,
     ) -> Result<(), String> {
+        if rel.components().count() > MAX_VOLUME_DEPTH {
+            return Err(format!("{} is deeper than {MAX_VOLUME_DEPTH} directories", dir.display()));
+        }
         let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
         for entry in entries {
             let entry = entry.map_err(|e| format!("reading {}: {e}", dir.display()))?;
@@ -191,63 +199,139 @@ fn volume_files(root: &Path) -> Result<BTreeMap<PathBuf, (PathBuf, std::fs::Meta
     Ok(out)
 }
 
-impl CopiedVolume {
-    /// Copies every file that changed on the host since the last sync (all of them the first
-    /// time). A file kubelet removed stays in the guest's copy.
-    async fn sync(&mut self, agent: &AgentClient) -> Result<usize, String> {
-        let files = volume_files(&self.host)?;
-        let mut copied = 0;
-        for (rel, (host, meta)) in files {
+/// A file of a volume that changed since the last sync: its path in the volume, its host
+/// file's version, mode and owner, and its bytes.
+struct Changed {
+    rel: PathBuf,
+    stamp: Stamp,
+    meta: std::fs::Metadata,
+    data: Vec<u8>,
+}
+
+/// The files of the volume at `host` that are not as `sent` has them, read. Kubelet removes
+/// an update's old files once it has switched to the new ones: a file gone between the walk
+/// and its read means walking again.
+fn changed_files(host: &Path, sent: &BTreeMap<PathBuf, Stamp>) -> Result<Vec<Changed>, String> {
+    let mut attempt = 0;
+    'walk: loop {
+        attempt += 1;
+        let mut changed = Vec::new();
+        for (rel, (file, meta)) in volume_files(host)? {
             let stamp = Stamp::of(&meta);
-            if self.sent.get(&rel) == Some(&stamp) {
+            if sent.get(&rel) == Some(&stamp) {
                 continue;
             }
-            let data = std::fs::read(&host).map_err(|e| format!("reading {}: {e}", host.display()))?;
-            let path = format!("{}/{}", self.guest, rel.display());
+            match std::fs::read(&file) {
+                Ok(data) => changed.push(Changed { rel, stamp, meta, data }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < SYNC_ATTEMPTS => continue 'walk,
+                Err(e) => return Err(format!("reading {}: {e}", file.display())),
+            }
+        }
+        return Ok(changed);
+    }
+}
+
+impl CopiedVolume {
+    /// Copies every file that changed on the host since the last sync (all of them the first
+    /// time), unless `stop` is set first. A file kubelet removed stays in the guest's copy.
+    async fn sync(
+        &mut self,
+        agent: &AgentClient,
+        stop: Option<&tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<usize, String> {
+        let (host, sent) = (self.host.clone(), self.sent.clone());
+        let changed = tokio::task::spawn_blocking(move || changed_files(&host, &sent))
+            .await
+            .map_err(|e| format!("walking the volume: {e}"))??;
+        let mut copied = 0;
+        for f in changed {
+            if stop.is_some_and(|s| *s.borrow()) {
+                break;
+            }
+            let path = format!("{}/{}", self.guest, f.rel.display());
             let mut offset = 0;
             loop {
-                let end = (offset + CHUNK).min(data.len());
+                let end = (offset + CHUNK).min(f.data.len());
                 let mut req = agent::CopyFileRequest::new();
                 req.path = path.clone();
-                req.file_size = data.len() as i64;
-                req.file_mode = 0o100_000 | (meta.mode() & 0o7777);
+                req.file_size = f.data.len() as i64;
+                req.file_mode = 0o100_000 | (f.meta.mode() & 0o7777);
                 req.dir_mode = 0o755;
-                req.uid = meta.uid() as i32;
-                req.gid = meta.gid() as i32;
+                req.uid = f.meta.uid() as i32;
+                req.gid = f.meta.gid() as i32;
                 req.offset = offset as i64;
-                req.data = data[offset..end].to_vec();
-                agent.copy_file(&req).await.map_err(|e| format!("copying {}: {e}", rel.display()))?;
+                req.data = f.data[offset..end].to_vec();
+                agent.copy_file(&req).await.map_err(|e| format!("copying {}: {e}", f.rel.display()))?;
                 offset = end;
-                if offset == data.len() {
+                if offset == f.data.len() {
                     break;
                 }
             }
-            self.sent.insert(rel, stamp);
+            self.sent.insert(f.rel, f.stamp);
             copied += 1;
         }
         Ok(copied)
     }
 }
 
-/// Keeps a container's copied volumes up to date until aborted (the container's delete) or
-/// until the guest stops taking copies (the pod is gone).
-pub fn watch(agent: AgentClient, container: String, mut volumes: Vec<CopiedVolume>) -> tokio::task::AbortHandle {
-    tokio::spawn(async move {
+/// The task that keeps a container's copied volumes up to date.
+pub struct VolumeWatch {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl VolumeWatch {
+    /// Ends the task, after the copy in flight (the container's removal in the guest must
+    /// not race a copy that would make its directory again).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(WATCH_STOP_TIMEOUT, self.task).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+/// Keeps a container's copied volumes up to date every `interval` until stopped (the
+/// container's delete). A failed sync is logged once and tried again at the next interval:
+/// a service account token that stopped being renewed would cut the pod off its API
+/// server an hour later.
+pub fn watch(
+    agent: AgentClient,
+    container: String,
+    mut volumes: Vec<CopiedVolume>,
+    interval: std::time::Duration,
+) -> VolumeWatch {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut failing = vec![false; volumes.len()];
         loop {
-            tokio::time::sleep(WATCH_INTERVAL).await;
-            for v in &mut volumes {
-                match v.sync(&agent).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(%container, volume = %v.host.display(), files = n, "volume updated in the guest"),
-                    Err(e) => {
-                        tracing::warn!(%container, volume = %v.host.display(), error = %e, "volume no longer kept up to date");
-                        return;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stopped.changed() => return,
+            }
+            for (v, failing) in volumes.iter_mut().zip(&mut failing) {
+                let volume = v.host.display().to_string();
+                match v.sync(&agent, Some(&stopped)).await {
+                    Ok(n) => {
+                        if n > 0 || *failing {
+                            tracing::info!(%container, %volume, files = n, "volume up to date in the guest");
+                        }
+                        *failing = false;
                     }
+                    Err(e) if !*failing => {
+                        tracing::warn!(%container, %volume, error = %e, "volume not updated in the guest; trying again");
+                        *failing = true;
+                    }
+                    Err(_) => {}
+                }
+                if *stopped.borrow() {
+                    return;
                 }
             }
         }
-    })
-    .abort_handle()
+    });
+    VolumeWatch { stop, task }
 }
 
 #[cfg(test)]

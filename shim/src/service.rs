@@ -101,7 +101,7 @@ struct Ctr {
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     /// Keeps the container's copied volumes up to date (confidential path), until delete.
-    volume_watch: Option<tokio::task::AbortHandle>,
+    volume_watch: Mutex<Option<crate::copied_files::VolumeWatch>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -511,14 +511,16 @@ impl Inner {
             }
         };
         *init.streams.lock().await = Some(streams);
-        let volume_watch =
-            (!volumes.is_empty()).then(|| crate::copied_files::watch(pod.agent.clone(), req.id.clone(), volumes));
+        let volume_watch = (!volumes.is_empty()).then(|| {
+            let interval = std::time::Duration::from_millis(pod.config.runtime.volume_sync_interval_ms);
+            crate::copied_files::watch(pod.agent.clone(), req.id.clone(), volumes, interval)
+        });
         let ctr = Arc::new(Ctr {
             id: req.id.clone(),
             bundle: req.bundle.clone(),
             init,
             execs: Mutex::new(HashMap::new()),
-            volume_watch,
+            volume_watch: Mutex::new(volume_watch),
         });
         lock(&self.ctrs).insert(req.id.clone(), ctr);
         let pid = self.task_pid(pod);
@@ -618,6 +620,10 @@ impl Inner {
         if let Some(s) = p.streams.lock().await.as_mut() {
             s.abort();
         }
+        let watch = lock(&ctr.volume_watch).take();
+        if let Some(w) = watch {
+            w.stop().await;
+        }
         if let Some(pod) = &pod {
             let mut rreq = agent::RemoveContainerRequest::new();
             rreq.container_id = req.id.clone();
@@ -631,11 +637,7 @@ impl Inner {
             rootfs::unmount_all(&pod.container_dir(&req.id));
             crate::layers::detach(pod, &req.id).await;
         }
-        if let Some(ctr) = lock(&self.ctrs).remove(&req.id) {
-            if let Some(w) = &ctr.volume_watch {
-                w.abort();
-            }
-        }
+        lock(&self.ctrs).remove(&req.id);
         let e = ev::TaskDelete {
             container_id: req.id.clone(),
             id: req.id.clone(),

@@ -44,7 +44,10 @@ impl agent_ttrpc::AgentService for AgentService {
     }
 
     async fn create_container(&self, _: &TtrpcContext, req: agent::CreateContainerRequest) -> Result<Empty> {
-        self.allow(&req)?;
+        if let Err(e) = self.allow(&req) {
+            self.sandbox.discard_copies(&req);
+            return Err(e.into());
+        }
         self.sandbox.create_container(&req).await?;
         Ok(Empty::new())
     }

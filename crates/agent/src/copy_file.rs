@@ -6,9 +6,14 @@
 //!
 //! Only regular files below [`COPY_DIR`] are written (kata allows anything below `/run`; the
 //! policy narrows it further). A file arrives in one or more chunks at increasing offsets
-//! into `<path>~part` (a name no Kubernetes volume key can have), and is renamed into place
-//! with its mode and owner once `file_size` bytes are there, so a container never sees half
-//! a file, nor an updated one half written.
+//! into a file of its own in [`PARTIAL_DIR`] (outside every directory a container binds, so
+//! it can be no file of a volume), and is renamed into place with its mode and owner once
+//! `file_size` bytes are there, so a container never sees half a file, nor an updated one
+//! half written.
+//!
+//! A container's copies are `<id>-hosts`, `<id>-hostname`, `<id>-resolv.conf` and the
+//! directory `<id>.volumes` (one directory per volume in it); they go when the container is
+//! removed or its create fails or is refused ([`copies_of`]).
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
@@ -20,6 +25,10 @@ use crate::error::Error;
 
 /// Where copied files go (kata's directory for them).
 pub const COPY_DIR: &str = "/run/kata-containers/shared/containers";
+/// Where files being copied are written until complete (no container id begins with `.`).
+const PARTIAL_DIR: &str = "/run/kata-containers/shared/containers/.partial";
+/// The single files a container's copies may be: `<id>-<name>`.
+const COPIED_NAMES: [&str; 3] = ["hosts", "hostname", "resolv.conf"];
 /// Largest file taken: these are configuration files.
 const MAX_FILE_SIZE: i64 = 1 << 20;
 /// `S_IFMT` / `S_IFREG`: a mode with a file type must name a regular file.
@@ -38,9 +47,18 @@ fn destination(path: &str) -> Result<PathBuf, Error> {
         return Err(bad("is not canonical"));
     }
     match p.strip_prefix(COPY_DIR) {
+        Ok(rest) if rest.to_str().is_some_and(|r| r.starts_with('.')) => Err(bad("names no container")),
         Ok(rest) if !rest.as_os_str().is_empty() => Ok(p.to_owned()),
         _ => Err(bad(&format!("is not below {COPY_DIR}"))),
     }
+}
+
+/// Where `path` is written until it is complete: a name of its own in [`PARTIAL_DIR`].
+fn partial_path(path: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    Path::new(PARTIAL_DIR).join(format!("{:016x}", h.finish()))
 }
 
 pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
@@ -72,8 +90,8 @@ pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
     let parent = path.parent().unwrap_or(Path::new(COPY_DIR));
     let dir_mode = if req.dir_mode == 0 { 0o755 } else { req.dir_mode & 0o7777 };
     DirBuilder::new().recursive(true).mode(dir_mode).create(parent).map_err(|e| io("creating its directory", e))?;
-    let mut part = path.clone().into_os_string();
-    part.push("~part");
+    DirBuilder::new().recursive(true).mode(0o700).create(PARTIAL_DIR).map_err(|e| io("creating its directory", e))?;
+    let part = partial_path(&path);
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -93,19 +111,57 @@ pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
     Ok(())
 }
 
-/// The copied files a container's bind mounts use: their sources, canonical and below
-/// [`COPY_DIR`] as `CopyFile` takes them (nothing else is ever removed through this).
-pub fn copies_in(spec: &libcontainer::oci_spec::runtime::Spec) -> Vec<PathBuf> {
-    let is_bind = |m: &libcontainer::oci_spec::runtime::Mount| {
-        m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
-    };
-    spec.mounts()
+/// Container `id`'s copies among bind mount `sources`: its own copied files, and its volume
+/// directory for any volume below it (nothing else is ever removed through this; not
+/// another container's copies, whatever a spec names).
+pub fn copies_of<'a>(id: &str, sources: impl IntoIterator<Item = &'a str>) -> Vec<PathBuf> {
+    let volumes = format!("{id}.volumes");
+    let mut out = Vec::new();
+    for source in sources {
+        let Ok(path) = destination(source) else { continue };
+        let Ok(rest) = path.strip_prefix(COPY_DIR) else { continue };
+        let mut parts = rest.iter().filter_map(|c| c.to_str());
+        let (first, more) = (parts.next().unwrap_or_default(), parts.next().is_some());
+        let copy = if first == volumes && more {
+            Path::new(COPY_DIR).join(&volumes)
+        } else if !more
+            && COPIED_NAMES.iter().any(|n| first.strip_prefix(id).and_then(|r| r.strip_prefix('-')) == Some(n))
+        {
+            path.clone()
+        } else {
+            continue;
+        };
+        if !out.contains(&copy) {
+            out.push(copy);
+        }
+    }
+    out
+}
+
+fn is_bind<'a>(typ: Option<&str>, mut options: impl Iterator<Item = &'a str>) -> bool {
+    typ == Some("bind") || options.any(|o| o == "bind" || o == "rbind")
+}
+
+/// [`copies_of`] the container's bind mounts.
+pub fn copies_in(id: &str, spec: &libcontainer::oci_spec::runtime::Spec) -> Vec<PathBuf> {
+    let sources = spec
+        .mounts()
         .iter()
         .flatten()
-        .filter(|m| is_bind(m))
-        .filter_map(|m| m.source().as_ref()?.to_str())
-        .filter_map(|source| destination(source).ok())
-        .collect()
+        .filter(|m| is_bind(m.typ().as_deref(), m.options().iter().flatten().map(String::as_str)))
+        .filter_map(|m| m.source().as_ref()?.to_str());
+    copies_of(id, sources)
+}
+
+/// [`copies_of`] the bind mounts of a create request, as the host sent it.
+pub fn requested_copies(req: &agent::CreateContainerRequest) -> Vec<PathBuf> {
+    let Some(oci) = req.OCI.as_ref() else { return Vec::new() };
+    let sources = oci
+        .Mounts
+        .iter()
+        .filter(|m| is_bind(Some(m.type_.as_str()), m.options.iter().map(String::as_str)))
+        .map(|m| m.source.as_str());
+    copies_of(&req.container_id, sources)
 }
 
 /// Removes copied files and volume directories (gone already is fine).
@@ -129,6 +185,7 @@ mod tests {
         let ok = "/run/kata-containers/shared/containers/abc-resolv.conf";
         assert_eq!(destination(ok).ok(), Some(PathBuf::from(ok)));
         for bad in [
+            "/run/kata-containers/shared/containers/.partial/0123456789abcdef",
             "run/kata-containers/shared/containers/x",
             "/run/kata-containers/shared/containers",
             "/run/kata-containers/shared/containers/../../../etc/passwd",
@@ -142,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn a_container_s_copies_are_its_canonical_bind_sources_below_the_copy_dir() {
+    fn a_container_s_copies_are_its_own_canonical_bind_sources_below_the_copy_dir() {
         let spec: libcontainer::oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
             "ociVersion": "1.0.2",
             "mounts": [
@@ -151,11 +208,36 @@ mod tests {
                 { "destination": "/x", "type": "bind", "source": format!("{COPY_DIR}/../../contrast/x") },
                 { "destination": "/y", "type": "tmpfs", "source": format!("{COPY_DIR}/c-hostname") },
                 { "destination": "/z", "type": "bind", "source": "/run/contrast/z" },
+                { "destination": "/etc/app", "type": "bind", "source": format!("{COPY_DIR}/c.volumes/config") },
+                { "destination": "/etc/b", "type": "bind", "source": format!("{COPY_DIR}/c.volumes/other") },
+                // Another container's copies, and names that are no copy of this one's.
+                { "destination": "/o1", "type": "bind", "source": format!("{COPY_DIR}/c-b-hosts") },
+                { "destination": "/o2", "type": "bind", "source": format!("{COPY_DIR}/b.volumes/config") },
+                { "destination": "/o3", "type": "bind", "source": format!("{COPY_DIR}/c.volumes") },
+                { "destination": "/o4", "type": "bind", "source": format!("{COPY_DIR}/c-passwd") },
+                { "destination": "/o5", "type": "bind", "source": format!("{COPY_DIR}/.partial") },
             ],
         }))
         .expect("spec");
-        let want = [format!("{COPY_DIR}/c-hosts"), format!("{COPY_DIR}/c-resolv.conf")].map(PathBuf::from);
-        assert_eq!(copies_in(&spec), want);
+        let want =
+            [format!("{COPY_DIR}/c-hosts"), format!("{COPY_DIR}/c-resolv.conf"), format!("{COPY_DIR}/c.volumes")]
+                .map(PathBuf::from);
+        assert_eq!(copies_in("c", &spec), want);
+        let mut req = agent::CreateContainerRequest::new();
+        req.container_id = "c".into();
+        let mut oci = contrast_agent_protocol::oci::Spec::new();
+        for (source, typ, options) in [
+            (format!("{COPY_DIR}/c-hostname"), "bind", vec![]),
+            (format!("{COPY_DIR}/c.volumes/config"), "none", vec!["rbind".to_owned(), "ro".to_owned()]),
+            (format!("{COPY_DIR}/d-hostname"), "bind", vec![]),
+        ] {
+            let mut m = contrast_agent_protocol::oci::Mount::new();
+            (m.source, m.type_, m.options) = (source, typ.into(), options);
+            oci.Mounts.push(m);
+        }
+        req.OCI = Some(oci).into();
+        let want = [format!("{COPY_DIR}/c-hostname"), format!("{COPY_DIR}/c.volumes")].map(PathBuf::from);
+        assert_eq!(requested_copies(&req), want);
     }
 
     #[test]
@@ -167,9 +249,11 @@ mod tests {
         std::fs::create_dir_all(volume.join("conf")).expect("volume");
         std::fs::write(volume.join("conf/app.yaml"), "a: 1\n").expect("key");
         let gone = dir.path().join("c-resolv.conf");
+        let beside = dir.path().join("d-hosts");
+        std::fs::write(&beside, "127.0.0.1 localhost\n").expect("file");
         remove(&[file.clone(), volume.clone(), gone]);
         assert!(!file.exists() && !volume.exists());
-        assert!(dir.path().exists(), "nothing beside them");
+        assert!(beside.exists(), "nothing beside them");
     }
 
     #[test]

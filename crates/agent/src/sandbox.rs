@@ -258,11 +258,33 @@ impl Sandbox {
         // A new container under a reused id starts again at zero kills.
         lock(&self.oom).reset(&id);
         let result = self.create_reserved(&id, req).await;
+        if result.is_err() {
+            // What the host copied in for it goes with it (a create retried under new ids
+            // would otherwise fill the guest's memory).
+            crate::copy_file::remove(&crate::copy_file::requested_copies(req));
+        }
         let mut reg = lock(&self.registry);
         reg.creating.remove(&id);
         let container = result?;
         reg.containers.insert(id, container);
         Ok(())
+    }
+
+    /// A create the policy refused: what the host copied in for it goes, unless a container
+    /// of its id exists or is being created.
+    pub fn discard_copies(&self, req: &agent::CreateContainerRequest) {
+        let id = &req.container_id;
+        if !valid_id(id) {
+            return;
+        }
+        {
+            let mut reg = lock(&self.registry);
+            if reg.containers.contains_key(id) || !reg.creating.insert(id.clone()) {
+                return;
+            }
+        }
+        crate::copy_file::remove(&crate::copy_file::requested_copies(req));
+        lock(&self.registry).creating.remove(id);
     }
 
     async fn create_reserved(&self, id: &str, req: &agent::CreateContainerRequest) -> Result<Arc<Container>, Error> {
@@ -330,7 +352,7 @@ impl Sandbox {
             cleanup_bundle();
             return Err(e);
         }
-        let copies = crate::copy_file::copies_in(&oci);
+        let copies = crate::copy_file::copies_in(id, &oci);
         let terminal = oci.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let spawned = self
             .spawn(id, terminal, |console_socket, stdio| Request::Create {
@@ -344,7 +366,6 @@ impl Sandbox {
             Ok(p) => p,
             Err(e) => {
                 cleanup_bundle();
-                crate::copy_file::remove(&copies);
                 return Err(e);
             }
         };

@@ -294,19 +294,29 @@ mod tests {
             r["OCI"]["Mounts"].as_array_mut().expect("mounts").push(m);
             eval(&rego, r) == regorus::Value::Bool(true)
         };
-        let token = format!("{dir}/c-volume-kube-api-access-x7k2p");
+        let token = format!("{dir}/c.volumes/kube-api-access-x7k2p");
         assert!(config_volume(&token, sa, &["rbind", "ro"]));
         assert!(!config_volume(&token, sa, &["rbind", "rw"]), "writable");
+        assert!(!config_volume(&token, sa, &["rbind", "ro", "rw"]), "writable after all");
         assert!(!config_volume(&token, "/etc", &["rbind", "ro"]), "over the image's files");
-        assert!(
-            !config_volume(&format!("{dir}/other-volume-kube-api-access-x7k2p"), sa, &["rbind", "ro"]),
-            "another container's"
-        );
-        assert!(!config_volume(&format!("{dir}/c-volume-x/.."), sa, &["rbind", "ro"]), "not a volume name");
-        assert!(!config_volume(&format!("{dir}/c-resolv.conf"), sa, &["rbind", "ro"]), "a copied file");
-        assert_eq!(copy(&format!("{dir}/c-volume-config/app.yaml")), regorus::Value::Bool(true));
-        assert_eq!(copy(&format!("{dir}/c-volume-config/conf/extra.ini")), regorus::Value::Bool(true));
-        for bad in [format!("{dir}/c-volume-config"), format!("{dir}/c-volume-/x"), format!("{dir}/c-volume-A/x")] {
+        for other in [
+            format!("{dir}/other.volumes/kube-api-access-x7k2p"),
+            format!("{dir}/c.volumes/x/.."),
+            format!("{dir}/c.volumes/config/sub"),
+            format!("{dir}/c.volumes/-x"),
+            format!("{dir}/c-resolv.conf"),
+        ] {
+            assert!(!config_volume(&other, sa, &["rbind", "ro"]), "{other}");
+        }
+        assert_eq!(copy(&format!("{dir}/c.volumes/config/app.yaml")), regorus::Value::Bool(true));
+        assert_eq!(copy(&format!("{dir}/c.volumes/config/conf/extra.ini")), regorus::Value::Bool(true));
+        for bad in [
+            format!("{dir}/c.volumes/config"),
+            format!("{dir}/c.volumes/-x/y"),
+            format!("{dir}/c.volumes/A/x"),
+            format!("{dir}/.volumes/config/x"),
+            format!("{dir}/c~.volumes/config/x"),
+        ] {
             assert_eq!(copy(&bad), regorus::Value::Bool(false), "{bad}");
         }
     }
@@ -408,7 +418,32 @@ mod tests {
         assert!(!exec("c", &["PATH=/bin"], "/srv", &["CAP_SYS_PTRACE"]), "a capability added for the other image");
         assert!(!exec("c", &["PATH=/bin", "MODE=tool"], "/srv", &[]), "the other image's variable");
         assert!(!exec("t", &["PATH=/bin", "MODE=other"], "/", &[]), "the image's variable with another value");
-        assert!(!exec("p", &["PATH=/bin"], "/srv", &[]), "a container the policy did not create (the sandbox's)");
+        assert!(!exec("p", &["PATH=/bin"], "/srv", &[]), "a container the policy did not create");
+
+        // The pause container's id names no image, whatever an earlier container of its id left.
+        let pause = serde_json::json!({
+            "container_id": "c", "storages": [],
+            "OCI": { "Root": { "Path": "/run/contrast/pause", "Readonly": true }, "Process": { "Args": ["/pause"] },
+                     "Mounts": [], "Linux": { "Namespaces": [{ "Type": "pid", "Path": "" }, { "Type": "mount", "Path": "" }] },
+                     "Annotations": { "io.kubernetes.cri.container-type": "sandbox" } },
+        });
+        let answer = eval_with_state(&rego, "CreateContainerRequest", pause, &serde_json::json!({ "c": image().name }));
+        let ops: serde_json::Value = serde_json::to_value(&answer["ops"]).expect("ops");
+        assert_eq!(ops, serde_json::json!([{ "op": "add", "path": "/pstate/c", "value": "" }]));
+        let state = serde_json::json!({ "c": "" });
+        let input = serde_json::json!({ "container_id": "c", "process": {
+            "Args": ["env"], "Env": ["PATH=/bin"], "Cwd": "/srv", "Capabilities": { "Bounding": [] } } });
+        assert_eq!(eval_with_state(&rego, "ExecProcessRequest", input, &state), regorus::Value::Bool(false));
+        // A removed container's image leaves the state; a container never allowed has none.
+        let remove = |state: serde_json::Value| {
+            let answer =
+                eval_with_state(&rego, "RemoveContainerRequest", serde_json::json!({ "container_id": "c" }), &state);
+            serde_json::to_value(&answer).expect("answer")
+        };
+        let removed = serde_json::json!({ "allowed": true, "ops": [{ "op": "remove", "path": "/pstate/c" }] });
+        assert_eq!(remove(serde_json::json!({ "c": image().name })), removed);
+        assert_eq!(remove(serde_json::json!({ "c": "" })), removed);
+        assert_eq!(remove(serde_json::json!({})), serde_json::json!(true));
     }
 
     #[test]

@@ -54,7 +54,13 @@ const RULES: &str = r#"package agent_policy
 
 default DestroySandboxRequest := true
 default StartContainerRequest := true
+# A removed container's image leaves the policy's state (a later container under its id
+# must not be judged by it).
 default RemoveContainerRequest := true
+RemoveContainerRequest := {"allowed": true, "ops": [{"op": "remove", "path": state_path}]} if {
+    plain_id(input.container_id)
+    _ = data.pstate[input.container_id]
+}
 default WaitProcessRequest := true
 default SignalProcessRequest := true
 default ReadStreamRequest := true
@@ -297,17 +303,29 @@ mount_allowed(m) if {
 }
 # The node's configMap, secret, projected and downwardAPI volumes: files the node writes
 # (a service account token, configuration) and the pod reads, copied for this container
-# (`<container id>-volume-<name>`), read-only, only where the pod spec mounts one. What
+# (`<container id>.volumes/<name>`), read-only, only where the pod spec mounts one. What
 # they hold is the node's: the policy pins where they appear, not what they say.
 default image_config_volumes := []
 image_config_volumes := v if { v := policy_data.images[image_name].config_volumes }
+config_volume_dir := "/run/kata-containers/shared/containers/"
 mount_allowed(m) if {
     is_bind(m)
     m.destination in image_config_volumes
-    prefix := concat("", ["/run/kata-containers/shared/containers/", input.container_id, "-volume-"])
+    prefix := concat("", [config_volume_dir, input.container_id, ".volumes/"])
     startswith(m.source, prefix)
     volume_label(substring(m.source, count(prefix), -1))
     "ro" in m.options
+    not "rw" in m.options
+}
+# Their files: <dir>/<container id>.volumes/<volume name>/<path in the volume> (the agent
+# takes only canonical paths); mounted only as above.
+CopyFileRequest if {
+    startswith(input.path, config_volume_dir)
+    parts := split(substring(input.path, count(config_volume_dir), -1), "/")
+    count(parts) > 2
+    endswith(parts[0], ".volumes")
+    plain_id(trim_suffix(parts[0], ".volumes"))
+    volume_label(parts[1])
 }
 # A Kubernetes volume name: a DNS label.
 volume_label(n) if {
@@ -364,9 +382,13 @@ sysctls_denied := {k |
 }
 
 default CreateContainerRequest := false
-CreateContainerRequest if { pause_allowed }
 # An allowed container's image is kept in the policy's state (`data.pstate`, by container id)
-# for the execs into it.
+# for the execs into it; the pause container's as "" (no image: no exec), so that nothing
+# an earlier container of its id left there stays.
+CreateContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": state_path, "value": ""}]} if {
+    plain_id(input.container_id)
+    pause_allowed
+}
 CreateContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": state_path, "value": image_name}]} if {
     not is_sandbox
     plain_id(input.container_id)
@@ -581,19 +603,7 @@ CopyFileRequest if {
     endswith(rest, concat("", ["-", name]))
     count(rest) > count(name) + 1
 }
-# The files of a configMap, secret, projected or downwardAPI volume, for one container:
-# <dir>/<container id>-volume-<volume name>/<path in the volume> (the agent takes only
-# canonical paths). Mounted only where the policy allows such a volume.
-CopyFileRequest if {
-    startswith(input.path, copied_file_dir)
-    parts := split(substring(input.path, count(copied_file_dir), -1), "/")
-    count(parts) > 1
-    i := indexof(parts[0], "-volume-")
-    i > 0
-    label := substring(parts[0], i + count("-volume-"), -1)
-    count(label) > 0
-    trim(label, "abcdefghijklmnopqrstuvwxyz0123456789-") == ""
-}
+
 "#;
 
 /// The whole policy: the rules, then `policy_data` with the pinned values: the images, and
