@@ -171,6 +171,17 @@ containerd_matrix! {
             .expect_err("an unpinned capability");
         let msg = format!("{err:#}");
         assert!(msg.contains("capability CAP_SYS_ADMIN is not allowed by the policy for image"), "{msg}");
+        // The image's user (root here) only: the pod spec sets no runAsUser.
+        let security = cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            ..Default::default()
+        };
+        let err = cri
+            .run_container_with(&pod, "run-as", GOOD, &["sleep", "1000"], Some(security))
+            .await
+            .expect_err("an unpinned user");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("user 1000 group 0 is not the one pinned for image"), "{msg}");
         // The image's own command only (the pod spec gives none here).
         let err = cri.run_container(&pod, "shell", GOOD, &["sh", "-c", "cat /etc/motd"]).await.expect_err("a command");
         let msg = format!("{err:#}");

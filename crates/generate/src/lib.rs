@@ -2,6 +2,7 @@
 //! `contrast-generate` binary).
 
 mod policy;
+mod user;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -9,6 +10,7 @@ use std::io::Read;
 use anyhow::{bail, Context, Result};
 
 pub use policy::{policy_rego, PinnedImage, PinnedLayer, PodAllowances, POD_NETWORK_RULES};
+pub use user::ProcessUser;
 
 /// The files of an OCI image archive (`index.json`, `blobs/sha256/...`).
 pub fn read_archive(path: &std::path::Path) -> Result<BTreeMap<String, Vec<u8>>> {
@@ -39,6 +41,8 @@ pub struct ImageConfig {
     pub command: Vec<String>,
     /// `WorkingDir`, `/` when the image sets none (containerd's default).
     pub working_dir: String,
+    /// `User` (`name`, `uid`, `name:group`, `uid:gid`; empty is root).
+    pub user: String,
 }
 
 impl ImageConfig {
@@ -60,7 +64,11 @@ impl ImageConfig {
             v => v.as_str().context("image config: WorkingDir is not a string")?.to_owned(),
         };
         let working_dir = if working_dir.is_empty() { "/".to_owned() } else { working_dir };
-        Ok(ImageConfig { env: strings("Env")?, command, working_dir })
+        let user = match &config["User"] {
+            serde_json::Value::Null => String::new(),
+            v => v.as_str().context("image config: User is not a string")?.to_owned(),
+        };
+        Ok(ImageConfig { env: strings("Env")?, command, working_dir, user })
     }
 }
 
@@ -134,6 +142,9 @@ pub struct Overrides {
     /// Mount paths of configMap, secret, projected or downwardAPI volumes (files the node
     /// writes, copied in, read-only).
     pub config_volumes: Vec<String>,
+    /// The pod spec's `runAsUser` and `runAsGroup` (without a group: the user's primary
+    /// group in the image's `/etc/passwd`, as containerd takes it, or 0).
+    pub user: Option<(u32, Option<u32>)>,
 }
 
 pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
@@ -153,6 +164,15 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let user = match overrides.user {
+        // Root needs no look-up: no layer is read for it.
+        None if image.config.user.is_empty() => ProcessUser { uid: 0, gid: 0 },
+        None => user::Accounts::of(&image.layers)
+            .and_then(|a| a.resolve(&image.config.user))
+            .with_context(|| format!("image {name}: its User {:?}", image.config.user))?,
+        Some((uid, Some(gid))) => ProcessUser { uid, gid },
+        Some((uid, None)) => user::Accounts::of(&image.layers).with_context(|| format!("image {name}"))?.uid(uid),
+    };
     let command = overrides.command.clone().unwrap_or_else(|| image.config.command.clone());
     if command.is_empty() {
         bail!("image {name} has neither Entrypoint nor Cmd: give its command with --command {name}=JSON");
@@ -166,6 +186,7 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         capabilities_added: overrides.capabilities_added.clone(),
         empty_dirs: overrides.empty_dirs.clone(),
         config_volumes: overrides.config_volumes.clone(),
+        user,
     })
 }
 
@@ -206,6 +227,7 @@ mod tests {
             capabilities_added: vec![],
             empty_dirs: vec![("cache".into(), "/var/cache/app".into())],
             config_volumes: vec!["/var/run/secrets/kubernetes.io/serviceaccount".into()],
+            user: ProcessUser { uid: 1000, gid: 1000 },
         }
     }
 
@@ -336,6 +358,7 @@ mod tests {
             "container_id": "c", "storages": [layer, overlay],
             "OCI": { "Root": { "Path": "/run/contrast/rootfs/c", "Readonly": false },
                      "Process": { "Args": args, "Env": ["PATH=/bin", "HOSTNAME=pod-1"], "Cwd": "/srv",
+                                  "User": { "UID": 1000, "GID": 1000, "AdditionalGids": [1000] },
                                   "Capabilities": { "Bounding": ["CAP_KILL"], "Effective": ["CAP_KILL"],
                                                     "Inheritable": [], "Permitted": ["CAP_KILL"], "Ambient": [] } },
                      "Linux": { "Namespaces": [{ "Type": "pid", "Path": "" }, { "Type": "mount", "Path": "" },
@@ -368,7 +391,7 @@ mod tests {
                 rego,
                 "ExecProcessRequest",
                 serde_json::json!({ "container_id": "c",
-                                    "process": { "Args": args, "Env": ["PATH=/bin"], "Cwd": "/srv",
+                                    "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": args, "Env": ["PATH=/bin"], "Cwd": "/srv",
                                                  "Capabilities": { "Bounding": [] } } }),
             )
         };
@@ -408,7 +431,7 @@ mod tests {
 
         let exec = |container: &str, env: &[&str], cwd: &str, caps: &[&str]| {
             let state = serde_json::json!({ "c": image().name, "t": other.name });
-            let input = serde_json::json!({ "container_id": container, "process": {
+            let input = serde_json::json!({ "container_id": container, "process": { "User": { "UID": 1000, "GID": 1000 },
                 "Args": ["env"], "Env": env, "Cwd": cwd, "Capabilities": { "Bounding": caps } } });
             eval_with_state(&rego, "ExecProcessRequest", input, &state) == regorus::Value::Bool(true)
         };
@@ -431,7 +454,7 @@ mod tests {
         let ops: serde_json::Value = serde_json::to_value(&answer["ops"]).expect("ops");
         assert_eq!(ops, serde_json::json!([{ "op": "add", "path": "/pstate/c", "value": "" }]));
         let state = serde_json::json!({ "c": "" });
-        let input = serde_json::json!({ "container_id": "c", "process": {
+        let input = serde_json::json!({ "container_id": "c", "process": { "User": { "UID": 1000, "GID": 1000 },
             "Args": ["env"], "Env": ["PATH=/bin"], "Cwd": "/srv", "Capabilities": { "Bounding": [] } } });
         assert_eq!(eval_with_state(&rego, "ExecProcessRequest", input, &state), regorus::Value::Bool(false));
         // A removed container's image leaves the state; a container never allowed has none.
@@ -444,6 +467,27 @@ mod tests {
         assert_eq!(remove(serde_json::json!({ "c": image().name })), removed);
         assert_eq!(remove(serde_json::json!({ "c": "" })), removed);
         assert_eq!(remove(serde_json::json!({})), serde_json::json!(true));
+    }
+
+    #[test]
+    fn the_images_user_is_pinned() {
+        let pod = PodAllowances { execs: vec![vec!["env".into()]], ..Default::default() };
+        let rego = policy_rego(&[image()], &pod);
+        let create = |uid: u32, gid: u32| {
+            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+            r["OCI"]["Process"]["User"] = serde_json::json!({ "UID": uid, "GID": gid, "AdditionalGids": [] });
+            eval(&rego, r) == regorus::Value::Bool(true)
+        };
+        assert!(create(1000, 1000));
+        assert!(!create(0, 1000), "root");
+        assert!(!create(1000, 0), "another group");
+        let exec = |uid: u32| {
+            let input = serde_json::json!({ "container_id": "c", "process": { "User": { "UID": uid, "GID": 1000 },
+                "Args": ["env"], "Env": ["PATH=/bin"], "Cwd": "/srv", "Capabilities": { "Bounding": [] } } });
+            eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
+        };
+        assert!(exec(1000));
+        assert!(!exec(0), "an exec as root");
     }
 
     #[test]
@@ -517,7 +561,7 @@ mod tests {
         assert!(!create(&[default_path], "/srv"), "not where the image sets its own");
         let exec = |env: &[&str], cwd: &str| {
             let input = serde_json::json!({ "container_id": "c",
-                "process": { "Args": ["env"], "Env": env, "Cwd": cwd, "Capabilities": { "Bounding": [] } } });
+                "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": env, "Cwd": cwd, "Capabilities": { "Bounding": [] } } });
             eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
         };
         assert!(exec(&["PATH=/bin", "GREETING=hi", "HOSTNAME=web-0"], "/srv"));
@@ -567,14 +611,14 @@ mod tests {
         let rego = policy_rego(&[added], &pod);
         assert!(create(&rego, sets(&more)), "added for the image");
         let exec = |caps: &[&str]| {
-            let input = serde_json::json!({ "container_id": "c", "process": {
+            let input = serde_json::json!({ "container_id": "c", "process": { "User": { "UID": 1000, "GID": 1000 },
                 "Args": ["env"], "Env": [], "Cwd": "/srv", "Capabilities": sets(caps) } });
             eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
         };
         assert!(exec(&more));
         assert!(!exec(&["CAP_SYS_PTRACE"]), "an exec's capabilities");
         let input = serde_json::json!({ "container_id": "c",
-            "process": { "Args": ["env"], "Env": [], "Cwd": "/srv", "Capabilities": null } });
+            "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": [], "Cwd": "/srv", "Capabilities": null } });
         assert_eq!(
             eval_rule(&rego, "ExecProcessRequest", input),
             regorus::Value::Bool(false),
@@ -604,6 +648,16 @@ mod tests {
             Overrides { command: Some(vec!["true".into()]), working_dir: Some("/w".into()), ..Default::default() };
         let pinned = pin(&source, &overrides).expect("pinned");
         assert_eq!((pinned.command, pinned.working_dir), (vec!["true".to_owned()], "/w".to_owned()));
+        assert_eq!(pinned.user, ProcessUser { uid: 0, gid: 0 }, "no User: root");
+        let overrides = Overrides { user: Some((1000, Some(3000))), ..overrides };
+        assert_eq!(pin(&source, &overrides).expect("pinned").user, ProcessUser { uid: 1000, gid: 3000 });
+        let overrides = Overrides { user: Some((1000, None)), ..overrides };
+        assert_eq!(pin(&source, &overrides).expect("pinned").user, ProcessUser { uid: 1000, gid: 0 }, "no passwd");
+        let named = ImageConfig::parse(br#"{"config":{"Cmd":["sh"],"User":"app"}}"#).expect("config");
+        assert_eq!(named.user, "app");
+        let source = SourceImage { name: "x:1".into(), config: named, layers: vec![] };
+        let err = pin(&source, &Overrides::default()).expect_err("a name without /etc/passwd");
+        assert!(format!("{err:#}").contains("not in the image's /etc/passwd"), "{err:#}");
     }
 
     /// Each way a host could bring unpinned bytes in next to pinned layers: refused.

@@ -10,7 +10,7 @@
 //! image's command (Entrypoint and Cmd, or `--command`) in its image's working directory (or
 //! `--workdir`), with no environment beyond its image's, the pod's (`--env`), its hostname and
 //! Kubernetes' service addresses, no capability beyond containerd's defaults and
-//! `--cap-add`, the pod's emptyDir volumes only where `--empty-dir` mounts them, the node's
+//! `--cap-add`, as the image's user (or `--user`), the pod's emptyDir volumes only where `--empty-dir` mounts them, the node's
 //! configMap, secret, projected and downwardAPI volumes (copied, read-only) only where
 //! `--config-volume` mounts them, device
 //! nodes only below /dev, sysctls only Kubernetes' safe ones and `--sysctl`, and no write to
@@ -27,6 +27,7 @@ use contrast_generate::{archive_images, containerd_image, pin, policy_rego, Over
 const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
 [--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--workdir IMAGE=DIR]... \
 [--cap-add IMAGE=CAPABILITY]... [--empty-dir IMAGE=VOLUME:PATH]... [--config-volume IMAGE=PATH]... \
+[--user IMAGE=UID[:GID]]... \
 [--env NAME=VALUE]... [--exec JSON]... \
 [--sysctl NAME]... [--stdin] --out INITDATA.toml";
 
@@ -116,6 +117,22 @@ fn parse_args() -> Result<Args> {
                 }
                 a.overrides.entry(image.to_owned()).or_default().config_volumes.push(path.to_owned());
             }
+            "--user" => {
+                let v = value()?;
+                let bad = || anyhow::anyhow!("--user {v:?}: IMAGE=UID or IMAGE=UID:GID (runAsUser, runAsGroup)");
+                let (image, ids) = v.split_once('=').ok_or_else(bad)?;
+                let (uid, gid) = match ids.split_once(':') {
+                    Some((u, g)) => (u, Some(g)),
+                    None => (ids, None),
+                };
+                let uid: u32 = uid.parse().map_err(|_| bad())?;
+                let gid = gid.map(|g| g.parse::<u32>().map_err(|_| bad())).transpose()?;
+                let user = &mut a.overrides.entry(image.to_owned()).or_default().user;
+                if user.is_some() {
+                    bail!("--user {v:?}: a second user for {image}");
+                }
+                *user = Some((uid, gid));
+            }
             "--sysctl" => {
                 let v = value()?;
                 if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b)) {
@@ -177,7 +194,7 @@ fn main() -> Result<()> {
     for image in args.overrides.keys() {
         if !sources.iter().any(|s| &s.name == image) {
             bail!(
-                "--command, --workdir, --cap-add, --empty-dir or --config-volume for {image:?}, which no given image is named"
+                "--command, --workdir, --cap-add, --empty-dir, --config-volume or --user for {image:?}, which no given image is named"
             );
         }
     }

@@ -30,6 +30,8 @@ pub struct PinnedImage {
     /// Where this image's containers mount a configMap, secret, projected or downwardAPI
     /// volume: files the node writes (and may change), copied into the guest, read-only.
     pub config_volumes: Vec<String>,
+    /// The user and group its containers' processes run as.
+    pub user: crate::ProcessUser,
 }
 
 /// What the pod adds for all of its containers: the commands an exec may run, the
@@ -139,6 +141,14 @@ layers_allowed(pinned) if {
 }
 
 command_allowed(pinned) if { input.OCI.Process.Args == pinned.command }
+
+# The image's user and group (or the pod spec's `runAsUser`/`runAsGroup`): as root, a
+# program the image runs unprivileged could write where it should not, or behave otherwise.
+# (Supplementary groups are not judged.)
+user_allowed(pinned, process) if {
+    process.User.UID == pinned.user.uid
+    process.User.GID == pinned.user.gid
+}
 
 # Environment: what the image's config sets, what the pod's spec sets (`policy_data.env`), the
 # pod's hostname, a terminal's TERM, and what Kubernetes derives from the services of the
@@ -395,6 +405,7 @@ CreateContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": state_
     pinned := policy_data.images[image_name]
     layers_allowed(pinned)
     command_allowed(pinned)
+    user_allowed(pinned, input.OCI.Process)
     input.OCI.Process.Cwd == pinned.working_dir
     count(env_denied(pinned)) == 0
     count(duplicate_env_names(input.OCI.Process.Env)) == 0
@@ -475,6 +486,13 @@ CreateContainerRequest if {
 CreateContainerRequest if {
     not is_sandbox
     pinned := policy_data.images[image_name]
+    not user_allowed(pinned, input.OCI.Process)
+    print("user", input.OCI.Process.User.UID, "group", input.OCI.Process.User.GID, "is not the one pinned for image", image_name)
+    false
+}
+CreateContainerRequest if {
+    not is_sandbox
+    pinned := policy_data.images[image_name]
     input.OCI.Process.Cwd != pinned.working_dir
     print("working directory", input.OCI.Process.Cwd, "is not the one pinned for image", image_name)
     false
@@ -520,6 +538,7 @@ ExecProcessRequest if {
     is_object(input.process.Capabilities)
     count(capabilities_denied(pinned, input.process)) == 0
     input.process.Cwd == pinned.working_dir
+    user_allowed(pinned, input.process)
 }
 exec_env_denied(pinned) := {e | some e in input.process.Env; not env_allowed(pinned, e)} | {e |
     some e in input.process.Env
@@ -553,6 +572,12 @@ ExecProcessRequest if {
 ExecProcessRequest if {
     some c in capabilities_denied(exec_image, input.process)
     print("capability", c, "is not allowed by the policy for image", data.pstate[input.container_id])
+    false
+}
+ExecProcessRequest if {
+    pinned := exec_image
+    not user_allowed(pinned, input.process)
+    print("user", input.process.User.UID, "group", input.process.User.GID, "is not the one pinned for image", data.pstate[input.container_id])
     false
 }
 ExecProcessRequest if {
@@ -629,6 +654,7 @@ pub fn policy_rego(images: &[PinnedImage], pod: &PodAllowances) -> String {
                     serde_json::json!({ "name": name, "destination": destination })
                 }).collect::<Vec<_>>(),
                 "config_volumes": image.config_volumes,
+                "user": { "uid": image.user.uid, "gid": image.user.gid },
             }),
         );
     }
