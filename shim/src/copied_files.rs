@@ -274,20 +274,30 @@ impl CopiedVolume {
     }
 }
 
-/// The task that keeps a container's copied volumes up to date.
+/// The task that keeps a container's copied volumes up to date (ended when dropped).
 pub struct VolumeWatch {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl VolumeWatch {
     /// Ends the task, after the copy in flight (the container's removal in the guest must
-    /// not race a copy that would make its directory again).
-    pub async fn stop(self) {
+    /// not race a copy that would make its directory again), cancelled after
+    /// [`WATCH_STOP_TIMEOUT`].
+    pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(WATCH_STOP_TIMEOUT, self.task).await.is_err() {
+        let Some(task) = self.task.take() else { return };
+        let abort = task.abort_handle();
+        if tokio::time::timeout(WATCH_STOP_TIMEOUT, task).await.is_err() {
             abort.abort();
+        }
+    }
+}
+
+impl Drop for VolumeWatch {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
         }
     }
 }
@@ -331,7 +341,7 @@ pub fn watch(
             }
         }
     });
-    VolumeWatch { stop, task }
+    VolumeWatch { stop, task: Some(task) }
 }
 
 #[cfg(test)]

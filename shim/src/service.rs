@@ -444,7 +444,21 @@ impl Inner {
         let mut creq = agent::CreateContainerRequest::new();
         let mut volumes = Vec::new();
         if pod.confidential() {
-            let c = self.confidential_container(pod, &req.id, spec).await?;
+            let c = match self.confidential_container(pod, &req.id, spec).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Files copied in for it before the failure go: the agent removes what
+                    // was copied for an id it has no container of.
+                    let mut rreq = agent::RemoveContainerRequest::new();
+                    rreq.container_id = req.id.clone();
+                    if let Err(r) = pod.agent.remove_container(&rreq).await {
+                        if !r.is_unknown_container() {
+                            tracing::warn!(container = %req.id, error = %r, "discarding the copies of a failed create");
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             creq.OCI = Some(c.oci).into();
             creq.storages = c.storages;
             volumes = c.volumes;

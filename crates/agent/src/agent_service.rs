@@ -44,11 +44,15 @@ impl agent_ttrpc::AgentService for AgentService {
     }
 
     async fn create_container(&self, _: &TtrpcContext, req: agent::CreateContainerRequest) -> Result<Empty> {
-        if let Err(e) = self.allow(&req) {
-            self.sandbox.discard_copies(&req);
-            return Err(e.into());
-        }
+        let allowed = match self.policy.check(&req) {
+            Ok(a) => a,
+            Err(e) => {
+                self.sandbox.discard_copies(&req.container_id);
+                return Err(Error::from(e).into());
+            }
+        };
         self.sandbox.create_container(&req).await?;
+        self.policy.commit(allowed);
         Ok(Empty::new())
     }
 
@@ -59,10 +63,11 @@ impl agent_ttrpc::AgentService for AgentService {
     }
 
     async fn remove_container(&self, _: &TtrpcContext, req: agent::RemoveContainerRequest) -> Result<Empty> {
-        self.allow(&req)?;
+        let allowed = self.policy.check(&req).map_err(Error::from)?;
         let timeout =
             if req.timeout == 0 { Sandbox::default_remove_timeout() } else { Duration::from_secs(req.timeout.into()) };
         self.sandbox.remove_container(&req.container_id, timeout).await?;
+        self.policy.commit(allowed);
         Ok(Empty::new())
     }
 

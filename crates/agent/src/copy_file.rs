@@ -13,7 +13,8 @@
 //!
 //! A container's copies are `<id>-hosts`, `<id>-hostname`, `<id>-resolv.conf` and the
 //! directory `<id>.volumes` (one directory per volume in it); they go when the container is
-//! removed or its create fails or is refused ([`copies_of`]).
+//! removed, when its create fails or is refused, and when the host removes an id the agent
+//! has no container of ([`copies_named`]).
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
@@ -111,57 +112,22 @@ pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
     Ok(())
 }
 
-/// Container `id`'s copies among bind mount `sources`: its own copied files, and its volume
-/// directory for any volume below it (nothing else is ever removed through this; not
-/// another container's copies, whatever a spec names).
-pub fn copies_of<'a>(id: &str, sources: impl IntoIterator<Item = &'a str>) -> Vec<PathBuf> {
-    let volumes = format!("{id}.volumes");
-    let mut out = Vec::new();
-    for source in sources {
-        let Ok(path) = destination(source) else { continue };
-        let Ok(rest) = path.strip_prefix(COPY_DIR) else { continue };
-        let mut parts = rest.iter().filter_map(|c| c.to_str());
-        let (first, more) = (parts.next().unwrap_or_default(), parts.next().is_some());
-        let copy = if first == volumes && more {
-            Path::new(COPY_DIR).join(&volumes)
-        } else if !more
-            && COPIED_NAMES.iter().any(|n| first.strip_prefix(id).and_then(|r| r.strip_prefix('-')) == Some(n))
-        {
-            path.clone()
-        } else {
-            continue;
-        };
-        if !out.contains(&copy) {
-            out.push(copy);
-        }
+/// Everything copied in for container `id`: its copied files and its volume directory
+/// (by name: nothing of another container's, whatever a spec names).
+pub fn copies_named(id: &str) -> Vec<PathBuf> {
+    copies_named_in(Path::new(COPY_DIR), id)
+}
+
+fn copies_named_in(dir: &Path, id: &str) -> Vec<PathBuf> {
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return Vec::new();
     }
-    out
-}
-
-fn is_bind<'a>(typ: Option<&str>, mut options: impl Iterator<Item = &'a str>) -> bool {
-    typ == Some("bind") || options.any(|o| o == "bind" || o == "rbind")
-}
-
-/// [`copies_of`] the container's bind mounts.
-pub fn copies_in(id: &str, spec: &libcontainer::oci_spec::runtime::Spec) -> Vec<PathBuf> {
-    let sources = spec
-        .mounts()
+    COPIED_NAMES
         .iter()
-        .flatten()
-        .filter(|m| is_bind(m.typ().as_deref(), m.options().iter().flatten().map(String::as_str)))
-        .filter_map(|m| m.source().as_ref()?.to_str());
-    copies_of(id, sources)
-}
-
-/// [`copies_of`] the bind mounts of a create request, as the host sent it.
-pub fn requested_copies(req: &agent::CreateContainerRequest) -> Vec<PathBuf> {
-    let Some(oci) = req.OCI.as_ref() else { return Vec::new() };
-    let sources = oci
-        .Mounts
-        .iter()
-        .filter(|m| is_bind(Some(m.type_.as_str()), m.options.iter().map(String::as_str)))
-        .map(|m| m.source.as_str());
-    copies_of(&req.container_id, sources)
+        .map(|n| format!("{id}-{n}"))
+        .chain(std::iter::once(format!("{id}.volumes")))
+        .map(|name| dir.join(name))
+        .collect()
 }
 
 /// Removes copied files and volume directories (gone already is fine).
@@ -199,61 +165,33 @@ mod tests {
     }
 
     #[test]
-    fn a_container_s_copies_are_its_own_canonical_bind_sources_below_the_copy_dir() {
-        let spec: libcontainer::oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "mounts": [
-                { "destination": "/etc/hosts", "type": "bind", "source": format!("{COPY_DIR}/c-hosts") },
-                { "destination": "/etc/resolv.conf", "source": format!("{COPY_DIR}/c-resolv.conf"), "options": ["rbind"] },
-                { "destination": "/x", "type": "bind", "source": format!("{COPY_DIR}/../../contrast/x") },
-                { "destination": "/y", "type": "tmpfs", "source": format!("{COPY_DIR}/c-hostname") },
-                { "destination": "/z", "type": "bind", "source": "/run/contrast/z" },
-                { "destination": "/etc/app", "type": "bind", "source": format!("{COPY_DIR}/c.volumes/config") },
-                { "destination": "/etc/b", "type": "bind", "source": format!("{COPY_DIR}/c.volumes/other") },
-                // Another container's copies, and names that are no copy of this one's.
-                { "destination": "/o1", "type": "bind", "source": format!("{COPY_DIR}/c-b-hosts") },
-                { "destination": "/o2", "type": "bind", "source": format!("{COPY_DIR}/b.volumes/config") },
-                { "destination": "/o3", "type": "bind", "source": format!("{COPY_DIR}/c.volumes") },
-                { "destination": "/o4", "type": "bind", "source": format!("{COPY_DIR}/c-passwd") },
-                { "destination": "/o5", "type": "bind", "source": format!("{COPY_DIR}/.partial") },
-            ],
-        }))
-        .expect("spec");
-        let want =
-            [format!("{COPY_DIR}/c-hosts"), format!("{COPY_DIR}/c-resolv.conf"), format!("{COPY_DIR}/c.volumes")]
-                .map(PathBuf::from);
-        assert_eq!(copies_in("c", &spec), want);
-        let mut req = agent::CreateContainerRequest::new();
-        req.container_id = "c".into();
-        let mut oci = contrast_agent_protocol::oci::Spec::new();
-        for (source, typ, options) in [
-            (format!("{COPY_DIR}/c-hostname"), "bind", vec![]),
-            (format!("{COPY_DIR}/c.volumes/config"), "none", vec!["rbind".to_owned(), "ro".to_owned()]),
-            (format!("{COPY_DIR}/d-hostname"), "bind", vec![]),
-        ] {
-            let mut m = contrast_agent_protocol::oci::Mount::new();
-            (m.source, m.type_, m.options) = (source, typ.into(), options);
-            oci.Mounts.push(m);
+    fn a_container_s_copies_are_its_own_names() {
+        let want = ["c-hosts", "c-hostname", "c-resolv.conf", "c.volumes"].map(|n| PathBuf::from(COPY_DIR).join(n));
+        assert_eq!(copies_named("c"), want);
+        for bad in ["", "../x", ".partial", "a/b"] {
+            assert!(copies_named(bad).is_empty(), "{bad}");
         }
-        req.OCI = Some(oci).into();
-        let want = [format!("{COPY_DIR}/c-hostname"), format!("{COPY_DIR}/c.volumes")].map(PathBuf::from);
-        assert_eq!(requested_copies(&req), want);
     }
 
     #[test]
     fn copies_go_files_and_volume_directories_alike() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("c-hosts");
-        std::fs::write(&file, "127.0.0.1 localhost\n").expect("file");
-        let volume = dir.path().join("c-volume-config");
-        std::fs::create_dir_all(volume.join("conf")).expect("volume");
-        std::fs::write(volume.join("conf/app.yaml"), "a: 1\n").expect("key");
-        let gone = dir.path().join("c-resolv.conf");
-        let beside = dir.path().join("d-hosts");
-        std::fs::write(&beside, "127.0.0.1 localhost\n").expect("file");
-        remove(&[file.clone(), volume.clone(), gone]);
-        assert!(!file.exists() && !volume.exists());
-        assert!(beside.exists(), "nothing beside them");
+        // Container c's copies (no resolv.conf: gone already is fine), and those of "c-b" and "d".
+        for name in ["c-hosts", "c-hostname", "c-b-hosts", "d-hosts"] {
+            std::fs::write(dir.path().join(name), "127.0.0.1 localhost\n").expect("file");
+        }
+        for volume in ["c.volumes/config/conf", "c-b.volumes/config"] {
+            std::fs::create_dir_all(dir.path().join(volume)).expect("volume");
+        }
+        std::fs::write(dir.path().join("c.volumes/config/conf/app.yaml"), "a: 1\n").expect("key");
+        remove(&copies_named_in(dir.path(), "c"));
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().into_string().expect("utf-8"))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["c-b-hosts", "c-b.volumes", "d-hosts"], "another container's stay");
     }
 
     #[test]

@@ -74,26 +74,60 @@ impl Policy {
         self.mode.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks one request against the policy; `M`'s message name is the rule name.
+    /// Checks one request against the policy; `M`'s message name is the rule name. The
+    /// policy's state changes at once (see [`Policy::check`] for requests that can fail).
     pub fn allow<M: MessageFull>(&self, req: &M) -> Result<(), PolicyError> {
+        let allowed = self.check(req)?;
+        self.commit(allowed);
+        Ok(())
+    }
+
+    /// Checks one request against the policy, without changing its state yet: the state
+    /// changes the allowed request brings (its `ops`) are made by [`Policy::commit`], once
+    /// the request has succeeded — a create refused by the agent (an id in use, say) must
+    /// not change what the state says of the container that has that id.
+    pub fn check<M: MessageFull>(&self, req: &M) -> Result<Allowed, PolicyError> {
         let rule = M::descriptor().name().to_owned();
         let mut mode = self.lock();
         let (engine, allow_failures, state) = match &mut *mode {
-            Mode::Open => return Ok(()),
+            Mode::Open => return Ok(Allowed { ops: Vec::new() }),
             Mode::DenyAll(reason) => return Err(PolicyError::Blocked { rule, reason: reason.clone() }),
             Mode::Enforcing { engine, allow_failures, state } => (engine, *allow_failures, state),
         };
         let input = crate::policy_input::to_input(req).to_string();
-        let verdict = evaluate(engine, &rule, &input, state);
+        // Ops that could not apply to the state as it is deny, as a policy error.
+        let verdict = evaluate(engine, &rule, &input).and_then(|ops| match patched(state, &ops) {
+            Ok(_) => Ok(ops),
+            Err(why) => Err(PolicyError::Denied { rule: rule.clone(), prints: why }),
+        });
         match verdict {
-            Ok(()) => Ok(()),
+            Ok(ops) => Ok(Allowed { ops }),
             Err(e) if allow_failures => {
                 crate::log!("policy: {e} (allowed: {ALLOW_FAILING_RULE} is true)");
-                Ok(())
+                Ok(Allowed { ops: Vec::new() })
             }
             Err(e) => Err(e),
         }
     }
+
+    /// Makes the state changes of a request [`Policy::check`] allowed and that succeeded.
+    pub fn commit(&self, allowed: Allowed) {
+        if allowed.ops.is_empty() {
+            return;
+        }
+        let mut mode = self.lock();
+        if let Mode::Enforcing { engine, state, .. } = &mut *mode {
+            if let Err(e) = apply_state_ops(engine, state, &allowed.ops) {
+                crate::log!("policy: state not changed: {e}");
+            }
+        }
+    }
+}
+
+/// An allowed request's changes to the policy's state, made by [`Policy::commit`].
+#[must_use = "an allowed request's state changes are made by Policy::commit"]
+pub struct Allowed {
+    ops: Vec<serde_json::Value>,
 }
 
 fn compile(rego: &str) -> Result<Mode, PolicyError> {
@@ -117,12 +151,9 @@ fn compile(rego: &str) -> Result<Mode, PolicyError> {
     Ok(Mode::Enforcing { engine: Box::new(engine), allow_failures, state })
 }
 
-fn evaluate(
-    engine: &mut regorus::Engine,
-    rule: &str,
-    input: &str,
-    state: &mut serde_json::Value,
-) -> Result<(), PolicyError> {
+/// Evaluates `rule` over `input`: allowed, with the state changes (`ops`) it brings, or
+/// denied.
+fn evaluate(engine: &mut regorus::Engine, rule: &str, input: &str) -> Result<Vec<serde_json::Value>, PolicyError> {
     let denied = |engine: &mut regorus::Engine, why: Option<String>| {
         let mut prints = engine.take_prints().unwrap_or_default();
         prints.extend(why);
@@ -141,12 +172,12 @@ fn evaluate(
     };
     if allowed {
         let _ = engine.take_prints();
-        if let Ok(v @ regorus::Value::Object(_)) = &result {
-            if let Err(why) = apply_state_ops(engine, state, &v["ops"]) {
-                return Err(PolicyError::Denied { rule: rule.to_owned(), prints: why });
+        return match &result {
+            Ok(v @ regorus::Value::Object(_)) => {
+                state_ops(&v["ops"]).map_err(|why| PolicyError::Denied { rule: rule.to_owned(), prints: why })
             }
-        }
-        return Ok(());
+            _ => Ok(Vec::new()),
+        };
     }
     let why = match result {
         Err(e) => Some(format!("evaluation failed: {e}")),
@@ -159,30 +190,35 @@ fn evaluate(
 /// Where policy state lives in the engine's data (kata: `data.pstate`).
 const STATE_KEY: &str = "pstate";
 
+/// A rule's `ops`, as a list (none when it gives none).
+fn state_ops(ops: &regorus::Value) -> Result<Vec<serde_json::Value>, String> {
+    if matches!(ops, regorus::Value::Undefined | regorus::Value::Null) {
+        return Ok(Vec::new());
+    }
+    serde_json::to_value(ops).and_then(serde_json::from_value).map_err(|e| format!("policy ops are not a list: {e}"))
+}
+
 /// Applies a rule's `ops` (RFC 6902 `add` / `replace` / `remove` under `/pstate`) and hands
 /// the new state to the engine. Nothing changes when an op is bad.
 fn apply_state_ops(
     engine: &mut regorus::Engine,
     state: &mut serde_json::Value,
-    ops: &regorus::Value,
+    ops: &[serde_json::Value],
 ) -> Result<(), String> {
-    if matches!(ops, regorus::Value::Undefined | regorus::Value::Null) {
-        return Ok(());
-    }
-    let ops: Vec<serde_json::Value> = serde_json::to_value(ops)
-        .and_then(serde_json::from_value)
-        .map_err(|e| format!("policy ops are not a list: {e}"))?;
-    if ops.is_empty() {
-        return Ok(());
-    }
-    let mut doc = serde_json::json!({ STATE_KEY: state.clone() });
-    for op in &ops {
-        apply_op(&mut doc, op)?;
-    }
+    let mut doc = patched(state, ops)?;
     engine.clear_data();
     engine.add_data_json(&doc.to_string()).map_err(|e| format!("policy state: {e}"))?;
     *state = doc[STATE_KEY].take();
     Ok(())
+}
+
+/// `{ "pstate": state }` with `ops` applied.
+fn patched(state: &serde_json::Value, ops: &[serde_json::Value]) -> Result<serde_json::Value, String> {
+    let mut doc = serde_json::json!({ STATE_KEY: state.clone() });
+    for op in ops {
+        apply_op(&mut doc, op)?;
+    }
+    Ok(doc)
 }
 
 fn apply_op(doc: &mut serde_json::Value, op: &serde_json::Value) -> Result<(), String> {
@@ -329,6 +365,13 @@ RemoveContainerRequest := {"allowed": true, "ops": [{"op": "remove", "path": "/p
         p.allow(&exec("c1", &["true"])).expect("state from the create");
         p.allow(&agent::RemoveContainerRequest::new()).expect("remove");
         assert!(p.allow(&exec("c1", &["true"])).is_err(), "state removed");
+        // A request allowed but not carried out changes nothing.
+        let pending = p.check(&create).expect("allowed");
+        drop(pending);
+        assert!(p.allow(&exec("c1", &["true"])).is_err(), "a create that failed keeps no state");
+        let pending = p.check(&create).expect("allowed");
+        p.commit(pending);
+        p.allow(&exec("c1", &["true"])).expect("committed");
         let bad = "package agent_policy\nStartContainerRequest := {\"allowed\": true, \"ops\": [{\"op\": \"add\", \"path\": \"/etc\", \"value\": 1}]}\n";
         let p = Policy::enforcing(bad).expect("compiles");
         let e = p.allow(&agent::StartContainerRequest::new()).expect_err("op outside pstate");

@@ -70,8 +70,6 @@ pub struct Container {
     storages: Vec<PathBuf>,
     /// Its storages' upper and work directories (see [`storage::scratch_dirs`]).
     scratch: Vec<PathBuf>,
-    /// The files the host copied in (`CopyFile`) that this container's mounts bind.
-    copies: Vec<PathBuf>,
 }
 
 impl Container {
@@ -261,7 +259,7 @@ impl Sandbox {
         if result.is_err() {
             // What the host copied in for it goes with it (a create retried under new ids
             // would otherwise fill the guest's memory).
-            crate::copy_file::remove(&crate::copy_file::requested_copies(req));
+            crate::copy_file::remove(&crate::copy_file::copies_named(&id));
         }
         let mut reg = lock(&self.registry);
         reg.creating.remove(&id);
@@ -270,20 +268,20 @@ impl Sandbox {
         Ok(())
     }
 
-    /// A create the policy refused: what the host copied in for it goes, unless a container
-    /// of its id exists or is being created.
-    pub fn discard_copies(&self, req: &agent::CreateContainerRequest) {
-        let id = &req.container_id;
+    /// What the host copied in for a container that never came to be (a create the policy
+    /// refused, or that failed on the host before it reached the agent): it goes, unless a
+    /// container of that id exists or is being created.
+    pub fn discard_copies(&self, id: &str) {
         if !valid_id(id) {
             return;
         }
         {
             let mut reg = lock(&self.registry);
-            if reg.containers.contains_key(id) || !reg.creating.insert(id.clone()) {
+            if reg.containers.contains_key(id) || !reg.creating.insert(id.to_owned()) {
                 return;
             }
         }
-        crate::copy_file::remove(&crate::copy_file::requested_copies(req));
+        crate::copy_file::remove(&crate::copy_file::copies_named(id));
         lock(&self.registry).creating.remove(id);
     }
 
@@ -352,7 +350,6 @@ impl Sandbox {
             cleanup_bundle();
             return Err(e);
         }
-        let copies = crate::copy_file::copies_in(id, &oci);
         let terminal = oci.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let spawned = self
             .spawn(id, terminal, |console_socket, stdio| Request::Create {
@@ -380,7 +377,6 @@ impl Sandbox {
             state: Mutex::new(State::Created),
             storages,
             scratch: storage::scratch_dirs(&req.storages),
-            copies,
         })
     }
 
@@ -520,7 +516,14 @@ impl Sandbox {
     }
 
     pub async fn remove_container(&self, id: &str, timeout: Duration) -> Result<(), Error> {
-        let c = self.container(id)?;
+        let c = match self.container(id) {
+            Ok(c) => c,
+            Err(e) => {
+                // The host ends a create that failed before it reached us this way.
+                self.discard_copies(id);
+                return Err(e);
+            }
+        };
         if c.init.exited().is_none() {
             if c.state() == State::Paused {
                 let _ = cgroup::set_frozen(id, false).await;
@@ -538,9 +541,9 @@ impl Sandbox {
             log!("deleting container {id}: {e}");
         }
         let _ = std::fs::remove_dir_all(&c.bundle);
-        // Its copies of the pod's hosts, hostname and resolv.conf go with it: a container
-        // restarted again and again would otherwise fill the guest's memory with them.
-        crate::copy_file::remove(&c.copies);
+        // Its copies of the pod's hosts, hostname, resolv.conf and volumes go with it: a
+        // container restarted again and again would otherwise fill the guest's memory.
+        crate::copy_file::remove(&crate::copy_file::copies_named(id));
         // Last mounted first: an overlay before the layers under it.
         for p in c.storages.iter().rev() {
             storage::unmount(p);

@@ -165,13 +165,10 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         })
         .collect::<Result<Vec<_>>>()?;
     let user = match overrides.user {
-        // Root needs no look-up: no layer is read for it.
-        None if image.config.user.is_empty() => ProcessUser { uid: 0, gid: 0 },
-        None => user::Accounts::of(&image.layers)
-            .and_then(|a| a.resolve(&image.config.user))
+        None => user::resolve(&image.config.user, &image.layers)
             .with_context(|| format!("image {name}: its User {:?}", image.config.user))?,
         Some((uid, Some(gid))) => ProcessUser { uid, gid },
-        Some((uid, None)) => user::Accounts::of(&image.layers).with_context(|| format!("image {name}"))?.uid(uid),
+        Some((uid, None)) => user::by_uid(uid, &image.layers).with_context(|| format!("image {name}: --user"))?,
     };
     let command = overrides.command.clone().unwrap_or_else(|| image.config.command.clone());
     if command.is_empty() {
@@ -412,6 +409,7 @@ mod tests {
         other.working_dir = "/".into();
         other.env = vec!["PATH=/bin".into(), "MODE=tool".into()];
         other.capabilities_added = vec!["CAP_SYS_PTRACE".into()];
+        other.user = ProcessUser { uid: 0, gid: 0 };
         let pod = PodAllowances { execs: vec![vec!["env".into()]], ..Default::default() };
         let rego = policy_rego(&[image(), other.clone()], &pod);
 
@@ -431,7 +429,8 @@ mod tests {
 
         let exec = |container: &str, env: &[&str], cwd: &str, caps: &[&str]| {
             let state = serde_json::json!({ "c": image().name, "t": other.name });
-            let input = serde_json::json!({ "container_id": container, "process": { "User": { "UID": 1000, "GID": 1000 },
+            let uid = if container == "t" { 0 } else { 1000 };
+            let input = serde_json::json!({ "container_id": container, "process": { "User": { "UID": uid, "GID": uid },
                 "Args": ["env"], "Env": env, "Cwd": cwd, "Capabilities": { "Bounding": caps } } });
             eval_with_state(&rego, "ExecProcessRequest", input, &state) == regorus::Value::Bool(true)
         };
@@ -442,6 +441,14 @@ mod tests {
         assert!(!exec("c", &["PATH=/bin", "MODE=tool"], "/srv", &[]), "the other image's variable");
         assert!(!exec("t", &["PATH=/bin", "MODE=other"], "/", &[]), "the image's variable with another value");
         assert!(!exec("p", &["PATH=/bin"], "/srv", &[]), "a container the policy did not create");
+        let as_root = serde_json::json!({ "container_id": "c", "process": { "User": { "UID": 0, "GID": 0 },
+            "Args": ["env"], "Env": ["PATH=/bin"], "Cwd": "/srv", "Capabilities": { "Bounding": [] } } });
+        let state = serde_json::json!({ "c": image().name, "t": other.name });
+        assert_eq!(
+            eval_with_state(&rego, "ExecProcessRequest", as_root, &state),
+            regorus::Value::Bool(false),
+            "the other image's user"
+        );
 
         // The pause container's id names no image, whatever an earlier container of its id left.
         let pause = serde_json::json!({
@@ -488,6 +495,20 @@ mod tests {
         };
         assert!(exec(1000));
         assert!(!exec(0), "an exec as root");
+        // Another user in the container than the one pinned in the guest.
+        let mut userns = request(&"cd".repeat(32), &["sleep", "1000"]);
+        userns["OCI"]["Linux"]["Namespaces"]
+            .as_array_mut()
+            .expect("namespaces")
+            .push(serde_json::json!({ "Type": "user", "Path": "" }));
+        assert_eq!(eval(&rego, userns), regorus::Value::Bool(false), "a user namespace");
+        let mut mapped = request(&"cd".repeat(32), &["sleep", "1000"]);
+        mapped["OCI"]["Linux"]["UIDMappings"] = serde_json::json!([{ "ContainerID": 1000, "HostID": 0, "Size": 1 }]);
+        assert_eq!(eval(&rego, mapped), regorus::Value::Bool(false), "an ID mapping");
+        let mut none = request(&"cd".repeat(32), &["sleep", "1000"]);
+        none["OCI"]["Linux"]["UIDMappings"] = serde_json::json!([]);
+        none["OCI"]["Linux"]["GIDMappings"] = serde_json::json!([]);
+        assert_eq!(eval(&rego, none), regorus::Value::Bool(true), "empty mappings, as the agent's input has them");
     }
 
     #[test]

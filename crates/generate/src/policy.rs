@@ -371,9 +371,14 @@ devices_denied := {d.Path | some d in input.OCI.Linux.Devices}
 # mounts or see the agent's processes.
 # (A mount namespace with a path would be dropped by the agent, as the pod's network, IPC
 # and UTS ones are; a PID namespace with a path is the pod's shared one.)
+# No user namespace, no ID mappings: a mapping would make the pinned user another one in
+# the guest (1000 in the container, root outside).
 namespaces_allowed if {
     "mount" in {n.Type | some n in input.OCI.Linux.Namespaces; n.Path == ""}
     "pid" in {n.Type | some n in input.OCI.Linux.Namespaces}
+    not "user" in {n.Type | some n in input.OCI.Linux.Namespaces}
+    count(object.get(input.OCI.Linux, "UIDMappings", [])) == 0
+    count(object.get(input.OCI.Linux, "GIDMappings", [])) == 0
 }
 
 # Sysctls: only those Kubernetes calls safe (kubelet's list of safe sysctls: namespaced, and
@@ -424,7 +429,6 @@ state_path := concat("/", ["", "pstate", input.container_id])
 
 # Why a container was refused, in the denial.
 CreateContainerRequest if {
-    not is_sandbox
     not plain_id(input.container_id)
     print("container id", input.container_id, "is not a containerd identifier")
     false
@@ -467,7 +471,7 @@ CreateContainerRequest if {
 }
 CreateContainerRequest if {
     not namespaces_allowed
-    print("a container without its own mount and PID namespaces is not allowed by the policy")
+    print("a container without its own mount and PID namespaces, or with a user namespace or ID mappings, is not allowed by the policy")
     false
 }
 CreateContainerRequest if {

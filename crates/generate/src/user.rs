@@ -1,6 +1,9 @@
 //! The user an image's containers run as, resolved the way containerd resolves an image
-//! config's `User` (`name`, `uid`, `name:group`, `uid:gid`, …) in the image's own
-//! `/etc/passwd` and `/etc/group`: from the layers, as the container will see them.
+//! config's `User` (`pkg/oci`'s `WithUser`: `name`, `uid`, `name:group`, `uid:gid`, `uid:`,
+//! `:gid`, …) in the image's own `/etc/passwd` and `/etc/group`, as its layers leave them.
+//! Where the layers do not say plainly (`/etc` or one of the files a link, which containerd
+//! follows in the mounted rootfs), the generator refuses and asks for `--user`, instead of
+//! guessing differently from containerd.
 
 use anyhow::{bail, Context, Result};
 
@@ -11,26 +14,94 @@ pub struct ProcessUser {
     pub gid: u32,
 }
 
-/// The image's `/etc/passwd` and `/etc/group` as its layers leave them (upper layers win,
-/// whiteouts and opaque directories honoured).
+/// An image config's `User` (empty is root), as containerd resolves it; `layers` are read
+/// only when a name, or a number's primary group, must be looked up.
+pub fn resolve(user: &str, layers: &[Vec<u8>]) -> Result<ProcessUser> {
+    if user.is_empty() {
+        return Ok(ProcessUser { uid: 0, gid: 0 });
+    }
+    let parts: Vec<&str> = user.split(':').collect();
+    match parts[..] {
+        [one] => match one.parse::<u32>() {
+            Ok(uid) => by_uid(uid, layers),
+            Err(_) => {
+                let accounts = Accounts::of(layers)?;
+                let (_, uid, gid) = accounts
+                    .users()?
+                    .find(|u| u.0 == one)
+                    .with_context(|| format!("user {one:?} is not in the image's /etc/passwd"))?;
+                Ok(ProcessUser { uid, gid })
+            }
+        },
+        // containerd: a part that is no number is a name; an empty one is neither (0).
+        [u, g] => {
+            let (uid, name) = u.parse::<u32>().map_or((0, u), |n| (n, ""));
+            let (gid, group) = g.parse::<u32>().map_or((0, g), |n| (n, ""));
+            if name.is_empty() && group.is_empty() {
+                return Ok(ProcessUser { uid, gid });
+            }
+            let accounts = Accounts::of(layers)?;
+            let uid = if name.is_empty() {
+                uid
+            } else {
+                accounts
+                    .users()?
+                    .find(|e| e.0 == name)
+                    .with_context(|| format!("user {name:?} is not in the image's /etc/passwd"))?
+                    .1
+            };
+            let gid = if group.is_empty() {
+                gid
+            } else {
+                accounts
+                    .groups()?
+                    .find(|e| e.0 == group)
+                    .with_context(|| format!("group {group:?} is not in the image's /etc/group"))?
+                    .1
+            };
+            Ok(ProcessUser { uid, gid })
+        }
+        _ => bail!("User {user:?} is neither USER nor USER:GROUP"),
+    }
+}
+
+/// A user given by number (containerd's `WithUserID`, also the pod spec's `runAsUser`
+/// without `runAsGroup`): its primary group from `/etc/passwd`, 0 without an entry.
+pub fn by_uid(uid: u32, layers: &[Vec<u8>]) -> Result<ProcessUser> {
+    let gid = Accounts::of(layers)?.users()?.find(|u| u.1 == uid).map_or(0, |u| u.2);
+    Ok(ProcessUser { uid, gid })
+}
+
+/// A file of `/etc` as the layers leave it.
+#[derive(Debug, Clone)]
+enum EtcFile {
+    Text(String),
+    /// A link (or `/etc` itself one): containerd would follow it in the rootfs.
+    Unresolvable(String),
+}
+
+/// The image's `/etc/passwd` and `/etc/group` (upper layers win; whiteouts and opaque
+/// directories honoured).
 #[derive(Debug, Default)]
-pub struct Accounts {
-    passwd: Option<String>,
-    group: Option<String>,
+struct Accounts {
+    passwd: Option<EtcFile>,
+    group: Option<EtcFile>,
 }
 
 impl Accounts {
-    pub fn of(layers: &[Vec<u8>]) -> Result<Accounts> {
+    fn of(layers: &[Vec<u8>]) -> Result<Accounts> {
         let mut a = Accounts::default();
         for blob in layers {
             let tar = contrast_erofs::decompress(blob).context("a layer")?;
-            // What this layer set, which an opaque `/etc` of the same layer does not hide.
-            let (mut passwd, mut group) = (None, None);
-            let mut opaque = false;
+            // This layer's own files (`Some(None)`: a whiteout), which an opaque `/etc` of
+            // the same layer does not hide.
+            let (mut passwd, mut group): (Option<Option<EtcFile>>, Option<Option<EtcFile>>) = (None, None);
+            let mut hide_lower = false;
             for entry in tar::Archive::new(tar.as_slice()).entries()? {
                 let mut entry = entry?;
                 let path = entry.path()?.to_string_lossy().into_owned();
                 let path = path.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/');
+                let kind = entry.header().entry_type();
                 let slot = match path {
                     "etc/passwd" => &mut passwd,
                     "etc/group" => &mut group,
@@ -43,23 +114,26 @@ impl Accounts {
                         continue;
                     }
                     "etc/.wh..wh..opq" | ".wh.etc" => {
-                        opaque = true;
+                        hide_lower = true;
                         continue;
                     }
-                    "etc" if !entry.header().entry_type().is_dir() => {
-                        opaque = true;
+                    "etc" if !kind.is_dir() => {
+                        let why = EtcFile::Unresolvable("/etc is a link".into());
+                        (passwd, group) = (Some(Some(why.clone())), Some(Some(why)));
                         continue;
                     }
                     _ => continue,
                 };
-                if !entry.header().entry_type().is_file() {
-                    bail!("/{path} in a layer is not a plain file (a link): the user cannot be resolved");
-                }
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut entry, &mut text).with_context(|| format!("/{path} in a layer"))?;
-                *slot = Some(Some(text));
+                *slot = Some(Some(if kind.is_file() {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut entry, &mut text)
+                        .with_context(|| format!("/{path} in a layer"))?;
+                    EtcFile::Text(text)
+                } else {
+                    EtcFile::Unresolvable(format!("/{path} is a link"))
+                }));
             }
-            if opaque {
+            if hide_lower {
                 (a.passwd, a.group) = (None, None);
             }
             if let Some(p) = passwd {
@@ -72,59 +146,33 @@ impl Accounts {
         Ok(a)
     }
 
-    /// `(name, uid, gid)` of each `/etc/passwd` entry.
-    fn users(&self) -> impl Iterator<Item = (&str, u32, u32)> {
-        self.passwd.iter().flat_map(|p| p.lines()).filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            Some((*f.first()?, f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
-        })
+    /// The lines of a file, as containerd parses them (trimmed; empty and `#` lines skipped).
+    fn lines(file: &Option<EtcFile>) -> Result<Vec<Vec<String>>> {
+        match file {
+            None => Ok(Vec::new()),
+            Some(EtcFile::Unresolvable(why)) => {
+                bail!("{why} in the image's layers; give the user with --user IMAGE=UID:GID")
+            }
+            Some(EtcFile::Text(text)) => Ok(text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| l.split(':').map(str::to_owned).collect())
+                .collect()),
+        }
+    }
+
+    /// `(name, uid, gid)` of each `/etc/passwd` entry (a field that is no number is 0).
+    fn users(&self) -> Result<impl Iterator<Item = (String, u32, u32)>> {
+        let field = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Self::lines(&self.passwd)?.into_iter().map(move |f| (f[0].clone(), field(&f, 2), field(&f, 3))))
     }
 
     /// `(name, gid)` of each `/etc/group` entry.
-    fn groups(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.group.iter().flat_map(|g| g.lines()).filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            Some((*f.first()?, f.get(2)?.parse().ok()?))
-        })
-    }
-
-    /// A user given by number: its primary group from `/etc/passwd`, 0 without an entry.
-    pub fn uid(&self, uid: u32) -> ProcessUser {
-        let gid = self.users().find(|u| u.1 == uid).map_or(0, |u| u.2);
-        ProcessUser { uid, gid }
-    }
-
-    /// An image config's `User`: empty is root.
-    pub fn resolve(&self, user: &str) -> Result<ProcessUser> {
-        if user.is_empty() {
-            return Ok(ProcessUser { uid: 0, gid: 0 });
-        }
-        let (name, group) = match user.split_once(':') {
-            Some((n, g)) => (n, Some(g)),
-            None => (user, None),
-        };
-        let mut resolved = match name.parse::<u32>() {
-            Ok(uid) => self.uid(uid),
-            Err(_) => {
-                let (_, uid, gid) = self
-                    .users()
-                    .find(|u| u.0 == name)
-                    .with_context(|| format!("user {name:?} is not in the image's /etc/passwd"))?;
-                ProcessUser { uid, gid }
-            }
-        };
-        if let Some(group) = group {
-            resolved.gid = match group.parse::<u32>() {
-                Ok(gid) => gid,
-                Err(_) => {
-                    self.groups()
-                        .find(|g| g.0 == group)
-                        .with_context(|| format!("group {group:?} is not in the image's /etc/group"))?
-                        .1
-                }
-            };
-        }
-        Ok(resolved)
+    fn groups(&self) -> Result<impl Iterator<Item = (String, u32)>> {
+        Ok(Self::lines(&self.group)?
+            .into_iter()
+            .map(|f| (f[0].clone(), f.get(2).and_then(|v| v.parse().ok()).unwrap_or(0))))
     }
 }
 
@@ -144,36 +192,58 @@ mod tests {
         b.into_inner().expect("tar")
     }
 
+    fn link_layer(path: &str, target: &str) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_cksum();
+        b.append_link(&mut h, path, target).expect("link");
+        b.into_inner().expect("tar")
+    }
+
     #[test]
-    fn names_and_numbers_as_containerd_resolves_them() {
-        let a = Accounts::of(&[layer(&[
-            ("etc/passwd", "root:x:0:0::/root:/bin/sh\napp:x:1000:2000::/home/app:/bin/sh\n"),
+    fn every_form_as_containerd_resolves_it() {
+        let layers = [layer(&[
+            ("etc/passwd", "root:x:0:0::/root:/bin/sh\n# a comment\n  app:x:1000:2000::/home/app:/bin/sh  \n"),
             ("etc/group", "root:x:0:\napp:x:2000:\nweb:x:33:app\n"),
-        ])])
-        .expect("accounts");
-        let user = |u: &str| a.resolve(u).map(|p| (p.uid, p.gid)).map_err(|e| e.to_string());
+        ])];
+        let user = |u: &str| resolve(u, &layers).map(|p| (p.uid, p.gid)).map_err(|e| format!("{e:#}"));
         assert_eq!(user(""), Ok((0, 0)));
         assert_eq!(user("app"), Ok((1000, 2000)));
         assert_eq!(user("1000"), Ok((1000, 2000)), "a number's primary group from /etc/passwd");
         assert_eq!(user("4242"), Ok((4242, 0)), "no entry: group 0");
         assert_eq!(user("app:web"), Ok((1000, 33)));
         assert_eq!(user("1000:7"), Ok((1000, 7)));
+        assert_eq!(user("app:7"), Ok((1000, 7)));
+        assert_eq!(user("1000:web"), Ok((1000, 33)));
+        assert_eq!(user("app:"), Ok((1000, 0)), "an empty group is 0, not the primary group");
+        assert_eq!(user("1000:"), Ok((1000, 0)));
+        assert_eq!(user(":33"), Ok((0, 33)));
+        assert_eq!(user(":web"), Ok((0, 33)));
         assert!(user("nobody").is_err_and(|e| e.contains("not in the image's /etc/passwd")));
         assert!(user("app:wheel").is_err_and(|e| e.contains("not in the image's /etc/group")));
+        assert!(user("a:b:c").is_err());
+        // Numbers alone need no file at all.
+        assert_eq!(resolve("5:6", &[b"not a layer".to_vec()]).expect("no look-up"), ProcessUser { uid: 5, gid: 6 });
     }
 
     #[test]
     fn the_top_layers_files_count() {
         let base = layer(&[("etc/passwd", "app:x:1000:1000::/:/bin/sh\n"), ("etc/group", "app:x:1000:\n")]);
         let changed = layer(&[("./etc/passwd", "app:x:1001:1001::/:/bin/sh\n")]);
-        let a = Accounts::of(&[base.clone(), changed]).expect("accounts");
-        assert_eq!(a.resolve("app").expect("app"), ProcessUser { uid: 1001, gid: 1001 });
+        let pinned = |layers: &[Vec<u8>], u: &str| resolve(u, layers).map_err(|e| format!("{e:#}"));
+        assert_eq!(pinned(&[base.clone(), changed], "app"), Ok(ProcessUser { uid: 1001, gid: 1001 }));
         let removed = layer(&[("etc/.wh.passwd", "")]);
-        let a = Accounts::of(&[base.clone(), removed]).expect("accounts");
-        assert!(a.resolve("app").is_err(), "a whiteout removes it");
+        assert!(pinned(&[base.clone(), removed.clone()], "app").is_err(), "a whiteout removes it");
+        assert_eq!(pinned(&[base.clone(), removed], "1000"), Ok(ProcessUser { uid: 1000, gid: 0 }));
         let opaque = layer(&[("etc/.wh..wh..opq", ""), ("etc/passwd", "app:x:7:7::/:/bin/sh\n")]);
-        let a = Accounts::of(&[base, opaque]).expect("accounts");
-        assert_eq!(a.resolve("app").expect("app"), ProcessUser { uid: 7, gid: 7 }, "the opaque layer's own");
-        assert!(a.resolve("app:app").is_err(), "the lower /etc/group is hidden");
+        assert_eq!(pinned(&[base.clone(), opaque.clone()], "app"), Ok(ProcessUser { uid: 7, gid: 7 }));
+        assert!(pinned(&[base.clone(), opaque], "app:app").is_err(), "the lower /etc/group is hidden");
+        // Links: containerd follows them in the rootfs; the generator says so and asks.
+        for links in [link_layer("etc", "usr/etc"), link_layer("etc/passwd", "../usr/share/passwd")] {
+            let err = pinned(&[base.clone(), links], "1000").expect_err("a link");
+            assert!(err.contains("is a link") && err.contains("--user"), "{err}");
+        }
     }
 }
