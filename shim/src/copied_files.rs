@@ -124,18 +124,42 @@ pub async fn guest_mounts(
             ShimError::InvalidArgument(format!("mount {destination}: reading {}: {e}", source.display()))
         })?;
         let guest = format!("{GUEST_DIR}/{container}-{name}");
-        let mut req = agent::CopyFileRequest::new();
-        req.path = guest.clone();
-        req.file_size = data.len() as i64;
-        req.file_mode = 0o100_644;
-        req.dir_mode = 0o755;
-        req.data = data;
-        agent.copy_file(&req).await?;
+        send_file(agent, &guest, &data, 0o644, 0, 0).await?;
         let mut copy = m.clone();
         copy.set_source(Some(guest.into()));
         out.push(copy);
     }
     Ok((out, volumes))
+}
+
+/// Sends `data` to the guest as the regular file `path` with `mode` and owner, in requests
+/// of at most [`CHUNK`] bytes (the agent renames it into place once whole).
+async fn send_file(
+    agent: &AgentClient,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<(), contrast_agent_protocol::AgentError> {
+    let mut offset = 0;
+    loop {
+        let end = (offset + CHUNK).min(data.len());
+        let mut req = agent::CopyFileRequest::new();
+        req.path = path.to_owned();
+        req.file_size = data.len() as i64;
+        req.file_mode = 0o100_000 | mode;
+        req.dir_mode = 0o755;
+        req.uid = uid as i32;
+        req.gid = gid as i32;
+        req.offset = offset as i64;
+        req.data = data[offset..end].to_vec();
+        agent.copy_file(&req).await?;
+        offset = end;
+        if offset == data.len() {
+            return Ok(());
+        }
+    }
 }
 
 /// The volume name of a kubelet volume directory of one of `plugins`
@@ -249,24 +273,9 @@ impl CopiedVolume {
                 break;
             }
             let path = format!("{}/{}", self.guest, f.rel.display());
-            let mut offset = 0;
-            loop {
-                let end = (offset + CHUNK).min(f.data.len());
-                let mut req = agent::CopyFileRequest::new();
-                req.path = path.clone();
-                req.file_size = f.data.len() as i64;
-                req.file_mode = 0o100_000 | (f.meta.mode() & 0o7777);
-                req.dir_mode = 0o755;
-                req.uid = f.meta.uid() as i32;
-                req.gid = f.meta.gid() as i32;
-                req.offset = offset as i64;
-                req.data = f.data[offset..end].to_vec();
-                agent.copy_file(&req).await.map_err(|e| format!("copying {}: {e}", f.rel.display()))?;
-                offset = end;
-                if offset == f.data.len() {
-                    break;
-                }
-            }
+            send_file(agent, &path, &f.data, f.meta.mode() & 0o7777, f.meta.uid(), f.meta.gid())
+                .await
+                .map_err(|e| format!("copying {}: {e}", f.rel.display()))?;
             self.sent.insert(f.rel, f.stamp);
             copied += 1;
         }
@@ -370,38 +379,25 @@ mod tests {
         assert_eq!(copied("/var/lib/kubelet/pods/0c1d/volume-subpaths/config/app/0"), None);
     }
 
-    /// kubelet's layout: the files in a timestamped directory, `..data` pointing at it, each
-    /// key a link through `..data`; an update is a new directory and `..data` swapped.
-    fn kubelet_dir(root: &Path, stamp: &str, files: &[(&str, &str)]) {
-        let dir = root.join(stamp);
-        for (key, content) in files {
-            let path = dir.join(key);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-            std::fs::write(path, content).expect("file");
-        }
-        let tmp = root.join("..data_tmp");
-        std::os::unix::fs::symlink(stamp, &tmp).expect("link");
-        std::fs::rename(&tmp, root.join("..data")).expect("swap");
-        for (key, _) in files {
-            let top = key.split('/').next().expect("key");
-            let link = root.join(top);
-            if link.symlink_metadata().is_err() {
-                std::os::unix::fs::symlink(format!("..data/{top}"), link).expect("key link");
-            }
-        }
-    }
-
     #[test]
     fn a_volume_is_the_files_its_keys_lead_to() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("volumes/kubernetes.io~configmap/config");
-        kubelet_dir(&root, "..2026_12_05_12_00_00.1", &[("app.yaml", "a: 1\n"), ("conf/extra.ini", "x=1\n")]);
+        contrast_tests::images::kubelet_volume(
+            &root,
+            "..2026_12_05_12_00_00.1",
+            &[("app.yaml", "a: 1\n"), ("conf/extra.ini", "x=1\n")],
+        );
         let files = volume_files(&root).expect("files");
         let rel: Vec<_> = files.keys().map(|p| p.display().to_string()).collect();
         assert_eq!(rel, ["app.yaml", "conf/extra.ini"], "kubelet's own entries left out, links followed");
         let first = Stamp::of(&files[Path::new("app.yaml")].1);
 
-        kubelet_dir(&root, "..2026_12_05_12_01_00.2", &[("app.yaml", "a: 2\n"), ("conf/extra.ini", "x=1\n")]);
+        contrast_tests::images::kubelet_volume(
+            &root,
+            "..2026_12_05_12_01_00.2",
+            &[("app.yaml", "a: 2\n"), ("conf/extra.ini", "x=1\n")],
+        );
         let files = volume_files(&root).expect("files");
         let (host, meta) = &files[Path::new("app.yaml")];
         assert_ne!(Stamp::of(meta), first, "an update is seen as a changed file");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use contrast_cri_client::{container_config, cri, pod_config, CriClient};
 use contrast_tests::containerd::{Containerd, CRI_NAMESPACE, SIM_HANDLER};
-use contrast_tests::images::{blob_content, three_layers, write_archive};
+use contrast_tests::images::{blob_content, kubelet_volume, three_layers, write_archive};
 use contrast_tests::{containerd_matrix, image_dir};
 use sha2::{Digest, Sha256};
 
@@ -36,26 +36,6 @@ fn qemu_args_of(pod_id: &str) -> String {
         }
     }
     panic!("no QEMU for pod {pod_id}");
-}
-
-/// kubelet's layout of a configMap volume: the files in a timestamped directory, `..data`
-/// pointing at it, each key a link through `..data`; an update is a new directory and
-/// `..data` swapped.
-fn kubelet_volume(root: &Path, stamp: &str, files: &[(&str, &str)]) {
-    for (key, content) in files {
-        let path = root.join(stamp).join(key);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-        std::fs::write(path, content).expect("file");
-    }
-    let tmp = root.join("..data_tmp");
-    std::os::unix::fs::symlink(stamp, &tmp).expect("link");
-    std::fs::rename(&tmp, root.join("..data")).expect("swap");
-    for (key, _) in files {
-        let top = key.split('/').next().expect("key");
-        if root.join(top).symlink_metadata().is_err() {
-            std::os::unix::fs::symlink(format!("..data/{top}"), root.join(top)).expect("key link");
-        }
-    }
 }
 
 containerd_matrix! {

@@ -105,3 +105,24 @@ pub fn write_archive(path: &Path, name: &str, layers: &[Vec<u8>], cmd: &[&str]) 
     t.finish()?;
     Ok(())
 }
+
+/// Writes kubelet's layout of a configMap (secret, projected, downwardAPI) volume at `root`:
+/// the files in the timestamped directory `stamp`, `..data` pointing at it, each key a
+/// link through `..data`. Called again with another `stamp`, it is kubelet's update: a new
+/// directory and `..data` swapped.
+pub fn kubelet_volume(root: &std::path::Path, stamp: &str, files: &[(&str, &str)]) {
+    for (key, content) in files {
+        let path = root.join(stamp).join(key);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(path, content).expect("file");
+    }
+    let tmp = root.join("..data_tmp");
+    std::os::unix::fs::symlink(stamp, &tmp).expect("link");
+    std::fs::rename(&tmp, root.join("..data")).expect("swap");
+    for (key, _) in files {
+        let top = key.split('/').next().expect("key");
+        if root.join(top).symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{top}"), root.join(top)).expect("key link");
+        }
+    }
+}

@@ -25,11 +25,7 @@ pub fn resolve(user: &str, layers: &[Vec<u8>]) -> Result<ProcessUser> {
         [one] => match one.parse::<u32>() {
             Ok(uid) => by_uid(uid, layers),
             Err(_) => {
-                let accounts = Accounts::of(layers)?;
-                let (_, uid, gid) = accounts
-                    .users()?
-                    .find(|u| u.0 == one)
-                    .with_context(|| format!("user {one:?} is not in the image's /etc/passwd"))?;
+                let (uid, gid) = Accounts::of(layers)?.user_named(one)?;
                 Ok(ProcessUser { uid, gid })
             }
         },
@@ -41,24 +37,8 @@ pub fn resolve(user: &str, layers: &[Vec<u8>]) -> Result<ProcessUser> {
                 return Ok(ProcessUser { uid, gid });
             }
             let accounts = Accounts::of(layers)?;
-            let uid = if name.is_empty() {
-                uid
-            } else {
-                accounts
-                    .users()?
-                    .find(|e| e.0 == name)
-                    .with_context(|| format!("user {name:?} is not in the image's /etc/passwd"))?
-                    .1
-            };
-            let gid = if group.is_empty() {
-                gid
-            } else {
-                accounts
-                    .groups()?
-                    .find(|e| e.0 == group)
-                    .with_context(|| format!("group {group:?} is not in the image's /etc/group"))?
-                    .1
-            };
+            let uid = if name.is_empty() { uid } else { accounts.user_named(name)?.0 };
+            let gid = if group.is_empty() { gid } else { accounts.group_named(group)? };
             Ok(ProcessUser { uid, gid })
         }
         _ => bail!("User {user:?} is neither USER nor USER:GROUP"),
@@ -166,6 +146,24 @@ impl Accounts {
     fn users(&self) -> Result<impl Iterator<Item = (String, u32, u32)>> {
         let field = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok(Self::lines(&self.passwd)?.into_iter().map(move |f| (f[0].clone(), field(&f, 2), field(&f, 3))))
+    }
+
+    /// `(uid, gid)` of the `/etc/passwd` entry `name`.
+    fn user_named(&self, name: &str) -> Result<(u32, u32)> {
+        let (_, uid, gid) = self
+            .users()?
+            .find(|u| u.0 == name)
+            .with_context(|| format!("user {name:?} is not in the image's /etc/passwd"))?;
+        Ok((uid, gid))
+    }
+
+    /// The gid of the `/etc/group` entry `name`.
+    fn group_named(&self, name: &str) -> Result<u32> {
+        let (_, gid) = self
+            .groups()?
+            .find(|g| g.0 == name)
+            .with_context(|| format!("group {name:?} is not in the image's /etc/group"))?;
+        Ok(gid)
     }
 
     /// `(name, gid)` of each `/etc/group` entry.
