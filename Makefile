@@ -4,7 +4,7 @@
 SHELL := /bin/sh
 BUILD ?= build
 AGENT_TARGET ?= x86_64-unknown-linux-musl
-AGENT_BIN := target/$(AGENT_TARGET)/release-agent/contrast-agent
+AGENT_BIN := target/$(AGENT_TARGET)/release-guest-agent/contrast-agent
 RUNNER_BIN := target/$(AGENT_TARGET)/release-runner/contrast-runner
 INIT_BIN := target/$(AGENT_TARGET)/release-agent/contrast-init
 IMAGE_DIR := $(BUILD)/image
@@ -32,7 +32,7 @@ PAYLOAD := $(BUILD)/payload
 PLATFORM ?= insecure
 
 .PHONY: all deps build shim agent image test lint demo bench clean installer payload manifests installer-image \
-	containerd-releases sev-snp-measure fuzz soak image-debian shim-profile qemu-igvm
+	containerd-releases sev-snp-measure fuzz soak image-debian shim-profile agent-profile qemu-igvm
 
 all: build image
 
@@ -41,6 +41,10 @@ deps:
 
 build:
 	$(CARGO) build --release --workspace --exclude contrast-agent
+
+# The toolchain's own lld (rust-lld behind its gcc-ld wrapper): GNU ld has no symbol ordering.
+LLD_ARGS = -C link-arg=-fuse-ld=lld \
+	-C link-arg=-B"$$(rustc --print sysroot)/lib/rustlib/$$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld"
 
 # Non-PIE (relocation-model=static): a static-pie binary relocates its data at start, which
 # dirties ~800 KiB per shim process; the shim runs once per pod (docs/performance.md).
@@ -51,8 +55,7 @@ build:
 shim:
 	$(CARGO) rustc --profile release-shim --target $(AGENT_TARGET) -p containerd-shim-contrast-cc-v2 \
 		--bin containerd-shim-contrast-cc-v2 -- -C relocation-model=static \
-		-C link-arg=-fuse-ld=lld -C link-arg=-B"$$(rustc --print sysroot)/lib/rustlib/$$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld" \
-		-C link-arg=-Wl,--symbol-ordering-file=$(abspath packaging/shim-hot-symbols.txt) \
+		$(LLD_ARGS) -C link-arg=-Wl,--symbol-ordering-file=$(abspath packaging/shim-hot-symbols.txt) \
 		-C link-arg=-Wl,--no-warn-symbol-ordering
 	@found=$$(nm --defined-only $(SHIM_BIN) | awk '{print $$NF}' | LC_ALL=C sort -u | \
 		LC_ALL=C comm -12 - packaging/shim-hot-symbols.txt | wc -l); \
@@ -64,22 +67,43 @@ shim-profile: image shim
 	./scripts/profile-shim.sh $(SHIM_BIN) $(abspath $(IMAGE_DIR)) packaging/shim-hot-symbols.txt
 
 # Non-PIE like the shim: a static-pie binary dirties its relocated data at every start (the
-# agent, and each runner process it starts). The agent (profile release-agent, for size) and
-# its container runner (release-runner, for speed; libcontainer lives only there) are two
+# agent, and each runner process it starts). The agent (profile release-guest-agent, for size)
+# and its container runner (release-runner, for speed; libcontainer lives only there) are two
 # binaries. The runner links libseccomp statically (seccomp profiles in the guest). Debian's
 # libseccomp.a is copied to a directory of its own: pointing the linker at
 # /usr/lib/x86_64-linux-gnu would let glibc's libc.a shadow musl's.
+# The agent is linked like the shim, by lld with its hot functions first
+# (packaging/agent-hot-symbols.txt, written by `make agent-profile`), and at an address no
+# other guest binary uses (0x10000000; the runner, init and busybox sit at 0x400000 or are
+# position independent), so that a trace of the guest's code addresses tells the agent's
+# code apart (scripts/profile-agent.sh).
 SECCOMP_LIB_DIR := $(BUILD)/seccomp
+AGENT_IMAGE_BASE := 0x10000000
 agent:
 	mkdir -p $(SECCOMP_LIB_DIR)
 	cp -u /usr/lib/x86_64-linux-gnu/libseccomp.a $(SECCOMP_LIB_DIR)/
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
 	RUSTFLAGS="-C relocation-model=static" \
-		$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-agent --bin contrast-agent \
-		-p contrast-init --bin contrast-init
+		$(CARGO) rustc --profile release-guest-agent --target $(AGENT_TARGET) -p contrast-agent --bin contrast-agent \
+		-- $(LLD_ARGS) -C link-arg=-Wl,--image-base=$(AGENT_IMAGE_BASE) \
+		-C link-arg=-Wl,--symbol-ordering-file=$(abspath packaging/agent-hot-symbols.txt) \
+		-C link-arg=-Wl,--no-warn-symbol-ordering
+	@found=$$(nm --defined-only $(AGENT_BIN) | awk '{print $$NF}' | LC_ALL=C sort -u | \
+		LC_ALL=C comm -12 - packaging/agent-hot-symbols.txt | wc -l); \
+	echo "agent: $$found of $$(wc -l <packaging/agent-hot-symbols.txt) listed hot functions found (far fewer: run make agent-profile)"
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
+	RUSTFLAGS="-C relocation-model=static" \
+		$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-init --bin contrast-init
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
 	RUSTFLAGS="-C relocation-model=static" \
 		$(CARGO) build --profile release-runner --target $(AGENT_TARGET) -p contrast-agent --bin contrast-runner
+
+# Which functions the agent runs in pods' lives (QEMU's trace of the guest code it translated,
+# scripts/profile-agent.sh): rewrites packaging/agent-hot-symbols.txt. Re-run after changes
+# that rename much of the agent's code, then `make image`.
+agent-profile: image shim containerd-releases
+	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) CONTRAST_CONTAINERD_DIR=$(abspath $(CONTAINERD_DIR)) \
+		./scripts/profile-agent.sh $(AGENT_BIN) $(SHIM_BIN) $(abspath $(IMAGE_DIR)) packaging/agent-hot-symbols.txt
 
 # Kernel, initrd (contrast-init), verity root disk (agent), command line, reference values.
 # Inputs: the kernel tree (KERNEL, above), the static agent and init, busybox-static, mkfs.erofs.

@@ -64,7 +64,9 @@ pub struct TestConfig {
 
 impl TestConfig {
     /// `insecure` platform, TCG (KVM for ordinary guests does not work on our machines),
-    /// hybrid vsock, diagnostics enabled on the guest command line.
+    /// hybrid vsock, diagnostics enabled on the guest command line. QEMU is Debian's, or the
+    /// program `CONTRAST_TEST_QEMU` names (`scripts/profile-agent.sh` runs pods under a wrapper
+    /// that traces the agent's code).
     pub fn new(image: &Path, state_dir: &Path) -> Self {
         // The shim reads the config from the bundle directory: paths must be absolute.
         let image = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_owned());
@@ -74,7 +76,8 @@ impl TestConfig {
             root_disk: image.join("root.img"),
             cmdline: image.join("cmdline"),
             verity_root: true,
-            qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            qemu: std::env::var_os("CONTRAST_TEST_QEMU")
+                .map_or_else(|| PathBuf::from("/usr/bin/qemu-system-x86_64"), PathBuf::from),
             state_dir: state_dir.to_owned(),
             shared_fs: "virtio-fs",
             igvm: None,
