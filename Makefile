@@ -32,7 +32,7 @@ PAYLOAD := $(BUILD)/payload
 PLATFORM ?= insecure
 
 .PHONY: all deps build shim agent image test lint demo bench clean installer payload manifests installer-image \
-	containerd-releases sev-snp-measure fuzz soak image-debian shim-profile agent-profile qemu-igvm
+	containerd-releases sev-snp-measure fuzz soak image-debian shim-profile guest-profile qemu-igvm
 
 all: build image
 
@@ -72,38 +72,38 @@ shim-profile: image shim
 # binaries. The runner links libseccomp statically (seccomp profiles in the guest). Debian's
 # libseccomp.a is copied to a directory of its own: pointing the linker at
 # /usr/lib/x86_64-linux-gnu would let glibc's libc.a shadow musl's.
-# The agent is linked like the shim, by lld with its hot functions first
-# (packaging/agent-hot-symbols.txt, written by `make agent-profile`), and at an address no
-# other guest binary uses (0x10000000; the runner, init and busybox sit at 0x400000 or are
-# position independent), so that a trace of the guest's code addresses tells the agent's
-# code apart (scripts/profile-agent.sh).
+# The agent and the runner are linked like the shim, by lld with their hot functions first
+# (packaging/{agent,runner}-hot-symbols.txt, written by `make guest-profile`), each at an
+# address no other guest binary uses (0x10000000, 0x20000000; init and busybox sit at
+# 0x400000), so that a trace of the guest's code addresses tells their code apart
+# (scripts/profile-guest.sh).
 SECCOMP_LIB_DIR := $(BUILD)/seccomp
-AGENT_IMAGE_BASE := 0x10000000
+GUEST_ENV = LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
+	RUSTFLAGS="-C relocation-model=static"
+# $(call ordered,LIST,IMAGE_BASE): lld arguments of a guest binary linked by a hot list.
+ordered = $(LLD_ARGS) -C link-arg=-Wl,--image-base=$(2) \
+	-C link-arg=-Wl,--symbol-ordering-file=$(abspath $(1)) -C link-arg=-Wl,--no-warn-symbol-ordering
+# $(call found,BINARY,LIST): how many listed names the binary has.
+found = found=$$(nm --defined-only $(1) | awk '{print $$NF}' | LC_ALL=C sort -u | \
+	LC_ALL=C comm -12 - $(2) | wc -l); \
+	echo "$(notdir $(1)): $$found of $$(wc -l <$(2)) listed hot functions found (far fewer: run make guest-profile)"
 agent:
 	mkdir -p $(SECCOMP_LIB_DIR)
 	cp -u /usr/lib/x86_64-linux-gnu/libseccomp.a $(SECCOMP_LIB_DIR)/
-	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
-	RUSTFLAGS="-C relocation-model=static" \
-		$(CARGO) rustc --profile release-guest-agent --target $(AGENT_TARGET) -p contrast-agent --bin contrast-agent \
-		-- $(LLD_ARGS) -C link-arg=-Wl,--image-base=$(AGENT_IMAGE_BASE) \
-		-C link-arg=-Wl,--symbol-ordering-file=$(abspath packaging/agent-hot-symbols.txt) \
-		-C link-arg=-Wl,--no-warn-symbol-ordering
-	@found=$$(nm --defined-only $(AGENT_BIN) | awk '{print $$NF}' | LC_ALL=C sort -u | \
-		LC_ALL=C comm -12 - packaging/agent-hot-symbols.txt | wc -l); \
-	echo "agent: $$found of $$(wc -l <packaging/agent-hot-symbols.txt) listed hot functions found (far fewer: run make agent-profile)"
-	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
-	RUSTFLAGS="-C relocation-model=static" \
-		$(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-init --bin contrast-init
-	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(abspath $(SECCOMP_LIB_DIR)) \
-	RUSTFLAGS="-C relocation-model=static" \
-		$(CARGO) build --profile release-runner --target $(AGENT_TARGET) -p contrast-agent --bin contrast-runner
+	$(GUEST_ENV) $(CARGO) rustc --profile release-guest-agent --target $(AGENT_TARGET) -p contrast-agent \
+		--bin contrast-agent -- $(call ordered,packaging/agent-hot-symbols.txt,0x10000000)
+	@$(call found,$(AGENT_BIN),packaging/agent-hot-symbols.txt)
+	$(GUEST_ENV) $(CARGO) rustc --profile release-runner --target $(AGENT_TARGET) -p contrast-agent \
+		--bin contrast-runner -- $(call ordered,packaging/runner-hot-symbols.txt,0x20000000)
+	@$(call found,$(RUNNER_BIN),packaging/runner-hot-symbols.txt)
+	$(GUEST_ENV) $(CARGO) build --profile release-agent --target $(AGENT_TARGET) -p contrast-init --bin contrast-init
 
-# Which functions the agent runs in pods' lives (QEMU's trace of the guest code it translated,
-# scripts/profile-agent.sh): rewrites packaging/agent-hot-symbols.txt. Re-run after changes
-# that rename much of the agent's code, then `make image`.
-agent-profile: image shim containerd-releases
+# Which functions the agent and the runner run in pods' lives (QEMU's trace of the guest code
+# it translates, scripts/profile-guest.sh): rewrites packaging/{agent,runner}-hot-symbols.txt.
+# Re-run after changes that rename much of their code, then `make image`.
+guest-profile: image shim containerd-releases
 	CONTRAST_IMAGE_DIR=$(abspath $(IMAGE_DIR)) CONTRAST_CONTAINERD_DIR=$(abspath $(CONTAINERD_DIR)) \
-		./scripts/profile-agent.sh $(AGENT_BIN) $(SHIM_BIN) $(abspath $(IMAGE_DIR)) packaging/agent-hot-symbols.txt
+		./scripts/profile-guest.sh $(AGENT_BIN) $(RUNNER_BIN) $(SHIM_BIN) $(abspath $(IMAGE_DIR)) packaging
 
 # Kernel, initrd (contrast-init), verity root disk (agent), command line, reference values.
 # Inputs: the kernel tree (KERNEL, above), the static agent and init, busybox-static, mkfs.erofs.

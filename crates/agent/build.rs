@@ -1,5 +1,7 @@
-//! `make agent` links the agent's hot functions first (packaging/agent-hot-symbols.txt, a
-//! linker argument cargo does not track): a new list must relink the agent.
+//! `make agent` links the agent's and the runner's hot functions first
+//! (packaging/{agent,runner}-hot-symbols.txt, linker arguments cargo does not track): a new
+//! list must relink them.
 fn main() {
     println!("cargo:rerun-if-changed=../../packaging/agent-hot-symbols.txt");
+    println!("cargo:rerun-if-changed=../../packaging/runner-hot-symbols.txt");
 }

@@ -65,8 +65,8 @@ pub struct TestConfig {
 impl TestConfig {
     /// `insecure` platform, TCG (KVM for ordinary guests does not work on our machines),
     /// hybrid vsock, diagnostics enabled on the guest command line. QEMU is Debian's, or the
-    /// program `CONTRAST_TEST_QEMU` names (`scripts/profile-agent.sh` runs pods under a wrapper
-    /// that traces the agent's code).
+    /// program `CONTRAST_TEST_QEMU` names (`scripts/profile-guest.sh` runs pods under a wrapper
+    /// that traces the agent's and the runner's code).
     pub fn new(image: &Path, state_dir: &Path) -> Self {
         // The shim reads the config from the bundle directory: paths must be absolute.
         let image = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_owned());
