@@ -60,6 +60,7 @@ containerd_matrix! {
             &["sh", "-c", "echo shared > /cache/note"],
             &["cat", "/cache/note"],
             &["cat", "/etc/app/greeting", "/etc/app/conf/level"],
+            &["cat", "/proc/self/status"],
         ]
         .iter()
         .map(|c| c.iter().map(|a| a.to_string()).collect())
@@ -73,6 +74,8 @@ containerd_matrix! {
             contrast_generate::Overrides {
                 empty_dirs: vec![("cache".into(), "/cache".into())],
                 config_volumes: vec!["/etc/app".into()],
+                // The pod spec's supplementalGroups.
+                groups: vec![4000],
                 ..Default::default()
             },
         )]);
@@ -124,7 +127,20 @@ containerd_matrix! {
             config.mounts = vec![volume("/cache"), settings_mount.clone()];
             config
         };
-        let c = cri.run_container_config(&pod, with_env("app", "GREETING", "hello")).await.expect("pinned image runs");
+        let mut app = with_env("app", "GREETING", "hello");
+        app.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                supplemental_groups: vec![4000],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let c = cri.run_container_config(&pod, app).await.expect("pinned image runs");
+        // Its supplementary groups as containerd sets them: its primary group and the pod spec's.
+        let (code, out, _) = cri.exec_sync(&c, &["cat", "/proc/self/status"]).await.expect("exec");
+        let status = String::from_utf8_lossy(&out);
+        let groups = status.lines().find_map(|l| l.strip_prefix("Groups:")).map(str::split_whitespace);
+        assert_eq!((code, groups.map(Iterator::collect)), (0, Some(vec!["0", "4000"])), "{status}");
         // The image's, the pod spec's and containerd's own (HOSTNAME) variables.
         let (code, out, _) = cri.exec_sync(&c, &["cat", "/proc/self/environ"]).await.expect("exec");
         let env = String::from_utf8_lossy(&out);
@@ -162,6 +178,14 @@ containerd_matrix! {
             .expect_err("an unpinned user");
         let msg = format!("{err:#}");
         assert!(msg.contains("user 1000 group 0 is not the one pinned for image"), "{msg}");
+        // Supplementary groups beyond the pinned ones (wheel, here).
+        let security = cri::LinuxContainerSecurityContext { supplemental_groups: vec![10], ..Default::default() };
+        let err = cri
+            .run_container_with(&pod, "wheel", GOOD, &["sleep", "1000"], Some(security))
+            .await
+            .expect_err("an unpinned group");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("supplementary group 10 is not allowed by the policy for image"), "{msg}");
         // The image's own command only (the pod spec gives none here).
         let err = cri.run_container(&pod, "shell", GOOD, &["sh", "-c", "cat /etc/motd"]).await.expect_err("a command");
         let msg = format!("{err:#}");

@@ -140,7 +140,14 @@ mod tests {
         let mut spec = oci::Spec::new();
         let mut process = oci::Process::new();
         process.Args = vec!["httpd".into()];
+        process.NoNewPrivileges = true;
+        let mut user = oci::User::new();
+        user.AdditionalGids = vec![0, 33];
+        process.User = Some(user).into();
         spec.Process = Some(process).into();
+        let mut root = oci::Root::new();
+        root.Readonly = true;
+        spec.Root = Some(root).into();
         spec.Annotations.insert("io.kubernetes.cri.container-name".into(), "web".into());
         let mut ns = oci::LinuxNamespace::new();
         ns.Type = "ipc".into();
@@ -159,6 +166,10 @@ mod tests {
         req.OCI = Some(spec).into();
         let input = to_input(&req);
         assert_eq!(input["OCI"]["Process"]["Args"], json!(["httpd"]));
+        // The fields the generated policy pins, by the names it uses.
+        assert_eq!(input["OCI"]["Process"]["NoNewPrivileges"], true);
+        assert_eq!(input["OCI"]["Process"]["User"]["AdditionalGids"], json!([0, 33]));
+        assert_eq!(input["OCI"]["Root"]["Readonly"], true);
         assert_eq!(input["OCI"]["Annotations"]["io.kubernetes.cri.container-name"], "web");
         assert_eq!(input["OCI"]["Linux"]["Namespaces"][0]["Type"], "ipc");
         assert_eq!(input["OCI"]["Linux"]["Resources"]["Memory"]["Limit"], json!(1_i64 << 40), "int64 is a number");

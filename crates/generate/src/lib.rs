@@ -145,6 +145,13 @@ pub struct Overrides {
     /// The pod spec's `runAsUser` and `runAsGroup` (without a group: the user's primary
     /// group in the image's `/etc/passwd`, as containerd takes it, or 0).
     pub user: Option<(u32, Option<u32>)>,
+    /// The pod spec's `supplementalGroups` and `fsGroup` (kubelet passes both to the runtime
+    /// as supplementary groups).
+    pub groups: Vec<u32>,
+    /// The container's `allowPrivilegeEscalation: false`.
+    pub no_new_privileges: bool,
+    /// The container's `readOnlyRootFilesystem: true`.
+    pub read_only_root: bool,
 }
 
 pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
@@ -170,6 +177,14 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         Some((uid, Some(gid))) => ProcessUser { uid, gid },
         Some((uid, None)) => user::by_uid(uid, &image.layers).with_context(|| format!("image {name}: --user"))?,
     };
+    // Supplementary groups a process may have: its primary group (containerd lists it too),
+    // the image's for the user CRI looks up, and the pod spec's.
+    let mut groups = user::image_groups(overrides.user.map_or(0, |u| u.0), &image.layers)
+        .with_context(|| format!("image {name}: its /etc/group"))?;
+    groups.push(user.gid);
+    groups.extend(&overrides.groups);
+    groups.sort_unstable();
+    groups.dedup();
     let command = overrides.command.clone().unwrap_or_else(|| image.config.command.clone());
     if command.is_empty() {
         bail!("image {name} has neither Entrypoint nor Cmd: give its command with --command {name}=JSON");
@@ -184,6 +199,9 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         empty_dirs: overrides.empty_dirs.clone(),
         config_volumes: overrides.config_volumes.clone(),
         user,
+        groups,
+        no_new_privileges: overrides.no_new_privileges,
+        read_only_root: overrides.read_only_root,
     })
 }
 
@@ -225,6 +243,9 @@ mod tests {
             empty_dirs: vec![("cache".into(), "/var/cache/app".into())],
             config_volumes: vec!["/var/run/secrets/kubernetes.io/serviceaccount".into()],
             user: ProcessUser { uid: 1000, gid: 1000 },
+            groups: vec![1000, 2000],
+            no_new_privileges: false,
+            read_only_root: false,
         }
     }
 
@@ -679,6 +700,64 @@ mod tests {
         let source = SourceImage { name: "x:1".into(), config: named, layers: vec![] };
         let err = pin(&source, &Overrides::default()).expect_err("a name without /etc/passwd");
         assert!(format!("{err:#}").contains("not in the image's /etc/passwd"), "{err:#}");
+    }
+
+    #[test]
+    fn supplementary_groups_are_the_users_the_images_and_the_pod_specs() {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, content) in [
+            ("etc/passwd", "root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n"),
+            ("etc/group", "wheel:x:10:root\nweb:x:33:app\n"),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            tar.append_data(&mut h, path, content.as_bytes()).expect("entry");
+        }
+        let config = ImageConfig::parse(br#"{"config":{"Cmd":["sh"],"User":"app"}}"#).expect("config");
+        let source = SourceImage { name: "x:1".into(), config, layers: vec![tar.into_inner().expect("tar")] };
+        let pinned = pin(&source, &Overrides::default()).expect("pinned");
+        assert_eq!(pinned.user, ProcessUser { uid: 1000, gid: 1000 });
+        // Without runAsUser, CRI looks up uid 0's groups, whatever the image's User.
+        assert_eq!(pinned.groups, [10, 1000]);
+        let overrides = Overrides { user: Some((1000, None)), groups: vec![4000, 33], ..Default::default() };
+        assert_eq!(pin(&source, &overrides).expect("pinned").groups, [33, 1000, 4000]);
+    }
+
+    #[test]
+    fn groups_no_new_privileges_and_a_read_only_root_are_pinned() {
+        let pod = PodAllowances { execs: vec![vec!["env".into()]], ..Default::default() };
+        let create = |image: &PinnedImage, gids: &[u32], no_new_privileges: bool, read_only: bool| {
+            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+            r["OCI"]["Process"]["User"]["AdditionalGids"] = serde_json::json!(gids);
+            r["OCI"]["Process"]["NoNewPrivileges"] = no_new_privileges.into();
+            r["OCI"]["Root"]["Readonly"] = read_only.into();
+            eval(&policy_rego(std::slice::from_ref(image), &pod), r) == regorus::Value::Bool(true)
+        };
+        let exec = |image: &PinnedImage, gids: &[u32], no_new_privileges: bool| {
+            let input = serde_json::json!({ "container_id": "c", "process": {
+                "User": { "UID": 1000, "GID": 1000, "AdditionalGids": gids }, "NoNewPrivileges": no_new_privileges,
+                "Args": ["env"], "Env": ["PATH=/bin"], "Cwd": "/srv", "Capabilities": { "Bounding": [] } } });
+            eval_rule(&policy_rego(std::slice::from_ref(image), &pod), "ExecProcessRequest", input)
+                == regorus::Value::Bool(true)
+        };
+        let plain = image();
+        assert!(create(&plain, &[1000, 2000], false, false));
+        assert!(create(&plain, &[], false, false), "fewer groups than pinned");
+        assert!(!create(&plain, &[1000, 0], false, false), "the node adds group 0");
+        assert!(create(&plain, &[1000], true, true), "stricter than the pod spec: the node's choice");
+        assert!(exec(&plain, &[2000], false));
+        assert!(!exec(&plain, &[1000, 0], false), "an exec with group 0");
+        let strict = PinnedImage { no_new_privileges: true, read_only_root: true, ..image() };
+        assert!(create(&strict, &[1000], true, true));
+        assert!(!create(&strict, &[1000], false, true), "no_new_privs dropped");
+        assert!(!create(&strict, &[1000], true, false), "a writable root");
+        assert!(exec(&strict, &[1000], true));
+        assert!(!exec(&strict, &[1000], false), "an exec without no_new_privs");
     }
 
     /// Each way a host could bring unpinned bytes in next to pinned layers: refused.

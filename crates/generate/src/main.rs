@@ -9,10 +9,13 @@
 //! exactly its image's pinned layers in order under one overlay that is its root, running its
 //! image's command (Entrypoint and Cmd, or `--command`) in its image's working directory (or
 //! `--workdir`), with no environment beyond its image's, the pod's (`--env`), its hostname and
-//! Kubernetes' service addresses, no capability beyond containerd's defaults and
-//! `--cap-add`, as the image's user (or `--user`), the pod's emptyDir volumes only where `--empty-dir` mounts them, the node's
-//! configMap, secret, projected and downwardAPI volumes (copied, read-only) only where
-//! `--config-volume` mounts them, device
+//! Kubernetes' service addresses, no capability beyond containerd's defaults and `--cap-add`,
+//! as the image's user (or `--user`) with no supplementary group beyond its own, the image's
+//! for that user and `--groups` (the pod spec's supplementalGroups and fsGroup), with
+//! `no_new_privs` and a read-only root where `--no-new-privileges` and `--read-only-root` ask
+//! for them (allowPrivilegeEscalation: false, readOnlyRootFilesystem: true), the pod's emptyDir
+//! volumes only where `--empty-dir` mounts them, the node's configMap, secret, projected and
+//! downwardAPI volumes (copied, read-only) only where `--config-volume` mounts them, device
 //! nodes only below /dev, sysctls only Kubernetes' safe ones and `--sysctl`, and no write to
 //! a process's stdin unless `--stdin`; an exec only of a command given with `--exec` (an exec
 //! probe's, say), none by default. The init data TOML goes to `--out`; the annotation value
@@ -27,7 +30,7 @@ use contrast_generate::{archive_images, containerd_image, pin, policy_rego, Over
 const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
 [--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--workdir IMAGE=DIR]... \
 [--cap-add IMAGE=CAPABILITY]... [--empty-dir IMAGE=VOLUME:PATH]... [--config-volume IMAGE=PATH]... \
-[--user IMAGE=UID[:GID]]... \
+[--user IMAGE=UID[:GID]]... [--groups IMAGE=GID[,GID]...]... [--no-new-privileges IMAGE]... [--read-only-root IMAGE]... \
 [--env NAME=VALUE]... [--exec JSON]... \
 [--sysctl NAME]... [--stdin] --out INITDATA.toml";
 
@@ -133,6 +136,15 @@ fn parse_args() -> Result<Args> {
                 }
                 *user = Some((uid, gid));
             }
+            "--groups" => {
+                let v = value()?;
+                let bad = || anyhow::anyhow!("--groups {v:?}: IMAGE=GID[,GID]... (supplementalGroups, fsGroup)");
+                let (image, gids) = v.split_once('=').ok_or_else(bad)?;
+                let gids = gids.split(',').map(|g| g.parse::<u32>().map_err(|_| bad())).collect::<Result<Vec<_>>>()?;
+                a.overrides.entry(image.to_owned()).or_default().groups.extend(gids);
+            }
+            "--no-new-privileges" => a.overrides.entry(value()?).or_default().no_new_privileges = true,
+            "--read-only-root" => a.overrides.entry(value()?).or_default().read_only_root = true,
             "--sysctl" => {
                 let v = value()?;
                 if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b)) {
@@ -194,7 +206,7 @@ fn main() -> Result<()> {
     for image in args.overrides.keys() {
         if !sources.iter().any(|s| &s.name == image) {
             bail!(
-                "--command, --workdir, --cap-add, --empty-dir, --config-volume or --user for {image:?}, which no given image is named"
+                "--command, --workdir, --cap-add, --empty-dir, --config-volume, --user, --groups, --no-new-privileges or --read-only-root for {image:?}, which no given image is named"
             );
         }
     }

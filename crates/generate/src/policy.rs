@@ -32,6 +32,13 @@ pub struct PinnedImage {
     pub config_volumes: Vec<String>,
     /// The user and group its containers' processes run as.
     pub user: crate::ProcessUser,
+    /// The only supplementary groups its containers' processes may have (sorted).
+    pub groups: Vec<u32>,
+    /// Its containers must run with `no_new_privs` (the pod spec's
+    /// `allowPrivilegeEscalation: false`).
+    pub no_new_privileges: bool,
+    /// Its containers' root file system must be read-only (`readOnlyRootFilesystem: true`).
+    pub read_only_root: bool,
 }
 
 /// What the pod adds for all of its containers: the commands an exec may run, the
@@ -48,7 +55,8 @@ pub struct PodAllowances {
 
 /// Rules: the pod lifecycle allowed; `SetPolicy` refused; the sandbox container only as the
 /// guest's own pause; other containers only from their image's pinned layers, with their
-/// pinned command, working directory and environment; execs only of the commands the policy
+/// pinned command, working directory, environment, user and groups (and `no_new_privs` and a
+/// read-only root where the pod spec asks for them); execs only of the commands the policy
 /// lists (none unless asked: an exec is the host running code of its choice next to the
 /// pod's data), each judged by the image its container was allowed from (kept in the
 /// policy's state).
@@ -144,11 +152,26 @@ command_allowed(pinned) if { input.OCI.Process.Args == pinned.command }
 
 # The image's user and group (or the pod spec's `runAsUser`/`runAsGroup`): as root, a
 # program the image runs unprivileged could write where it should not, or behave otherwise.
-# (Supplementary groups are not judged.)
 user_allowed(pinned, process) if {
+    user_ids_allowed(pinned, process)
+    count(groups_denied(pinned, process)) == 0
+}
+user_ids_allowed(pinned, process) if {
     process.User.UID == pinned.user.uid
     process.User.GID == pinned.user.gid
 }
+# Supplementary groups only from the pinned ones: the user's primary group, the image's
+# /etc/group memberships containerd adds, the pod spec's `supplementalGroups` and `fsGroup`.
+# A group the node adds (0, say) would open files the pod keeps from its processes.
+groups_denied(pinned, process) := {g | some g in process.User.AdditionalGids; not g in pinned.groups}
+
+# What the pod spec makes stricter, the node must not loosen: `allowPrivilegeEscalation:
+# false` (without `no_new_privs` a setuid program of the image raises a process's
+# privileges again) and `readOnlyRootFilesystem`.
+privileges_allowed(pinned, _) if { not pinned.no_new_privileges }
+privileges_allowed(pinned, process) if { process.NoNewPrivileges == true }
+root_allowed(pinned) if { not pinned.read_only_root }
+root_allowed(_) if { input.OCI.Root.Readonly == true }
 
 # Environment: what the image's config sets, what the pod's spec sets (`policy_data.env`), the
 # pod's hostname, a terminal's TERM, and what Kubernetes derives from the services of the
@@ -411,6 +434,8 @@ CreateContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": state_
     layers_allowed(pinned)
     command_allowed(pinned)
     user_allowed(pinned, input.OCI.Process)
+    privileges_allowed(pinned, input.OCI.Process)
+    root_allowed(pinned)
     input.OCI.Process.Cwd == pinned.working_dir
     count(env_denied(pinned)) == 0
     count(duplicate_env_names(input.OCI.Process.Env)) == 0
@@ -490,8 +515,29 @@ CreateContainerRequest if {
 CreateContainerRequest if {
     not is_sandbox
     pinned := policy_data.images[image_name]
-    not user_allowed(pinned, input.OCI.Process)
+    not user_ids_allowed(pinned, input.OCI.Process)
     print("user", input.OCI.Process.User.UID, "group", input.OCI.Process.User.GID, "is not the one pinned for image", image_name)
+    false
+}
+CreateContainerRequest if {
+    not is_sandbox
+    pinned := policy_data.images[image_name]
+    some g in groups_denied(pinned, input.OCI.Process)
+    print("supplementary group", g, "is not allowed by the policy for image", image_name)
+    false
+}
+CreateContainerRequest if {
+    not is_sandbox
+    pinned := policy_data.images[image_name]
+    not privileges_allowed(pinned, input.OCI.Process)
+    print("image", image_name, "runs with no_new_privs (allowPrivilegeEscalation: false) by the policy")
+    false
+}
+CreateContainerRequest if {
+    not is_sandbox
+    pinned := policy_data.images[image_name]
+    not root_allowed(pinned)
+    print("image", image_name, "runs with a read-only root file system by the policy")
     false
 }
 CreateContainerRequest if {
@@ -543,6 +589,7 @@ ExecProcessRequest if {
     count(capabilities_denied(pinned, input.process)) == 0
     input.process.Cwd == pinned.working_dir
     user_allowed(pinned, input.process)
+    privileges_allowed(pinned, input.process)
 }
 exec_env_denied(pinned) := {e | some e in input.process.Env; not env_allowed(pinned, e)} | {e |
     some e in input.process.Env
@@ -580,8 +627,18 @@ ExecProcessRequest if {
 }
 ExecProcessRequest if {
     pinned := exec_image
-    not user_allowed(pinned, input.process)
+    not user_ids_allowed(pinned, input.process)
     print("user", input.process.User.UID, "group", input.process.User.GID, "is not the one pinned for image", data.pstate[input.container_id])
+    false
+}
+ExecProcessRequest if {
+    some g in groups_denied(exec_image, input.process)
+    print("supplementary group", g, "is not allowed by the policy for image", data.pstate[input.container_id])
+    false
+}
+ExecProcessRequest if {
+    not privileges_allowed(exec_image, input.process)
+    print("image", data.pstate[input.container_id], "runs with no_new_privs (allowPrivilegeEscalation: false) by the policy")
     false
 }
 ExecProcessRequest if {
@@ -659,6 +716,9 @@ pub fn policy_rego(images: &[PinnedImage], pod: &PodAllowances) -> String {
                 }).collect::<Vec<_>>(),
                 "config_volumes": image.config_volumes,
                 "user": { "uid": image.user.uid, "gid": image.user.gid },
+                "groups": image.groups,
+                "no_new_privileges": image.no_new_privileges,
+                "read_only_root": image.read_only_root,
             }),
         );
     }

@@ -52,6 +52,28 @@ pub fn by_uid(uid: u32, layers: &[Vec<u8>]) -> Result<ProcessUser> {
     Ok(ProcessUser { uid, gid })
 }
 
+/// The supplementary groups containerd's CRI gives a container from the image (`pkg/oci`'s
+/// `WithAdditionalGIDs`): those whose `/etc/group` entry lists, as a member, the name
+/// `/etc/passwd` gives `uid` — the pod spec's `runAsUser`, or 0 without one, whatever the
+/// image's own `User` (CRI looks the groups up by that number alone). A group named like the
+/// user is its primary one, not counted. Where the files are links (which containerd follows
+/// in the rootfs) none are counted: a container containerd gives them is then refused, never
+/// one given more.
+pub fn image_groups(uid: u32, layers: &[Vec<u8>]) -> Result<Vec<u32>> {
+    let accounts = Accounts::of(layers)?;
+    let (Ok(mut users), Ok(groups)) = (accounts.users(), accounts.members()) else {
+        return Ok(Vec::new());
+    };
+    let Some((name, _, _)) = users.find(|u| u.1 == uid) else {
+        return Ok(Vec::new());
+    };
+    let mut gids: Vec<u32> =
+        groups.filter(|(group, _, members)| *group != name && members.contains(&name)).map(|g| g.1).collect();
+    gids.sort_unstable();
+    gids.dedup();
+    Ok(gids)
+}
+
 /// A file of `/etc` as the layers leave it.
 #[derive(Debug, Clone)]
 enum EtcFile {
@@ -168,9 +190,19 @@ impl Accounts {
 
     /// `(name, gid)` of each `/etc/group` entry.
     fn groups(&self) -> Result<impl Iterator<Item = (String, u32)>> {
-        Ok(Self::lines(&self.group)?
-            .into_iter()
-            .map(|f| (f[0].clone(), f.get(2).and_then(|v| v.parse().ok()).unwrap_or(0))))
+        Ok(self.members()?.map(|(name, gid, _)| (name, gid)))
+    }
+
+    /// `(name, gid, members)` of each `/etc/group` entry (members: the comma-separated names
+    /// of its fourth field, trimmed).
+    fn members(&self) -> Result<impl Iterator<Item = (String, u32, Vec<String>)>> {
+        Ok(Self::lines(&self.group)?.into_iter().map(|f| {
+            let gid = f.get(2).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let members = f.get(3).map_or_else(Vec::new, |m| {
+                m.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect()
+            });
+            (f[0].clone(), gid, members)
+        }))
     }
 }
 
@@ -224,6 +256,22 @@ mod tests {
         assert!(user("a:b:c").is_err());
         // Numbers alone need no file at all.
         assert_eq!(resolve("5:6", &[b"not a layer".to_vec()]).expect("no look-up"), ProcessUser { uid: 5, gid: 6 });
+    }
+
+    #[test]
+    fn image_groups_are_the_memberships_of_the_looked_up_user() {
+        let layers = [layer(&[
+            ("etc/passwd", "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n"),
+            (
+                "etc/group",
+                "root:x:0:\napp:x:1000:app\nweb:x:33: app ,www\nwheel:x:10:root\naudio:x:29:\nweb2:x:33:app\n",
+            ),
+        ])];
+        let groups = |uid| image_groups(uid, &layers).expect("groups");
+        assert_eq!(groups(1000), [33], "its own group by name is its primary one; a gid once");
+        assert_eq!(groups(0), [10]);
+        assert_eq!(groups(4242), [0u32; 0], "no passwd entry: none");
+        assert_eq!(image_groups(0, &[link_layer("etc", "usr/etc")]).expect("links"), [0u32; 0], "links: none");
     }
 
     #[test]
