@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use contrast_cri_client::{container_config, cri, pod_config, CriClient};
 use contrast_tests::containerd::{Containerd, CRI_NAMESPACE, SIM_HANDLER};
-use contrast_tests::images::{blob_content, kubelet_volume, three_layers, write_archive};
+use contrast_tests::images::{blob_content, kubelet_volume, tar_layer, three_layers, write_archive, write_archive_as};
 use contrast_tests::{containerd_matrix, image_dir};
 use sha2::{Digest, Sha256};
 
@@ -19,6 +19,8 @@ const INIT_DATA_ANNOTATION: &str = "io.katacontainers.config.hypervisor.cc_init_
 const GOOD: &str = "docker.io/library/contrast-layered:good";
 /// Pinned with the good layers; the node has another top layer under this name.
 const SWAPPED: &str = "docker.io/library/contrast-layered:swapped";
+/// An image whose config names a user of its own (`app`).
+const USERS: &str = "docker.io/library/contrast-layered:users";
 
 fn import(cd: &Containerd, archive: &Path) {
     let out = cd.ctr_command(CRI_NAMESPACE).args(["image", "import"]).arg(archive).output().expect("ctr");
@@ -40,6 +42,7 @@ fn qemu_args_of(pod_id: &str) -> String {
 
 containerd_matrix! {
     async fn confidential_pod_runs_verified_layers_from_the_node(release: Release) {
+        let release_name = release.name;
         let cd = Containerd::start_release(release, Path::new(SHIM), &image_dir().expect("image")).expect("containerd");
         let dir = tempfile::tempdir().expect("tempdir");
         let good = dir.path().join("good.tar");
@@ -48,8 +51,21 @@ containerd_matrix! {
         write_archive(&pinned_swap, SWAPPED, &three_layers("upper replaces lower"), &["sleep", "1000"]).expect("archive");
         let node_swap = dir.path().join("swapped-node.tar");
         write_archive(&node_swap, SWAPPED, &three_layers("not what the policy pinned"), &["sleep", "1000"]).expect("archive");
+        // An image with a user of its own, and groups for it and for root in its /etc/group.
+        let accounts = tar_layer(
+            &[
+                ("etc/passwd", b"root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n".to_vec(), 0o644),
+                ("etc/group", b"root:x:0:\nwheel:x:10:root\nweb:x:33:app\napp:x:1000:\n".to_vec(), 0o644),
+            ],
+            &[],
+        );
+        let users = dir.path().join("users.tar");
+        let mut users_layers = three_layers("users");
+        users_layers.push(accounts);
+        write_archive_as(&users, USERS, &users_layers, &["sleep", "1000"], "app").expect("archive");
         import(&cd, &good);
         import(&cd, &node_swap);
+        import(&cd, &users);
 
         // The execs this test makes, and no other.
         let execs: Vec<Vec<String>> = [
@@ -80,7 +96,8 @@ containerd_matrix! {
             },
         )]);
         let init_data =
-            contrast_generate::init_data_for_archives(&[&good, &pinned_swap], &overrides, &pod_env).expect("generator");
+            contrast_generate::init_data_for_archives(&[&good, &pinned_swap, &users], &overrides, &pod_env)
+                .expect("generator");
         // The generator reading the node's containerd pins what it pins from the archive.
         let mut client = contrast_containerd_client::Client::connect(Path::new(&cd.socket()), CRI_NAMESPACE)
             .await
@@ -178,6 +195,14 @@ containerd_matrix! {
             .expect_err("an unpinned user");
         let msg = format!("{err:#}");
         assert!(msg.contains("user 1000 group 0 is not the one pinned for image"), "{msg}");
+        // An image's user gets the groups its /etc/group gives: containerd 1.6.20 looks them up
+        // for root without runAsUser, 1.7.24 and 2.1.9 for the image's User. Both are pinned.
+        let u = cri.run_container(&pod, "users", USERS, &["sleep", "1000"]).await.expect("an image's user and groups");
+        let (code, out, _) = cri.exec_sync(&u, &["cat", "/proc/self/status"]).await.expect("exec");
+        let status = String::from_utf8_lossy(&out);
+        let ids = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.split_whitespace().collect());
+        let want = if release_name == "1.6" { vec!["10", "1000"] } else { vec!["33", "1000"] };
+        assert_eq!((code, ids("Uid:"), ids("Groups:")), (0, Some(vec!["1000"; 4]), Some(want)), "{status}");
         // Supplementary groups beyond the pinned ones (wheel, here).
         let security = cri::LinuxContainerSecurityContext { supplemental_groups: vec![10], ..Default::default() };
         let err = cri

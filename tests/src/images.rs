@@ -62,6 +62,11 @@ fn digest(b: &[u8]) -> String {
 
 /// Writes an OCI image archive of `layers` named `name` with command `cmd`.
 pub fn write_archive(path: &Path, name: &str, layers: &[Vec<u8>], cmd: &[&str]) -> Result<()> {
+    write_archive_as(path, name, layers, cmd, "")
+}
+
+/// `write_archive` of an image whose config sets `User` to `user` (empty: none).
+pub fn write_archive_as(path: &Path, name: &str, layers: &[Vec<u8>], cmd: &[&str], user: &str) -> Result<()> {
     let mut t = tar::Builder::new(std::fs::File::create(path)?);
     let mut add = |file: &str, data: &[u8]| -> Result<()> {
         let mut h = tar::Header::new_gnu();
@@ -83,7 +88,7 @@ pub fn write_archive(path: &Path, name: &str, layers: &[Vec<u8>], cmd: &[&str]) 
     }
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": { "Env": ["PATH=/bin"], "Cmd": cmd },
+        "config": { "Env": ["PATH=/bin"], "Cmd": cmd, "User": user },
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     }))?;
     let config_digest = digest(&config);

@@ -179,9 +179,12 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
     };
     // Supplementary groups a process may have: its primary group (containerd lists it too),
     // the image's for the user CRI looks up, and the pod spec's.
-    let mut groups = user::image_groups(overrides.user.map_or(0, |u| u.0), &image.layers)
-        .with_context(|| format!("image {name}: its /etc/group"))?;
-    groups.push(user.gid);
+    let mut groups = vec![user.gid];
+    for lookup in user::group_lookups(overrides.user.map(|u| u.0), &image.config.user) {
+        groups.extend(
+            user::image_groups(&lookup, &image.layers).with_context(|| format!("image {name}: its /etc/group"))?,
+        );
+    }
     groups.extend(&overrides.groups);
     groups.sort_unstable();
     groups.dedup();
@@ -722,8 +725,8 @@ mod tests {
         let source = SourceImage { name: "x:1".into(), config, layers: vec![tar.into_inner().expect("tar")] };
         let pinned = pin(&source, &Overrides::default()).expect("pinned");
         assert_eq!(pinned.user, ProcessUser { uid: 1000, gid: 1000 });
-        // Without runAsUser, CRI looks up uid 0's groups, whatever the image's User.
-        assert_eq!(pinned.groups, [10, 1000]);
+        // Without runAsUser, containerd 1.6.20 looks up uid 0's groups, later ones the image's User's.
+        assert_eq!(pinned.groups, [10, 33, 1000]);
         let overrides = Overrides { user: Some((1000, None)), groups: vec![4000, 33], ..Default::default() };
         assert_eq!(pin(&source, &overrides).expect("pinned").groups, [33, 1000, 4000]);
     }
@@ -756,6 +759,20 @@ mod tests {
         assert!(create(&strict, &[1000], true, true));
         assert!(!create(&strict, &[1000], false, true), "no_new_privs dropped");
         assert!(!create(&strict, &[1000], true, false), "a writable root");
+        // … and, as containerd mounts them then, read-only copies of hosts, hostname, resolv.conf.
+        let with_hosts = |image: &PinnedImage, options: &[&str]| {
+            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+            r["OCI"]["Process"]["NoNewPrivileges"] = true.into();
+            r["OCI"]["Root"]["Readonly"] = true.into();
+            r["OCI"]["Mounts"].as_array_mut().expect("mounts").push(serde_json::json!({
+                "destination": "/etc/hosts", "type_": "bind", "source": "/run/kata-containers/shared/containers/c-hosts",
+                "options": options }));
+            eval(&policy_rego(std::slice::from_ref(image), &pod), r) == regorus::Value::Bool(true)
+        };
+        assert!(with_hosts(&strict, &["rbind", "rprivate", "ro"]));
+        assert!(!with_hosts(&strict, &["rbind", "rprivate"]), "a writable /etc/hosts");
+        assert!(!with_hosts(&strict, &["rbind", "ro", "rw"]), "rw after ro");
+        assert!(with_hosts(&plain, &["rbind", "rprivate"]), "writable where the root is");
         assert!(exec(&strict, &[1000], true));
         assert!(!exec(&strict, &[1000], false), "an exec without no_new_privs");
     }

@@ -322,6 +322,14 @@ mount_allowed(m) if {
     is_bind(m)
     name := copied_files[m.destination]
     m.source == concat("", ["/run/kata-containers/shared/containers/", input.container_id, "-", name])
+    copied_file_options_allowed(m)
+}
+# With a read-only root (the pod spec's readOnlyRootFilesystem) containerd mounts them
+# read-only too.
+copied_file_options_allowed(_) if { not policy_data.images[image_name].read_only_root }
+copied_file_options_allowed(m) if {
+    "ro" in m.options
+    not "rw" in m.options
 }
 # The pod's emptyDir volumes (a directory of the pod's own in the guest, shared by its
 # containers), each only where the pod spec mounts it: anywhere else it would hide the

@@ -52,26 +52,47 @@ pub fn by_uid(uid: u32, layers: &[Vec<u8>]) -> Result<ProcessUser> {
     Ok(ProcessUser { uid, gid })
 }
 
-/// The supplementary groups containerd's CRI gives a container from the image (`pkg/oci`'s
-/// `WithAdditionalGIDs`): those whose `/etc/group` entry lists, as a member, the name
-/// `/etc/passwd` gives `uid` — the pod spec's `runAsUser`, or 0 without one, whatever the
-/// image's own `User` (CRI looks the groups up by that number alone). A group named like the
-/// user is its primary one, not counted. Where the files are links (which containerd follows
-/// in the rootfs) none are counted: a container containerd gives them is then refused, never
-/// one given more.
-pub fn image_groups(uid: u32, layers: &[Vec<u8>]) -> Result<Vec<u32>> {
+/// The supplementary groups containerd gives a container from the image (`pkg/oci`'s
+/// `WithAdditionalGIDs`): those whose `/etc/group` entry lists `name` as a member, other than a
+/// group of that very name (the user's own). `name` is a user name, or a number, which
+/// `/etc/passwd` turns into one (without an entry: no groups). Where the files are links
+/// (which containerd follows in the rootfs) none are counted: a container containerd gives
+/// them is then refused, never one given more.
+pub fn image_groups(name: &str, layers: &[Vec<u8>]) -> Result<Vec<u32>> {
     let accounts = Accounts::of(layers)?;
     let (Ok(mut users), Ok(groups)) = (accounts.users(), accounts.members()) else {
         return Ok(Vec::new());
     };
-    let Some((name, _, _)) = users.find(|u| u.1 == uid) else {
-        return Ok(Vec::new());
+    let name = match name.parse::<u32>() {
+        Ok(uid) => match users.find(|u| u.1 == uid) {
+            Some((name, _, _)) => name,
+            None => return Ok(Vec::new()),
+        },
+        Err(_) => name.to_owned(),
     };
     let mut gids: Vec<u32> =
         groups.filter(|(group, _, members)| *group != name && members.contains(&name)).map(|g| g.1).collect();
     gids.sort_unstable();
     gids.dedup();
     Ok(gids)
+}
+
+/// Whom containerd's CRI looks supplementary groups up for: the pod spec's `runAsUser`, and
+/// without one, containerd 1.6.22, 1.7.3 and later take the image's `User` up to its first `:`
+/// (root when it has none), earlier ones root. Without `runAsUser` both are allowed: a policy
+/// does not know which containerd the node runs.
+pub fn group_lookups(run_as_user: Option<u32>, image_user: &str) -> Vec<String> {
+    match run_as_user {
+        Some(uid) => vec![uid.to_string()],
+        None if image_user.is_empty() => vec!["0".to_owned()],
+        None => vec!["0".to_owned(), image_user.split(':').next().unwrap_or_default().to_owned()],
+    }
+}
+
+/// A number field of `/etc/passwd` or `/etc/group` as containerd reads it (Go's `Atoi`, then a
+/// cast to `uint32`: `-1` is 4294967295; what is no number, 0).
+fn id_field(v: Option<&String>) -> u32 {
+    v.and_then(|v| v.parse::<i64>().ok()).map_or(0, |n| n as u32)
 }
 
 /// A file of `/etc` as the layers leave it.
@@ -127,10 +148,11 @@ impl Accounts {
                     _ => continue,
                 };
                 *slot = Some(Some(if kind.is_file() {
-                    let mut text = String::new();
-                    std::io::Read::read_to_string(&mut entry, &mut text)
+                    // Bytes, as containerd reads them: a name that is no UTF-8 matches nothing here.
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut entry, &mut bytes)
                         .with_context(|| format!("/{path} in a layer"))?;
-                    EtcFile::Text(text)
+                    EtcFile::Text(String::from_utf8_lossy(&bytes).into_owned())
                 } else {
                     EtcFile::Unresolvable(format!("/{path} is a link"))
                 }));
@@ -166,8 +188,7 @@ impl Accounts {
 
     /// `(name, uid, gid)` of each `/etc/passwd` entry (a field that is no number is 0).
     fn users(&self) -> Result<impl Iterator<Item = (String, u32, u32)>> {
-        let field = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Ok(Self::lines(&self.passwd)?.into_iter().map(move |f| (f[0].clone(), field(&f, 2), field(&f, 3))))
+        Ok(Self::lines(&self.passwd)?.into_iter().map(|f| (f[0].clone(), id_field(f.get(2)), id_field(f.get(3)))))
     }
 
     /// `(uid, gid)` of the `/etc/passwd` entry `name`.
@@ -193,15 +214,15 @@ impl Accounts {
         Ok(self.members()?.map(|(name, gid, _)| (name, gid)))
     }
 
-    /// `(name, gid, members)` of each `/etc/group` entry (members: the comma-separated names
-    /// of its fourth field, trimmed).
+    /// `(name, gid, members)` of each `/etc/group` entry (members: its fourth field split at
+    /// commas, untrimmed, empty names kept, as containerd splits it).
     fn members(&self) -> Result<impl Iterator<Item = (String, u32, Vec<String>)>> {
         Ok(Self::lines(&self.group)?.into_iter().map(|f| {
-            let gid = f.get(2).and_then(|v| v.parse().ok()).unwrap_or(0);
-            let members = f.get(3).map_or_else(Vec::new, |m| {
-                m.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect()
-            });
-            (f[0].clone(), gid, members)
+            let members = match f.get(3) {
+                Some(m) if !m.is_empty() => m.split(',').map(str::to_owned).collect(),
+                _ => Vec::new(),
+            };
+            (f[0].clone(), id_field(f.get(2)), members)
         }))
     }
 }
@@ -261,17 +282,27 @@ mod tests {
     #[test]
     fn image_groups_are_the_memberships_of_the_looked_up_user() {
         let layers = [layer(&[
-            ("etc/passwd", "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n"),
+            ("etc/passwd", "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\nneg:x:-1:0::/:/bin/sh\n"),
             (
                 "etc/group",
-                "root:x:0:\napp:x:1000:app\nweb:x:33: app ,www\nwheel:x:10:root\naudio:x:29:\nweb2:x:33:app\n",
+                "root:x:0:\napp:x:1000:app\nweb:x:33:app,www\nwheel:x:10:root\naudio:x:29: app \nweb2:x:33:app\n\
+                 odd:x:-1:app\ncomma:x:7:a,,b\n",
             ),
         ])];
-        let groups = |uid| image_groups(uid, &layers).expect("groups");
-        assert_eq!(groups(1000), [33], "its own group by name is its primary one; a gid once");
-        assert_eq!(groups(0), [10]);
-        assert_eq!(groups(4242), [0u32; 0], "no passwd entry: none");
-        assert_eq!(image_groups(0, &[link_layer("etc", "usr/etc")]).expect("links"), [0u32; 0], "links: none");
+        let groups = |name: &str| image_groups(name, &layers).expect("groups");
+        assert_eq!(
+            groups("1000"),
+            [33, u32::MAX],
+            "its own group by name is not counted; a gid once; -1 as Go casts it"
+        );
+        assert_eq!(groups("app"), groups("1000"), "a name needs no /etc/passwd look-up");
+        assert_eq!(groups("0"), [10]);
+        assert_eq!(groups("4242"), [0u32; 0], "no passwd entry: none");
+        assert_eq!(groups(""), [7], "an empty name is an empty member, as containerd splits the list");
+        assert_eq!(image_groups("0", &[link_layer("etc", "usr/etc")]).expect("links"), [0u32; 0], "links: none");
+        assert_eq!(group_lookups(Some(1000), "app"), ["1000"]);
+        assert_eq!(group_lookups(None, "app:web"), ["0", "app"], "containerd before and since 1.6.22/1.7.3");
+        assert_eq!(group_lookups(None, ""), ["0"]);
     }
 
     #[test]
