@@ -7,6 +7,9 @@
 //! it). The files of configMap, secret, projected and downwardAPI volumes (kubelet writes
 //! them, the pod only reads them) are copied to a directory per container and volume, and
 //! kept up to date while the container lives ([`watch`]): kubelet changes them in place.
+//! A `subPath` of such a volume (a file or a directory of it, which kubelet binds for the
+//! container) is copied once, to a place of its own per container and mount: Kubernetes does
+//! not update subPath mounts either.
 //! Any other host bind mount cannot reach such a guest and is left out.
 
 use std::collections::BTreeMap;
@@ -105,6 +108,21 @@ pub async fn guest_mounts(
             volumes.push(volume);
             continue;
         }
+        if let Some(index) = m.source().as_deref().and_then(kubelet_subpath) {
+            let host = m.source().clone().expect("a source");
+            let guest = format!("{GUEST_DIR}/{container}.subpaths/{index}");
+            copy_subpath(agent, &host, &guest).await.map_err(|e| {
+                ShimError::InvalidArgument(format!(
+                    "mount {}: subPath {}: {e}",
+                    m.destination().display(),
+                    host.display()
+                ))
+            })?;
+            let mut copy = m.clone();
+            copy.set_source(Some(guest.into()));
+            out.push(copy);
+            continue;
+        }
         let destination = m.destination().to_string_lossy().into_owned();
         let Some(name) = COPIED.iter().find(|d| **d == destination).and_then(|d| d.rsplit('/').next()) else {
             tracing::info!(container, %destination, "host bind mount left out on the confidential path");
@@ -170,6 +188,40 @@ fn kubelet_volume<'a>(source: &'a Path, plugins: &[&str]) -> Option<&'a str> {
     // Whether the name is a volume name (a DNS label) the agent or the policy decides.
     let known = plugins.iter().any(|p| plugin.file_name() == Some(std::ffi::OsStr::new(p)));
     (known && plugin.parent()?.file_name()? == "volumes").then_some(name)
+}
+
+/// The mount index of a kubelet subPath bind of a volume of [`COPIED_VOLUME_PLUGINS`]
+/// (`<kubelet root>/pods/<pod uid>/volume-subpaths/<volume>/<container>/<index>`, the pod's
+/// `volumes/<plugin>/<volume>` one of those).
+fn kubelet_subpath(source: &Path) -> Option<&str> {
+    let index = source.file_name()?.to_str()?;
+    let volume = source.parent()?.parent()?;
+    let subpaths = volume.parent()?;
+    let pod = subpaths.parent()?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) || subpaths.file_name()? != "volume-subpaths" {
+        return None;
+    }
+    let volume = volume.file_name()?;
+    COPIED_VOLUME_PLUGINS.iter().any(|p| pod.join("volumes").join(p).join(volume).is_dir()).then_some(index)
+}
+
+/// Copies a subPath of a kubelet-written volume (a file, or a directory with everything
+/// below it) to `guest`, once.
+async fn copy_subpath(agent: &AgentClient, host: &Path, guest: &str) -> Result<(), String> {
+    let path = host.to_owned();
+    let meta = tokio::task::spawn_blocking(move || std::fs::metadata(&path)).await.map_err(|e| e.to_string())?;
+    let meta = meta.map_err(|e| e.to_string())?;
+    if meta.is_dir() {
+        let mut copy = CopiedVolume { host: host.to_owned(), guest: guest.to_owned(), sent: BTreeMap::new() };
+        return copy.sync(agent, None).await.map(drop);
+    }
+    if !meta.is_file() || meta.len() > MAX_VOLUME_FILE {
+        return Err(format!("neither a directory nor a file of at most {MAX_VOLUME_FILE} bytes"));
+    }
+    let path = host.to_owned();
+    let data = tokio::task::spawn_blocking(move || std::fs::read(&path)).await.map_err(|e| e.to_string())?;
+    let data = data.map_err(|e| format!("reading it: {e}"))?;
+    send_file(agent, guest, &data, meta.mode() & 0o7777, meta.uid(), meta.gid()).await.map_err(|e| e.to_string())
 }
 
 /// The files of a kubelet-written volume as a container sees them: each path below the
@@ -377,6 +429,23 @@ mod tests {
         assert_eq!(copied("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~configmap/config"), Some("config"));
         assert_eq!(copied("/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~empty-dir/cache"), None);
         assert_eq!(copied("/var/lib/kubelet/pods/0c1d/volume-subpaths/config/app/0"), None);
+    }
+
+    #[test]
+    fn kubelet_subpaths_of_copied_volumes_by_their_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = dir.path().join("pods/0c1d");
+        std::fs::create_dir_all(pod.join("volumes/kubernetes.io~configmap/config")).expect("configMap");
+        std::fs::create_dir_all(pod.join("volumes/kubernetes.io~empty-dir/cache")).expect("emptyDir");
+        let subpath = |rel: &str| {
+            let p = pod.join(rel);
+            kubelet_subpath(&p).map(str::to_owned)
+        };
+        assert_eq!(subpath("volume-subpaths/config/app/2").as_deref(), Some("2"));
+        assert_eq!(subpath("volume-subpaths/cache/app/0"), None, "an emptyDir's: the guest's own");
+        assert_eq!(subpath("volume-subpaths/other/app/0"), None, "no such volume");
+        assert_eq!(subpath("volume-subpaths/config/app/x"), None, "no index");
+        assert_eq!(subpath("volumes/kubernetes.io~configmap/config"), None);
     }
 
     #[test]

@@ -77,6 +77,7 @@ containerd_matrix! {
             &["cat", "/cache/note"],
             &["cat", "/etc/app/greeting", "/etc/app/conf/level"],
             &["cat", "/proc/self/status"],
+            &["cat", "/etc/greeting"],
         ]
         .iter()
         .map(|c| c.iter().map(|a| a.to_string()).collect())
@@ -89,7 +90,7 @@ containerd_matrix! {
             GOOD.to_owned(),
             contrast_generate::Overrides {
                 empty_dirs: vec![("cache".into(), "/cache".into())],
-                config_volumes: vec!["/etc/app".into()],
+                config_volumes: vec!["/etc/app".into(), "/etc/greeting".into()],
                 // The pod spec's supplementalGroups.
                 groups: vec![4000],
                 ..Default::default()
@@ -125,6 +126,17 @@ containerd_matrix! {
             readonly: true,
             ..Default::default()
         };
+        // One key of it by subPath at /etc/greeting: kubelet binds the file for the container
+        // at volume-subpaths/<volume>/<container>/<mount index> (here a copy of it).
+        let subpath = dir.path().join("pods/uid-layered/volume-subpaths/settings/app/2");
+        std::fs::create_dir_all(subpath.parent().expect("parent")).expect("subpath dir");
+        std::fs::write(&subpath, "hi\n").expect("subpath file");
+        let greeting_mount = cri::Mount {
+            container_path: "/etc/greeting".into(),
+            host_path: subpath.to_string_lossy().into_owned(),
+            readonly: true,
+            ..Default::default()
+        };
         let annotations = HashMap::from([(INIT_DATA_ANNOTATION.to_owned(), init_data.annotation())]);
         let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
         let mut config = pod_config("layered", "default");
@@ -145,6 +157,7 @@ containerd_matrix! {
             config
         };
         let mut app = with_env("app", "GREETING", "hello");
+        app.mounts.push(greeting_mount);
         app.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 supplemental_groups: vec![4000],
@@ -229,6 +242,8 @@ containerd_matrix! {
         assert!(files.contains("nameserver 10.88.0.53") && files.contains("search svc.example"), "{files}");
         assert!(files.contains("layered-host"), "hostname and hosts: {files}");
         // The configMap's files, copied in, and kept up to date when kubelet changes them.
+        let (code, out, err) = cri.exec_sync(&c, &["cat", "/etc/greeting"]).await.expect("exec");
+        assert_eq!((code, out.as_slice()), (0, &b"hi\n"[..]), "the subPath: {}", String::from_utf8_lossy(&err));
         let settings_cmd = ["cat", "/etc/app/greeting", "/etc/app/conf/level"];
         let (code, out, err) = cri.exec_sync(&c, &settings_cmd).await.expect("exec");
         assert_eq!((code, out.as_slice()), (0, &b"hi\n1\n"[..]), "{}", String::from_utf8_lossy(&err));

@@ -112,8 +112,8 @@ pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
     Ok(())
 }
 
-/// Everything copied in for container `id`: its copied files and its volume directory
-/// (by name: nothing of another container's, whatever a spec names).
+/// Everything copied in for container `id`: its copied files, its volume directory and its
+/// subPath copies (by name: nothing of another container's, whatever a spec names).
 pub fn copies_named(id: &str) -> Vec<PathBuf> {
     copies_named_in(Path::new(COPY_DIR), id)
 }
@@ -125,7 +125,7 @@ fn copies_named_in(dir: &Path, id: &str) -> Vec<PathBuf> {
     COPIED_NAMES
         .iter()
         .map(|n| format!("{id}-{n}"))
-        .chain(std::iter::once(format!("{id}.volumes")))
+        .chain([format!("{id}.volumes"), format!("{id}.subpaths")])
         .map(|name| dir.join(name))
         .collect()
 }
@@ -166,7 +166,8 @@ mod tests {
 
     #[test]
     fn a_container_s_copies_are_its_own_names() {
-        let want = ["c-hosts", "c-hostname", "c-resolv.conf", "c.volumes"].map(|n| PathBuf::from(COPY_DIR).join(n));
+        let want = ["c-hosts", "c-hostname", "c-resolv.conf", "c.volumes", "c.subpaths"]
+            .map(|n| PathBuf::from(COPY_DIR).join(n));
         assert_eq!(copies_named("c"), want);
         for bad in ["", "../x", ".partial", "a/b"] {
             assert!(copies_named(bad).is_empty(), "{bad}");
@@ -174,16 +175,18 @@ mod tests {
     }
 
     #[test]
-    fn copies_go_files_and_volume_directories_alike() {
+    fn copies_go_files_volume_directories_and_subpaths_alike() {
         let dir = tempfile::tempdir().expect("tempdir");
         // Container c's copies (no resolv.conf: gone already is fine), and those of "c-b" and "d".
         for name in ["c-hosts", "c-hostname", "c-b-hosts", "d-hosts"] {
             std::fs::write(dir.path().join(name), "127.0.0.1 localhost\n").expect("file");
         }
-        for volume in ["c.volumes/config/conf", "c-b.volumes/config"] {
+        for volume in ["c.volumes/config/conf", "c-b.volumes/config", "c.subpaths/1"] {
             std::fs::create_dir_all(dir.path().join(volume)).expect("volume");
         }
         std::fs::write(dir.path().join("c.volumes/config/conf/app.yaml"), "a: 1\n").expect("key");
+        std::fs::create_dir_all(dir.path().join("c.subpaths")).expect("subpaths");
+        std::fs::write(dir.path().join("c.subpaths/0"), "a: 1\n").expect("a subPath file");
         remove(&copies_named_in(dir.path(), "c"));
         let mut left: Vec<_> = std::fs::read_dir(dir.path())
             .expect("dir")

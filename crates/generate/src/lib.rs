@@ -362,6 +362,24 @@ mod tests {
         ] {
             assert_eq!(copy(&bad), regorus::Value::Bool(false), "{bad}");
         }
+        // A subPath of one: copied once to its own place, mounted like the volume.
+        let subpath = format!("{dir}/c.subpaths/2");
+        assert!(config_volume(&subpath, sa, &["rbind", "ro"]));
+        assert!(!config_volume(&subpath, sa, &["rbind"]), "writable");
+        assert!(!config_volume(&subpath, "/etc/passwd", &["rbind", "ro"]), "over the image's files");
+        for other in [
+            format!("{dir}/other.subpaths/2"),
+            format!("{dir}/c.subpaths/2/x"),
+            format!("{dir}/c.subpaths/x"),
+            format!("{dir}/c.subpaths/"),
+        ] {
+            assert!(!config_volume(&other, sa, &["rbind", "ro"]), "{other}");
+        }
+        assert_eq!(copy(&format!("{dir}/c.subpaths/2")), regorus::Value::Bool(true), "a file");
+        assert_eq!(copy(&format!("{dir}/c.subpaths/2/conf/extra.ini")), regorus::Value::Bool(true), "a directory's");
+        for bad in [format!("{dir}/c.subpaths"), format!("{dir}/c.subpaths/x"), format!("{dir}/.subpaths/0")] {
+            assert_eq!(copy(&bad), regorus::Value::Bool(false), "{bad}");
+        }
     }
 
     fn request(root_hash: &str, args: &[&str]) -> serde_json::Value {

@@ -358,8 +358,26 @@ mount_allowed(m) if {
     "ro" in m.options
     not "rw" in m.options
 }
-# Their files: <dir>/<container id>.volumes/<volume name>/<path in the volume> (the agent
-# takes only canonical paths); mounted only as above.
+# A subPath of such a volume (a file or a directory of it), copied once for this container
+# and mount (`<container id>.subpaths/<mount index>`), read-only, only where the pod spec
+# mounts one (`--config-volume` names the subPath mount's path).
+mount_allowed(m) if {
+    is_bind(m)
+    m.destination in image_config_volumes
+    prefix := concat("", [config_volume_dir, input.container_id, ".subpaths/"])
+    startswith(m.source, prefix)
+    mount_index(substring(m.source, count(prefix), -1))
+    "ro" in m.options
+    not "rw" in m.options
+}
+mount_index(i) if {
+    count(i) > 0
+    count(i) <= 4
+    trim(i, "0123456789") == ""
+}
+# Their files: <dir>/<container id>.volumes/<volume name>/<path in the volume> and
+# <dir>/<container id>.subpaths/<mount index>[/<path in a directory>] (the agent takes only
+# canonical paths); mounted only as above.
 CopyFileRequest if {
     startswith(input.path, config_volume_dir)
     parts := split(substring(input.path, count(config_volume_dir), -1), "/")
@@ -367,6 +385,14 @@ CopyFileRequest if {
     endswith(parts[0], ".volumes")
     plain_id(trim_suffix(parts[0], ".volumes"))
     volume_label(parts[1])
+}
+CopyFileRequest if {
+    startswith(input.path, config_volume_dir)
+    parts := split(substring(input.path, count(config_volume_dir), -1), "/")
+    count(parts) > 1
+    endswith(parts[0], ".subpaths")
+    plain_id(trim_suffix(parts[0], ".subpaths"))
+    mount_index(parts[1])
 }
 # A Kubernetes volume name: a DNS label.
 volume_label(n) if {
