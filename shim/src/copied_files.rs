@@ -111,13 +111,7 @@ pub async fn guest_mounts(
         if let Some(index) = m.source().as_deref().and_then(kubelet_subpath) {
             let host = m.source().clone().expect("a source");
             let guest = format!("{GUEST_DIR}/{container}.subpaths/{index}");
-            copy_subpath(agent, &host, &guest).await.map_err(|e| {
-                ShimError::InvalidArgument(format!(
-                    "mount {}: subPath {}: {e}",
-                    m.destination().display(),
-                    host.display()
-                ))
-            })?;
+            copy_subpath(agent, &host, &guest, m.destination()).await?;
             let mut copy = m.clone();
             copy.set_source(Some(guest.into()));
             out.push(copy);
@@ -205,23 +199,43 @@ fn kubelet_subpath(source: &Path) -> Option<&str> {
     COPIED_VOLUME_PLUGINS.iter().any(|p| pod.join("volumes").join(p).join(volume).is_dir()).then_some(index)
 }
 
-/// Copies a subPath of a kubelet-written volume (a file, or a directory with everything
-/// below it) to `guest`, once.
-async fn copy_subpath(agent: &AgentClient, host: &Path, guest: &str) -> Result<(), String> {
+/// Copies a subPath of a kubelet-written volume (a file, or a directory with the files below
+/// it) to `guest`, once. The guest's own refusal keeps its code (a policy denial stays
+/// PermissionDenied); what is wrong on the host is InvalidArgument.
+async fn copy_subpath(agent: &AgentClient, host: &Path, guest: &str, destination: &Path) -> Result<(), ShimError> {
+    let bad = |why: String| {
+        ShimError::InvalidArgument(format!("mount {}: subPath {}: {why}", destination.display(), host.display()))
+    };
     let path = host.to_owned();
-    let meta = tokio::task::spawn_blocking(move || std::fs::metadata(&path)).await.map_err(|e| e.to_string())?;
-    let meta = meta.map_err(|e| e.to_string())?;
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<(std::fs::Metadata, Option<Vec<u8>>)> {
+        let file = std::fs::File::open(&path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.len() > MAX_VOLUME_FILE {
+            return Ok((meta, None));
+        }
+        // At most one byte past the limit: a file that grew since is refused, not read whole.
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_VOLUME_FILE + 1), &mut data)?;
+        Ok((meta, Some(data)))
+    });
+    let (meta, data) = read.await.map_err(|e| bad(e.to_string()))?.map_err(|e| bad(e.to_string()))?;
     if meta.is_dir() {
         let mut copy = CopiedVolume { host: host.to_owned(), guest: guest.to_owned(), sent: BTreeMap::new() };
-        return copy.sync(agent, None).await.map(drop);
+        // CopyFile makes files (and their directories), never an empty directory.
+        return match copy.sync(agent, None).await.map_err(bad)? {
+            0 => {
+                Err(bad("an empty directory (a key the volume does not have?) cannot be copied into the guest".into()))
+            }
+            _ => Ok(()),
+        };
     }
-    if !meta.is_file() || meta.len() > MAX_VOLUME_FILE {
-        return Err(format!("neither a directory nor a file of at most {MAX_VOLUME_FILE} bytes"));
+    match data {
+        Some(data) if data.len() as u64 <= MAX_VOLUME_FILE => {
+            Ok(send_file(agent, guest, &data, meta.mode() & 0o7777, meta.uid(), meta.gid()).await?)
+        }
+        _ if meta.is_file() => Err(bad(format!("a file of {} bytes, more than {MAX_VOLUME_FILE}", meta.len()))),
+        _ => Err(bad(format!("neither a file nor a directory ({:?})", meta.file_type()))),
     }
-    let path = host.to_owned();
-    let data = tokio::task::spawn_blocking(move || std::fs::read(&path)).await.map_err(|e| e.to_string())?;
-    let data = data.map_err(|e| format!("reading it: {e}"))?;
-    send_file(agent, guest, &data, meta.mode() & 0o7777, meta.uid(), meta.gid()).await.map_err(|e| e.to_string())
 }
 
 /// The files of a kubelet-written volume as a container sees them: each path below the

@@ -381,8 +381,9 @@ impl Inner {
     /// The guest spec and storages of a container on the confidential path: the sandbox
     /// runs the guest's own pause; any other container its image's verified layers. Host
     /// bind mounts cannot reach such a guest (no host share): the pod's hosts, hostname and
-    /// resolv.conf and its configMap, secret, projected and downwardAPI volumes are copied in
-    /// ([`crate::copied_files`]), emptyDirs are the guest's own, any other is left out.
+    /// resolv.conf and its configMap, secret, projected and downwardAPI volumes (and subPaths
+    /// of them) are copied in ([`crate::copied_files`]), emptyDirs are the guest's own, any
+    /// other is left out.
     async fn confidential_container(
         &self,
         pod: &Arc<Pod>,

@@ -258,6 +258,9 @@ containerd_matrix! {
             assert!(std::time::Instant::now() < deadline, "the update never reached the guest: {now:?}");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // The subPath was copied once: Kubernetes does not update subPath mounts either.
+        let (_, out, _) = cri.exec_sync(&c, &["cat", "/etc/greeting"]).await.expect("exec");
+        assert_eq!(out, b"hi\n", "the subPath after the volume's update");
         // Any other exec is the node running code of its choice beside the pod's data.
         let err = cri.exec_sync(&c, &["cat", "/etc/shadow"]).await.expect_err("an unlisted exec");
         let msg = format!("{err:#}");

@@ -11,8 +11,9 @@
 //! `file_size` bytes are there, so a container never sees half a file, nor an updated one
 //! half written.
 //!
-//! A container's copies are `<id>-hosts`, `<id>-hostname`, `<id>-resolv.conf` and the
-//! directory `<id>.volumes` (one directory per volume in it); they go when the container is
+//! A container's copies are `<id>-hosts`, `<id>-hostname`, `<id>-resolv.conf`, the
+//! directory `<id>.volumes` (one directory per volume in it) and the directory
+//! `<id>.subpaths` (a file or directory per subPath mount); they go when the container is
 //! removed, when its create fails or is refused, and when the host removes an id the agent
 //! has no container of ([`copies_named`]).
 
@@ -181,11 +182,10 @@ mod tests {
         for name in ["c-hosts", "c-hostname", "c-b-hosts", "d-hosts"] {
             std::fs::write(dir.path().join(name), "127.0.0.1 localhost\n").expect("file");
         }
-        for volume in ["c.volumes/config/conf", "c-b.volumes/config", "c.subpaths/1"] {
+        for volume in ["c.volumes/config/conf", "c-b.volumes/config", "c.subpaths/1", "c-b.subpaths/0"] {
             std::fs::create_dir_all(dir.path().join(volume)).expect("volume");
         }
         std::fs::write(dir.path().join("c.volumes/config/conf/app.yaml"), "a: 1\n").expect("key");
-        std::fs::create_dir_all(dir.path().join("c.subpaths")).expect("subpaths");
         std::fs::write(dir.path().join("c.subpaths/0"), "a: 1\n").expect("a subPath file");
         remove(&copies_named_in(dir.path(), "c"));
         let mut left: Vec<_> = std::fs::read_dir(dir.path())
@@ -194,7 +194,7 @@ mod tests {
             .map(|e| e.file_name().into_string().expect("utf-8"))
             .collect();
         left.sort();
-        assert_eq!(left, ["c-b-hosts", "c-b.volumes", "d-hosts"], "another container's stay");
+        assert_eq!(left, ["c-b-hosts", "c-b.subpaths", "c-b.volumes", "d-hosts"], "another container's stay");
     }
 
     #[test]

@@ -366,12 +366,15 @@ mod tests {
         let subpath = format!("{dir}/c.subpaths/2");
         assert!(config_volume(&subpath, sa, &["rbind", "ro"]));
         assert!(!config_volume(&subpath, sa, &["rbind"]), "writable");
+        assert!(!config_volume(&subpath, sa, &["rbind", "ro", "rw"]), "writable after all");
         assert!(!config_volume(&subpath, "/etc/passwd", &["rbind", "ro"]), "over the image's files");
         for other in [
             format!("{dir}/other.subpaths/2"),
             format!("{dir}/c.subpaths/2/x"),
             format!("{dir}/c.subpaths/x"),
             format!("{dir}/c.subpaths/"),
+            format!("{dir}/c.subpaths/12345"),
+            format!("{dir}/c.subpaths/2/.."),
         ] {
             assert!(!config_volume(&other, sa, &["rbind", "ro"]), "{other}");
         }
