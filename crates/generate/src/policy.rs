@@ -327,10 +327,7 @@ mount_allowed(m) if {
 # With a read-only root (the pod spec's readOnlyRootFilesystem) containerd mounts them
 # read-only too.
 copied_file_options_allowed(_) if { not policy_data.images[image_name].read_only_root }
-copied_file_options_allowed(m) if {
-    "ro" in m.options
-    not "rw" in m.options
-}
+copied_file_options_allowed(m) if read_only(m)
 # The pod's emptyDir volumes (a directory of the pod's own in the guest, shared by its
 # containers), each only where the pod spec mounts it: anywhere else it would hide the
 # image's files.
@@ -349,24 +346,23 @@ mount_allowed(m) if {
 default image_config_volumes := []
 image_config_volumes := v if { v := policy_data.images[image_name].config_volumes }
 config_volume_dir := "/run/kata-containers/shared/containers/"
+# A subPath of such a volume (a file or a directory of it) is copied once for this container
+# and mount (`<container id>.subpaths/<mount index>`) and allowed alike (`--config-volume`
+# names the subPath mount's path).
 mount_allowed(m) if {
     is_bind(m)
     m.destination in image_config_volumes
-    prefix := concat("", [config_volume_dir, input.container_id, ".volumes/"])
-    startswith(m.source, prefix)
-    volume_label(substring(m.source, count(prefix), -1))
-    "ro" in m.options
-    not "rw" in m.options
+    own_config_copy(m.source)
+    read_only(m)
 }
-# A subPath of such a volume (a file or a directory of it), copied once for this container
-# and mount (`<container id>.subpaths/<mount index>`), read-only, only where the pod spec
-# mounts one (`--config-volume` names the subPath mount's path).
-mount_allowed(m) if {
-    is_bind(m)
-    m.destination in image_config_volumes
-    prefix := concat("", [config_volume_dir, input.container_id, ".subpaths/"])
-    startswith(m.source, prefix)
-    mount_index(substring(m.source, count(prefix), -1))
+own_config_copy(source) if volume_label(own_copy_name(source, ".volumes/"))
+own_config_copy(source) if mount_index(own_copy_name(source, ".subpaths/"))
+# What follows this container's `<id><kind>` in the copies' directory.
+own_copy_name(source, kind) := substring(source, count(prefix), -1) if {
+    prefix := concat("", [config_volume_dir, input.container_id, kind])
+    startswith(source, prefix)
+}
+read_only(m) if {
     "ro" in m.options
     not "rw" in m.options
 }
