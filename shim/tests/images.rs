@@ -86,16 +86,20 @@ containerd_matrix! {
         let pod_env =
             contrast_generate::PodAllowances { execs, env: vec!["GREETING=hello".into()], ..Default::default() };
         // The pod's emptyDir volume `cache`, mounted at /cache.
-        let overrides = std::collections::BTreeMap::from([(
-            GOOD.to_owned(),
-            contrast_generate::Overrides {
-                empty_dirs: vec![("cache".into(), "/cache".into())],
-                config_volumes: vec!["/etc/app".into(), "/etc/greeting".into()],
-                // The pod spec's supplementalGroups.
-                groups: vec![4000],
-                ..Default::default()
-            },
-        )]);
+        let overrides = std::collections::BTreeMap::from([
+            (
+                GOOD.to_owned(),
+                contrast_generate::Overrides {
+                    empty_dirs: vec![("cache".into(), "/cache".into())],
+                    config_volumes: vec!["/etc/app".into(), "/etc/greeting".into()],
+                    // The pod spec's supplementalGroups.
+                    groups: vec![4000],
+                    ..Default::default()
+                },
+            ),
+            // The users container's spec sets ROLE (`--container-env`): it must be there.
+            (USERS.to_owned(), contrast_generate::Overrides { env: vec!["ROLE=reader".into()], ..Default::default() }),
+        ]);
         let init_data =
             contrast_generate::init_data_for_archives(&[&good, &pinned_swap, &users], &overrides, &pod_env)
                 .expect("generator");
@@ -210,7 +214,12 @@ containerd_matrix! {
         assert!(msg.contains("user 1000 group 0 is not the one pinned for image"), "{msg}");
         // An image's user gets the groups its /etc/group gives: containerd 1.6.20 looks them up
         // for root without runAsUser, 1.7.24 and 2.1.9 for the image's User. Both are pinned.
-        let u = cri.run_container(&pod, "users", USERS, &["sleep", "1000"]).await.expect("an image's user and groups");
+        let err = cri.run_container(&pod, "no-role", USERS, &["sleep", "1000"]).await.expect_err("ROLE left out");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("environment variable ROLE=reader of the container's spec is missing"), "{msg}");
+        let mut users = container_config("users", USERS, &["sleep", "1000"]);
+        users.envs = vec![cri::KeyValue { key: "ROLE".into(), value: "reader".into() }];
+        let u = cri.run_container_config(&pod, users).await.expect("an image's user and groups");
         let (code, out, _) = cri.exec_sync(&u, &["cat", "/proc/self/status"]).await.expect("exec");
         let status = String::from_utf8_lossy(&out);
         let ids = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.split_whitespace().collect());

@@ -152,6 +152,10 @@ pub struct Overrides {
     pub no_new_privileges: bool,
     /// The container's `readOnlyRootFilesystem: true`.
     pub read_only_root: bool,
+    /// The container spec's `env` (`NAME=VALUE`, values as kubelet resolves them): each must
+    /// be there, with exactly this value. A later entry of a name replaces an earlier one, as
+    /// in Kubernetes.
+    pub env: Vec<String>,
 }
 
 pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
@@ -188,6 +192,14 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
     groups.extend(&overrides.groups);
     groups.sort_unstable();
     groups.dedup();
+    let mut container_env: Vec<String> = Vec::new();
+    for e in &overrides.env {
+        let Some((var, _)) = e.split_once('=').filter(|(var, _)| !var.is_empty()) else {
+            bail!("image {name}: environment entry {e:?} is not NAME=VALUE");
+        };
+        container_env.retain(|f| f.split_once('=').map(|(n, _)| n) != Some(var));
+        container_env.push(e.clone());
+    }
     let command = overrides.command.clone().unwrap_or_else(|| image.config.command.clone());
     if command.is_empty() {
         bail!("image {name} has neither Entrypoint nor Cmd: give its command with --command {name}=JSON");
@@ -205,6 +217,7 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         groups,
         no_new_privileges: overrides.no_new_privileges,
         read_only_root: overrides.read_only_root,
+        container_env,
     })
 }
 
@@ -249,6 +262,7 @@ mod tests {
             groups: vec![1000, 2000],
             no_new_privileges: false,
             read_only_root: false,
+            container_env: vec![],
         }
     }
 
@@ -634,6 +648,50 @@ mod tests {
         assert!(!exec(&["PATH=/bin", "LD_PRELOAD=/etc/hosts"], "/srv"), "an exec's environment");
         assert!(!exec(&["PATH=/bin"], "/tmp"), "an exec's working directory");
         assert!(!exec(&["PATH=/bin", "PATH=/bin"], "/srv"), "an exec's name twice");
+    }
+
+    #[test]
+    fn the_container_specs_environment_is_there_with_its_values() {
+        let pod =
+            PodAllowances { execs: vec![vec!["env".into()]], env: vec!["MODE=open".into()], ..Default::default() };
+        let mut pinned = image();
+        pinned.container_env = vec!["MODE=strict".into(), "TLS=on".into(), "PATH=/opt/bin".into()];
+        let rego = policy_rego(&[pinned], &pod);
+        let create = |env: &[&str]| {
+            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+            r["OCI"]["Process"]["Env"] = serde_json::json!(env);
+            eval(&rego, r) == regorus::Value::Bool(true)
+        };
+        // The container's PATH replaces the image's, as containerd merges them.
+        assert!(create(&["PATH=/opt/bin", "MODE=strict", "TLS=on"]));
+        assert!(create(&["TLS=on", "HOSTNAME=web-0", "MODE=strict", "PATH=/opt/bin"]), "in any order");
+        assert!(!create(&["PATH=/opt/bin", "MODE=strict"]), "one left out: TLS");
+        assert!(!create(&["PATH=/opt/bin", "MODE=strict", "TLS=off"]), "another value");
+        assert!(!create(&["PATH=/opt/bin", "MODE=open", "TLS=on"]), "the pod-wide --env's value instead");
+        assert!(!create(&["PATH=/bin", "MODE=strict", "TLS=on"]), "the image's PATH instead of the container's");
+        assert!(!create(&["PATH=/opt/bin", "MODE=strict", "TLS=on", "TLS=off"]), "a second value after it");
+        // An exec may carry them (containerd gives it the container's environment).
+        let exec = |env: &[&str]| {
+            let input = serde_json::json!({ "container_id": "c",
+                "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": env, "Cwd": "/srv", "Capabilities": { "Bounding": [] } } });
+            eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
+        };
+        assert!(exec(&["PATH=/opt/bin", "TLS=on"]));
+        assert!(!exec(&["TLS=off"]));
+        // As Kubernetes takes a name given twice: the later entry.
+        let source = SourceImage {
+            name: "app".into(),
+            layers: vec![],
+            config: ImageConfig { command: vec!["true".into()], ..Default::default() },
+        };
+        let env =
+            |entries: &[&str]| Overrides { env: entries.iter().map(|e| e.to_string()).collect(), ..Default::default() };
+        let pinned = pin(&source, &env(&["A=1", "B=2", "A=3"])).expect("pin");
+        assert_eq!(pinned.container_env, ["B=2", "A=3"]);
+        for bad in ["A", "=1"] {
+            let err = pin(&source, &env(&[bad])).expect_err("not NAME=VALUE");
+            assert!(format!("{err:#}").contains("is not NAME=VALUE"), "{err:#}");
+        }
     }
 
     #[test]

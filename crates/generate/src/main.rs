@@ -8,7 +8,8 @@
 //! kata's rule names, kata's input shape) allows a container only when its storages are
 //! exactly its image's pinned layers in order under one overlay that is its root, running its
 //! image's command (Entrypoint and Cmd, or `--command`) in its image's working directory (or
-//! `--workdir`), with no environment beyond its image's, the pod's (`--env`), its hostname and
+//! `--workdir`), with its container spec's environment (`--container-env`, each entry there with
+//! its value) and none beyond its image's, the pod's (`--env`), its hostname and
 //! Kubernetes' service addresses, no capability beyond containerd's defaults and `--cap-add`,
 //! as the image's user (or `--user`) with no supplementary group beyond its own, the image's
 //! for that user and `--groups` (the pod spec's supplementalGroups and fsGroup), with
@@ -31,7 +32,7 @@ const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
 [--containerd SOCKET --namespace NS --image-name NAME]... [--command IMAGE=JSON]... [--workdir IMAGE=DIR]... \
 [--cap-add IMAGE=CAPABILITY]... [--empty-dir IMAGE=VOLUME:PATH]... [--config-volume IMAGE=PATH]... \
 [--user IMAGE=UID[:GID]]... [--groups IMAGE=GID[,GID]...]... [--no-new-privileges IMAGE]... [--read-only-root IMAGE]... \
-[--env NAME=VALUE]... [--exec JSON]... \
+[--container-env IMAGE=NAME=VALUE]... [--env NAME=VALUE]... [--exec JSON]... \
 [--sysctl NAME]... [--stdin] --out INITDATA.toml";
 
 struct Args {
@@ -153,6 +154,15 @@ fn parse_args() -> Result<Args> {
                 a.pod.sysctls.push(v.replace('/', "."));
             }
             "--stdin" => a.pod.stdin = true,
+            "--container-env" => {
+                let v = value()?;
+                let bad = || anyhow::anyhow!("--container-env {v:?}: IMAGE=NAME=VALUE");
+                let (image, entry) = v.split_once('=').ok_or_else(bad)?;
+                if image.is_empty() || entry.split_once('=').is_none_or(|(name, _)| name.is_empty()) {
+                    return Err(bad());
+                }
+                a.overrides.entry(image.to_owned()).or_default().env.push(entry.to_owned());
+            }
             "--env" => {
                 let v = value()?;
                 if v.split_once('=').is_none_or(|(name, _)| name.is_empty()) {
@@ -206,7 +216,7 @@ fn main() -> Result<()> {
     for image in args.overrides.keys() {
         if !sources.iter().any(|s| &s.name == image) {
             bail!(
-                "--command, --workdir, --cap-add, --empty-dir, --config-volume, --user, --groups, --no-new-privileges or --read-only-root for {image:?}, which no given image is named"
+                "--command, --workdir, --cap-add, --empty-dir, --config-volume, --user, --groups, --no-new-privileges, --read-only-root or --container-env for {image:?}, which no given image is named"
             );
         }
     }

@@ -39,6 +39,8 @@ pub struct PinnedImage {
     pub no_new_privileges: bool,
     /// Its containers' root file system must be read-only (`readOnlyRootFilesystem: true`).
     pub read_only_root: bool,
+    /// The container spec's environment (`NAME=VALUE`): each entry must be there, exactly.
+    pub container_env: Vec<String>,
 }
 
 /// What the pod adds for all of its containers: the commands an exec may run, the
@@ -178,6 +180,7 @@ root_allowed(_) if { input.OCI.Root.Readonly == true }
 # pod's namespace (addresses, ports, protocols only). Nothing else: a variable such as
 # LD_PRELOAD or BASH_ENV would make a program of the image run code of the host's choice.
 env_allowed(pinned, e) if { e in pinned.env }
+env_allowed(pinned, e) if { e in pinned.container_env }
 env_allowed(_, e) if { e in policy_data.env }
 # containerd's default PATH, when the image sets none.
 env_allowed(pinned, e) if {
@@ -190,6 +193,7 @@ pinned_env_names(pinned) := {env_name(x) | some x in pinned.env}
 env_value_denied(pinned, e) if {
     env_name(e) in pinned_env_names(pinned)
     not e in pinned.env
+    not e in pinned.container_env
     not e in policy_data.env
 }
 env_allowed(_, e) if { e == "TERM=xterm" }
@@ -243,6 +247,9 @@ image_env_missing(pinned) := {n |
     some n in pinned_env_names(pinned)
     not n in {env_name(f) | some f in input.OCI.Process.Env}
 }
+# The container spec's own variables (`--container-env`), each with its value: leaving one
+# out, or changing it, can change what the program does as much as any other input.
+container_env_missing(pinned) := {e | some e in pinned.container_env; not e in input.OCI.Process.Env}
 
 # Capabilities: in every set, at most containerd's defaults for an unprivileged container
 # (containerd's `pkg/oci` default capability list)
@@ -470,6 +477,7 @@ CreateContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": state_
     count(env_denied(pinned)) == 0
     count(duplicate_env_names(input.OCI.Process.Env)) == 0
     count(image_env_missing(pinned)) == 0
+    count(container_env_missing(pinned)) == 0
     is_object(input.OCI.Process.Capabilities)
     count(capabilities_denied(pinned, input.OCI.Process)) == 0
     mounts_allowed
@@ -595,6 +603,13 @@ CreateContainerRequest if {
     pinned := policy_data.images[image_name]
     some n in image_env_missing(pinned)
     print("environment variable", n, "of image", image_name, "is missing")
+    false
+}
+CreateContainerRequest if {
+    not is_sandbox
+    pinned := policy_data.images[image_name]
+    some e in container_env_missing(pinned)
+    print("environment variable", e, "of the container's spec is missing")
     false
 }
 CreateContainerRequest if {
@@ -749,6 +764,7 @@ pub fn policy_rego(images: &[PinnedImage], pod: &PodAllowances) -> String {
                 "groups": image.groups,
                 "no_new_privileges": image.no_new_privileges,
                 "read_only_root": image.read_only_root,
+                "container_env": image.container_env,
             }),
         );
     }
