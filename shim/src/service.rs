@@ -327,6 +327,7 @@ impl Inner {
             .map_err(|e| ShimError::InvalidArgument(format!("bundle config.json: {e}")))?;
         // Pod input the guest could never honour is refused before a VM is booted for it.
         spec::refuse_host_propagation(&spec).map_err(ShimError::InvalidArgument)?;
+        spec::refuse_host_devices(&spec).map_err(ShimError::InvalidArgument)?;
         let sandbox_id = spec::sandbox_id(&spec, &req.id);
         let mut pod_guard = self.pod.lock().await;
         if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {

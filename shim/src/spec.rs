@@ -117,6 +117,22 @@ pub fn refuse_host_propagation(spec: &Spec) -> Result<(), String> {
     }
 }
 
+/// A device node of the node's (CRI `devices`, a device plugin's, `ctr run --device`) names
+/// hardware of the host, which the pod VM does not have. Refused at create, naming it, rather
+/// than a container that silently lacks it.
+pub fn refuse_host_devices(spec: &Spec) -> Result<(), String> {
+    match spec.linux().as_ref().and_then(|l| l.devices().as_ref()).and_then(|d| d.first()) {
+        Some(d) => Err(format!(
+            "device {} ({} {}:{}): the node's devices cannot be passed into the pod VM",
+            d.path().display(),
+            d.typ().as_str(),
+            d.major(),
+            d.minor()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Memory limit of the container in bytes, if the spec sets one.
 pub fn memory_limit(spec: &Spec) -> Option<i64> {
     spec.linux().as_ref()?.resources().as_ref()?.memory().as_ref()?.limit().filter(|l| *l > 0)
@@ -410,6 +426,24 @@ mod tests {
             assert!(err.contains("/data") && err.contains(p), "{err}");
         }
         refuse_host_propagation(&with_mount(serde_json::json!(["rbind", "rprivate", "ro"]))).expect("private is fine");
+    }
+
+    #[test]
+    fn devices_of_the_node_are_refused() {
+        let with_devices = |devices: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.1.0",
+                "process": { "args": ["true"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+                "root": { "path": "rootfs" },
+                "linux": { "devices": devices,
+                           "resources": { "devices": [{ "allow": false, "access": "rwm" }] } },
+            }))
+            .expect("spec")
+        };
+        let fuse = serde_json::json!([{ "path": "/dev/fuse", "type": "c", "major": 10, "minor": 229 }]);
+        let err = refuse_host_devices(&with_devices(fuse)).expect_err("a device");
+        assert!(err.contains("device /dev/fuse (c 10:229)"), "{err}");
+        refuse_host_devices(&with_devices(serde_json::json!([]))).expect("no device");
     }
 
     #[test]

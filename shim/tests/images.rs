@@ -233,6 +233,17 @@ containerd_matrix! {
             .expect_err("an unpinned group");
         let msg = format!("{err:#}");
         assert!(msg.contains("supplementary group 10 is not allowed by the policy for image"), "{msg}");
+        // A device of the node's: the pod VM does not have it (the policy refuses its device
+        // cgroup allowance too; unit tests).
+        let mut config = container_config("device", GOOD, &["sleep", "1000"]);
+        config.devices = vec![cri::Device {
+            container_path: "/dev/xnull".into(),
+            host_path: "/dev/null".into(),
+            permissions: "rwm".into(),
+        }];
+        let err = cri.run_container_config(&pod, config).await.expect_err("a device");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("device /dev/xnull (c 1:3): the node's devices cannot be passed into the pod VM"), "{msg}");
         // The image's own command only (the pod spec gives none here).
         let err = cri.run_container(&pod, "shell", GOOD, &["sh", "-c", "cat /etc/motd"]).await.expect_err("a command");
         let msg = format!("{err:#}");

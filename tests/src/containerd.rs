@@ -136,6 +136,7 @@ impl Containerd {
             r#"{}[{runtimes}.containerd.runtimes.{CRI_HANDLER}]
   runtime_type = "{RUNTIME}"
   pod_annotations = ["io.katacontainers.*"]
+  privileged_without_host_devices = true
 "#,
             Self::base_config(&release, d)?,
         );
@@ -150,7 +151,7 @@ impl Containerd {
             std::fs::write(&path, sim.to_toml())?;
             text.push_str(&format!(
                 "[{runtimes}.containerd.runtimes.{handler}]\n  runtime_type = \"{RUNTIME}\"\n  \
-                 pod_annotations = [\"io.katacontainers.*\"]\n[{runtimes}.containerd.runtimes.{handler}.options]\n  \
+                 pod_annotations = [\"io.katacontainers.*\"]\n  privileged_without_host_devices = true\n[{runtimes}.containerd.runtimes.{handler}.options]\n  \
                  ConfigPath = \"{}\"\n",
                 path.display()
             ));

@@ -925,6 +925,24 @@ mod tests {
         for bad in ["/dev/urandom", "/dev/fuse", "/dev/../usr/lib/python3/site-packages/x.pth", "/etc/x"] {
             assert_eq!(linux("Devices", device(bad)), regorus::Value::Bool(false), "device {bad}");
         }
+        // Device cgroup rules: containerd's deny-all, more denials, none; never an allowance.
+        let rule = |allow: bool, kind: &str, major: i64, access: &str| serde_json::json!({ "Allow": allow, "Type": kind, "Major": major, "Minor": -1, "Access": access });
+        let rules = |list: Vec<serde_json::Value>| linux("Resources", serde_json::json!({ "Devices": list }));
+        assert_eq!(rules(vec![rule(false, "a", -1, "rwm")]), regorus::Value::Bool(true), "containerd's deny-all");
+        assert_eq!(rules(vec![rule(false, "a", -1, "rwm"), rule(false, "b", 8, "r")]), regorus::Value::Bool(true));
+        assert_eq!(rules(vec![]), regorus::Value::Bool(true));
+        assert_eq!(linux("Resources", serde_json::Value::Null), regorus::Value::Bool(true), "no resources");
+        for bad in [rule(true, "b", 254, "r"), rule(true, "a", -1, "rwm"), rule(true, "c", 10, "m")] {
+            let list = vec![rule(false, "a", -1, "rwm"), bad.clone()];
+            assert_eq!(rules(list), regorus::Value::Bool(false), "{bad}");
+        }
+        // The runtime's defaults, as `ctr run` lists them, allow nothing more.
+        let with_minor = |kind: &str, major: i64, minor: i64, access: &str| serde_json::json!({ "Allow": true, "Type": kind, "Major": major, "Minor": minor, "Access": access });
+        let defaults = vec![with_minor("c", 1, 3, "rwm"), with_minor("c", 5, 2, "rw"), with_minor("c", 136, -1, "rwm")];
+        assert_eq!(rules(defaults), regorus::Value::Bool(true), "the runtime's defaults");
+        for bad in [with_minor("c", 0, 0, "rwm"), with_minor("b", 1, 3, "rwm"), with_minor("c", 1, 3, "rwmx")] {
+            assert_eq!(rules(vec![bad.clone()]), regorus::Value::Bool(false), "{bad}");
+        }
         assert_eq!(
             linux("Sysctl", serde_json::json!({ "net.ipv4.ping_group_range": "0 1" })),
             regorus::Value::Bool(true)

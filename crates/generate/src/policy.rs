@@ -409,6 +409,7 @@ mounts_allowed if {
     every m in input.OCI.Mounts { mount_allowed(m) }
     count(hidden_paths_denied) == 0
     count(devices_denied) == 0
+    count(device_rules_denied) == 0
     count(sysctls_denied) == 0
     namespaces_allowed
 }
@@ -426,6 +427,21 @@ hidden_paths_denied := {p |
 # container): one can also replace a default, /dev/urandom as /dev/zero's numbers. (The agent
 # refuses a path outside /dev itself.)
 devices_denied := {d.Path | some d in input.OCI.Linux.Devices}
+# Device cgroup rules only take access away (CRI gives an unprivileged container one rule,
+# deny everything) or allow what every container may use anyway (the runtime's defaults, which
+# `ctr run` lists): another allowance would let the container create and use a node of a guest
+# device (its disks, the attestation device) with the CAP_MKNOD containerd gives it.
+device_rules_denied := {r |
+    some r in input.OCI.Linux.Resources.Devices
+    r.Allow != false
+    not default_device_rule(r)
+}
+default_device_rule(r) if {
+    r.Type == "c"
+    [r.Major, r.Minor] in {[1, 3], [1, 5], [1, 7], [1, 8], [1, 9], [5, 0], [5, 1], [5, 2], [10, 200], [136, -1]}
+    count(r.Access) > 0
+    trim(r.Access, "rwm") == ""
+}
 
 # The container's own mount and PID namespaces: without them it would share the guest's
 # mounts or see the agent's processes.
@@ -525,6 +541,11 @@ CreateContainerRequest if {
 CreateContainerRequest if {
     some p in devices_denied
     print("device", p, "is not allowed by the policy")
+    false
+}
+CreateContainerRequest if {
+    some r in device_rules_denied
+    print("device cgroup rule allowing", r.Access, "of type", r.Type, "major", r.Major, "minor", r.Minor, "is not allowed by the policy")
     false
 }
 CreateContainerRequest if {
