@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use contrast_agent_protocol::{agent, AgentClient};
+use contrast_agent_protocol::{agent, AgentClient, AgentError};
 use oci_spec::runtime::Mount;
 
 use crate::error::ShimError;
@@ -99,9 +99,10 @@ pub async fn guest_mounts(
             let host = m.source().clone().expect("a source");
             let mut volume =
                 CopiedVolume { host, guest: format!("{GUEST_DIR}/{container}.volumes/{name}"), sent: BTreeMap::new() };
-            volume.sync(agent, None).await.map_err(|e| {
-                ShimError::InvalidArgument(format!("mount {}: volume {name}: {e}", m.destination().display()))
-            })?;
+            volume
+                .sync(agent, None)
+                .await
+                .map_err(|e| e.in_mount(&format!("mount {}: volume {name}", m.destination().display())))?;
             let mut guest = m.clone();
             guest.set_source(Some(volume.guest.clone().into()));
             out.push(guest);
@@ -222,7 +223,8 @@ async fn copy_subpath(agent: &AgentClient, host: &Path, guest: &str, destination
     if meta.is_dir() {
         let mut copy = CopiedVolume { host: host.to_owned(), guest: guest.to_owned(), sent: BTreeMap::new() };
         // CopyFile makes files (and their directories), never an empty directory.
-        return match copy.sync(agent, None).await.map_err(bad)? {
+        let what = format!("mount {}: subPath {}", destination.display(), host.display());
+        return match copy.sync(agent, None).await.map_err(|e| e.in_mount(&what))? {
             0 => {
                 Err(bad("an empty directory (a key the volume does not have?) cannot be copied into the guest".into()))
             }
@@ -328,24 +330,47 @@ impl CopiedVolume {
         &mut self,
         agent: &AgentClient,
         stop: Option<&tokio::sync::watch::Receiver<bool>>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, SyncError> {
         let (host, sent) = (self.host.clone(), self.sent.clone());
         let changed = tokio::task::spawn_blocking(move || changed_files(&host, &sent))
             .await
-            .map_err(|e| format!("walking the volume: {e}"))??;
+            .map_err(|e| SyncError::Host(format!("walking the volume: {e}")))?
+            .map_err(SyncError::Host)?;
         let mut copied = 0;
         for f in changed {
             if stop.is_some_and(|s| *s.borrow()) {
                 break;
             }
             let path = format!("{}/{}", self.guest, f.rel.display());
-            send_file(agent, &path, &f.data, f.meta.mode() & 0o7777, f.meta.uid(), f.meta.gid())
-                .await
-                .map_err(|e| format!("copying {}: {e}", f.rel.display()))?;
+            send_file(agent, &path, &f.data, f.meta.mode() & 0o7777, f.meta.uid(), f.meta.gid()).await.map_err(
+                |e| {
+                    SyncError::Guest(AgentError { message: format!("copying {}: {}", f.rel.display(), e.message), ..e })
+                },
+            )?;
             self.sent.insert(f.rel, f.stamp);
             copied += 1;
         }
         Ok(copied)
+    }
+}
+
+/// Why a volume's copy failed: something on the host (its files), or the guest's answer,
+/// whose code (a policy denial's PermissionDenied) the create keeps.
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("{0}")]
+    Host(String),
+    #[error("{0}")]
+    Guest(AgentError),
+}
+
+impl SyncError {
+    /// The error a create answers, `what` (the mount) before the cause.
+    fn in_mount(self, what: &str) -> ShimError {
+        match self {
+            SyncError::Host(why) => ShimError::InvalidArgument(format!("{what}: {why}")),
+            SyncError::Guest(e) => ShimError::Agent(AgentError { message: format!("{what}: {}", e.message), ..e }),
+        }
     }
 }
 
@@ -422,6 +447,29 @@ pub fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_volume_copy_the_guest_refuses_keeps_its_code() {
+        let denied = AgentError {
+            method: "copy_file",
+            code: ttrpc::Code::PERMISSION_DENIED,
+            message: "copying a: CopyFileRequest is blocked by policy".into(),
+        };
+        match SyncError::Guest(denied).in_mount("mount /etc/app: volume settings") {
+            ShimError::Agent(e) => {
+                assert_eq!(e.code, ttrpc::Code::PERMISSION_DENIED);
+                assert_eq!(
+                    e.message,
+                    "mount /etc/app: volume settings: copying a: CopyFileRequest is blocked by policy"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let host = SyncError::Host("walking the volume: permission denied".into()).in_mount("mount /etc/app");
+        assert!(
+            matches!(&host, ShimError::InvalidArgument(m) if m == "mount /etc/app: walking the volume: permission denied")
+        );
+    }
 
     #[test]
     fn kubelet_empty_dirs_by_their_path() {
