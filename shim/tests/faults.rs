@@ -335,6 +335,43 @@ fn containerd_killed_in_the_middle_of_create() {
     assert_clean(&cd, "the pod after the restart");
 }
 
+/// A shim daemon that stops answering (stopped here, as a deadlocked one would be) while
+/// containerd restarts: containerd gives up on it (its load timeout) and runs `<shim> delete`,
+/// which ends the daemon with its pod; nothing is left, and the node still runs pods.
+#[test]
+fn a_hung_shim_is_ended_by_containerds_cleanup() {
+    let mut cd = containerd();
+    fault_config(&cd, None);
+    let out = cd.ctr(&["run", "--runtime", RUNTIME, "-d", IMAGE, "hung", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shims = cd.shim_pids();
+    let [shim] = shims[..] else { panic!("one shim daemon: {shims:?}") };
+    let shim = Pid::from_raw(shim as i32);
+    kill(shim, Signal::SIGSTOP).expect("SIGSTOP the shim");
+    cd.kill();
+    cd.spawn().expect("containerd restarts");
+    // containerd's cleanup of a shim it cannot load: `<shim> delete`, in the background.
+    let ended = || {
+        let stat = std::fs::read_to_string(format!("/proc/{shim}/stat")).unwrap_or_default();
+        // Gone, or a zombie its (re)parent has not reaped yet.
+        stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z'))
+    };
+    let gone = wait_for(BOOT_DEADLINE, || ended().then_some(()));
+    if gone.is_none() {
+        let _ = kill(shim, Signal::SIGKILL);
+        panic!(
+            "the hung shim daemon outlived containerd's cleanup
+{}",
+            cd.log()
+        );
+    }
+    remove(&cd, "hung");
+    assert_clean(&cd, "a hung shim after containerd's cleanup");
+    let out = cd.ctr(&["run", "--runtime", RUNTIME, "--rm", IMAGE, "after", "echo", "fine"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fine\n", "{}", stderr(&out));
+    assert_clean(&cd, "the pod after the cleanup");
+}
+
 /// The state dir's file system is full: `Create` fails saying so, and nothing is left there.
 #[test]
 fn full_state_dir_file_system_is_a_clear_error() {

@@ -56,6 +56,9 @@ pub fn kill_recorded(state_dir: &Path) -> Vec<String> {
         if start_time(pid) != Some(start) {
             continue; // exited, or the pid now belongs to another process
         }
+        if pid == std::process::id() {
+            continue; // the caller itself (a daemon cleaning up what it recorded)
+        }
         let Ok(raw) = i32::try_from(pid) else { continue };
         if nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL).is_ok() {
             killed.push(name.to_owned());
@@ -80,6 +83,9 @@ mod tests {
         let status = child.wait().expect("wait");
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
         // Nothing left to kill.
+        assert!(kill_recorded(dir.path()).is_empty());
+        // Never the caller, whatever the file says.
+        record(dir.path(), "owner", std::process::id()).expect("record");
         assert!(kill_recorded(dir.path()).is_empty());
     }
 

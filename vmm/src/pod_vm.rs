@@ -212,7 +212,13 @@ impl PodVm {
             .mode(0o700)
             .create(&req.state_dir)
             .map_err(|source| Error::StateDir { path: req.state_dir.clone(), source })?;
-        let result = Self::launch_in(&req, &paths).await;
+        // The launching process (the shim daemon) first: a cleanup without it (containerd's
+        // `<shim> delete` after the daemon stopped answering) ends it before its VM, so that
+        // one alive but hung does not outlive its pod.
+        let result = match record_pid(&req.state_dir, "owner", std::process::id()) {
+            Ok(()) => Self::launch_in(&req, &paths).await,
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             remove_state_dir(&req.state_dir);
         }
