@@ -97,8 +97,15 @@ containerd_matrix! {
                     ..Default::default()
                 },
             ),
-            // The users container's spec sets ROLE (`--container-env`): it must be there.
-            (USERS.to_owned(), contrast_generate::Overrides { env: vec!["ROLE=reader".into()], ..Default::default() }),
+            // The users container's spec sets ROLE and APP_MODE, which its image sets too
+            // (`--container-env`): each must be there, with the spec's value.
+            (
+                USERS.to_owned(),
+                contrast_generate::Overrides {
+                    env: vec!["ROLE=reader".into(), "APP_MODE=strict".into()],
+                    ..Default::default()
+                },
+            ),
         ]);
         let init_data =
             contrast_generate::init_data_for_archives(&[&good, &pinned_swap, &users], &overrides, &pod_env)
@@ -179,7 +186,7 @@ containerd_matrix! {
         let (code, out, _) = cri.exec_sync(&c, &["cat", "/proc/self/environ"]).await.expect("exec");
         let env = String::from_utf8_lossy(&out);
         assert_eq!(code, 0, "{env}");
-        for want in ["PATH=/bin", "GREETING=hello", "HOSTNAME=layered-host"] {
+        for want in ["PATH=/bin", "APP_MODE=default", "GREETING=hello", "HOSTNAME=layered-host"] {
             assert!(env.split('\0').any(|l| l == want), "{want} in {env:?}");
         }
         // A variable the pod spec does not set: BASH_ENV at a file the host copies in would run
@@ -218,8 +225,16 @@ containerd_matrix! {
         let msg = format!("{err:#}");
         assert!(msg.contains("environment variable ROLE=reader of the container's spec is missing"), "{msg}");
         let mut users = container_config("users", USERS, &["sleep", "1000"]);
-        users.envs = vec![cri::KeyValue { key: "ROLE".into(), value: "reader".into() }];
+        users.envs = vec![
+            cri::KeyValue { key: "ROLE".into(), value: "reader".into() },
+            cri::KeyValue { key: "APP_MODE".into(), value: "strict".into() },
+        ];
         let u = cri.run_container_config(&pod, users).await.expect("an image's user and groups");
+        // containerd lists APP_MODE twice, the image's value first: the process gets the spec's.
+        let (code, out, _) = cri.exec_sync(&u, &["cat", "/proc/self/environ"]).await.expect("exec");
+        let env = String::from_utf8_lossy(&out);
+        let modes: Vec<_> = env.split('\0').filter(|l| l.starts_with("APP_MODE=")).collect();
+        assert_eq!((code, modes), (0, vec!["APP_MODE=strict"]), "{env:?}");
         let (code, out, _) = cri.exec_sync(&u, &["cat", "/proc/self/status"]).await.expect("exec");
         let status = String::from_utf8_lossy(&out);
         let ids = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.split_whitespace().collect());

@@ -88,7 +88,7 @@ pub fn write_archive_as(path: &Path, name: &str, layers: &[Vec<u8>], cmd: &[&str
     }
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": { "Env": ["PATH=/bin"], "Cmd": cmd, "User": user },
+        "config": { "Env": ["PATH=/bin", "APP_MODE=default"], "Cmd": cmd, "User": user },
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     }))?;
     let config_digest = digest(&config);

@@ -193,6 +193,18 @@ pub fn convert(container_id: &str, s: &oci::Spec) -> Result<Converted, SpecError
     Ok(Converted { spec, join_sandbox_pidns, pod_sysctls })
 }
 
+/// The environment a process gets: the last entry of each name (what comes before the first
+/// `=`, all of an entry without one), in the order of those entries — as runc does, and as
+/// the generated policy judges it; containerd lists the image's variables before the
+/// container spec's, so the spec's value of a name the image sets too is the one kept.
+fn effective_env(env: &[String]) -> Vec<String> {
+    fn name(e: &str) -> &str {
+        e.split_once('=').map_or(e, |(n, _)| n)
+    }
+    let last: HashMap<&str, usize> = env.iter().enumerate().map(|(i, e)| (name(e), i)).collect();
+    env.iter().enumerate().filter(|(i, e)| last[name(e)] == *i).map(|(_, e)| e.clone()).collect()
+}
+
 /// An exec'd process: the same rules as a container's process.
 pub fn convert_process(p: &oci::Process) -> Result<Process, SpecError> {
     serde_json::from_value(process_json(p)?).map_err(|e| SpecError::Invalid(e.to_string()))
@@ -214,7 +226,7 @@ fn process_json(p: &oci::Process) -> Result<Value, SpecError> {
             "additionalGids": user.map(|u| u.AdditionalGids.clone()).unwrap_or_default(),
         },
         "args": p.Args,
-        "env": p.Env,
+        "env": effective_env(&p.Env),
         "cwd": if p.Cwd.is_empty() { "/" } else { p.Cwd.as_str() },
         "rlimits": p.Rlimits.iter().map(|r| json!({ "type": r.Type, "hard": r.Hard, "soft": r.Soft })).collect::<Vec<_>>(),
     });
@@ -343,6 +355,15 @@ pub fn resources(r: &oci::LinuxResources) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_gets_the_last_entry_of_each_name() {
+        let env = |list: &[&str]| list.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        let given = env(&["PATH=/bin", "MODE=default", "A=1=2", "LD_PRELOAD", "MODE=strict", "LD_PRELOAD=x", "B="]);
+        assert_eq!(effective_env(&given), env(&["PATH=/bin", "A=1=2", "MODE=strict", "LD_PRELOAD=x", "B="]));
+        assert_eq!(effective_env(&env(&["X=1", "X"])), env(&["X"]));
+        assert!(effective_env(&[]).is_empty());
+    }
 
     fn minimal() -> oci::Spec {
         let mut s = oci::Spec::new();

@@ -614,8 +614,13 @@ mod tests {
             assert!(!create(&["PATH=/bin", bad], "/srv"), "{bad}");
         }
         assert!(!create(&["PATH=/bin"], "/"), "another working directory");
-        assert!(!create(&["PATH=/bin", "GREETING=hi", "GREETING=hi"], "/srv"), "a name twice");
-        assert!(!create(&["GREETING=hi", "PATH=/bin", "PATH=/bin"], "/srv"), "a pinned name twice");
+        // A name twice: the last entry is what the process gets (the agent drops the others).
+        assert!(create(&["PATH=/bin", "GREETING=bye", "GREETING=hi"], "/srv"), "the allowed value last");
+        assert!(!create(&["PATH=/bin", "GREETING=hi", "GREETING=bye"], "/srv"), "another value last");
+        assert!(create(&["PATH=/run/x", "PATH=/bin"], "/srv"), "the image's PATH last");
+        assert!(!create(&["PATH=/bin", "PATH=/run/x"], "/srv"), "another PATH last");
+        assert!(!create(&["PATH=/bin", "LD_PRELOAD", "LD_PRELOAD=/etc/hosts"], "/srv"));
+        assert!(!create(&["PATH=/bin", "LD_PRELOAD=/etc/hosts", "LD_PRELOAD"], "/srv"), "an entry without =");
         // The image's variables: each there, each with its value.
         let with_env = |var: &str, env: &[&str]| {
             let mut pinned = image();
@@ -647,7 +652,8 @@ mod tests {
         assert!(exec(&["PATH=/bin", "GREETING=hi", "HOSTNAME=web-0"], "/srv"));
         assert!(!exec(&["PATH=/bin", "LD_PRELOAD=/etc/hosts"], "/srv"), "an exec's environment");
         assert!(!exec(&["PATH=/bin"], "/tmp"), "an exec's working directory");
-        assert!(!exec(&["PATH=/bin", "PATH=/bin"], "/srv"), "an exec's name twice");
+        assert!(exec(&["PATH=/bin", "GREETING=bye", "GREETING=hi"], "/srv"), "an exec's allowed value last");
+        assert!(!exec(&["PATH=/bin", "GREETING=hi", "GREETING=bye"], "/srv"), "an exec's other value last");
     }
 
     #[test]
@@ -664,6 +670,9 @@ mod tests {
         };
         // The container's PATH replaces the image's, as containerd merges them.
         assert!(create(&["PATH=/opt/bin", "MODE=strict", "TLS=on"]));
+        // containerd lists a variable the image sets too twice, the image's value first.
+        assert!(create(&["PATH=/bin", "MODE=strict", "TLS=on", "PATH=/opt/bin"]), "the container's value last");
+        assert!(!create(&["PATH=/opt/bin", "MODE=strict", "TLS=on", "PATH=/bin"]), "the image's value last");
         assert!(create(&["TLS=on", "HOSTNAME=web-0", "MODE=strict", "PATH=/opt/bin"]), "in any order");
         assert!(!create(&["PATH=/opt/bin", "MODE=strict"]), "one left out: TLS");
         assert!(!create(&["PATH=/opt/bin", "MODE=strict", "TLS=off"]), "another value");
@@ -676,8 +685,32 @@ mod tests {
                 "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": env, "Cwd": "/srv", "Capabilities": { "Bounding": [] } } });
             eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
         };
-        assert!(exec(&["PATH=/opt/bin", "TLS=on"]));
-        assert!(!exec(&["TLS=off"]));
+        let all = ["PATH=/opt/bin", "MODE=strict", "TLS=on"];
+        assert!(exec(&all));
+        assert!(!exec(&["PATH=/opt/bin", "MODE=strict"]), "an exec without one: TLS");
+        for (i, other) in ["PATH=/bin", "MODE=open", "TLS=off"].iter().enumerate() {
+            let mut env = all;
+            env[i] = other;
+            assert!(!exec(&env), "an exec with {other}: the image's or the pod-wide value instead");
+        }
+        let mut service = image();
+        service.container_env = vec!["REDIS_PORT=6379".into(), "HOSTNAME=db-0".into()];
+        let rego = policy_rego(&[service], &pod);
+        let create = |env: &[&str]| {
+            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+            r["OCI"]["Process"]["Env"] = serde_json::json!(env);
+            eval(&rego, r) == regorus::Value::Bool(true)
+        };
+        assert!(create(&["PATH=/bin", "REDIS_PORT=6379", "HOSTNAME=db-0"]));
+        let exec = |env: &[&str]| {
+            let input = serde_json::json!({ "container_id": "c",
+                "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": env, "Cwd": "/srv", "Capabilities": { "Bounding": [] } } });
+            eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
+        };
+        assert!(exec(&["PATH=/bin", "REDIS_PORT=6379", "HOSTNAME=db-0"]));
+        // Values another rule would allow by their shape: not for a pinned name.
+        assert!(!exec(&["PATH=/bin", "REDIS_PORT=tcp://10.0.0.9:6379", "HOSTNAME=db-0"]), "a service address instead");
+        assert!(!exec(&["PATH=/bin", "REDIS_PORT=6379", "HOSTNAME=evil"]), "another host name");
         // As Kubernetes takes a name given twice: the later entry.
         let source = SourceImage {
             name: "app".into(),
@@ -736,13 +769,13 @@ mod tests {
         assert!(create(&rego, sets(&more)), "added for the image");
         let exec = |caps: &[&str]| {
             let input = serde_json::json!({ "container_id": "c", "process": { "User": { "UID": 1000, "GID": 1000 },
-                "Args": ["env"], "Env": [], "Cwd": "/srv", "Capabilities": sets(caps) } });
+                "Args": ["env"], "Env": ["PATH=/bin"], "Cwd": "/srv", "Capabilities": sets(caps) } });
             eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
         };
         assert!(exec(&more));
         assert!(!exec(&["CAP_SYS_PTRACE"]), "an exec's capabilities");
         let input = serde_json::json!({ "container_id": "c",
-            "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": [], "Cwd": "/srv", "Capabilities": null } });
+            "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": ["PATH=/bin"], "Cwd": "/srv", "Capabilities": null } });
         assert_eq!(
             eval_rule(&rego, "ExecProcessRequest", input),
             regorus::Value::Bool(false),

@@ -227,29 +227,35 @@ network_value(v) if {
     count(rest) > 0
     trim(rest, network_chars) == ""
 }
-env_denied(pinned) := {e | some e in input.OCI.Process.Env; not env_allowed(pinned, e)} | {e |
-    some e in input.OCI.Process.Env
+# What a process gets is judged: the last entry of each name (the agent drops the earlier
+# ones, as runc does). containerd lists the image's variables before the container spec's, so
+# a spec's value of a name the image sets comes last.
+effective_env(env) := [e | some i, e in env; not env_overridden(env, i, e)]
+env_overridden(env, i, e) if {
+    some j, f in env
+    j > i
+    env_name(f) == env_name(e)
+}
+env_denied(pinned, env) := {e | some e in effective_env(env); not env_allowed(pinned, e)} | {e |
+    some e in effective_env(env)
     env_value_denied(pinned, e)
 }
 
-# Each name once (a later entry would win over a pinned one), and every variable of the
-# image's there (with its own value or the pod spec's): without one, a program may fall back
-# to an unsafe default (no password, no authentication).
-env_name(e) := substring(e, 0, indexof(e, "="))
-duplicate_env_names(env) := {n |
-    some i, e in env
-    n := env_name(e)
-    some j, f in env
-    j > i
-    env_name(f) == n
-}
-image_env_missing(pinned) := {n |
+# Every variable of the image's there (with its own value, the container spec's or the pod
+# spec's): without one, a program may fall back to an unsafe default (no password, no
+# authentication). (A name is what comes before the first `=`, all of an entry without one,
+# as the agent takes it.)
+env_name(e) := substring(e, 0, indexof(e, "=")) if { contains(e, "=") } else := e
+image_env_missing(pinned, env) := {n |
     some n in pinned_env_names(pinned)
-    not n in {env_name(f) | some f in input.OCI.Process.Env}
+    not n in {env_name(f) | some f in env}
 }
 # The container spec's own variables (`--container-env`), each with its value: leaving one
-# out, or changing it, can change what the program does as much as any other input.
-container_env_missing(pinned) := {e | some e in pinned.container_env; not e in input.OCI.Process.Env}
+# out, or changing it, can change what the program does as much as any other input. In a
+# container and in an exec (containerd gives it the container's), each is what the process
+# gets: no other value of its name (not the pod-wide `--env`'s, not one of a service
+# variable's shape, not the image's) follows it.
+container_env_missing(pinned, env) := {e | some e in pinned.container_env; not e in effective_env(env)}
 
 # Capabilities: in every set, at most containerd's defaults for an unprivileged container
 # (containerd's `pkg/oci` default capability list)
@@ -490,10 +496,9 @@ CreateContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": state_
     privileges_allowed(pinned, input.OCI.Process)
     root_allowed(pinned)
     input.OCI.Process.Cwd == pinned.working_dir
-    count(env_denied(pinned)) == 0
-    count(duplicate_env_names(input.OCI.Process.Env)) == 0
-    count(image_env_missing(pinned)) == 0
-    count(container_env_missing(pinned)) == 0
+    count(env_denied(pinned, input.OCI.Process.Env)) == 0
+    count(image_env_missing(pinned, input.OCI.Process.Env)) == 0
+    count(container_env_missing(pinned, input.OCI.Process.Env)) == 0
     is_object(input.OCI.Process.Capabilities)
     count(capabilities_denied(pinned, input.OCI.Process)) == 0
     mounts_allowed
@@ -609,27 +614,21 @@ CreateContainerRequest if {
 CreateContainerRequest if {
     not is_sandbox
     pinned := policy_data.images[image_name]
-    some e in env_denied(pinned)
+    some e in env_denied(pinned, input.OCI.Process.Env)
     print("environment variable", e, "is not allowed by the policy")
     false
 }
 CreateContainerRequest if {
     not is_sandbox
-    some n in duplicate_env_names(input.OCI.Process.Env)
-    print("environment variable", n, "is set more than once")
-    false
-}
-CreateContainerRequest if {
-    not is_sandbox
     pinned := policy_data.images[image_name]
-    some n in image_env_missing(pinned)
+    some n in image_env_missing(pinned, input.OCI.Process.Env)
     print("environment variable", n, "of image", image_name, "is missing")
     false
 }
 CreateContainerRequest if {
     not is_sandbox
     pinned := policy_data.images[image_name]
-    some e in container_env_missing(pinned)
+    some e in container_env_missing(pinned, input.OCI.Process.Env)
     print("environment variable", e, "of the container's spec is missing")
     false
 }
@@ -649,17 +648,14 @@ default ExecProcessRequest := false
 ExecProcessRequest if {
     input.process.Args in policy_data.execs
     pinned := exec_image
-    count(exec_env_denied(pinned)) == 0
-    count(duplicate_env_names(input.process.Env)) == 0
+    count(env_denied(pinned, input.process.Env)) == 0
+    count(image_env_missing(pinned, input.process.Env)) == 0
+    count(container_env_missing(pinned, input.process.Env)) == 0
     is_object(input.process.Capabilities)
     count(capabilities_denied(pinned, input.process)) == 0
     input.process.Cwd == pinned.working_dir
     user_allowed(pinned, input.process)
     privileges_allowed(pinned, input.process)
-}
-exec_env_denied(pinned) := {e | some e in input.process.Env; not env_allowed(pinned, e)} | {e |
-    some e in input.process.Env
-    env_value_denied(pinned, e)
 }
 ExecProcessRequest if {
     not input.process.Args in policy_data.execs
@@ -672,13 +668,18 @@ ExecProcessRequest if {
     false
 }
 ExecProcessRequest if {
-    some e in exec_env_denied(exec_image)
+    some e in env_denied(exec_image, input.process.Env)
     print("environment variable", e, "is not allowed by the policy")
     false
 }
 ExecProcessRequest if {
-    some n in duplicate_env_names(input.process.Env)
-    print("environment variable", n, "is set more than once")
+    some n in image_env_missing(exec_image, input.process.Env)
+    print("environment variable", n, "of image", data.pstate[input.container_id], "is missing")
+    false
+}
+ExecProcessRequest if {
+    some e in container_env_missing(exec_image, input.process.Env)
+    print("environment variable", e, "of the container's spec is missing")
     false
 }
 ExecProcessRequest if {
