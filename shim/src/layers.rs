@@ -122,6 +122,7 @@ async fn cached_layer(
 /// build the same layer at once; the bytes are the same).
 fn write_cache(cache: &Path, name: &str, img: &Path, meta: &Path, image: &LayerImage) -> std::io::Result<()> {
     std::fs::create_dir_all(cache)?;
+    remove_abandoned_temporaries(cache);
     let tmp = cache.join(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, &image.bytes)?;
     std::fs::rename(&tmp, img)?;
@@ -130,6 +131,27 @@ fn write_cache(cache: &Path, name: &str, img: &Path, meta: &Path, image: &LayerI
     });
     std::fs::write(&tmp, m.to_string())?;
     std::fs::rename(&tmp, meta)
+}
+
+/// Removes the temporary files of shims that died while writing (`.<name>.<pid>.tmp` of a pid
+/// no process has), which nothing else would ever remove; a live shim's stay.
+fn remove_abandoned_temporaries(cache: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .filter(|f| f.starts_with('.'))
+            .and_then(|f| f.strip_suffix(".tmp"))
+            .and_then(|f| f.rsplit_once('.'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The storages (layers, then the overlay) and guest root path of container `id` from
@@ -218,6 +240,26 @@ pub async fn detach(pod: &crate::pod::Pod, id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporaries_of_dead_shims_go_and_live_ones_stay() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let dead = std::process::Command::new("true").spawn().expect("true");
+        let dead_pid = dead.id();
+        let _ = dead.wait_with_output();
+        let files = [
+            format!(".abc.{dead_pid}.tmp"),
+            format!(".abc.{}.tmp", std::process::id()),
+            "abc.img".to_owned(),
+            format!("abc.{dead_pid}.tmp"),
+        ];
+        for f in &files {
+            std::fs::write(cache.path().join(f), "x").expect("write");
+        }
+        remove_abandoned_temporaries(cache.path());
+        let left: Vec<bool> = files.iter().map(|f| cache.path().join(f).exists()).collect();
+        assert_eq!(left, [false, true, true, true]);
+    }
 
     /// A pod whose containers restart keeps getting targets: fresh ones first, then the
     /// unplugged ones, oldest first; none while all are attached.

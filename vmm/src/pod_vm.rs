@@ -832,6 +832,9 @@ fn record_pid(state_dir: &Path, name: &str, pid: u32) -> Result<(), Error> {
 fn remove_state_dir(dir: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(dir) else { return };
+    // The pid list first, whatever else stays (a mount point left in place): a cleanup
+    // without this process must not find it and kill it, or its processes, again.
+    let _ = std::fs::remove_file(dir.join(crate::pidfile::PIDS_FILE));
     if let Err(e) = remove_same_device(dir, meta.dev()) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove pod state dir");
     }
@@ -1016,6 +1019,30 @@ debug_console_enabled = true
         std::fs::write(state.join("a/b/f"), "x").expect("write");
         remove_state_dir(&state);
         assert!(!state.exists());
+    }
+
+    /// A mount point left in the state dir stays, and so does the dir; the pid list goes all
+    /// the same, so a later `<shim> delete` kills nothing of this process's (tests run as root).
+    #[test]
+    fn state_dir_removal_drops_the_pid_list_even_when_a_mount_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("pod");
+        std::fs::create_dir_all(&state).expect("mkdir");
+        crate::pidfile::record(&state, "owner", std::process::id()).expect("record");
+        // Several mount points, so that one comes before the list whatever the dir's order.
+        let held: Vec<_> = (0..8).map(|i| state.join(format!("m{i}"))).collect();
+        for m in &held {
+            std::fs::create_dir(m).expect("mkdir");
+            nix::mount::mount(Some("tmpfs"), m, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
+                .expect("tmpfs (tests run as root)");
+        }
+        remove_state_dir(&state);
+        let pids_left = state.join(crate::pidfile::PIDS_FILE).exists();
+        let held_left = held.iter().all(|m| m.exists());
+        for m in &held {
+            nix::mount::umount(m).expect("umount");
+        }
+        assert_eq!((pids_left, held_left), (false, true));
     }
 
     #[test]
