@@ -15,6 +15,10 @@ use crate::service::TaskService;
 
 /// Exit status reported for a task whose shim died (SIGKILL, as containerd's runc shim).
 const DEAD_SHIM_STATUS: u32 = 128 + 9;
+/// How long `<shim> delete` waits for a dead daemon's socket to stop answering once the
+/// pod's processes are killed (a killed process holds its descriptors until it has exited);
+/// containerd gives the whole cleanup 5 s.
+const SOCKET_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct ContrastShim {
     namespace: String,
@@ -83,8 +87,13 @@ impl Shim for ContrastShim {
                 let kept = remove_dead_socket(&bundle);
                 pod::cleanup_dead_pod(&state);
                 // One that still answered may have been held by a process of the pod's,
-                // which the cleanup just ended.
+                // which the cleanup just ended (and which may take a moment to be gone).
                 if let Some(path) = kept {
+                    let deadline = std::time::Instant::now() + SOCKET_RELEASE_WAIT;
+                    while std::os::unix::net::UnixStream::connect(&path).is_ok() && std::time::Instant::now() < deadline
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
                     if remove_unserved_socket(&path) {
                         tracing::warn!(socket = %path.display(), "delete: the shim socket answered until the pod's processes were gone; removed");
                     } else {

@@ -372,6 +372,36 @@ fn a_hung_shim_is_ended_by_containerds_cleanup() {
     assert_clean(&cd, "the pod after the cleanup");
 }
 
+/// containerd restarts while a pod VM boots slowly (a QEMU that starts 8 s late): containerd
+/// takes the shim of a task whose create it never saw finish for leaked and runs `<shim>
+/// delete`, which ends the daemon mid-boot with its helpers; nothing of the pod is left.
+#[test]
+fn containerd_restarted_during_a_slow_boot_leaves_nothing() {
+    let mut cd = containerd();
+    fault_config(&cd, None);
+    // QEMU that starts 8 s late.
+    let slow = cd.dir.path().join("bin/slow-qemu");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 8\nexec /usr/bin/qemu-system-x86_64 \"$@\"\n").expect("wrapper");
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let path = cd.dir.path().join("bin/configuration.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let line = text.lines().find(|l| l.starts_with("path = ")).expect("qemu path line").to_owned();
+    std::fs::write(&path, text.replace(&line, &format!("path = \"{}\"", slow.display()))).expect("config");
+    let run = spawn_ctr(&cd, &["run", "--runtime", RUNTIME, "-d", IMAGE, "slow", "sleep", "1000"]);
+    // The vsock helper starts before QEMU: the pod's boot is under way.
+    one_process(&cd, "vhost-device-vsock");
+    cd.kill();
+    let _ = finish(run, "ctr run", SLACK);
+    cd.spawn().expect("containerd restarts");
+    let end = Instant::now() + BOOT_DEADLINE;
+    while !cd.leftovers().is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = cd.leftovers();
+    let _ = cd.ctr(&["container", "rm", "slow"]);
+    assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
+}
+
 /// The state dir's file system is full: `Create` fails saying so, and nothing is left there.
 #[test]
 fn full_state_dir_file_system_is_a_clear_error() {
