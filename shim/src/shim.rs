@@ -188,8 +188,26 @@ fn remove_unserved_socket(path: &std::path::Path) -> bool {
 
 /// The processes holding the listening socket bound at `path`, as `pid (comm)` (for the log).
 fn socket_holders(path: &std::path::Path) -> String {
-    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    let inodes = listening_inodes(&table, path);
+    // Each network namespace has its own table: the holder may be in another one than this
+    // process (a path reaches a socket across namespaces).
+    let mut seen = std::collections::HashSet::new();
+    let mut inodes = Vec::new();
+    // (per thread: a thread may have entered another one)
+    let tasks = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|p| std::fs::read_dir(p.path().join("task")).into_iter().flatten().flatten().map(|t| t.path()));
+    for task in tasks {
+        let Ok(ns) = std::fs::read_link(task.join("ns/net")) else { continue };
+        if seen.insert(ns) {
+            let table = std::fs::read_to_string(task.join("net/unix")).unwrap_or_default();
+            inodes.extend(listening_inodes(&table, path));
+        }
+    }
+    if inodes.is_empty() {
+        return format!("none: no listening socket at this path in any of {} network namespaces", seen.len());
+    }
     let mut holders = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
@@ -203,7 +221,7 @@ fn socket_holders(path: &std::path::Path) -> String {
         }
     }
     if holders.is_empty() {
-        "none found".into()
+        format!("none found holding socket inode(s) {}", inodes.join(", "))
     } else {
         holders.join(", ")
     }
@@ -262,6 +280,27 @@ mod tests {
         assert!(remove_unserved_socket(&path), "a dead one goes");
         assert!(!path.exists());
         assert!(remove_unserved_socket(&path), "and nothing there is gone too");
+    }
+
+    /// A listener bound by a thread in a network namespace of its own (tests run as root).
+    #[test]
+    fn a_holder_in_another_network_namespace_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let (bound, done) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let at = path.clone();
+        let thread = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare (root)");
+            let listener = std::os::unix::net::UnixListener::bind(&at).expect("bind");
+            bound.0.send(()).expect("send");
+            let _ = done.1.recv();
+            drop(listener);
+        });
+        bound.1.recv().expect("bound");
+        let holders = socket_holders(&path);
+        let _ = done.0.send(());
+        thread.join().expect("thread");
+        assert!(holders.contains(&format!("{} (", std::process::id())), "{holders}");
     }
 
     #[test]
