@@ -134,7 +134,10 @@ fn write_cache(cache: &Path, name: &str, img: &Path, meta: &Path, image: &LayerI
 }
 
 /// Removes the temporary files of shims that died while writing (`.<name>.<pid>.tmp` of a pid
-/// no process has), which nothing else would ever remove; a live shim's stay.
+/// no process has, untouched for [`ABANDONED_AFTER`] — a shim in another pid namespace sharing
+/// the cache may be writing one), which nothing else would ever remove; a live shim's stay.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
 fn remove_abandoned_temporaries(cache: &Path) {
     let Ok(entries) = std::fs::read_dir(cache) else { return };
     for entry in entries.flatten() {
@@ -148,7 +151,8 @@ fn remove_abandoned_temporaries(cache: &Path) {
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        let idle = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if !Path::new(&format!("/proc/{pid}")).exists() && idle.is_some_and(|i| i >= ABANDONED_AFTER) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -253,12 +257,17 @@ mod tests {
             "abc.img".to_owned(),
             format!("abc.{dead_pid}.tmp"),
         ];
+        let old = std::time::SystemTime::now() - ABANDONED_AFTER;
         for f in &files {
-            std::fs::write(cache.path().join(f), "x").expect("write");
+            let file = std::fs::File::create(cache.path().join(f)).expect("create");
+            file.set_modified(old).expect("mtime");
         }
+        let fresh = format!(".def.{dead_pid}.tmp");
+        std::fs::write(cache.path().join(&fresh), "x").expect("write");
         remove_abandoned_temporaries(cache.path());
         let left: Vec<bool> = files.iter().map(|f| cache.path().join(f).exists()).collect();
         assert_eq!(left, [false, true, true, true]);
+        assert!(cache.path().join(&fresh).exists(), "one written just now stays (another pid namespace?)");
     }
 
     /// A pod whose containers restart keeps getting targets: fresh ones first, then the

@@ -982,13 +982,10 @@ impl Task for TaskService {
         Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
     }
 
-    /// Never waits for the pod: containerd's load after a restart gives a shim 5 s to answer
-    /// and runs `<shim> delete` (which ends the daemon and its pod) on one that does not; a
-    /// pod VM that is booting or stopping holds the pod's lock longer. No task pid then.
     async fn connect(&self, _: &TtrpcContext, _: api::ConnectRequest) -> TResult<api::ConnectResponse> {
-        let task_pid = match self.0.pod.try_lock().as_deref() {
-            Ok(Some(pod)) => self.0.task_pid(pod),
-            _ => 0,
+        let task_pid = match self.0.pod().await {
+            Ok(pod) => self.0.task_pid(&pod),
+            Err(_) => 0,
         };
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),

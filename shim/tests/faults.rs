@@ -372,16 +372,16 @@ fn a_hung_shim_is_ended_by_containerds_cleanup() {
     assert_clean(&cd, "the pod after the cleanup");
 }
 
-/// containerd restarts while a pod VM boots slowly (a QEMU that starts 8 s late): containerd
-/// takes the shim of a task whose create it never saw finish for leaked and runs `<shim>
-/// delete`, which ends the daemon mid-boot with its helpers; nothing of the pod is left.
+/// containerd restarts while a pod VM boots slowly (a QEMU that starts 20 s late): containerd
+/// takes the shim of a create it never saw finish for leaked and runs `<shim> delete` at once,
+/// which ends the daemon mid-boot with its helpers — QEMU never starts — and nothing of the
+/// pod is left.
 #[test]
 fn containerd_restarted_during_a_slow_boot_leaves_nothing() {
     let mut cd = containerd();
     fault_config(&cd, None);
-    // QEMU that starts 8 s late.
     let slow = cd.dir.path().join("bin/slow-qemu");
-    std::fs::write(&slow, "#!/bin/sh\nsleep 8\nexec /usr/bin/qemu-system-x86_64 \"$@\"\n").expect("wrapper");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 20\nexec /usr/bin/qemu-system-x86_64 \"$@\"\n").expect("wrapper");
     std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let path = cd.dir.path().join("bin/configuration.toml");
     let text = std::fs::read_to_string(&path).expect("config");
@@ -394,12 +394,15 @@ fn containerd_restarted_during_a_slow_boot_leaves_nothing() {
     let _ = finish(run, "ctr run", SLACK);
     cd.spawn().expect("containerd restarts");
     let end = Instant::now() + BOOT_DEADLINE;
+    let mut qemu_started = false;
     while !cd.leftovers().is_empty() && Instant::now() < end {
+        qemu_started |= !processes_named(&cd, "qemu-system-x86_64").is_empty();
         std::thread::sleep(Duration::from_millis(200));
     }
     let left = cd.leftovers();
     let _ = cd.ctr(&["container", "rm", "slow"]);
     assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
+    assert!(!qemu_started, "the boot went on after containerd's restart\n{}", cd.log());
 }
 
 /// The state dir's file system is full: `Create` fails saying so, and nothing is left there.

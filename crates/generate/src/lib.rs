@@ -200,6 +200,14 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         container_env.retain(|f| f.split_once('=').map(|(n, _)| n) != Some(var));
         container_env.push(e.clone());
     }
+    // The image's own: a name its config sets twice has the later value (as the process gets
+    // it), and only that one is pinned.
+    let mut env: Vec<String> = Vec::new();
+    for e in &image.config.env {
+        let var = e.split_once('=').map_or(e.as_str(), |(n, _)| n);
+        env.retain(|f| f.split_once('=').map_or(f.as_str(), |(n, _)| n) != var);
+        env.push(e.clone());
+    }
     let command = overrides.command.clone().unwrap_or_else(|| image.config.command.clone());
     if command.is_empty() {
         bail!("image {name} has neither Entrypoint nor Cmd: give its command with --command {name}=JSON");
@@ -208,7 +216,7 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         name: name.clone(),
         layers,
         command,
-        env: image.config.env.clone(),
+        env,
         working_dir: overrides.working_dir.clone().unwrap_or_else(|| image.config.working_dir.clone()),
         capabilities_added: overrides.capabilities_added.clone(),
         empty_dirs: overrides.empty_dirs.clone(),
@@ -621,6 +629,9 @@ mod tests {
         assert!(!create(&["PATH=/bin", "PATH=/run/x"], "/srv"), "another PATH last");
         assert!(!create(&["PATH=/bin", "LD_PRELOAD", "LD_PRELOAD=/etc/hosts"], "/srv"));
         assert!(!create(&["PATH=/bin", "LD_PRELOAD=/etc/hosts", "LD_PRELOAD"], "/srv"), "an entry without =");
+        // An entry without `=` is all name: it and `NAME=…` are one name.
+        assert!(create(&["PATH=/bin", "GREETING", "GREETING=hi"], "/srv"), "the bare entry dropped");
+        assert!(!create(&["PATH=/bin", "GREETING=hi", "GREETING"], "/srv"), "the bare entry last");
         // The image's variables: each there, each with its value.
         let with_env = |var: &str, env: &[&str]| {
             let mut pinned = image();
@@ -721,6 +732,11 @@ mod tests {
             |entries: &[&str]| Overrides { env: entries.iter().map(|e| e.to_string()).collect(), ..Default::default() };
         let pinned = pin(&source, &env(&["A=1", "B=2", "A=3"])).expect("pin");
         assert_eq!(pinned.container_env, ["B=2", "A=3"]);
+        let twice = SourceImage {
+            config: ImageConfig { env: vec!["A=x".into(), "PATH=/bin".into(), "A=y".into()], ..source.config.clone() },
+            ..source.clone()
+        };
+        assert_eq!(pin(&twice, &Overrides::default()).expect("pin").env, ["PATH=/bin", "A=y"], "the image's later A");
         for bad in ["A", "=1"] {
             let err = pin(&source, &env(&[bad])).expect_err("not NAME=VALUE");
             assert!(format!("{err:#}").contains("is not NAME=VALUE"), "{err:#}");

@@ -230,14 +230,18 @@ network_value(v) if {
 # What a process gets is judged: the last entry of each name (the agent drops the earlier
 # ones, as runc does). containerd lists the image's variables before the container spec's, so
 # a spec's value of a name the image sets comes last.
-effective_env(env) := [e | some i, e in env; not env_overridden(env, i, e)]
-env_overridden(env, i, e) if {
-    some j, f in env
-    j > i
-    env_name(f) == env_name(e)
-}
-env_denied(pinned, env) := {e | some e in effective_env(env); not env_allowed(pinned, e)} | {e |
-    some e in effective_env(env)
+# (Sorted by name, then position, the last of each name is the one before another name:
+# Kubernetes' service variables can make the list long, and it is the node's, before any
+# dropping, so no comparing every entry with every other.) In name order; the rules below
+# take this effective list.
+effective_env(env) := [env[pair[1]] |
+    sorted := sort([[env_name(e), i] | some i, e in env])
+    some k, pair in sorted
+    not same_name_next(sorted, k)
+]
+same_name_next(sorted, k) if { sorted[k + 1][0] == sorted[k][0] }
+env_denied(pinned, effective) := {e | some e in effective; not env_allowed(pinned, e)} | {e |
+    some e in effective
     env_value_denied(pinned, e)
 }
 
@@ -255,7 +259,7 @@ image_env_missing(pinned, env) := {n |
 # container and in an exec (containerd gives it the container's), each is what the process
 # gets: no other value of its name (not the pod-wide `--env`'s, not one of a service
 # variable's shape, not the image's) follows it.
-container_env_missing(pinned, env) := {e | some e in pinned.container_env; not e in effective_env(env)}
+container_env_missing(pinned, effective) := {e | some e in pinned.container_env; not e in effective}
 
 # Capabilities: in every set, at most containerd's defaults for an unprivileged container
 # (containerd's `pkg/oci` default capability list)
@@ -496,9 +500,10 @@ CreateContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": state_
     privileges_allowed(pinned, input.OCI.Process)
     root_allowed(pinned)
     input.OCI.Process.Cwd == pinned.working_dir
-    count(env_denied(pinned, input.OCI.Process.Env)) == 0
-    count(image_env_missing(pinned, input.OCI.Process.Env)) == 0
-    count(container_env_missing(pinned, input.OCI.Process.Env)) == 0
+    env := effective_env(input.OCI.Process.Env)
+    count(env_denied(pinned, env)) == 0
+    count(image_env_missing(pinned, env)) == 0
+    count(container_env_missing(pinned, env)) == 0
     is_object(input.OCI.Process.Capabilities)
     count(capabilities_denied(pinned, input.OCI.Process)) == 0
     mounts_allowed
@@ -614,21 +619,21 @@ CreateContainerRequest if {
 CreateContainerRequest if {
     not is_sandbox
     pinned := policy_data.images[image_name]
-    some e in env_denied(pinned, input.OCI.Process.Env)
+    some e in env_denied(pinned, effective_env(input.OCI.Process.Env))
     print("environment variable", e, "is not allowed by the policy")
     false
 }
 CreateContainerRequest if {
     not is_sandbox
     pinned := policy_data.images[image_name]
-    some n in image_env_missing(pinned, input.OCI.Process.Env)
+    some n in image_env_missing(pinned, effective_env(input.OCI.Process.Env))
     print("environment variable", n, "of image", image_name, "is missing")
     false
 }
 CreateContainerRequest if {
     not is_sandbox
     pinned := policy_data.images[image_name]
-    some e in container_env_missing(pinned, input.OCI.Process.Env)
+    some e in container_env_missing(pinned, effective_env(input.OCI.Process.Env))
     print("environment variable", e, "of the container's spec is missing")
     false
 }
@@ -648,9 +653,10 @@ default ExecProcessRequest := false
 ExecProcessRequest if {
     input.process.Args in policy_data.execs
     pinned := exec_image
-    count(env_denied(pinned, input.process.Env)) == 0
-    count(image_env_missing(pinned, input.process.Env)) == 0
-    count(container_env_missing(pinned, input.process.Env)) == 0
+    env := effective_env(input.process.Env)
+    count(env_denied(pinned, env)) == 0
+    count(image_env_missing(pinned, env)) == 0
+    count(container_env_missing(pinned, env)) == 0
     is_object(input.process.Capabilities)
     count(capabilities_denied(pinned, input.process)) == 0
     input.process.Cwd == pinned.working_dir
@@ -668,17 +674,17 @@ ExecProcessRequest if {
     false
 }
 ExecProcessRequest if {
-    some e in env_denied(exec_image, input.process.Env)
+    some e in env_denied(exec_image, effective_env(input.process.Env))
     print("environment variable", e, "is not allowed by the policy")
     false
 }
 ExecProcessRequest if {
-    some n in image_env_missing(exec_image, input.process.Env)
+    some n in image_env_missing(exec_image, effective_env(input.process.Env))
     print("environment variable", n, "of image", data.pstate[input.container_id], "is missing")
     false
 }
 ExecProcessRequest if {
-    some e in container_env_missing(exec_image, input.process.Env)
+    some e in container_env_missing(exec_image, effective_env(input.process.Env))
     print("environment variable", e, "of the container's spec is missing")
     false
 }
