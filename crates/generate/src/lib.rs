@@ -192,22 +192,13 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
     groups.extend(&overrides.groups);
     groups.sort_unstable();
     groups.dedup();
-    let mut container_env: Vec<String> = Vec::new();
-    for e in &overrides.env {
-        let Some((var, _)) = e.split_once('=').filter(|(var, _)| !var.is_empty()) else {
-            bail!("image {name}: environment entry {e:?} is not NAME=VALUE");
-        };
-        container_env.retain(|f| f.split_once('=').map(|(n, _)| n) != Some(var));
-        container_env.push(e.clone());
+    if let Some(e) = overrides.env.iter().find(|e| e.split_once('=').is_none_or(|(var, _)| var.is_empty())) {
+        bail!("image {name}: environment entry {e:?} is not NAME=VALUE");
     }
-    // The image's own: a name its config sets twice has the later value (as the process gets
-    // it), and only that one is pinned.
-    let mut env: Vec<String> = Vec::new();
-    for e in &image.config.env {
-        let var = e.split_once('=').map_or(e.as_str(), |(n, _)| n);
-        env.retain(|f| f.split_once('=').map_or(f.as_str(), |(n, _)| n) != var);
-        env.push(e.clone());
-    }
+    // A name given twice has its later value (Kubernetes' rule for a container spec; what the
+    // process gets for the image's own), and only that one is pinned.
+    let container_env = last_of_each_name(&overrides.env);
+    let env = last_of_each_name(&image.config.env);
     let command = overrides.command.clone().unwrap_or_else(|| image.config.command.clone());
     if command.is_empty() {
         bail!("image {name} has neither Entrypoint nor Cmd: give its command with --command {name}=JSON");
@@ -227,6 +218,18 @@ pub fn pin(image: &SourceImage, overrides: &Overrides) -> Result<PinnedImage> {
         read_only_root: overrides.read_only_root,
         container_env,
     })
+}
+
+/// `NAME=VALUE` entries with only the last of each name (all of an entry without `=` is its
+/// name), in the order of those last entries.
+fn last_of_each_name(entries: &[String]) -> Vec<String> {
+    let name = |e: &str| e.split_once('=').map_or(e, |(n, _)| n).to_owned();
+    let mut out: Vec<String> = Vec::new();
+    for e in entries {
+        out.retain(|f| name(f) != name(e));
+        out.push(e.clone());
+    }
+    out
 }
 
 /// The init data of a pod whose containers run `images` (each archive's images pinned, with
@@ -299,6 +302,22 @@ mod tests {
         e.add_data_json(&serde_json::json!({ "pstate": state }).to_string()).expect("state");
         e.set_input_json(&input.to_string()).expect("input");
         e.eval_rule(format!("data.agent_policy.{rule}")).expect("eval")
+    }
+
+    /// Whether `rego` allows a create of `image()`'s layers and command with `env` in `cwd`.
+    fn creates_with(rego: &str, env: &[&str], cwd: &str) -> bool {
+        let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
+        r["OCI"]["Process"]["Env"] = serde_json::json!(env);
+        r["OCI"]["Process"]["Cwd"] = cwd.into();
+        eval(rego, r) == regorus::Value::Bool(true)
+    }
+
+    /// Whether `rego` allows the exec of `env` (the command) into container `c` (of
+    /// `image()`'s image) with `env` in `cwd`.
+    fn execs_with(rego: &str, env: &[&str], cwd: &str) -> bool {
+        let input = serde_json::json!({ "container_id": "c",
+            "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": env, "Cwd": cwd, "Capabilities": { "Bounding": [] } } });
+        eval_rule(rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
     }
 
     #[test]
@@ -583,12 +602,7 @@ mod tests {
         let pod =
             PodAllowances { execs: vec![vec!["env".into()]], env: vec!["GREETING=hi".into()], ..Default::default() };
         let rego = policy_rego(&[image()], &pod);
-        let create = |env: &[&str], cwd: &str| {
-            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
-            r["OCI"]["Process"]["Env"] = serde_json::json!(env);
-            r["OCI"]["Process"]["Cwd"] = cwd.into();
-            eval(&rego, r) == regorus::Value::Bool(true)
-        };
+        let create = |env: &[&str], cwd: &str| creates_with(&rego, env, cwd);
         let allowed = [
             "PATH=/bin",
             "GREETING=hi",
@@ -636,9 +650,7 @@ mod tests {
         let with_env = |var: &str, env: &[&str]| {
             let mut pinned = image();
             pinned.env.push(var.into());
-            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
-            r["OCI"]["Process"]["Env"] = serde_json::json!(env);
-            eval(&policy_rego(&[pinned], &pod), r) == regorus::Value::Bool(true)
+            creates_with(&policy_rego(&[pinned], &pod), env, "/srv")
         };
         assert!(with_env("DB_PASSWORD=s3cret", &["PATH=/bin", "DB_PASSWORD=s3cret"]));
         assert!(!with_env("DB_PASSWORD=s3cret", &["PATH=/bin"]), "the image's variable left out");
@@ -655,11 +667,7 @@ mod tests {
         r["OCI"]["Process"]["Env"] = serde_json::json!([default_path]);
         assert_eq!(eval(&rego_no_path, r), regorus::Value::Bool(true), "containerd's default PATH");
         assert!(!create(&[default_path], "/srv"), "not where the image sets its own");
-        let exec = |env: &[&str], cwd: &str| {
-            let input = serde_json::json!({ "container_id": "c",
-                "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": env, "Cwd": cwd, "Capabilities": { "Bounding": [] } } });
-            eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
-        };
+        let exec = |env: &[&str], cwd: &str| execs_with(&rego, env, cwd);
         assert!(exec(&["PATH=/bin", "GREETING=hi", "HOSTNAME=web-0"], "/srv"));
         assert!(!exec(&["PATH=/bin", "LD_PRELOAD=/etc/hosts"], "/srv"), "an exec's environment");
         assert!(!exec(&["PATH=/bin"], "/tmp"), "an exec's working directory");
@@ -674,11 +682,7 @@ mod tests {
         let mut pinned = image();
         pinned.container_env = vec!["MODE=strict".into(), "TLS=on".into(), "PATH=/opt/bin".into()];
         let rego = policy_rego(&[pinned], &pod);
-        let create = |env: &[&str]| {
-            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
-            r["OCI"]["Process"]["Env"] = serde_json::json!(env);
-            eval(&rego, r) == regorus::Value::Bool(true)
-        };
+        let create = |env: &[&str]| creates_with(&rego, env, "/srv");
         // The container's PATH replaces the image's, as containerd merges them.
         assert!(create(&["PATH=/opt/bin", "MODE=strict", "TLS=on"]));
         // containerd lists a variable the image sets too twice, the image's value first.
@@ -691,11 +695,7 @@ mod tests {
         assert!(!create(&["PATH=/bin", "MODE=strict", "TLS=on"]), "the image's PATH instead of the container's");
         assert!(!create(&["PATH=/opt/bin", "MODE=strict", "TLS=on", "TLS=off"]), "a second value after it");
         // An exec may carry them (containerd gives it the container's environment).
-        let exec = |env: &[&str]| {
-            let input = serde_json::json!({ "container_id": "c",
-                "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": env, "Cwd": "/srv", "Capabilities": { "Bounding": [] } } });
-            eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
-        };
+        let exec = |env: &[&str]| execs_with(&rego, env, "/srv");
         let all = ["PATH=/opt/bin", "MODE=strict", "TLS=on"];
         assert!(exec(&all));
         assert!(!exec(&["PATH=/opt/bin", "MODE=strict"]), "an exec without one: TLS");
@@ -707,17 +707,9 @@ mod tests {
         let mut service = image();
         service.container_env = vec!["REDIS_PORT=6379".into(), "HOSTNAME=db-0".into()];
         let rego = policy_rego(&[service], &pod);
-        let create = |env: &[&str]| {
-            let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);
-            r["OCI"]["Process"]["Env"] = serde_json::json!(env);
-            eval(&rego, r) == regorus::Value::Bool(true)
-        };
+        let create = |env: &[&str]| creates_with(&rego, env, "/srv");
         assert!(create(&["PATH=/bin", "REDIS_PORT=6379", "HOSTNAME=db-0"]));
-        let exec = |env: &[&str]| {
-            let input = serde_json::json!({ "container_id": "c",
-                "process": { "User": { "UID": 1000, "GID": 1000 }, "Args": ["env"], "Env": env, "Cwd": "/srv", "Capabilities": { "Bounding": [] } } });
-            eval_rule(&rego, "ExecProcessRequest", input) == regorus::Value::Bool(true)
-        };
+        let exec = |env: &[&str]| execs_with(&rego, env, "/srv");
         assert!(exec(&["PATH=/bin", "REDIS_PORT=6379", "HOSTNAME=db-0"]));
         // Values another rule would allow by their shape: not for a pinned name.
         assert!(!exec(&["PATH=/bin", "REDIS_PORT=tcp://10.0.0.9:6379", "HOSTNAME=db-0"]), "a service address instead");

@@ -393,15 +393,15 @@ mount_index(i) if {
 # canonical paths); mounted only as above.
 CopyFileRequest if {
     startswith(input.path, config_volume_dir)
-    parts := split(substring(input.path, count(config_volume_dir), -1), "/")
+    own_copy_path(split(substring(input.path, count(config_volume_dir), -1), "/"))
+}
+own_copy_path(parts) if {
     count(parts) > 2
     endswith(parts[0], ".volumes")
     plain_id(trim_suffix(parts[0], ".volumes"))
     volume_label(parts[1])
 }
-CopyFileRequest if {
-    startswith(input.path, config_volume_dir)
-    parts := split(substring(input.path, count(config_volume_dir), -1), "/")
+own_copy_path(parts) if {
     count(parts) > 1
     endswith(parts[0], ".subpaths")
     plain_id(trim_suffix(parts[0], ".subpaths"))
