@@ -8,6 +8,7 @@ fn main() {
     let protos = [
         "protos/health.proto",
         "protos/diagnostics.proto",
+        "protos/portforward.proto",
         "protos/oci.proto",
         "protos/types.proto",
         "protos/agent.proto",

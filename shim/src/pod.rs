@@ -42,6 +42,8 @@ pub struct Pod {
     pub layers: crate::layers::LayerDisks,
     /// Containers created in this pod so far: names each one's directory in the share.
     instances: std::sync::atomic::AtomicU64,
+    /// CRI `PortForward` into the guest (pods with a network namespace).
+    port_forward: std::sync::Mutex<Option<contrast_vmm::port_forward::PortForward>>,
 }
 
 /// The runtime config: runtime options `ConfigPath`, else next to the binary, else the default.
@@ -163,6 +165,7 @@ impl Pod {
         .await
         .map_err(|e| ShimError::Vm(Box::new(e)))?;
         let qmp_ready = started.elapsed();
+        let port_forward = Self::forward_ports(&vm).await;
         let hostname: String = hostname.unwrap_or(sandbox_id).chars().take(HOSTNAME_MAX).collect();
         match Self::connect(&vm, config, sandbox_id, &hostname, use_share).await {
             Ok(agent) => {
@@ -182,11 +185,26 @@ impl Pod {
                     config: config.clone(),
                     layers: Default::default(),
                     instances: Default::default(),
+                    port_forward: std::sync::Mutex::new(port_forward),
                 })
             }
             Err(e) => {
                 vm.stop().await;
                 Err(e)
+            }
+        }
+    }
+
+    /// containerd's `PortForward` connects to localhost in the pod's network namespace: steered
+    /// into the guest ([`contrast_vmm::port_forward`]). Without it the pod still runs; the
+    /// log says why port forwarding does not.
+    async fn forward_ports(vm: &PodVm) -> Option<contrast_vmm::port_forward::PortForward> {
+        let netns = &vm.network()?.netns;
+        match contrast_vmm::port_forward::PortForward::start(netns, vm.vsock().clone(), vm.exited()).await {
+            Ok(forward) => Some(forward),
+            Err(e) => {
+                tracing::warn!(error = %e, "no port forwarding for this pod");
+                None
             }
         }
     }
@@ -235,6 +253,7 @@ impl Pod {
 
     /// Destroys the guest sandbox, unmounts everything shared, stops the VM. Idempotent.
     pub async fn teardown(&self) {
+        drop(self.port_forward.lock().unwrap_or_else(|p| p.into_inner()).take());
         let _ = self.agent.destroy_sandbox(&agent::DestroySandboxRequest::new()).await;
         crate::rootfs::unmount_all(&self.shared);
         let exit = self.vm.stop().await;
@@ -383,6 +402,10 @@ mod tests {
         // Two constants each side: the vmm crate does not link the agent protocol.
         assert_eq!(contrast_vmm::AGENT_VSOCK_PORT, contrast_agent_protocol::AGENT_VSOCK_PORT);
         assert_eq!(contrast_vmm::AGENT_READY_VSOCK_PORT, contrast_agent_protocol::AGENT_READY_VSOCK_PORT);
+        assert_eq!(
+            contrast_vmm::port_forward::PORT_FORWARD_VSOCK_PORT,
+            contrast_agent_protocol::PORT_FORWARD_VSOCK_PORT
+        );
     }
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

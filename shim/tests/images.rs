@@ -83,8 +83,13 @@ containerd_matrix! {
         .map(|c| c.iter().map(|a| a.to_string()).collect())
         .collect();
         // The pod spec's environment, and no other.
-        let pod_env =
-            contrast_generate::PodAllowances { execs, env: vec!["GREETING=hello".into()], ..Default::default() };
+        // `kubectl port-forward` only to 9001.
+        let pod_env = contrast_generate::PodAllowances {
+            execs,
+            env: vec!["GREETING=hello".into()],
+            port_forward: vec![9001],
+            ..Default::default()
+        };
         // The pod's emptyDir volume `cache`, mounted at /cache.
         let overrides = std::collections::BTreeMap::from([
             (
@@ -149,7 +154,8 @@ containerd_matrix! {
             ..Default::default()
         };
         let annotations = HashMap::from([(INIT_DATA_ANNOTATION.to_owned(), init_data.annotation())]);
-        let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+        let mut cri =
+            CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects").streaming_from(cd.netns_path());
         let mut config = pod_config("layered", "default");
         config.annotations = annotations;
         config.hostname = "layered-host".into();
@@ -177,6 +183,19 @@ containerd_matrix! {
             ..Default::default()
         });
         let c = cri.run_container_config(&pod, app).await.expect("pinned image runs");
+        // The node reaches the pod's loopback only on the ports the policy lists: 9000 is
+        // refused by the guest; 9001 is allowed (nothing listens on it in this pod).
+        for (port, reason) in
+            [(9000, "PortForwardRequest is blocked by policy"), (9001, "connecting to 127.0.0.1:9001 in the pod VM")]
+        {
+            let forwarded = cri.port_forward(&pod.id, port, b"hello", |_| false).await.expect("PortForward session");
+            assert!(forwarded.data.is_empty(), "port {port}: {forwarded:?}");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !cd.log().contains(reason) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(cd.log().contains(reason), "port {port}: the shim's log names why: {reason}\n{}", cd.log());
+        }
         // Its supplementary groups as containerd sets them: its primary group and the pod spec's.
         let (code, out, _) = cri.exec_sync(&c, &["cat", "/proc/self/status"]).await.expect("exec");
         let status = String::from_utf8_lossy(&out);

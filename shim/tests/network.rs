@@ -59,7 +59,8 @@ containerd_matrix! {
     /// nothing but loopback, and no QEMU or helper is left.
     async fn two_pods_talk_over_the_cni_bridge(release: Release) {
         let cd = containerd(release);
-        let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+        let mut cri =
+            CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects").streaming_from(cd.netns_path());
         let mut config = pod_config("web", "default");
         config.hostname = "web-a".into();
         config.dns_config =
@@ -124,12 +125,30 @@ containerd_matrix! {
         let from_test = in_netns(&test_ns.to_string_lossy(), &["sh", "-c", &fetch.replace("nc ", "busybox nc ")]);
         assert!(from_test.as_ref().is_ok_and(|o| o.contains(PAGE)), "the test's own namespace fetching {url}: {from_test:?}");
 
+        // `kubectl port-forward`: containerd connects to localhost:8080 in pod A's namespace,
+        // which the shim carries into the guest. A port nothing listens on in the guest ends
+        // the connection at once.
+        let request = b"GET /index.html HTTP/1.0\r\n\r\n";
+        let has_page = |data: &[u8]| String::from_utf8_lossy(data).contains(PAGE);
+        let forwarded = tokio::time::timeout(SERVE_DEADLINE, cri.port_forward(&a.id, 8080, request, has_page)).await;
+        let forwarded = forwarded.expect("port-forward within the deadline").expect("PortForward session");
+        let text = String::from_utf8_lossy(&forwarded.data);
+        assert!(text.contains("200 OK") && text.contains(PAGE), "port-forward to 8080: {forwarded:?}\n{}", cd.log());
+        let closed = tokio::time::timeout(SERVE_DEADLINE, cri.port_forward(&a.id, 8081, request, |_| false)).await;
+        let closed = closed.expect("a port nobody serves ends within the deadline").expect("PortForward session");
+        assert!(closed.data.is_empty(), "nothing answers on 8081: {closed:?}");
+        // What containerd does, by hand: any loopback port of the pod's namespace reaches the guest.
+        let by_hand = in_netns(&held_path, &["sh", "-c", "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 127.0.0.1 8080"]);
+        assert!(by_hand.as_ref().is_ok_and(|o| o.contains(PAGE)), "127.0.0.1:8080 in pod A's namespace: {by_hand:?}");
+
         for pod in [&a.id, &b.id] {
             cri.remove_pod(pod).await.expect("stopp + rmp");
         }
         let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
         assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
         assert_eq!(links(&held_path), ["lo"], "pod A's namespace after removal: no tap, no veth");
+        let after = in_netns(&held_path, &["busybox", "nc", "-w", "1", "127.0.0.1", "8080"]);
+        assert!(after.is_err(), "nothing steers pod A's loopback after removal: {after:?}");
     }
 }
 

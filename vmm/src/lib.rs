@@ -6,6 +6,7 @@ pub mod helper;
 pub mod net;
 pub mod pidfile;
 mod pod_vm;
+pub mod port_forward;
 pub mod qemu_args;
 pub mod qmp;
 pub mod supervisor;

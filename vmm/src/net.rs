@@ -224,7 +224,7 @@ fn open_tap(name: &str) -> io::Result<OwnedFd> {
 
 /// Runs `work` with a netlink socket inside the network namespace at `netns`, on a thread of
 /// its own.
-async fn in_netns<T, F>(netns: &Path, work: F) -> io::Result<T>
+pub(crate) async fn in_netns<T, F>(netns: &Path, work: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce(&mut Netlink) -> io::Result<T> + Send + 'static,

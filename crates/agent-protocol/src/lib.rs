@@ -42,6 +42,20 @@ pub mod health_ttrpc {
     unused_imports,
     dead_code
 )]
+pub mod portforward {
+    include!(concat!(env!("OUT_DIR"), "/portforward.rs"));
+}
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    clippy::uninlined_format_args,
+    non_camel_case_types,
+    non_upper_case_globals,
+    unused_mut,
+    unused_imports,
+    dead_code
+)]
 pub mod diagnostics {
     include!(concat!(env!("OUT_DIR"), "/diagnostics.rs"));
 }
@@ -136,6 +150,19 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// booting. The connection carries no data and proves nothing; the host dials and checks
 /// health as before. With hybrid vsock it reaches the unix socket `<uds-path>_1025`.
 pub const AGENT_READY_VSOCK_PORT: u32 = 1025;
+
+/// vsock port of the agent's port forwarder (CRI `PortForward`). Not ttrpc: the host sends
+/// the guest port as two bytes, big-endian; the agent asks the policy (rule
+/// `PortForwardRequest`, [`portforward::PortForwardRequest`]) and connects to 127.0.0.1:port,
+/// then answers one status byte: [`PORT_FORWARD_CONNECTED`], after which bytes pass both ways,
+/// or [`PORT_FORWARD_REFUSED`] / [`PORT_FORWARD_FAILED`] followed by the reason (UTF-8, at
+/// most 512 bytes) and the end of the connection.
+pub const PORT_FORWARD_VSOCK_PORT: u32 = 1026;
+pub const PORT_FORWARD_CONNECTED: u8 = 0;
+/// The pod's policy does not allow the port.
+pub const PORT_FORWARD_REFUSED: u8 = 1;
+/// Nothing accepted the connection in the guest.
+pub const PORT_FORWARD_FAILED: u8 = 2;
 
 /// Largest single write the agent makes to a vsock connection. vhost-device-vsock 0.3 stalls a
 /// connection for good when the guest (Linux 6.12) sends one write of 64 KiB or more as a

@@ -16,6 +16,7 @@ mod measured;
 mod network;
 mod policy;
 mod policy_input;
+mod port_forward;
 mod reaper;
 mod runner;
 mod runner_client;
@@ -96,12 +97,17 @@ fn run(is_init: bool) -> Result<()> {
         }
     }
     // Before anything is served: the init data, checked against the launch binding.
-    let policy = measured::decide_policy();
+    let policy = std::sync::Arc::new(measured::decide_policy());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     runtime.block_on(async move {
         let reaper = reaper::Reaper::new();
         tokio::spawn(reaper.clone().run());
-        let _server = services::start(Path::new(TTRPC_SOCKET), cmdline.diagnostics, reaper, policy).await?;
+        let _server = services::start(Path::new(TTRPC_SOCKET), cmdline.diagnostics, reaper, policy.clone()).await?;
+        tokio::spawn(async move {
+            if let Err(e) = port_forward::serve(policy).await {
+                log!("port forwarding not served: {e:#}");
+            }
+        });
         transport::serve_vsock(contrast_agent_protocol::AGENT_VSOCK_PORT, Path::new(TTRPC_SOCKET)).await
     })
 }

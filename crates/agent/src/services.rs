@@ -86,13 +86,10 @@ pub async fn start(
     socket: &Path,
     diagnostics: bool,
     reaper: Arc<crate::reaper::Reaper>,
-    policy: crate::policy::Policy,
+    policy: Arc<crate::policy::Policy>,
 ) -> Result<Server> {
     let _ = std::fs::remove_file(socket);
-    let agent = crate::agent_service::AgentService {
-        sandbox: Arc::new(crate::sandbox::Sandbox::new(reaper)),
-        policy: Arc::new(policy),
-    };
+    let agent = crate::agent_service::AgentService { sandbox: Arc::new(crate::sandbox::Sandbox::new(reaper)), policy };
     let mut server = Server::new()
         .bind(&format!("unix://{}", socket.display()))
         .context("binding the ttrpc socket")?

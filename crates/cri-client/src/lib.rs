@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
 pub use k8s_cri::v1 as cri;
-pub use stream::ExecOutput;
+pub use stream::{ExecOutput, PortForwardOutput};
 
 mod stream;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -211,19 +211,49 @@ impl CriClient {
             .await
             .context("Exec")?
             .into_inner();
+        let input = input.to_vec();
+        self.streaming(move || async move { stream::exec(&resp.url, &input).await }).await
+    }
+
+    /// `crictl port-forward` for one connection: sends `input` to `port` of the pod and
+    /// returns what came back once `done` holds for it (or the session ended).
+    pub async fn port_forward(
+        &mut self,
+        pod_id: &str,
+        port: u16,
+        input: &[u8],
+        done: impl Fn(&[u8]) -> bool + Send + 'static,
+    ) -> Result<PortForwardOutput> {
+        let resp = self
+            .runtime
+            .port_forward(cri::PortForwardRequest { pod_sandbox_id: pod_id.into(), port: vec![port.into()] })
+            .await
+            .context("PortForward")?
+            .into_inner();
+        let input = input.to_vec();
+        self.streaming(move || async move { stream::port_forward(&resp.url, port, &input, done).await }).await
+    }
+
+    /// Runs a streaming session, from containerd's network namespace when one is set
+    /// ([`CriClient::streaming_from`]).
+    async fn streaming<T, F, Fut>(&self, session: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let Some(netns) = self.stream_netns.clone() else {
-            return stream::exec(&resp.url, input).await;
+            return session().await;
         };
         // A socket belongs to the namespace of the thread that creates it: connect from a
         // thread of its own that has entered containerd's.
-        let input = input.to_vec();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let result = (|| {
                 let ns = std::fs::File::open(&netns).with_context(|| format!("opening {}", netns.display()))?;
                 nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                rt.block_on(stream::exec(&resp.url, &input))
+                rt.block_on(session())
             })();
             let _ = tx.send(result);
         });

@@ -60,3 +60,65 @@ pub async fn exec(url: &str, input: &[u8]) -> Result<ExecOutput> {
     }
     Ok(out)
 }
+
+/// What one port-forward session brought back.
+#[derive(Debug, Default)]
+pub struct PortForwardOutput {
+    /// Bytes from the pod's port, up to the point the caller stopped reading.
+    pub data: Vec<u8>,
+    /// What the server wrote on the port's error channel (why the connection failed).
+    pub error: String,
+}
+
+/// CRI `PortForward` session for one port (`kubectl port-forward`): data channel 0, error
+/// channel 1, each opening with the port (u16, little-endian). Sends `input`, then reads
+/// until `done` says the data is complete, the server ends the session, or it reports an
+/// error.
+pub async fn port_forward(
+    url: &str,
+    port: u16,
+    input: &[u8],
+    done: impl Fn(&[u8]) -> bool,
+) -> Result<PortForwardOutput> {
+    const DATA: u8 = 0;
+    const ERRORS: u8 = 1;
+    let url = url.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
+    let url = format!("{url}{}port={port}", if url.contains('?') { '&' } else { '?' });
+    let mut request = url.as_str().into_client_request().context("port-forward URL")?;
+    request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(request).await.with_context(|| format!("connecting to {url}"))?;
+    let mut frame = vec![DATA];
+    frame.extend_from_slice(input);
+    ws.send(Message::Binary(frame.into())).await.context("writing to the port")?;
+    let mut out = PortForwardOutput::default();
+    let mut opened = [false; 2];
+    while let Some(message) = ws.next().await {
+        let data = match message {
+            Ok(Message::Binary(data)) => data.to_vec(),
+            Ok(Message::Close(_)) => break,
+            Ok(_) => continue,
+            Err(e) => return Err(e).context("reading the port-forward stream"),
+        };
+        let Some((&channel, payload)) = data.split_first() else { continue };
+        let Some(seen) = opened.get_mut(channel as usize) else { bail!("message on unexpected channel {channel}") };
+        // Each channel opens with its port.
+        if !*seen {
+            *seen = true;
+            if payload != port.to_le_bytes() {
+                bail!("channel {channel} opened for port {payload:?}, not {port}");
+            }
+            continue;
+        }
+        match channel {
+            DATA => out.data.extend_from_slice(payload),
+            ERRORS => out.error.push_str(&String::from_utf8_lossy(payload)),
+            _ => unreachable!("channels beyond 1 are refused above"),
+        }
+        if !out.error.is_empty() || done(&out.data) {
+            break;
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(out)
+}

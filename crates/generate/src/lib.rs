@@ -350,6 +350,15 @@ mod tests {
         assert_eq!(write(&rego), regorus::Value::Bool(false));
         let with_stdin = policy_rego(&[image()], &PodAllowances { stdin: true, ..Default::default() });
         assert_eq!(write(&with_stdin), regorus::Value::Bool(true));
+        // The node reaches the pod's loopback only on the ports the policy lists.
+        let forward =
+            |rego: &str, port: u16| eval_rule(rego, "PortForwardRequest", serde_json::json!({ "port": port }));
+        assert_eq!(forward(&rego, 8080), regorus::Value::Bool(false));
+        let with_forward = policy_rego(&[image()], &PodAllowances { port_forward: vec![8080], ..Default::default() });
+        assert_eq!(
+            (forward(&with_forward, 8080), forward(&with_forward, 8081)),
+            (regorus::Value::Bool(true), regorus::Value::Bool(false))
+        );
         // A bind mount only of the container's own copy, at its own place.
         let with_mount = |source: &str, destination: &str| {
             let mut r = request(&"cd".repeat(32), &["sleep", "1000"]);

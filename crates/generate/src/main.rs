@@ -18,7 +18,8 @@
 //! volumes only where `--empty-dir` mounts them, the node's configMap, secret, projected and
 //! downwardAPI volumes (copied, read-only) only where `--config-volume` mounts them, device
 //! nodes only below /dev, sysctls only Kubernetes' safe ones and `--sysctl`, and no write to
-//! a process's stdin unless `--stdin`; an exec only of a command given with `--exec` (an exec
+//! a process's stdin unless `--stdin`; `kubectl port-forward` only to the ports `--port-forward`
+//! lists; an exec only of a command given with `--exec` (an exec
 //! probe's, say), none by default. The init data TOML goes to `--out`; the annotation value
 //! (base64 of gzip) is printed. Same input, same bytes.
 
@@ -33,7 +34,7 @@ const USAGE: &str = "usage: contrast-generate [--image ARCHIVE.tar]... \
 [--cap-add IMAGE=CAPABILITY]... [--empty-dir IMAGE=VOLUME:PATH]... [--config-volume IMAGE=PATH]... \
 [--user IMAGE=UID[:GID]]... [--groups IMAGE=GID[,GID]...]... [--no-new-privileges IMAGE]... [--read-only-root IMAGE]... \
 [--container-env IMAGE=NAME=VALUE]... [--env NAME=VALUE]... [--exec JSON]... \
-[--sysctl NAME]... [--stdin] --out INITDATA.toml";
+[--sysctl NAME]... [--stdin] [--port-forward PORT]... --out INITDATA.toml";
 
 struct Args {
     archives: Vec<PathBuf>,
@@ -154,6 +155,13 @@ fn parse_args() -> Result<Args> {
                 a.pod.sysctls.push(v.replace('/', "."));
             }
             "--stdin" => a.pod.stdin = true,
+            "--port-forward" => {
+                let v = value()?;
+                match v.parse::<u16>() {
+                    Ok(port) if port > 0 => a.pod.port_forward.push(port),
+                    _ => bail!("--port-forward {v:?}: a TCP port (1-65535)"),
+                }
+            }
             "--container-env" => {
                 let v = value()?;
                 let bad = || anyhow::anyhow!("--container-env {v:?}: IMAGE=NAME=VALUE");

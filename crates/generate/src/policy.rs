@@ -53,6 +53,9 @@ pub struct PodAllowances {
     pub sysctls: Vec<String>,
     /// Whether the host may write to a process's stdin (the pod spec's `stdin: true`).
     pub stdin: bool,
+    /// Ports of the pod's loopback the node may connect to (CRI `PortForward`,
+    /// `kubectl port-forward`).
+    pub port_forward: Vec<u16>,
 }
 
 /// Rules: the pod lifecycle allowed; `SetPolicy` refused; the sandbox container only as the
@@ -80,6 +83,10 @@ default ReadStreamRequest := true
 # interpreter) would run what the host writes. Only when the pod spec asks for stdin.
 default WriteStreamRequest := false
 WriteStreamRequest if { policy_data.stdin == true }
+# `kubectl port-forward` reaches what listens on the pod's loopback, which the pod network
+# never exposes to the node: only the ports the policy lists.
+default PortForwardRequest := false
+PortForwardRequest if { input.port in policy_data.port_forward }
 default CloseStdinRequest := true
 default TtyWinResizeRequest := true
 default GetOOMEventRequest := true
@@ -798,6 +805,7 @@ pub fn policy_rego(images: &[PinnedImage], pod: &PodAllowances) -> String {
     }
     let data = serde_json::json!({
         "images": map, "execs": pod.execs, "env": pod.env, "sysctls": pod.sysctls, "stdin": pod.stdin,
+        "port_forward": pod.port_forward,
     });
     format!("{RULES}{POD_NETWORK_RULES}\npolicy_data := {}\n", serde_json::to_string_pretty(&data).expect("JSON"))
 }

@@ -1,0 +1,549 @@
+//! `kubectl port-forward` / `crictl port-forward` into a pod VM.
+//!
+//! containerd serves CRI `PortForward` by entering the pod's network namespace on the host and
+//! connecting to `localhost:<port>` there; with runc the pod's processes listen in that
+//! namespace. A pod VM's processes listen in the guest, so nothing would answer. Here an
+//! `sk_lookup` BPF program, attached to the pod's namespace, hands every TCP connection to
+//! 127.0.0.1 — whatever its port — to one listening socket of the shim (the connection keeps
+//! its destination port, which the accepted socket's local address reports). Each connection
+//! is carried to the guest agent's [`PORT_FORWARD_VSOCK_PORT`] with a two-byte header (the
+//! port, big-endian); the agent asks the pod's policy and connects to 127.0.0.1:`port` in the
+//! guest, answers a status byte, then bytes flow both ways until either side closes. A
+//! connection the guest refuses (the policy, or nothing listening) is reset, and the shim's
+//! log says why.
+//!
+//! Nothing here outlives its [`PortForward`]: the program stays attached only while the BPF
+//! link's fd is open, the listening socket leaves the map when it closes, and the forwarded
+//! connections are tasks of the accepting task, aborted with it.
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::supervisor::VmExit;
+use crate::vsock::VsockEndpoint;
+
+/// Guest vsock port of the agent's port forwarder (`contrast_agent_protocol::PORT_FORWARD_VSOCK_PORT`).
+pub const PORT_FORWARD_VSOCK_PORT: u32 = 1026;
+/// How long a forwarded connection waits for the agent to accept it.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a hybrid-vsock connection waits for the guest's next bytes once the client has
+/// sent all it will (see [`splice`]).
+const LINGER: Duration = Duration::from_secs(30);
+const RELAY_BUFFER: usize = 64 * 1024;
+/// How long the agent may take to answer a connection (its policy check and connect).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest refusal reason read (the agent sends at most 512 bytes).
+const MAX_REASON: u64 = 1024;
+/// The agent's status bytes (`contrast_agent_protocol::PORT_FORWARD_*`).
+const PORT_FORWARD_CONNECTED: u8 = 0;
+const PORT_FORWARD_REFUSED: u8 = 1;
+/// Pause after a failed accept (out of fds, say) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+#[error("port forwarding in network namespace {}: {problem}", netns.display())]
+pub struct Error {
+    pub netns: PathBuf,
+    pub problem: String,
+}
+
+/// The pod namespace's loopback, forwarded into the guest while this lives.
+pub struct PortForward {
+    accept: tokio::task::JoinHandle<()>,
+    /// The program's attachment to the namespace: closing it detaches the program.
+    _link: OwnedFd,
+}
+
+impl PortForward {
+    /// Steers TCP connections to 127.0.0.1 in `netns` to the guest behind `guest`.
+    pub async fn start(
+        netns: &Path,
+        guest: VsockEndpoint,
+        exited: watch::Receiver<Option<VmExit>>,
+    ) -> Result<PortForward, Error> {
+        let err = |problem: String| Error { netns: netns.to_owned(), problem };
+        // A socket belongs to the namespace of the thread that creates it.
+        let listener = crate::net::in_netns(netns, |_| loopback_listener())
+            .await
+            .map_err(|e| err(format!("listening on 127.0.0.1: {e}")))?;
+        let namespace = File::open(netns).map_err(|e| err(format!("opening the namespace: {e}")))?;
+        let link = steer_loopback(&namespace, &listener).map_err(|e| err(e.to_string()))?;
+        let listener = std::net::TcpListener::from(listener);
+        let listener = TcpListener::from_std(listener).map_err(|e| err(format!("listener: {e}")))?;
+        let accept = tokio::spawn(accept_loop(listener, guest, exited));
+        Ok(PortForward { accept, _link: link })
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// A non-blocking TCP listener on 127.0.0.1 with a port the kernel picks. `IP_FREEBIND`: the
+/// namespace's loopback may not be up (CNI's loopback plugin brings it up for CRI pods).
+fn loopback_listener() -> io::Result<OwnedFd> {
+    let check = |r: libc::c_int| if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) };
+    // SAFETY: plain socket(2); the result is checked before it is owned.
+    let raw =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
+    // SAFETY: a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let on: libc::c_int = 1;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(Ipv4Addr::LOCALHOST.octets()) },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the option value and the address live across the calls, with their sizes.
+    unsafe {
+        check(libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_FREEBIND,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ))?;
+        check(libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ))?;
+        check(libc::listen(fd.as_raw_fd(), 128))?;
+    }
+    Ok(fd)
+}
+
+async fn accept_loop(listener: TcpListener, guest: VsockEndpoint, exited: watch::Receiver<Option<VmExit>>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    connections.spawn(forward(tcp, guest.clone(), exited.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "port forwarding: accepting a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Carries one connection to the guest: the port it was made to, then its bytes.
+async fn forward(mut tcp: TcpStream, guest: VsockEndpoint, exited: watch::Receiver<Option<VmExit>>) {
+    let port = match tcp.local_addr() {
+        Ok(addr) => addr.port(),
+        Err(e) => return tracing::warn!(error = %e, "port forwarding: a connection without a local address"),
+    };
+    // The dial runs to its end (see crate::vsock: abandoning a hybrid handshake can break
+    // vhost-device-vsock), even when the client has gone meanwhile.
+    let fd = match guest.dial(PORT_FORWARD_VSOCK_PORT, DIAL_TIMEOUT, exited).await {
+        Ok(fd) => fd,
+        Err(e) => return tracing::warn!(port, error = %e, "port forwarding: reaching the agent"),
+    };
+    let result = match &guest {
+        VsockEndpoint::Hybrid { .. } => match unix_stream(fd) {
+            Ok(mut stream) => splice(&mut tcp, &mut stream, port, false).await,
+            Err(e) => Err(e),
+        },
+        VsockEndpoint::Vhost { .. } => match nonblocking(fd) {
+            Ok(fd) => splice(&mut tcp, &mut tokio_vsock::VsockStream::from(fd), port, true).await,
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => tracing::debug!(port, "port forwarding: connection closed"),
+        Err(e) if matches!(e.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::ConnectionRefused) => {
+            tracing::warn!(port, reason = %e, "port forwarding: the pod VM refused the connection");
+            // A reset, as a port nobody listens on gives the client.
+            let _ = tcp.set_zero_linger();
+        }
+        Err(e) => tracing::debug!(port, error = %e, "port forwarding: connection ended"),
+    }
+}
+
+fn unix_stream(fd: OwnedFd) -> io::Result<tokio::net::UnixStream> {
+    tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(nonblocking(fd)?))
+}
+
+fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
+    let flags = nix::fcntl::OFlag::from_bits_truncate(nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::F_GETFL)?);
+    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK))?;
+    Ok(fd)
+}
+
+/// Sends the port, then relays both ways. `half_close`: whether the guest connection can
+/// carry the client's end of input alone (kernel vsock can; hybrid vsock cannot —
+/// vhost-device-vsock turns the host's shutdown of writing into a shutdown of both
+/// directions, so an answer the guest still sends would be lost). Without it the client's
+/// end of input is kept from the guest, and the connection ends when the guest closes,
+/// or when it stays silent for [`LINGER`] after that end.
+async fn splice<G>(tcp: &mut TcpStream, guest: &mut G, port: u16, half_close: bool) -> io::Result<()>
+where
+    G: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    guest.write_all(&port.to_be_bytes()).await?;
+    answer(guest).await?;
+    if half_close {
+        return tokio::io::copy_bidirectional(tcp, guest).await.map(|_| ());
+    }
+    let (mut from_client, mut to_client) = tcp.split();
+    let (mut from_guest, mut to_guest) = tokio::io::split(guest);
+    let (mut up, mut down) = (vec![0u8; RELAY_BUFFER], vec![0u8; RELAY_BUFFER]);
+    let mut client_open = true;
+    loop {
+        tokio::select! {
+            read = from_client.read(&mut up), if client_open => match read? {
+                0 => client_open = false,
+                n => to_guest.write_all(&up[..n]).await?,
+            },
+            read = read_within(&mut from_guest, &mut down, (!client_open).then_some(LINGER)) => match read? {
+                Some(0) | None => return to_client.shutdown().await,
+                Some(n) => to_client.write_all(&down[..n]).await?,
+            },
+        }
+    }
+}
+
+/// The agent's status byte: connected, or the refusal with its reason as the error.
+async fn answer<G: tokio::io::AsyncRead + Unpin>(guest: &mut G) -> io::Result<()> {
+    let status = tokio::time::timeout(ANSWER_TIMEOUT, guest.read_u8())
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the agent did not answer"))??;
+    if status == PORT_FORWARD_CONNECTED {
+        return Ok(());
+    }
+    let mut reason = Vec::new();
+    let mut limited = guest.take(MAX_REASON);
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, limited.read_to_end(&mut reason)).await;
+    let reason = String::from_utf8_lossy(&reason).into_owned();
+    Err(match status {
+        PORT_FORWARD_REFUSED => io::Error::new(io::ErrorKind::PermissionDenied, reason),
+        _ => io::Error::new(io::ErrorKind::ConnectionRefused, reason),
+    })
+}
+
+/// A read, or `None` when `limit` passes first.
+async fn read_within<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+    limit: Option<Duration>,
+) -> io::Result<Option<usize>> {
+    match limit {
+        None => r.read(buf).await.map(Some),
+        Some(limit) => match tokio::time::timeout(limit, r.read(buf)).await {
+            Ok(read) => read.map(Some),
+            Err(_) => Ok(None),
+        },
+    }
+}
+
+/// bpf(2) commands, map, program and attach types, helpers (linux/bpf.h).
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_MAP_TYPE_SOCKMAP: u32 = 15;
+const BPF_PROG_TYPE_SK_LOOKUP: u32 = 30;
+const BPF_SK_LOOKUP: u32 = 36;
+const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_SK_RELEASE: i32 = 86;
+const HELPER_SK_ASSIGN: i32 = 124;
+/// `struct bpf_sk_lookup` offsets: family, protocol, local_ip4 (network order).
+const CTX_FAMILY: i16 = 8;
+const CTX_PROTOCOL: i16 = 12;
+const CTX_LOCAL_IP4: i16 = 40;
+/// 127.0.0.1 as the context holds it (network byte order, read as a little-endian u32).
+const LOOPBACK_IP4: i32 = i32::from_le_bytes([127, 0, 0, 1]);
+const SK_PASS: i32 = 1;
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a live, initialized `#[repr(C)]` prefix of `union bpf_attr` for `cmd`
+    // and the size passed is its own; the kernel reads (and for the log, writes) only memory
+    // the attribute's pointers name, which the caller keeps alive for the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: for the commands used here a non-negative result is a new fd (or 0 from an
+    // update, which callers do not keep).
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Insn {
+    code: u8,
+    /// dst in the low nibble, src in the high one.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn { code, regs: (src << 4) | dst, off, imm }
+}
+
+/// Opcodes used (class | size/op | source).
+mod op {
+    pub const LDX_W: u8 = 0x61;
+    pub const ST_W: u8 = 0x62;
+    pub const MOV64_REG: u8 = 0xbf;
+    pub const MOV64_IMM: u8 = 0xb7;
+    pub const ADD64_IMM: u8 = 0x07;
+    pub const LD_IMM64: u8 = 0x18;
+    pub const JNE_IMM: u8 = 0x55;
+    pub const JEQ_IMM: u8 = 0x15;
+    pub const CALL: u8 = 0x85;
+    pub const EXIT: u8 = 0x95;
+}
+/// `ld_imm64` source register value: the immediate is a map fd.
+const PSEUDO_MAP_FD: u8 = 1;
+
+/// The sk_lookup program: a TCP/IPv4 connection to 127.0.0.1 goes to the socket at key 0 of
+/// `map`; everything else takes the kernel's own lookup.
+fn program(map: i32) -> Vec<Insn> {
+    const PASS: i16 = 21;
+    // A jump's offset counts from the next instruction.
+    let to_pass = |at: i16| PASS - at - 1;
+    vec![
+        insn(op::MOV64_REG, 6, 1, 0, 0),                        // 0: r6 = ctx
+        insn(op::LDX_W, 2, 6, CTX_PROTOCOL, 0),                 // 1
+        insn(op::JNE_IMM, 2, 0, to_pass(2), libc::IPPROTO_TCP), // 2
+        insn(op::LDX_W, 2, 6, CTX_FAMILY, 0),                   // 3
+        insn(op::JNE_IMM, 2, 0, to_pass(4), libc::AF_INET),     // 4
+        insn(op::LDX_W, 2, 6, CTX_LOCAL_IP4, 0),                // 5
+        insn(op::JNE_IMM, 2, 0, to_pass(6), LOOPBACK_IP4),      // 6
+        insn(op::ST_W, 10, 0, -4, 0),                           // 7: key 0 on the stack
+        insn(op::MOV64_REG, 2, 10, 0, 0),                       // 8
+        insn(op::ADD64_IMM, 2, 0, 0, -4),                       // 9: r2 = &key
+        insn(op::LD_IMM64, 1, PSEUDO_MAP_FD, 0, map),           // 10: r1 = map
+        insn(0, 0, 0, 0, 0),                                    // 11: (upper half)
+        insn(op::CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM),        // 12: r0 = socket, referenced
+        insn(op::JEQ_IMM, 0, 0, to_pass(13), 0),                // 13
+        insn(op::MOV64_REG, 7, 0, 0, 0),                        // 14
+        insn(op::MOV64_REG, 1, 6, 0, 0),                        // 15
+        insn(op::MOV64_REG, 2, 7, 0, 0),                        // 16
+        insn(op::MOV64_IMM, 3, 0, 0, 0),                        // 17
+        insn(op::CALL, 0, 0, 0, HELPER_SK_ASSIGN),              // 18
+        insn(op::MOV64_REG, 1, 7, 0, 0),                        // 19
+        insn(op::CALL, 0, 0, 0, HELPER_SK_RELEASE),             // 20
+        insn(op::MOV64_IMM, 0, 0, 0, SK_PASS),                  // 21: PASS
+        insn(op::EXIT, 0, 0, 0, 0),                             // 22
+    ]
+}
+
+/// Puts `listener` into a socket map and attaches the program for it to `namespace`; the
+/// returned link fd keeps the attachment (the map and program live as long as it does).
+fn steer_loopback(namespace: &File, listener: &OwnedFd) -> io::Result<OwnedFd> {
+    let context = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let mut create = MapCreateAttr { map_type: BPF_MAP_TYPE_SOCKMAP, key_size: 4, value_size: 8, max_entries: 1 };
+    let map = bpf(BPF_MAP_CREATE, &mut create).map_err(context("creating the socket map (BPF_MAP_CREATE)"))?;
+    let key = 0u32;
+    let value = listener.as_raw_fd() as u64;
+    let mut update = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: &value as *const u64 as u64,
+        flags: 0,
+    };
+    // The update answers 0, not an fd: nothing to keep.
+    std::mem::forget(bpf(BPF_MAP_UPDATE_ELEM, &mut update).map_err(context("adding the listener to the map"))?);
+    let insns = program(map.as_raw_fd());
+    const LICENSE: &[u8] = b"Apache-2.0\0";
+    let mut load = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_SK_LOOKUP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: LICENSE.as_ptr() as u64,
+        expected_attach_type: BPF_SK_LOOKUP,
+        ..Default::default()
+    };
+    load.prog_name[..12].copy_from_slice(b"port_forward");
+    let prog = bpf(BPF_PROG_LOAD, &mut load).map_err(context("loading the sk_lookup program (BPF_PROG_LOAD)"))?;
+    let mut link = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: namespace.as_raw_fd() as u32,
+        attach_type: BPF_SK_LOOKUP,
+        flags: 0,
+    };
+    bpf(BPF_LINK_CREATE, &mut link).map_err(context("attaching it to the namespace (BPF_LINK_CREATE)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_jump_lands_on_the_pass_exit() {
+        let p = program(7);
+        for (at, i) in p.iter().enumerate() {
+            if i.code == op::JNE_IMM || i.code == op::JEQ_IMM {
+                let target = at as i64 + 1 + i64::from(i.off);
+                assert_eq!(p[target as usize], insn(op::MOV64_IMM, 0, 0, 0, SK_PASS), "jump at {at}");
+            }
+        }
+        assert_eq!(p.last(), Some(&insn(op::EXIT, 0, 0, 0, 0)));
+        assert_eq!(p[10].imm, 7, "the map fd is the ld_imm64's immediate");
+    }
+
+    /// In a network namespace of the test's own: a connection to any port of 127.0.0.1
+    /// reaches the one listener, which sees the port it was made to; other addresses are
+    /// left alone; after the link closes, the kernel's own lookup answers again.
+    #[test]
+    fn loopback_connections_of_any_port_reach_the_listener() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("needs root (network namespaces, BPF)");
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let lo_up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
+            assert!(lo_up.success());
+            let listener = loopback_listener().expect("listener");
+            let namespace = File::open(format!("/proc/self/task/{}/ns/net", nix::unistd::gettid())).expect("netns");
+            let link = steer_loopback(&namespace, &listener).expect("steer");
+            let listener = std::net::TcpListener::from(listener);
+            listener.set_nonblocking(false).expect("blocking");
+            for port in [80u16, 8080, 65000] {
+                let client = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+                let (served, _) = listener.accept().expect("accept");
+                assert_eq!(served.local_addr().expect("local").port(), port);
+                assert_eq!(served.peer_addr().expect("peer"), client.local_addr().expect("client"));
+            }
+            drop(link);
+            let refused = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, 8080));
+            assert_eq!(refused.err().map(|e| e.kind()), Some(io::ErrorKind::ConnectionRefused), "detached");
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    /// A client that sends `input`, ends its output and reads the answer to the end; and the
+    /// connection's other end.
+    async fn client_sending(input: &'static [u8]) -> (TcpStream, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            c.write_all(input).await.expect("write");
+            c.shutdown().await.expect("shutdown");
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).await.expect("read");
+            back
+        });
+        (listener.accept().await.expect("accept").0, client)
+    }
+
+    /// The bytes a forwarded connection carries: the port first, then the client's; the
+    /// answer comes back whether or not the guest connection can carry a half-close.
+    #[tokio::test]
+    async fn splice_sends_the_port_then_the_bytes_both_ways() {
+        for half_close in [true, false] {
+            let (mut tcp, client) = client_sending(b"ping").await;
+            let (mut guest, mut agent) = tokio::net::UnixStream::pair().expect("pair");
+            let agent_side = tokio::spawn(async move {
+                let mut got = vec![0u8; 6];
+                agent.read_exact(&mut got[..2]).await.expect("read the port");
+                agent.write_all(&[PORT_FORWARD_CONNECTED]).await.expect("status");
+                agent.read_exact(&mut got[2..]).await.expect("read");
+                agent.write_all(b"pong").await.expect("write");
+                got
+            });
+            let done = tokio::spawn(async move { splice(&mut tcp, &mut guest, 8080, half_close).await });
+            let got = agent_side.await.expect("agent");
+            assert_eq!(got, [&8080u16.to_be_bytes()[..], b"ping"].concat());
+            done.await.expect("splice").expect("splice ok");
+            assert_eq!(client.await.expect("client"), b"pong", "half_close {half_close}");
+        }
+    }
+
+    /// Without half-close, the client's end of input does not reach the guest: the guest's
+    /// side stays open for its answer.
+    #[tokio::test]
+    async fn without_half_close_the_guest_keeps_its_input_open() {
+        let (mut tcp, client) = client_sending(b"x").await;
+        let (mut guest, mut agent) = tokio::net::UnixStream::pair().expect("pair");
+        let done = tokio::spawn(async move { splice(&mut tcp, &mut guest, 1, false).await });
+        let mut got = [0u8; 3];
+        agent.read_exact(&mut got[..2]).await.expect("header");
+        agent.write_all(&[PORT_FORWARD_CONNECTED]).await.expect("status");
+        agent.read_exact(&mut got[2..]).await.expect("byte");
+        let more = tokio::time::timeout(Duration::from_millis(200), agent.read(&mut [0u8; 1])).await;
+        assert!(more.is_err(), "no end of input reached the guest: {more:?}");
+        agent.write_all(b"late answer").await.expect("write");
+        drop(agent);
+        done.await.expect("splice").expect("splice ok");
+        assert_eq!(client.await.expect("client"), b"late answer");
+    }
+
+    /// A refusal arrives as an error carrying the agent's reason.
+    #[tokio::test]
+    async fn a_refusal_is_an_error_with_the_reason() {
+        let (mut guest, mut agent) = tokio::net::UnixStream::pair().expect("pair");
+        agent.write_all(&[PORT_FORWARD_REFUSED]).await.expect("status");
+        agent.write_all(b"PortForwardRequest is blocked by policy").await.expect("reason");
+        drop(agent);
+        let e = answer(&mut guest).await.expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(e.to_string(), "PortForwardRequest is blocked by policy");
+    }
+}
