@@ -253,8 +253,10 @@ impl Pod {
 
     /// Destroys the guest sandbox, unmounts everything shared, stops the VM. Idempotent.
     pub async fn teardown(&self) {
-        drop(self.port_forward.lock().unwrap_or_else(|p| p.into_inner()).take());
         let _ = self.agent.destroy_sandbox(&agent::DestroySandboxRequest::new()).await;
+        // After the last agent request: a forwarded connection cut during its vsock handshake
+        // can break vhost-device-vsock (crate::vsock), which would leave that request hanging.
+        drop(self.port_forward.lock().unwrap_or_else(|p| p.into_inner()).take());
         crate::rootfs::unmount_all(&self.shared);
         let exit = self.vm.stop().await;
         tracing::info!(pod = %self.id, %exit, "pod VM stopped");

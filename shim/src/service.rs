@@ -358,6 +358,9 @@ impl Inner {
                     hostname: spec.hostname().as_deref().filter(|h| !h.is_empty()),
                     netns: spec::pod_network_namespace(&spec).map_err(ShimError::InvalidArgument)?,
                 };
+                if let Some(netns) = &sizing.netns {
+                    spec::refuse_node_network_namespace(netns).map_err(ShimError::InvalidArgument)?;
+                }
                 pod::node_can_run(&config)?;
                 let pod = Arc::new(Pod::boot(&config, &config_path, &self.namespace, &sandbox_id, sizing).await?);
                 self.watch_vm(pod.clone());

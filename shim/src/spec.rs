@@ -81,6 +81,27 @@ pub fn pod_network_namespace(spec: &Spec) -> Result<Option<std::path::PathBuf>, 
     }
 }
 
+/// A network namespace given by path must not be the node's own (the shim's, or init's): the
+/// VM's taps and redirects would take over the node's interfaces, and its port forwarding
+/// the node's loopback (`ctr run --with-ns network:/proc/1/ns/net`, or any such spec).
+pub fn refuse_node_network_namespace(netns: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(pod) = std::fs::metadata(netns) else {
+        // Not there: the network setup says so, naming it.
+        return Ok(());
+    };
+    for node in ["/proc/self/ns/net", "/proc/1/ns/net"] {
+        if std::fs::metadata(node).is_ok_and(|n| (n.dev(), n.ino()) == (pod.dev(), pod.ino())) {
+            return Err(format!(
+                "the network namespace {} is the node's own: a pod VM cannot join it (its NICs would \
+                 take over the node's interfaces); give the pod a network namespace of its own",
+                netns.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn is_cri_sandbox(spec: &Spec) -> bool {
     spec.annotations().as_ref().and_then(|a| a.get("io.kubernetes.cri.container-type")).map(String::as_str)
         == Some("sandbox")
@@ -488,5 +509,27 @@ mod tests {
         );
         let err = convert(&listener, "/run/rootfs", &[]).unwrap_err();
         assert!(err.contains("listenerPath"), "{err}");
+    }
+
+    #[test]
+    fn the_nodes_own_network_namespace_is_refused() {
+        let err = refuse_node_network_namespace(std::path::Path::new("/proc/self/ns/net")).expect_err("own");
+        assert!(err.contains("is the node's own"), "{err}");
+        // init's, where this process may look at it (these machines' PID 1 does not let it).
+        if std::fs::metadata("/proc/1/ns/net").is_ok() {
+            assert!(refuse_node_network_namespace(std::path::Path::new("/proc/1/ns/net")).is_err());
+        }
+        // A namespace of its own is fine (one made for the test on a thread of its own).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let keeper = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            tx.send(format!("/proc/{}/task/{}/ns/net", std::process::id(), nix::unistd::gettid())).expect("send");
+            let _ = done_rx.recv();
+        });
+        let own = rx.recv().expect("path");
+        assert_eq!(refuse_node_network_namespace(std::path::Path::new(&own)), Ok(()));
+        drop(done_tx);
+        keeper.join().expect("keeper");
     }
 }

@@ -520,3 +520,19 @@ containerd_matrix! {
         kill_and_remove(&cd, "pod");
     }
 }
+
+containerd_matrix! {
+    /// A spec that names the node's own network namespace (here containerd's, which the shim
+    /// shares) is refused before a VM boots: the VM's NICs would take over the node's
+    /// interfaces, its port forwarding the node's loopback.
+    fn the_nodes_network_namespace_is_refused(release: Release) {
+        let cd = containerd(release);
+        let netns = cd.netns_path().expect("containerd runs in a namespace of the test's");
+        let ns = format!("network:{}", netns.display());
+        let out = cd.ctr(&["run", "--rm", "--runtime", RUNTIME, "--with-ns", &ns, IMAGE, "node-net", "true"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("is the node's own"), "{err}");
+        let _ = cd.ctr(&["container", "rm", "node-net"]);
+        wait_clean(&cd, CLEANUP_DEADLINE);
+    }
+}

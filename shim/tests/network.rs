@@ -137,6 +137,24 @@ containerd_matrix! {
         let closed = tokio::time::timeout(SERVE_DEADLINE, cri.port_forward(&a.id, 8081, request, |_| false)).await;
         let closed = closed.expect("a port nobody serves ends within the deadline").expect("PortForward session");
         assert!(closed.data.is_empty(), "nothing answers on 8081: {closed:?}");
+        // Much in both directions at once: 1 MiB through an echo server (`cat` behind nc),
+        // the client's end reaching it, the whole answer coming back.
+        let echo = "while true; do nc -l -p 9000 -e cat; done";
+        cri.run_container(&a, "echo", IMAGE, &["sh", "-c", echo]).await.expect("echo container");
+        let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let want = payload.len();
+        let deadline = Instant::now() + SERVE_DEADLINE;
+        let echoed = loop {
+            let session = cri.port_forward(&a.id, 9000, &payload, move |d| d.len() >= want);
+            let echoed = tokio::time::timeout(SERVE_DEADLINE, session).await.expect("echo within the deadline");
+            let echoed = echoed.expect("PortForward session");
+            // The first attempt may come before nc listens.
+            if !echoed.data.is_empty() || Instant::now() > deadline {
+                break echoed;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        assert!(echoed.data == payload, "echoed {} of {} bytes, equal: {}", echoed.data.len(), want, echoed.data == payload);
         // What containerd does, by hand: any loopback port of the pod's namespace reaches the guest.
         let by_hand = in_netns(&held_path, &["sh", "-c", "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 127.0.0.1 8080"]);
         assert!(by_hand.as_ref().is_ok_and(|o| o.contains(PAGE)), "127.0.0.1:8080 in pod A's namespace: {by_hand:?}");
@@ -147,8 +165,10 @@ containerd_matrix! {
         let left = cd.leftovers_after(CLEANUP_DEADLINE).await;
         assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
         assert_eq!(links(&held_path), ["lo"], "pod A's namespace after removal: no tap, no veth");
+        // CNI's teardown took loopback down; up again, a connection meets the kernel's refusal.
+        in_netns(&held_path, &["ip", "link", "set", "lo", "up"]).expect("lo up");
         let after = in_netns(&held_path, &["busybox", "nc", "-w", "1", "127.0.0.1", "8080"]);
-        assert!(after.is_err(), "nothing steers pod A's loopback after removal: {after:?}");
+        assert!(after.as_ref().is_err_and(|e| e.contains("refused")), "nothing steers pod A's loopback after removal: {after:?}");
     }
 }
 

@@ -8,7 +8,8 @@
 //! its destination port, which the accepted socket's local address reports). Each connection
 //! is carried to the guest agent's [`PORT_FORWARD_VSOCK_PORT`] with a two-byte header (the
 //! port, big-endian); the agent asks the pod's policy and connects to 127.0.0.1:`port` in the
-//! guest, answers a status byte, then bytes flow both ways until either side closes. A
+//! guest, answers a status byte, then bytes flow both ways in frames until both directions
+//! have ended. A
 //! connection the guest refuses (the policy, or nothing listening) is reset, and the shim's
 //! log says why.
 //!
@@ -34,17 +35,18 @@ use crate::vsock::VsockEndpoint;
 pub const PORT_FORWARD_VSOCK_PORT: u32 = 1026;
 /// How long a forwarded connection waits for the agent to accept it.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a hybrid-vsock connection waits for the guest's next bytes once the client has
-/// sent all it will (see [`splice`]).
+/// How long a connection waits for the guest's next bytes once the client has sent all it
+/// will (see [`splice`]).
 const LINGER: Duration = Duration::from_secs(30);
-const RELAY_BUFFER: usize = 64 * 1024;
+/// A frame's length: four bytes, big-endian; and the largest payload either side sends.
+const FRAME_HEADER: usize = 4;
+const MAX_FRAME: usize = 64 * 1024;
 /// How long the agent may take to answer a connection (its policy check and connect).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest refusal reason read (the agent sends at most 512 bytes).
 const MAX_REASON: u64 = 1024;
 /// The agent's status bytes (`contrast_agent_protocol::PORT_FORWARD_*`).
 const PORT_FORWARD_CONNECTED: u8 = 0;
-const PORT_FORWARD_REFUSED: u8 = 1;
 /// Pause after a failed accept (out of fds, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -150,28 +152,31 @@ async fn forward(mut tcp: TcpStream, guest: VsockEndpoint, exited: watch::Receiv
     };
     // The dial runs to its end (see crate::vsock: abandoning a hybrid handshake can break
     // vhost-device-vsock), even when the client has gone meanwhile.
-    let fd = match guest.dial(PORT_FORWARD_VSOCK_PORT, DIAL_TIMEOUT, exited).await {
-        Ok(fd) => fd,
-        Err(e) => return tracing::warn!(port, error = %e, "port forwarding: reaching the agent"),
-    };
-    let result = match &guest {
-        VsockEndpoint::Hybrid { .. } => match unix_stream(fd) {
-            Ok(mut stream) => splice(&mut tcp, &mut stream, port, false).await,
-            Err(e) => Err(e),
+    let result = match guest.dial(PORT_FORWARD_VSOCK_PORT, DIAL_TIMEOUT, exited).await {
+        Ok(fd) => match &guest {
+            VsockEndpoint::Hybrid { .. } => match unix_stream(fd) {
+                Ok(mut stream) => splice(&mut tcp, &mut stream, port).await,
+                Err(e) => Err(e.into()),
+            },
+            VsockEndpoint::Vhost { .. } => match nonblocking(fd) {
+                Ok(fd) => splice(&mut tcp, &mut tokio_vsock::VsockStream::from(fd), port).await,
+                Err(e) => Err(e.into()),
+            },
         },
-        VsockEndpoint::Vhost { .. } => match nonblocking(fd) {
-            Ok(fd) => splice(&mut tcp, &mut tokio_vsock::VsockStream::from(fd), port, true).await,
-            Err(e) => Err(e),
-        },
+        Err(e) => Err(Failure::Io(io::Error::other(format!("reaching the agent: {e}")))),
     };
     match result {
         Ok(()) => tracing::debug!(port, "port forwarding: connection closed"),
-        Err(e) if matches!(e.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::ConnectionRefused) => {
-            tracing::warn!(port, reason = %e, "port forwarding: the pod VM refused the connection");
-            // A reset, as a port nobody listens on gives the client.
+        Err(e) => {
+            match &e {
+                Failure::Refused(reason) => {
+                    tracing::warn!(port, %reason, "port forwarding: the pod VM refused the connection")
+                }
+                Failure::Io(e) => tracing::debug!(port, error = %e, "port forwarding: connection ended"),
+            }
+            // A reset, as a port nobody listens on gives the client, not a clean end.
             let _ = tcp.set_zero_linger();
         }
-        Err(e) => tracing::debug!(port, error = %e, "port forwarding: connection ended"),
     }
 }
 
@@ -185,41 +190,74 @@ fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Sends the port, then relays both ways. `half_close`: whether the guest connection can
-/// carry the client's end of input alone (kernel vsock can; hybrid vsock cannot —
-/// vhost-device-vsock turns the host's shutdown of writing into a shutdown of both
-/// directions, so an answer the guest still sends would be lost). Without it the client's
-/// end of input is kept from the guest, and the connection ends when the guest closes,
-/// or when it stays silent for [`LINGER`] after that end.
-async fn splice<G>(tcp: &mut TcpStream, guest: &mut G, port: u16, half_close: bool) -> io::Result<()>
+/// Sends the port, takes the agent's answer, then relays both ways in frames (see
+/// `contrast_agent_protocol::PORT_FORWARD_VSOCK_PORT`): a frame of length 0 carries a
+/// direction's end, which the vsock transport cannot (vhost-device-vsock). Ends when both
+/// directions have ended; once the client has sent all it will, the guest's side may stay
+/// silent for at most [`LINGER`].
+async fn splice<G>(tcp: &mut TcpStream, guest: &mut G, port: u16) -> Result<(), Failure>
 where
     G: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     guest.write_all(&port.to_be_bytes()).await?;
     answer(guest).await?;
-    if half_close {
-        return tokio::io::copy_bidirectional(tcp, guest).await.map(|_| ());
-    }
     let (mut from_client, mut to_client) = tcp.split();
     let (mut from_guest, mut to_guest) = tokio::io::split(guest);
-    let (mut up, mut down) = (vec![0u8; RELAY_BUFFER], vec![0u8; RELAY_BUFFER]);
-    let mut client_open = true;
-    loop {
-        tokio::select! {
-            read = from_client.read(&mut up), if client_open => match read? {
-                0 => client_open = false,
-                n => to_guest.write_all(&up[..n]).await?,
-            },
-            read = read_within(&mut from_guest, &mut down, (!client_open).then_some(LINGER)) => match read? {
-                Some(0) | None => return to_client.shutdown().await,
-                Some(n) => to_client.write_all(&down[..n]).await?,
-            },
+    let (client_ended, mut ended) = watch::channel(false);
+    let client_to_guest = async {
+        let mut buf = vec![0u8; FRAME_HEADER + MAX_FRAME];
+        loop {
+            let n = from_client.read(&mut buf[FRAME_HEADER..]).await?;
+            buf[..FRAME_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
+            to_guest.write_all(&buf[..FRAME_HEADER + n]).await?;
+            if n == 0 {
+                let _ = client_ended.send(true);
+                return io::Result::Ok(());
+            }
         }
-    }
+    };
+    let guest_to_client = async {
+        let mut buf = vec![0u8; MAX_FRAME];
+        loop {
+            let len = tokio::select! {
+                len = from_guest.read_u32() => len? as usize,
+                () = silent_after_the_client(&mut ended) => return Ok(()),
+            };
+            if len == 0 {
+                return to_client.shutdown().await;
+            }
+            if len > MAX_FRAME {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes from the agent")));
+            }
+            from_guest.read_exact(&mut buf[..len]).await?;
+            to_client.write_all(&buf[..len]).await?;
+        }
+    };
+    tokio::try_join!(client_to_guest, guest_to_client)?;
+    Ok(())
 }
 
-/// The agent's status byte: connected, or the refusal with its reason as the error.
-async fn answer<G: tokio::io::AsyncRead + Unpin>(guest: &mut G) -> io::Result<()> {
+/// Returns [`LINGER`] after the client's end of input (never before it).
+async fn silent_after_the_client(ended: &mut watch::Receiver<bool>) {
+    if ended.wait_for(|ended| *ended).await.is_err() {
+        // The client's side is gone without its end: the other branch ends the relay.
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(LINGER).await;
+}
+
+/// Why a forwarded connection did not run to its end.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The agent refused it (the policy, or nothing listens on the port): its reason.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The agent's status byte: connected, or the refusal with its reason.
+async fn answer<G: tokio::io::AsyncRead + Unpin>(guest: &mut G) -> Result<(), Failure> {
     let status = tokio::time::timeout(ANSWER_TIMEOUT, guest.read_u8())
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the agent did not answer"))??;
@@ -229,26 +267,7 @@ async fn answer<G: tokio::io::AsyncRead + Unpin>(guest: &mut G) -> io::Result<()
     let mut reason = Vec::new();
     let mut limited = guest.take(MAX_REASON);
     let _ = tokio::time::timeout(ANSWER_TIMEOUT, limited.read_to_end(&mut reason)).await;
-    let reason = String::from_utf8_lossy(&reason).into_owned();
-    Err(match status {
-        PORT_FORWARD_REFUSED => io::Error::new(io::ErrorKind::PermissionDenied, reason),
-        _ => io::Error::new(io::ErrorKind::ConnectionRefused, reason),
-    })
-}
-
-/// A read, or `None` when `limit` passes first.
-async fn read_within<R: tokio::io::AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut [u8],
-    limit: Option<Duration>,
-) -> io::Result<Option<usize>> {
-    match limit {
-        None => r.read(buf).await.map(Some),
-        Some(limit) => match tokio::time::timeout(limit, r.read(buf)).await {
-            Ok(read) => read.map(Some),
-            Err(_) => Ok(None),
-        },
-    }
+    Err(Failure::Refused(String::from_utf8_lossy(&reason).into_owned()))
 }
 
 /// bpf(2) commands, map, program and attach types, helpers (linux/bpf.h).
@@ -493,57 +512,80 @@ mod tests {
         (listener.accept().await.expect("accept").0, client)
     }
 
-    /// The bytes a forwarded connection carries: the port first, then the client's; the
-    /// answer comes back whether or not the guest connection can carry a half-close.
-    #[tokio::test]
-    async fn splice_sends_the_port_then_the_bytes_both_ways() {
-        for half_close in [true, false] {
-            let (mut tcp, client) = client_sending(b"ping").await;
-            let (mut guest, mut agent) = tokio::net::UnixStream::pair().expect("pair");
-            let agent_side = tokio::spawn(async move {
-                let mut got = vec![0u8; 6];
-                agent.read_exact(&mut got[..2]).await.expect("read the port");
-                agent.write_all(&[PORT_FORWARD_CONNECTED]).await.expect("status");
-                agent.read_exact(&mut got[2..]).await.expect("read");
-                agent.write_all(b"pong").await.expect("write");
-                got
-            });
-            let done = tokio::spawn(async move { splice(&mut tcp, &mut guest, 8080, half_close).await });
-            let got = agent_side.await.expect("agent");
-            assert_eq!(got, [&8080u16.to_be_bytes()[..], b"ping"].concat());
-            done.await.expect("splice").expect("splice ok");
-            assert_eq!(client.await.expect("client"), b"pong", "half_close {half_close}");
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        [&(payload.len() as u32).to_be_bytes()[..], payload].concat()
+    }
+
+    /// What the agent's end reads: the port, then (after its answer) the frames up to the
+    /// client's end.
+    async fn agent_reads(agent: &mut tokio::net::UnixStream) -> (u16, Vec<u8>) {
+        let port = agent.read_u16().await.expect("the port");
+        agent.write_all(&[PORT_FORWARD_CONNECTED]).await.expect("status");
+        (port, frames(agent).await)
+    }
+
+    /// The payloads of frames up to the one that ends the direction.
+    async fn frames(agent: &mut tokio::net::UnixStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        loop {
+            let len = agent.read_u32().await.expect("frame length") as usize;
+            if len == 0 {
+                return got;
+            }
+            let mut payload = vec![0u8; len];
+            agent.read_exact(&mut payload).await.expect("frame");
+            got.extend(payload);
         }
     }
 
-    /// Without half-close, the client's end of input does not reach the guest: the guest's
-    /// side stays open for its answer.
+    /// The port first, then the client's bytes and its end as frames; the guest's answer and
+    /// its end come back to the client; the connection closes once both ended.
     #[tokio::test]
-    async fn without_half_close_the_guest_keeps_its_input_open() {
-        let (mut tcp, client) = client_sending(b"x").await;
+    async fn splice_sends_the_port_then_frames_both_ways() {
+        let (mut tcp, client) = client_sending(b"ping").await;
         let (mut guest, mut agent) = tokio::net::UnixStream::pair().expect("pair");
-        let done = tokio::spawn(async move { splice(&mut tcp, &mut guest, 1, false).await });
-        let mut got = [0u8; 3];
-        agent.read_exact(&mut got[..2]).await.expect("header");
-        agent.write_all(&[PORT_FORWARD_CONNECTED]).await.expect("status");
-        agent.read_exact(&mut got[2..]).await.expect("byte");
-        let more = tokio::time::timeout(Duration::from_millis(200), agent.read(&mut [0u8; 1])).await;
-        assert!(more.is_err(), "no end of input reached the guest: {more:?}");
-        agent.write_all(b"late answer").await.expect("write");
-        drop(agent);
+        let done = tokio::spawn(async move { splice(&mut tcp, &mut guest, 8080).await });
+        assert_eq!(agent_reads(&mut agent).await, (8080, b"ping".to_vec()));
+        agent.write_all(&[frame(b"po"), frame(b"ng"), frame(b"")].concat()).await.expect("answer");
         done.await.expect("splice").expect("splice ok");
-        assert_eq!(client.await.expect("client"), b"late answer");
+        assert_eq!(client.await.expect("client"), b"pong");
+        let mut rest = Vec::new();
+        agent.read_to_end(&mut rest).await.expect("closed");
+        assert!(rest.is_empty(), "nothing after the client's end: {rest:?}");
+    }
+
+    /// The guest's end of output reaches the client while the client still sends: each
+    /// direction ends on its own.
+    #[tokio::test]
+    async fn the_guests_end_reaches_the_client_while_it_still_sends() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (mut guest, mut agent) = tokio::net::UnixStream::pair().expect("pair");
+        let relay = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            splice(&mut tcp, &mut guest, 7).await
+        });
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(agent.read_u16().await.expect("port"), 7);
+        agent.write_all(&[&[PORT_FORWARD_CONNECTED][..], &frame(b"bye"), &frame(b"")].concat()).await.expect("answer");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("the guest's end");
+        assert_eq!(answer, b"bye");
+        client.write_all(b"still sending").await.expect("write after the guest's end");
+        client.shutdown().await.expect("shutdown");
+        let got = frames(&mut agent).await;
+        assert_eq!(got, b"still sending");
+        relay.await.expect("relay").expect("relay ok");
     }
 
     /// A refusal arrives as an error carrying the agent's reason.
     #[tokio::test]
     async fn a_refusal_is_an_error_with_the_reason() {
         let (mut guest, mut agent) = tokio::net::UnixStream::pair().expect("pair");
-        agent.write_all(&[PORT_FORWARD_REFUSED]).await.expect("status");
+        agent.write_all(&[1]).await.expect("status: refused");
         agent.write_all(b"PortForwardRequest is blocked by policy").await.expect("reason");
         drop(agent);
         let e = answer(&mut guest).await.expect_err("refused");
-        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
-        assert_eq!(e.to_string(), "PortForwardRequest is blocked by policy");
+        assert!(matches!(&e, Failure::Refused(r) if r == "PortForwardRequest is blocked by policy"), "{e:?}");
     }
 }

@@ -154,9 +154,13 @@ pub const AGENT_READY_VSOCK_PORT: u32 = 1025;
 /// vsock port of the agent's port forwarder (CRI `PortForward`). Not ttrpc: the host sends
 /// the guest port as two bytes, big-endian; the agent asks the policy (rule
 /// `PortForwardRequest`, [`portforward::PortForwardRequest`]) and connects to 127.0.0.1:port,
-/// then answers one status byte: [`PORT_FORWARD_CONNECTED`], after which bytes pass both ways,
-/// or [`PORT_FORWARD_REFUSED`] / [`PORT_FORWARD_FAILED`] followed by the reason (UTF-8, at
-/// most 512 bytes) and the end of the connection.
+/// then answers one status byte: [`PORT_FORWARD_CONNECTED`], or [`PORT_FORWARD_REFUSED`] /
+/// [`PORT_FORWARD_FAILED`] followed by the reason (UTF-8, at most 512 bytes) and the end of
+/// the connection. After `CONNECTED` both directions carry frames — a four-byte big-endian
+/// length, then that many bytes (at most 64 KiB from the host; a guest write, header
+/// included, at most [`MAX_GUEST_WRITE`]) — and a frame of length 0 ends its direction (a
+/// half-close, which vhost-device-vsock cannot carry). The host closes the connection once
+/// both directions have ended.
 pub const PORT_FORWARD_VSOCK_PORT: u32 = 1026;
 pub const PORT_FORWARD_CONNECTED: u8 = 0;
 /// The pod's policy does not allow the port.

@@ -3,7 +3,8 @@
 //! [`PORT_FORWARD_VSOCK_PORT`], preceded by the port (two bytes, big-endian). The pod's
 //! policy judges it (rule `PortForwardRequest`); an allowed one is connected to
 //! 127.0.0.1:`port` here — the containers share the VM's network namespace — and relayed
-//! after a status byte. A refused or failed one gets its status and the reason instead.
+//! in frames after a status byte. A refused or failed one gets its status and the reason
+//! instead.
 //!
 //! A confidential pod's policy decides whether the node may reach its ports this way: it
 //! reaches services that listen only on the pod's loopback, which the pod network never
@@ -16,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use contrast_agent_protocol::portforward::PortForwardRequest;
 use contrast_agent_protocol::{
-    PORT_FORWARD_CONNECTED, PORT_FORWARD_FAILED, PORT_FORWARD_REFUSED, PORT_FORWARD_VSOCK_PORT,
+    MAX_GUEST_WRITE, PORT_FORWARD_CONNECTED, PORT_FORWARD_FAILED, PORT_FORWARD_REFUSED, PORT_FORWARD_VSOCK_PORT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,6 +30,12 @@ use crate::policy::Policy;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest reason sent with a refusal.
 const MAX_REASON: usize = 512;
+/// A frame's length: four bytes, big-endian.
+const FRAME_HEADER: usize = 4;
+/// Largest frame payload the host may send.
+const MAX_HOST_FRAME: usize = 64 * 1024;
+/// Pause after a failed accept (out of fds, say).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 pub async fn serve(policy: Arc<Policy>) -> Result<()> {
     let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, PORT_FORWARD_VSOCK_PORT))
@@ -38,6 +45,7 @@ pub async fn serve(policy: Arc<Policy>) -> Result<()> {
             Ok((conn, _peer)) => conn,
             Err(e) => {
                 log!("port forward: accept: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
@@ -58,7 +66,7 @@ async fn forward(mut conn: VsockStream, policy: &Policy) -> Result<()> {
     match open(port, policy).await {
         Ok(local) => {
             conn.write_all(&[PORT_FORWARD_CONNECTED]).await.context("answering the host")?;
-            crate::transport::relay(conn, local).await.with_context(|| format!("port {port}"))
+            relay(conn, local).await.with_context(|| format!("port {port}"))
         }
         Err((status, reason)) => {
             let mut answer = vec![status];
@@ -67,6 +75,55 @@ async fn forward(mut conn: VsockStream, policy: &Policy) -> Result<()> {
             anyhow::bail!("to port {port}: {reason}")
         }
     }
+}
+
+/// Relays framed bytes between the host and the guest's port until the host ends the
+/// connection (see `contrast_agent_protocol::PORT_FORWARD_VSOCK_PORT` for the frames). A
+/// frame carries each direction's end, which the vsock transport cannot: vhost-device-vsock
+/// ignores a shutdown of one direction.
+async fn relay(vsock: VsockStream, local: TcpStream) -> Result<()> {
+    let (mut from_host, mut to_host) = vsock.into_split();
+    let (mut from_local, mut to_local) = local.into_split();
+    let host_to_local = async {
+        let mut buf = vec![0u8; MAX_HOST_FRAME];
+        let mut ended = false;
+        loop {
+            let len = match from_host.read_u32().await {
+                Ok(len) => len as usize,
+                // The host's end of the connection: after its last frame, the normal end.
+                Err(e) if ended && e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(anyhow::Error::new(e).context("reading from the host")),
+            };
+            anyhow::ensure!(!ended, "the host sent a frame after its end");
+            anyhow::ensure!(len <= MAX_HOST_FRAME, "frame of {len} bytes from the host");
+            if len == 0 {
+                ended = true;
+                to_local.shutdown().await.context("ending the port's input")?;
+                continue;
+            }
+            from_host.read_exact(&mut buf[..len]).await.context("reading from the host")?;
+            to_local.write_all(&buf[..len]).await.context("writing to the port")?;
+        }
+    };
+    let local_to_host = async {
+        // Header and payload in one write, at most MAX_GUEST_WRITE bytes.
+        let mut buf = vec![0u8; MAX_GUEST_WRITE];
+        loop {
+            let n = from_local.read(&mut buf[FRAME_HEADER..]).await.context("reading from the port")?;
+            buf[..FRAME_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
+            to_host.write_all(&buf[..FRAME_HEADER + n]).await.context("writing to the host")?;
+            if n == 0 {
+                return anyhow::Ok(());
+            }
+        }
+    };
+    tokio::pin!(host_to_local);
+    tokio::select! {
+        // The host ended the connection (or broke the protocol): the port's connection goes.
+        r = &mut host_to_local => return r,
+        r = local_to_host => r?,
+    }
+    host_to_local.await
 }
 
 /// The policy's verdict, then the connection to the port; or the status and reason the host
@@ -92,14 +149,16 @@ mod tests {
         let (status, reason) = open(8080, &kata_like).await.expect_err("no rule: refused");
         assert_eq!(status, PORT_FORWARD_REFUSED);
         assert!(reason.contains("PortForwardRequest is blocked by policy"), "{reason}");
-        let listing = Policy::enforcing(
-            "package agent_policy\ndefault PortForwardRequest := false\nPortForwardRequest if { input.port in [1] }\n",
-        )
-        .expect("policy");
-        assert_eq!(open(2, &listing).await.expect_err("not listed").0, PORT_FORWARD_REFUSED);
-        // Port 1 is allowed; nothing listens on it here.
-        let (status, reason) = open(1, &listing).await.expect_err("nothing listens");
+        // A port nothing listens on: one the kernel just gave out and took back.
+        let free =
+            std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind").local_addr().expect("addr").port();
+        let rego = format!(
+            "package agent_policy\ndefault PortForwardRequest := false\nPortForwardRequest if {{ input.port in [{free}] }}\n"
+        );
+        let listing = Policy::enforcing(&rego).expect("policy");
+        assert_eq!(open(free.wrapping_add(1), &listing).await.expect_err("not listed").0, PORT_FORWARD_REFUSED);
+        let (status, reason) = open(free, &listing).await.expect_err("nothing listens");
         assert_eq!(status, PORT_FORWARD_FAILED, "{reason}");
-        assert!(reason.contains("127.0.0.1:1"), "{reason}");
+        assert!(reason.contains(&format!("127.0.0.1:{free}")), "{reason}");
     }
 }

@@ -3,7 +3,6 @@
 //! The proxy exists to bound every guest-side write to [`MAX_GUEST_WRITE`] bytes: a single
 //! larger write stalls the connection for good behind vhost-device-vsock (see the constant).
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -54,40 +53,25 @@ async fn announce_ready() {
 
 async fn proxy(vsock: VsockStream, ttrpc_socket: PathBuf) -> Result<()> {
     let local = UnixStream::connect(&ttrpc_socket).await.context("connecting to the ttrpc server")?;
-    relay(vsock, local).await
-}
-
-/// Passes bytes between a host connection and a local one until both directions end, every
-/// write to the host at most [`MAX_GUEST_WRITE`] bytes. The local side's end of output ends
-/// the host connection in both directions: vhost-device-vsock ignores a guest's shutdown of
-/// writing alone, so the host would never see the end (a server that waits for its client's
-/// end after answering would wait forever).
-pub async fn relay<L>(vsock: VsockStream, local: L) -> Result<()>
-where
-    L: tokio::io::AsyncRead + tokio::io::AsyncWrite,
-{
-    let raw = vsock.as_raw_fd();
     let (mut from_host, mut to_host) = vsock.into_split();
-    let (mut from_local, mut to_local) = tokio::io::split(local);
+    let (mut from_agent, mut to_agent) = local.into_split();
     let upstream = async {
-        tokio::io::copy(&mut from_host, &mut to_local).await?;
-        to_local.shutdown().await
+        tokio::io::copy(&mut from_host, &mut to_agent).await?;
+        to_agent.shutdown().await
     };
     let downstream = async {
         let mut buf = vec![0u8; MAX_GUEST_WRITE];
         loop {
-            let n = from_local.read(&mut buf).await?;
+            let n = from_agent.read(&mut buf).await?;
             if n == 0 {
-                to_host.flush().await?;
-                // `raw` stays open while `to_host` lives, here.
-                return nix::sys::socket::shutdown(raw, nix::sys::socket::Shutdown::Both).map_err(std::io::Error::from);
+                return to_host.shutdown().await;
             }
             // Each write_all call issues writes of at most `buf.len()` bytes.
             to_host.write_all(&buf[..n]).await?;
         }
     };
     let (up, down) = tokio::join!(upstream, downstream);
-    up.context("host to guest")?;
-    down.context("guest to host")?;
+    up.context("host to agent")?;
+    down.context("agent to host")?;
     Ok(())
 }
