@@ -38,7 +38,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection waits for the guest's next bytes once the client has sent all it
 /// will (see [`splice`]).
 const LINGER: Duration = Duration::from_secs(30);
-/// A frame's length: four bytes, big-endian; and the largest payload either side sends.
+/// A frame's length: four bytes, big-endian; and the largest payload the host sends or takes
+/// (the agent sends at most 32 KiB, header included).
 const FRAME_HEADER: usize = 4;
 const MAX_FRAME: usize = 64 * 1024;
 /// How long the agent may take to answer a connection (its policy check and connect).
@@ -155,15 +156,15 @@ async fn forward(mut tcp: TcpStream, guest: VsockEndpoint, exited: watch::Receiv
     let result = match guest.dial(PORT_FORWARD_VSOCK_PORT, DIAL_TIMEOUT, exited).await {
         Ok(fd) => match &guest {
             VsockEndpoint::Hybrid { .. } => match unix_stream(fd) {
-                Ok(mut stream) => splice(&mut tcp, &mut stream, port).await,
+                Ok(mut stream) => splice(&mut tcp, &mut stream, port, LINGER).await,
                 Err(e) => Err(e.into()),
             },
             VsockEndpoint::Vhost { .. } => match nonblocking(fd) {
-                Ok(fd) => splice(&mut tcp, &mut tokio_vsock::VsockStream::from(fd), port).await,
+                Ok(fd) => splice(&mut tcp, &mut tokio_vsock::VsockStream::from(fd), port, LINGER).await,
                 Err(e) => Err(e.into()),
             },
         },
-        Err(e) => Err(Failure::Io(io::Error::other(format!("reaching the agent: {e}")))),
+        Err(e) => Err(Failure::Unreachable(format!("reaching the agent: {e}"))),
     };
     match result {
         Ok(()) => tracing::debug!(port, "port forwarding: connection closed"),
@@ -172,6 +173,7 @@ async fn forward(mut tcp: TcpStream, guest: VsockEndpoint, exited: watch::Receiv
                 Failure::Refused(reason) => {
                     tracing::warn!(port, %reason, "port forwarding: the pod VM refused the connection")
                 }
+                Failure::Unreachable(reason) => tracing::warn!(port, %reason, "port forwarding: no agent"),
                 Failure::Io(e) => tracing::debug!(port, error = %e, "port forwarding: connection ended"),
             }
             // A reset, as a port nobody listens on gives the client, not a clean end.
@@ -194,8 +196,8 @@ fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
 /// `contrast_agent_protocol::PORT_FORWARD_VSOCK_PORT`): a frame of length 0 carries a
 /// direction's end, which the vsock transport cannot (vhost-device-vsock). Ends when both
 /// directions have ended; once the client has sent all it will, the guest's side may stay
-/// silent for at most [`LINGER`].
-async fn splice<G>(tcp: &mut TcpStream, guest: &mut G, port: u16) -> Result<(), Failure>
+/// silent for at most `linger` ([`LINGER`]) at a time (then the client's connection is reset).
+async fn splice<G>(tcp: &mut TcpStream, guest: &mut G, port: u16, linger: Duration) -> Result<(), Failure>
 where
     G: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -221,7 +223,10 @@ where
         loop {
             let len = tokio::select! {
                 len = from_guest.read_u32() => len? as usize,
-                () = silent_after_the_client(&mut ended) => return Ok(()),
+                // Cut short: the client must not take a partial answer for a whole one.
+                () = silent_after_the_client(&mut ended, linger) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the pod's port stayed silent after the client's end"));
+                }
             };
             if len == 0 {
                 return to_client.shutdown().await;
@@ -237,13 +242,13 @@ where
     Ok(())
 }
 
-/// Returns [`LINGER`] after the client's end of input (never before it).
-async fn silent_after_the_client(ended: &mut watch::Receiver<bool>) {
+/// Returns `linger` after the client's end of input (never before it).
+async fn silent_after_the_client(ended: &mut watch::Receiver<bool>, linger: Duration) {
     if ended.wait_for(|ended| *ended).await.is_err() {
         // The client's side is gone without its end: the other branch ends the relay.
         std::future::pending::<()>().await;
     }
-    tokio::time::sleep(LINGER).await;
+    tokio::time::sleep(linger).await;
 }
 
 /// Why a forwarded connection did not run to its end.
@@ -252,15 +257,19 @@ enum Failure {
     /// The agent refused it (the policy, or nothing listens on the port): its reason.
     #[error("{0}")]
     Refused(String),
+    /// The agent did not take the connection (not reachable, no answer).
+    #[error("{0}")]
+    Unreachable(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
 
 /// The agent's status byte: connected, or the refusal with its reason.
 async fn answer<G: tokio::io::AsyncRead + Unpin>(guest: &mut G) -> Result<(), Failure> {
-    let status = tokio::time::timeout(ANSWER_TIMEOUT, guest.read_u8())
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the agent did not answer"))??;
+    let status = match tokio::time::timeout(ANSWER_TIMEOUT, guest.read_u8()).await {
+        Ok(status) => status.map_err(|e| Failure::Unreachable(format!("reading the agent's answer: {e}")))?,
+        Err(_) => return Err(Failure::Unreachable(format!("the agent did not answer within {ANSWER_TIMEOUT:?}"))),
+    };
     if status == PORT_FORWARD_CONNECTED {
         return Ok(());
     }
@@ -544,7 +553,7 @@ mod tests {
     async fn splice_sends_the_port_then_frames_both_ways() {
         let (mut tcp, client) = client_sending(b"ping").await;
         let (mut guest, mut agent) = tokio::net::UnixStream::pair().expect("pair");
-        let done = tokio::spawn(async move { splice(&mut tcp, &mut guest, 8080).await });
+        let done = tokio::spawn(async move { splice(&mut tcp, &mut guest, 8080, LINGER).await });
         assert_eq!(agent_reads(&mut agent).await, (8080, b"ping".to_vec()));
         agent.write_all(&[frame(b"po"), frame(b"ng"), frame(b"")].concat()).await.expect("answer");
         done.await.expect("splice").expect("splice ok");
@@ -563,7 +572,7 @@ mod tests {
         let (mut guest, mut agent) = tokio::net::UnixStream::pair().expect("pair");
         let relay = tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.expect("accept");
-            splice(&mut tcp, &mut guest, 7).await
+            splice(&mut tcp, &mut guest, 7, LINGER).await
         });
         let mut client = TcpStream::connect(addr).await.expect("connect");
         assert_eq!(agent.read_u16().await.expect("port"), 7);
@@ -576,6 +585,19 @@ mod tests {
         let got = frames(&mut agent).await;
         assert_eq!(got, b"still sending");
         relay.await.expect("relay").expect("relay ok");
+    }
+
+    /// A guest silent after the client's end is cut off as a failure (the client is then
+    /// reset), not ended as if its answer were whole.
+    #[tokio::test]
+    async fn a_guest_silent_after_the_clients_end_is_a_failure() {
+        let (mut tcp, _client) = client_sending(b"x").await;
+        let (mut guest, mut agent) = tokio::net::UnixStream::pair().expect("pair");
+        let done = tokio::spawn(async move { splice(&mut tcp, &mut guest, 9, Duration::from_millis(100)).await });
+        assert_eq!(agent_reads(&mut agent).await, (9, b"x".to_vec()));
+        agent.write_all(&frame(b"partial")).await.expect("a part of the answer");
+        let e = done.await.expect("splice").expect_err("cut off");
+        assert!(matches!(&e, Failure::Io(e) if e.kind() == io::ErrorKind::TimedOut), "{e:?}");
     }
 
     /// A refusal arrives as an error carrying the agent's reason.

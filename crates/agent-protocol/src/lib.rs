@@ -160,7 +160,8 @@ pub const AGENT_READY_VSOCK_PORT: u32 = 1025;
 /// length, then that many bytes (at most 64 KiB from the host; a guest write, header
 /// included, at most [`MAX_GUEST_WRITE`]) — and a frame of length 0 ends its direction (a
 /// half-close, which vhost-device-vsock cannot carry). The host closes the connection once
-/// both directions have ended.
+/// both directions have ended, or earlier when the guest stays silent for 30 s after the
+/// host's end (the host then resets its client).
 pub const PORT_FORWARD_VSOCK_PORT: u32 = 1026;
 pub const PORT_FORWARD_CONNECTED: u8 = 0;
 /// The pod's policy does not allow the port.

@@ -34,6 +34,8 @@ const MAX_REASON: usize = 512;
 const FRAME_HEADER: usize = 4;
 /// Largest frame payload the host may send.
 const MAX_HOST_FRAME: usize = 64 * 1024;
+/// How long a connection to the port may take (the host waits 10 s for the answer).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Pause after a failed accept (out of fds, say).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -87,6 +89,10 @@ async fn relay(vsock: VsockStream, local: TcpStream) -> Result<()> {
     let host_to_local = async {
         let mut buf = vec![0u8; MAX_HOST_FRAME];
         let mut ended = false;
+        // Writing to the port can fail while the server still answers (it closed its input,
+        // or went after answering): from then on the host's bytes are read and dropped, so
+        // that its frames keep flowing and the answer still reaches it.
+        let mut port_takes_input = true;
         loop {
             let len = match from_host.read_u32().await {
                 Ok(len) => len as usize,
@@ -98,11 +104,15 @@ async fn relay(vsock: VsockStream, local: TcpStream) -> Result<()> {
             anyhow::ensure!(len <= MAX_HOST_FRAME, "frame of {len} bytes from the host");
             if len == 0 {
                 ended = true;
-                to_local.shutdown().await.context("ending the port's input")?;
+                if port_takes_input {
+                    let _ = to_local.shutdown().await;
+                }
                 continue;
             }
             from_host.read_exact(&mut buf[..len]).await.context("reading from the host")?;
-            to_local.write_all(&buf[..len]).await.context("writing to the port")?;
+            if port_takes_input && to_local.write_all(&buf[..len]).await.is_err() {
+                port_takes_input = false;
+            }
         }
     };
     let local_to_host = async {
@@ -132,9 +142,12 @@ async fn open(port: u16, policy: &Policy) -> std::result::Result<TcpStream, (u8,
     let mut request = PortForwardRequest::new();
     request.port = port.into();
     policy.allow(&request).map_err(|e| (PORT_FORWARD_REFUSED, e.to_string()))?;
-    TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .map_err(|e| (PORT_FORWARD_FAILED, format!("connecting to 127.0.0.1:{port} in the pod VM: {e}")))
+    let failed = |why: String| (PORT_FORWARD_FAILED, format!("connecting to 127.0.0.1:{port} in the pod VM: {why}"));
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((Ipv4Addr::LOCALHOST, port))).await {
+        Ok(Ok(local)) => Ok(local),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_) => Err(failed(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+    }
 }
 
 #[cfg(test)]
