@@ -34,7 +34,12 @@ use crate::vsock::VsockEndpoint;
 /// Guest vsock port of the agent's port forwarder (`contrast_agent_protocol::PORT_FORWARD_VSOCK_PORT`).
 pub const PORT_FORWARD_VSOCK_PORT: u32 = 1026;
 /// How long a forwarded connection waits for the agent to accept it.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Generous: a hybrid handshake cut short can break vhost-device-vsock (crate::vsock), and the
+/// agent is already up when a pod's port is forwarded.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Forwarded connections one pod carries at once; more are reset (each holds ~128 KiB of
+/// buffers here and ~100 KiB in the guest).
+const MAX_CONNECTIONS: usize = 256;
 /// How long a connection waits for the guest's next bytes once the client has sent all it
 /// will (see [`splice`]).
 const LINGER: Duration = Duration::from_secs(30);
@@ -132,6 +137,10 @@ async fn accept_loop(listener: TcpListener, guest: VsockEndpoint, exited: watch:
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) if connections.len() >= MAX_CONNECTIONS => {
+                    tracing::warn!(limit = MAX_CONNECTIONS, "port forwarding: too many connections; this one is reset");
+                    let _ = tcp.set_zero_linger();
+                }
                 Ok((tcp, _)) => {
                     connections.spawn(forward(tcp, guest.clone(), exited.clone()));
                 }

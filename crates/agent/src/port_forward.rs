@@ -34,6 +34,8 @@ const MAX_REASON: usize = 512;
 const FRAME_HEADER: usize = 4;
 /// Largest frame payload the host may send.
 const MAX_HOST_FRAME: usize = 64 * 1024;
+/// Forwarded connections carried at once (the host allows as many).
+const MAX_CONNECTIONS: usize = 256;
 /// How long a connection to the port may take (the host waits 10 s for the answer).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Pause after a failed accept (out of fds, say).
@@ -42,6 +44,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn serve(policy: Arc<Policy>) -> Result<()> {
     let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, PORT_FORWARD_VSOCK_PORT))
         .context("listening on the port-forward vsock port")?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let conn = match listener.accept().await {
             Ok((conn, _peer)) => conn,
@@ -51,11 +54,17 @@ pub async fn serve(policy: Arc<Policy>) -> Result<()> {
                 continue;
             }
         };
+        // Bounds what the host's connections hold in the pod's memory.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            log!("port forward: more than {MAX_CONNECTIONS} connections at once; one refused");
+            continue;
+        };
         let policy = policy.clone();
         tokio::spawn(async move {
             if let Err(e) = forward(conn, &policy).await {
                 log!("port forward: {e:#}");
             }
+            drop(permit);
         });
     }
 }
