@@ -3,137 +3,30 @@
 //! Wire-compatible with kata-agent: package `grpc`, services `grpc.AgentService` and
 //! `grpc.Health`, same method names and field numbers.
 
-#[allow(
-    clippy::all,
-    clippy::unwrap_used,
-    clippy::undocumented_unsafe_blocks,
-    clippy::uninlined_format_args,
-    non_camel_case_types,
-    non_upper_case_globals,
-    unused_mut,
-    unused_imports,
-    dead_code
-)]
-pub mod health {
-    include!(concat!(env!("OUT_DIR"), "/health.rs"));
-}
-#[allow(
-    clippy::all,
-    clippy::unwrap_used,
-    clippy::undocumented_unsafe_blocks,
-    clippy::uninlined_format_args,
-    non_camel_case_types,
-    non_upper_case_globals,
-    unused_mut,
-    unused_imports,
-    dead_code
-)]
-pub mod health_ttrpc {
-    include!(concat!(env!("OUT_DIR"), "/health_ttrpc.rs"));
-}
-#[allow(
-    clippy::all,
-    clippy::unwrap_used,
-    clippy::undocumented_unsafe_blocks,
-    clippy::uninlined_format_args,
-    non_camel_case_types,
-    non_upper_case_globals,
-    unused_mut,
-    unused_imports,
-    dead_code
-)]
-pub mod portforward {
-    include!(concat!(env!("OUT_DIR"), "/portforward.rs"));
-}
-#[allow(
-    clippy::all,
-    clippy::unwrap_used,
-    clippy::undocumented_unsafe_blocks,
-    clippy::uninlined_format_args,
-    non_camel_case_types,
-    non_upper_case_globals,
-    unused_mut,
-    unused_imports,
-    dead_code
-)]
-pub mod diagnostics {
-    include!(concat!(env!("OUT_DIR"), "/diagnostics.rs"));
-}
-#[allow(
-    clippy::all,
-    clippy::unwrap_used,
-    clippy::undocumented_unsafe_blocks,
-    clippy::uninlined_format_args,
-    non_camel_case_types,
-    non_upper_case_globals,
-    unused_mut,
-    unused_imports,
-    dead_code
-)]
-pub mod diagnostics_ttrpc {
-    include!(concat!(env!("OUT_DIR"), "/diagnostics_ttrpc.rs"));
+/// The modules generated from `protos/` at build time (build.rs), each with the lints
+/// generated code does not meet allowed.
+macro_rules! generated {
+    ($($name:ident),* $(,)?) => {$(
+        #[allow(
+            clippy::all,
+            clippy::unwrap_used,
+            clippy::undocumented_unsafe_blocks,
+            clippy::uninlined_format_args,
+            non_camel_case_types,
+            non_upper_case_globals,
+            non_snake_case,
+            unused_mut,
+            unused_imports,
+            dead_code
+        )]
+        pub mod $name {
+            include!(concat!(env!("OUT_DIR"), "/", stringify!($name), ".rs"));
+        }
+    )*};
 }
 
-#[allow(
-    clippy::all,
-    clippy::unwrap_used,
-    clippy::undocumented_unsafe_blocks,
-    clippy::uninlined_format_args,
-    non_camel_case_types,
-    non_upper_case_globals,
-    non_snake_case,
-    unused_mut,
-    unused_imports,
-    dead_code
-)]
-pub mod agent {
-    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
-}
-#[allow(
-    clippy::all,
-    clippy::unwrap_used,
-    clippy::undocumented_unsafe_blocks,
-    clippy::uninlined_format_args,
-    non_camel_case_types,
-    non_upper_case_globals,
-    non_snake_case,
-    unused_mut,
-    unused_imports,
-    dead_code
-)]
-pub mod agent_ttrpc {
-    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
-}
-#[allow(
-    clippy::all,
-    clippy::unwrap_used,
-    clippy::undocumented_unsafe_blocks,
-    clippy::uninlined_format_args,
-    non_camel_case_types,
-    non_upper_case_globals,
-    non_snake_case,
-    unused_mut,
-    unused_imports,
-    dead_code
-)]
-pub mod oci {
-    include!(concat!(env!("OUT_DIR"), "/oci.rs"));
-}
-#[allow(
-    clippy::all,
-    clippy::unwrap_used,
-    clippy::undocumented_unsafe_blocks,
-    clippy::uninlined_format_args,
-    non_camel_case_types,
-    non_upper_case_globals,
-    non_snake_case,
-    unused_mut,
-    unused_imports,
-    dead_code
-)]
-pub mod types {
-    include!(concat!(env!("OUT_DIR"), "/types.rs"));
-}
+generated!(health, health_ttrpc, portforward, diagnostics, diagnostics_ttrpc, agent, agent_ttrpc, oci, types);
+
 /// `google.protobuf.Empty`, as the generated service code names it.
 pub mod empty {
     pub use protobuf::well_known_types::empty::*;
