@@ -139,7 +139,7 @@ installer-image: installer payload
 	cp -r $(PAYLOAD) $(BUILD)/installer-context/payload
 	BUILDER=$$(command -v podman || command -v docker) || { echo "installer-image: needs podman or docker" >&2; exit 1; }; \
 	$$BUILDER build -f packaging/node-installer/Containerfile \
-		-t contrast-node-installer:$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) $(BUILD)/installer-context
+		-t $$($(INSTALLER_BIN) image-ref --payload $(PAYLOAD)) $(BUILD)/installer-context
 
 lint:
 	$(CARGO) fmt --all -- --check

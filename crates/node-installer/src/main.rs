@@ -6,6 +6,7 @@
 //! contrast-node-installer uninstall --platform P [options]   (or --handler NAME)
 //! contrast-node-installer handler   --platform P [--payload DIR] [--set K=V]...
 //! contrast-node-installer manifests --platform P [--payload DIR] [--set K=V]... [--image REF]
+//! contrast-node-installer image-ref [--payload DIR]   the installer image's tag for this payload
 //! ```
 
 mod install;
@@ -23,7 +24,7 @@ use contrast_node_installer::containerd_config;
 use crate::install::{Node, Restart};
 
 const USAGE: &str =
-    "usage: contrast-node-installer <check|install|uninstall|handler|manifests> --platform insecure|snp|tdx
+    "usage: contrast-node-installer <check|install|uninstall|handler|manifests|image-ref> --platform insecure|snp|tdx
   --payload DIR            installer payload (default /contrast)
   --set KEY=VALUE          override in the runtime-class config (dotted key, TOML value); repeatable
 check/install/uninstall:
@@ -40,7 +41,8 @@ install:
 uninstall:
   --handler NAME           remove this handler instead of the payload's
 manifests:
-  --image REF              installer image (default contrast-node-installer:<version>, what `make installer-image` tags)
+  --image REF              installer image (default: what `image-ref` prints, the tag `make installer-image` gives)
+image-ref:                 contrast-node-installer:<version>-<hash of this binary and the whole payload>
   --namespace NS           DaemonSet namespace (default kube-system)
   --pause-image REF        main container (default registry.k8s.io/pause:3.9)";
 
@@ -106,6 +108,13 @@ fn main() {
     }
 }
 
+/// The installer image this binary and the payload go into ([`payload::image_ref`]).
+fn image_ref(a: &Args) -> Result<String> {
+    let dir = a.payload.clone().unwrap_or_else(|| PathBuf::from("/contrast"));
+    let installer = std::env::current_exe().context("finding the installer binary")?;
+    payload::image_ref(&dir, &installer)
+}
+
 fn run() -> Result<()> {
     let a = parse_args()?;
     let load = || -> Result<payload::Payload> {
@@ -115,13 +124,14 @@ fn run() -> Result<()> {
     };
     match a.command.as_str() {
         "handler" => println!("{}", load()?.handler),
+        "image-ref" => println!("{}", image_ref(&a)?),
         "manifests" => {
             let p = load()?;
             let opts = manifests::Options {
-                image: a
-                    .image
-                    .clone()
-                    .unwrap_or_else(|| format!("contrast-node-installer:{}", &p.handler[p.handler.len() - 8..])),
+                image: match a.image.clone() {
+                    Some(image) => image,
+                    None => image_ref(&a)?,
+                },
                 namespace: a.namespace.clone().unwrap_or_else(|| "kube-system".into()),
                 pause_image: a.pause_image.clone().unwrap_or_else(|| "registry.k8s.io/pause:3.9".into()),
                 settings: a.settings.clone(),

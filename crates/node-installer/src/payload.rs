@@ -103,3 +103,45 @@ fn file(source: &Path, rel: String) -> Result<File> {
         std::fs::metadata(source).with_context(|| format!("{}", source.display()))?.permissions().mode() & 0o7777;
     Ok(File { rel, source: source.to_owned(), mode })
 }
+
+/// The installer image's reference for a payload directory and installer binary:
+/// `contrast-node-installer:<version>-<hash8>`, the hash over the binary and every file of
+/// the payload (all platforms). `make installer-image` tags the image with it and
+/// `manifests` points the DaemonSet at it by default, so a node never runs a cached image of
+/// the same version whose payload (and so handler) differs from the RuntimeClass's.
+pub fn image_ref(dir: &Path, installer: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    let binary = std::fs::read(installer).with_context(|| format!("reading {}", installer.display()))?;
+    h.update(b"installer\0");
+    h.update(Sha256::digest(&binary));
+    let mut files = Vec::new();
+    collect_files(dir, dir, &mut files)?;
+    files.sort();
+    for rel in files {
+        let path = dir.join(&rel);
+        let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        h.update(b"\0file\0");
+        h.update(rel.as_bytes());
+        h.update(meta.permissions().mode().to_le_bytes());
+        h.update(Sha256::digest(&data));
+    }
+    let digest = h.finalize();
+    let hash8: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("contrast-node-installer:{}-{hash8}", env!("CARGO_PKG_VERSION")))
+}
+
+/// Every regular file below `dir`, as paths relative to `root` (links followed, as the
+/// image build's copy follows them).
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("payload: reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if path.is_file() {
+            let rel = path.strip_prefix(root).expect("below the root");
+            out.push(rel.to_str().with_context(|| format!("payload: {} is not UTF-8", path.display()))?.to_owned());
+        }
+    }
+    Ok(())
+}

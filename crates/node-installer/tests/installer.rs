@@ -296,6 +296,36 @@ fn manifests_are_kubernetes_objects_with_matching_names() {
     assert_eq!(spec.containers[0].name, "pause");
 }
 
+/// The DaemonSet's image by default is the one `make installer-image` tags (`image-ref`):
+/// named after the payload's contents, every platform's, so a node cannot run a cached
+/// installer image whose payload differs from the RuntimeClass's.
+#[test]
+fn the_default_installer_image_is_named_after_the_payload() {
+    let host = Host::new();
+    let payload = host.payload.to_str().expect("utf-8");
+    let reference = ok(&["image-ref", "--payload", payload]).trim().to_owned();
+    let (name, tag) = reference.split_once(':').expect("name:tag");
+    assert_eq!(name, "contrast-node-installer");
+    let hash = tag.strip_prefix(concat!(env!("CARGO_PKG_VERSION"), "-")).expect("version-hash");
+    assert!(hash.len() == 8 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{reference}");
+    let manifests = ok(&["manifests", "--platform", "insecure", "--payload", payload]);
+    assert!(manifests.contains(&format!("image: {reference}\n")), "{manifests}");
+    // The same for every platform's manifests, and stable while nothing changes.
+    let snp = ok(&["manifests", "--platform", "snp", "--payload", payload]);
+    assert!(snp.contains(&format!("image: {reference}\n")), "{snp}");
+    assert_eq!(ok(&["image-ref", "--payload", payload]).trim(), reference);
+    // Another platform's template changed: another image.
+    let tdx = host.payload.join("config/configuration-tdx.toml");
+    let mut template = std::fs::read_to_string(&tdx).expect("template");
+    template.push_str("\n# changed\n");
+    std::fs::write(&tdx, template).expect("write");
+    let changed = ok(&["image-ref", "--payload", payload]).trim().to_owned();
+    assert_ne!(changed, reference);
+    // --image still wins.
+    let given = ok(&["manifests", "--platform", "insecure", "--payload", payload, "--image", "registry.example/i:1"]);
+    assert!(given.contains("image: registry.example/i:1\n"), "{given}");
+}
+
 #[test]
 fn failed_restart_leaves_the_config_as_it_was() {
     let host = Host::new();
