@@ -109,6 +109,24 @@ impl Streams {
         }
         self.outputs.drain(..).for_each(|h| h.abort());
     }
+
+    /// Stops forwarding stdin once the process is gone. The pump holds the FIFO open for
+    /// writing too (so its open never blocks), so it never reads an end of its own: a
+    /// terminal exec gets no `CloseIO` from containerd, and each `kubectl exec -it` left a
+    /// task and a descriptor in the shim until the pod ended.
+    pub fn stop_stdin(&mut self) {
+        if let Some(h) = self.stdin.take() {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for Streams {
+    /// A dropped task handle does not stop its task: whatever still pumps for a forgotten
+    /// process stops with it.
+    fn drop(&mut self) {
+        self.abort();
+    }
 }
 
 fn log_file(path: &str) -> std::io::Result<Sink> {

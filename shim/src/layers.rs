@@ -64,15 +64,25 @@ impl LayerDisks {
         g.disks.entry(container.to_owned()).or_default().push(target);
     }
 
-    fn take(&self, container: &str) -> Vec<u32> {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.disks.remove(container).unwrap_or_default()
+    /// One of `container`'s disks, still recorded.
+    fn first(&self, container: &str) -> Option<u32> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.disks.get(container).and_then(|t| t.first().copied())
     }
 
-    /// The disk on `target` is unplugged: the target can take another.
-    fn free(&self, target: u32) {
+    /// `target` no longer belongs to `container`; `unplugged`: its disk is gone, so the
+    /// target can take another (else it is never given out again).
+    fn release(&self, container: &str, target: u32, unplugged: bool) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.freed.push_back(target);
+        if let Some(targets) = g.disks.get_mut(container) {
+            targets.retain(|t| *t != target);
+            if targets.is_empty() {
+                g.disks.remove(container);
+            }
+        }
+        if unplugged {
+            g.freed.push_back(target);
+        }
     }
 }
 
@@ -229,14 +239,19 @@ pub fn forget_refused_layer(cache: &Path, guest_error: &str) {
     tracing::warn!(layer = %hex, "the guest refused this layer's cached image; it is rebuilt on next use");
 }
 
-/// Unplugs the layer disks of container `id` (after the guest released them).
+/// Unplugs the layer disks of container `id` (after the guest released them). Each stays
+/// recorded until its own unplug is over, so a delete cut short by its caller's deadline
+/// leaves the rest to the next delete or the pod's end, not to nobody.
 pub async fn detach(pod: &crate::pod::Pod, id: &str) {
-    for target in pod.layers.take(id) {
+    while let Some(target) = pod.layers.first(id) {
         let disk = disk_name(target);
         match pod.vm.qmp().detach_scsi_disk(&disk).await {
-            Ok(()) => pod.layers.free(target),
+            Ok(()) => pod.layers.release(id, target, true),
             // Possibly still plugged: its target is not given out again.
-            Err(e) => tracing::warn!(disk, error = %e, "cannot unplug a layer disk"),
+            Err(e) => {
+                tracing::warn!(disk, error = %e, "cannot unplug a layer disk");
+                pod.layers.release(id, target, false);
+            }
         }
     }
 }
@@ -280,13 +295,19 @@ mod tests {
             disks.record(&format!("c{}", want % 3), want);
         }
         assert!(disks.next_target().is_err(), "all attached");
-        let freed = disks.take("c1");
-        assert_eq!(freed.len(), 85);
-        for t in &freed {
-            disks.free(*t);
+        let mut freed = Vec::new();
+        while let Some(t) = disks.first("c1") {
+            disks.release("c1", t, true);
+            freed.push(t);
         }
+        assert_eq!(freed.len(), 85);
         assert_eq!(disks.next_target().expect("a freed target"), freed[0]);
         assert_eq!(disks.next_target().expect("a freed target"), freed[1]);
+        // A disk that may still be plugged leaves its container but is not given out again.
+        let t = disks.first("c2").expect("c2 has disks");
+        disks.release("c2", t, false);
+        assert_ne!(disks.first("c2"), Some(t));
+        assert!(disks.inner.lock().expect("lock").freed.iter().all(|f| *f != t));
     }
 
     #[test]

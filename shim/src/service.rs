@@ -242,6 +242,7 @@ impl Inner {
             };
             if let Some(streams) = proc_.streams.lock().await.as_mut() {
                 streams.drain().await;
+                streams.stop_stdin();
             }
             if proc_.record_exit(status) {
                 // The guest can report the exit before it answers the signal that caused it.
@@ -629,6 +630,9 @@ impl Inner {
         let (status, at) = p.exited().unwrap_or((0, Timestamp::now()));
         if !req.exec_id.is_empty() {
             lock(&ctr.execs).remove(&req.exec_id);
+            if let Some(s) = p.streams.lock().await.as_mut() {
+                s.abort();
+            }
             return Ok(api::DeleteResponse {
                 pid,
                 exit_status: status,

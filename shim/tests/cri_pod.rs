@@ -296,6 +296,30 @@ containerd_matrix! {
         assert!(text.contains("/dev/pts/"), "the process has a terminal: {text:?} {out:?}");
         assert!(text.contains("got:hello"), "stdin reached it: {text:?} {out:?}");
         assert!(out.status.contains("Success"), "{out:?}");
+        // Each session's stdin ends with it: containerd sends no CloseIO for a terminal exec,
+        // and the shim kept every session's stdin FIFO (and the task pumping it) until the
+        // pod ended.
+        for _ in 0..2 {
+            let out = tokio::time::timeout(EXIT_DEADLINE, cri.exec_stream(&c, &["true"], true, b""))
+                .await
+                .expect("the exec session ends")
+                .expect("Exec over the streaming server");
+            assert!(out.status.contains("Success"), "{out:?}");
+        }
+        let (shim, _) = cd.shim_daemon(&pod.id).expect("the pod's shim daemon");
+        let stdin_fifos = || -> Vec<String> {
+            let fds = std::fs::read_dir(format!("/proc/{shim}/fd")).expect("the shim's descriptors");
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .map(|target| target.to_string_lossy().into_owned())
+                .filter(|target| target.contains("stdin"))
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !stdin_fifos().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(stdin_fifos(), Vec::<String>::new(), "stdin FIFOs of ended exec sessions still open in the shim");
         cri.remove_pod(&pod.id).await.expect("remove the pod");
         assert_clean(&cd).await;
     }

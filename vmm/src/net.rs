@@ -129,6 +129,19 @@ fn attach_in(nl: &mut Netlink) -> io::Result<Attached> {
     let addresses = nl.addresses()?;
     let pod_links: Vec<&Link> =
         links.iter().filter(|l| !l.loopback && l.kind.as_deref() != Some("tun") && l.mac.len() == 6).collect();
+    // Read before anything is attached, so a failure leaves the namespace as it was.
+    let indexes: Vec<u32> = pod_links.iter().map(|l| l.index).collect();
+    let routes = nl
+        .routes()?
+        .into_iter()
+        .filter(|r| r.table == MAIN_TABLE && r.protocol != PROTOCOL_KERNEL)
+        .filter(|r| r.device.is_some_and(|d| indexes.contains(&d)))
+        .collect();
+    let neighbours = nl
+        .neighbours()?
+        .into_iter()
+        .filter(|n| n.state & NEIGHBOUR_PERMANENT != 0 && indexes.contains(&n.index))
+        .collect();
     let mut interfaces: Vec<PodInterface> = Vec::new();
     let result = (|| {
         for (n, link) in pod_links.iter().enumerate() {
@@ -167,18 +180,6 @@ fn attach_in(nl: &mut Netlink) -> io::Result<Attached> {
         }
         return Err(e);
     }
-    let indexes: Vec<u32> = interfaces.iter().map(|i| i.veth_index).collect();
-    let routes = nl
-        .routes()?
-        .into_iter()
-        .filter(|r| r.table == MAIN_TABLE && r.protocol != PROTOCOL_KERNEL)
-        .filter(|r| r.device.is_some_and(|d| indexes.contains(&d)))
-        .collect();
-    let neighbours = nl
-        .neighbours()?
-        .into_iter()
-        .filter(|n| n.state & NEIGHBOUR_PERMANENT != 0 && indexes.contains(&n.index))
-        .collect();
     Ok((interfaces, routes, neighbours))
 }
 

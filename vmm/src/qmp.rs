@@ -105,7 +105,17 @@ impl QmpClient {
         // Polling the event stream also delivers command responses to `service`.
         let reader = tokio::spawn(async move {
             while let Some(item) = event_stream.next().await {
-                let Ok(event) = item else { break };
+                let event = match item {
+                    Ok(event) => event,
+                    // A reply whose command's caller gave up (its deadline passed, its request
+                    // was cancelled) has nobody to go to; QEMU is fine and the stream goes on.
+                    // Ending here made every later command of the pod fail.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        tracing::debug!(error = %e, "QMP message nobody waits for");
+                        continue;
+                    }
+                    Err(_) => break,
+                };
                 if let Some(event) = to_event(&event) {
                     tracing::debug!(event = %event.name, data = %event.data, "QMP event");
                     let _ = sender.send(event);
@@ -250,9 +260,11 @@ mod tests {
 
     use super::*;
 
-    /// A QEMU that greets and negotiates, then never answers a command (hung main loop).
-    /// `oob`: whether it offers out-of-band execution (command ids), as QEMU 10 does.
-    async fn hung_qemu(path: std::path::PathBuf, oob: bool) {
+    type Lines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
+
+    /// Accepts the client, greets it and answers its negotiation. `oob`: whether it offers
+    /// out-of-band execution (command ids), as QEMU 10 does.
+    async fn greeted(path: std::path::PathBuf, oob: bool) -> (Lines, tokio::net::unix::OwnedWriteHalf) {
         let listener = UnixListener::bind(&path).expect("bind");
         let (stream, _) = listener.accept().await.expect("accept");
         let (r, mut w) = stream.into_split();
@@ -264,8 +276,54 @@ mod tests {
         let negotiate = lines.next_line().await.expect("read").unwrap_or_default();
         assert!(negotiate.contains("qmp_capabilities"), "{negotiate}");
         w.write_all(b"{\"return\": {}}\r\n").await.expect("answer");
+        (lines, w)
+    }
+
+    /// A QEMU that never answers a command (hung main loop).
+    async fn hung_qemu(path: std::path::PathBuf, oob: bool) {
+        let (mut lines, _w) = greeted(path, oob).await;
         // Read commands forever, answer none.
         while let Ok(Some(_)) = lines.next_line().await {}
+    }
+
+    /// A QEMU that answers its first command `late`, then sends an event.
+    async fn slow_qemu(path: std::path::PathBuf, oob: bool, late: Duration) {
+        let (mut lines, mut w) = greeted(path, oob).await;
+        let command = lines.next_line().await.expect("read").expect("a command");
+        let command: serde_json::Value = serde_json::from_str(&command).expect("json");
+        tokio::time::sleep(late).await;
+        let mut reply = serde_json::json!({ "return": { "status": "running", "running": true } });
+        if let Some(id) = command.get("id") {
+            reply["id"] = id.clone();
+        }
+        w.write_all(format!("{reply}\r\n").as_bytes()).await.expect("late answer");
+        let event = r#"{"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}"#;
+        w.write_all(format!("{event}\r\n").as_bytes()).await.expect("event");
+        while let Ok(Some(_)) = lines.next_line().await {}
+    }
+
+    /// An answer that comes after its command's deadline has nobody to go to: the client
+    /// still hears QEMU afterwards (it stopped reading at such an answer, and so lost every
+    /// event and answer after it).
+    #[tokio::test]
+    async fn an_answer_after_its_deadline_does_not_end_the_stream() {
+        for oob in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("qmp.sock");
+            let deadline = Duration::from_millis(200);
+            let server = tokio::spawn(slow_qemu(path.clone(), oob, deadline * 2));
+            let (_tx, exited) = watch::channel(None);
+            let qmp = QmpClient::connect(&path, Duration::from_secs(5), deadline, exited).await.expect("handshake");
+            let mut events = qmp.subscribe();
+            let err = qmp.query_status().await.expect_err("answered after the deadline");
+            assert!(matches!(err, Error::CommandTimeout { command: "query-status", .. }), "{err}");
+            let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .expect("the event after the late answer arrives")
+                .expect("event");
+            assert_eq!(event.name, "STOP", "oob {oob}");
+            server.abort();
+        }
     }
 
     #[tokio::test]

@@ -5,6 +5,11 @@
 //!   would report `host_data`. The host writes both sides there: it proves the code path,
 //!   not confidentiality.
 //!
+//! Which of them applies is decided by what the CPU is, as the kernel knows it, not by which
+//! device exists: the host can make a guest driver fail to come up (hide AES-NI from the CPU
+//! model on SNP, refuse TDX's shared-buffer conversion), and a confidential VM whose device
+//! is missing must deny, never fall back to the simulation or to no binding.
+//!
 //! Layouts: AMD SEV-SNP firmware ABI (MSG_REPORT_RSP, ATTESTATION_REPORT), Intel TDX module
 //! ABI (TDREPORT_STRUCT, TDINFO_STRUCT), Linux `include/uapi/linux/{sev-guest,tdx-guest}.h`.
 
@@ -53,13 +58,71 @@ impl Binding {
     }
 }
 
-/// The platform's binding: `Ok(None)` on a plain VM (no guest device, no simulation).
-pub fn read_binding() -> Result<Option<Binding>, String> {
-    if std::path::Path::new(SEV_GUEST_DEVICE).exists() {
-        return snp_report().and_then(|r| snp_host_data(&r)).map(|v| Some(Binding::Snp(v)));
+/// Confidential hardware under this VM, as the kernel found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hardware {
+    /// `/sys/devices/system/cpu/sev`: the kernel registers it only when SEV-SNP is active
+    /// (`cc_platform_has(CC_ATTR_GUEST_SEV_SNP)`, from the SEV_STATUS MSR the host cannot
+    /// intercept).
+    Snp,
+    /// The `tdx_guest` CPU flag: set when CPUID leaf 0x21 has the TDX signature, a leaf the
+    /// TDX module answers, not the host.
+    Tdx,
+}
+
+/// What the kernel says about the CPU below `root` (`/` in the VM; a directory in tests).
+pub fn confidential_hardware(root: &std::path::Path) -> Option<Hardware> {
+    if root.join("sys/devices/system/cpu/sev").is_dir() {
+        return Some(Hardware::Snp);
     }
-    if std::path::Path::new(TDX_GUEST_DEVICE).exists() {
-        return td_report().and_then(|r| td_mrconfigid(&r)).map(|v| Some(Binding::Tdx(v)));
+    let cpuinfo = std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
+    let tdx = cpuinfo
+        .lines()
+        .filter(|l| l.split(':').next().is_some_and(|k| k.trim() == "flags"))
+        .any(|l| l.split_whitespace().any(|flag| flag == "tdx_guest"));
+    tdx.then_some(Hardware::Tdx)
+}
+
+/// Where the binding is read: the guest device of the hardware, or, on a VM without
+/// confidential hardware, the simulation (if the host set one).
+#[derive(Debug, PartialEq, Eq)]
+enum Source {
+    SnpDevice,
+    TdxDevice,
+    NoHardware,
+}
+
+/// The rule: confidential hardware needs its own device; a device of the other platform, or
+/// none, is an error (deny), never a reason to look for the simulation.
+fn source(hardware: Option<Hardware>, sev_device: bool, tdx_device: bool) -> Result<Source, String> {
+    match hardware {
+        Some(Hardware::Snp) if sev_device => Ok(Source::SnpDevice),
+        Some(Hardware::Snp) => Err(format!(
+            "this VM runs on SEV-SNP but {SEV_GUEST_DEVICE} is missing: the guest driver did not come up \
+             (it needs AES-NI in the CPU model), so no attestation report gives the launch binding"
+        )),
+        Some(Hardware::Tdx) if tdx_device => Ok(Source::TdxDevice),
+        Some(Hardware::Tdx) => Err(format!(
+            "this VM runs on TDX but {TDX_GUEST_DEVICE} is missing: the guest driver did not come up, \
+             so no TD report gives the launch binding"
+        )),
+        // A guest device without the hardware the kernel checked: its report would be
+        // refused by the firmware anyway; read it, a failure denies.
+        None if sev_device => Ok(Source::SnpDevice),
+        None if tdx_device => Ok(Source::TdxDevice),
+        None => Ok(Source::NoHardware),
+    }
+}
+
+/// The platform's binding: `Ok(None)` on a plain VM (no confidential hardware, no
+/// simulation).
+pub fn read_binding() -> Result<Option<Binding>, String> {
+    let hardware = confidential_hardware(std::path::Path::new("/"));
+    let exists = |p: &str| std::path::Path::new(p).exists();
+    match source(hardware, exists(SEV_GUEST_DEVICE), exists(TDX_GUEST_DEVICE))? {
+        Source::SnpDevice => return snp_report().and_then(|r| snp_host_data(&r)).map(|v| Some(Binding::Snp(v))),
+        Source::TdxDevice => return td_report().and_then(|r| td_mrconfigid(&r)).map(|v| Some(Binding::Tdx(v))),
+        Source::NoHardware => {}
     }
     match std::fs::read(SIMULATED_BINDING) {
         Ok(raw) => {
@@ -223,6 +286,43 @@ mod tests {
         // _IOWR('S', 0, 32 bytes) and _IOWR('T', 1, 1088 bytes), as the headers define them.
         assert_eq!(nix::request_code_readwrite!(b'S', 0x0, 32), 0xc020_5300);
         assert_eq!(nix::request_code_readwrite!(b'T', 1, 1088), 0xc440_5401);
+    }
+
+    #[test]
+    fn confidential_hardware_is_what_the_kernel_reports() {
+        let root = tempfile::tempdir().expect("tempdir");
+        assert_eq!(confidential_hardware(root.path()), None, "nothing there");
+        std::fs::create_dir_all(root.path().join("proc")).expect("mkdir");
+        let cpuinfo = |flags: &str| {
+            format!("processor\t: 0\nmodel name\t: QEMU Virtual CPU\nflags\t\t: fpu vme {flags} pse\nbogomips\t: 1\n\n")
+        };
+        std::fs::write(root.path().join("proc/cpuinfo"), cpuinfo("hypervisor")).expect("write");
+        assert_eq!(confidential_hardware(root.path()), None, "a plain VM");
+        std::fs::write(root.path().join("proc/cpuinfo"), cpuinfo("tdx_guest_x")).expect("write");
+        assert_eq!(confidential_hardware(root.path()), None, "a flag is a whole word");
+        std::fs::write(root.path().join("proc/cpuinfo"), "model name\t: tdx_guest\n").expect("write");
+        assert_eq!(confidential_hardware(root.path()), None, "only the flags line counts");
+        std::fs::write(root.path().join("proc/cpuinfo"), cpuinfo("tdx_guest")).expect("write");
+        assert_eq!(confidential_hardware(root.path()), Some(Hardware::Tdx));
+        std::fs::create_dir_all(root.path().join("sys/devices/system/cpu/sev")).expect("mkdir");
+        assert_eq!(confidential_hardware(root.path()), Some(Hardware::Snp));
+    }
+
+    #[test]
+    fn confidential_hardware_without_its_device_is_an_error_not_a_fallback() {
+        use Hardware::{Snp, Tdx};
+        assert_eq!(source(Some(Snp), true, false), Ok(Source::SnpDevice));
+        assert_eq!(source(Some(Tdx), false, true), Ok(Source::TdxDevice));
+        // The device missing (its driver made to fail by the host): never the simulation
+        // or a plain VM's "no binding".
+        let e = source(Some(Snp), false, false).expect_err("SNP without /dev/sev-guest");
+        assert!(e.contains("SEV-SNP") && e.contains(SEV_GUEST_DEVICE), "{e}");
+        let e = source(Some(Tdx), false, false).expect_err("TDX without /dev/tdx_guest");
+        assert!(e.contains("TDX") && e.contains(TDX_GUEST_DEVICE), "{e}");
+        assert!(source(Some(Snp), false, true).is_err(), "the other platform's device");
+        assert!(source(Some(Tdx), true, false).is_err(), "the other platform's device");
+        assert_eq!(source(None, false, false), Ok(Source::NoHardware));
+        assert_eq!(source(None, true, false), Ok(Source::SnpDevice));
     }
 
     #[test]

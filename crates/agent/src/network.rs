@@ -63,6 +63,14 @@ pub fn update_interface(req: &agent::UpdateInterfaceRequest) -> Result<types::In
     };
     let mac = contrast_netlink::parse_mac(&want.hwAddr)
         .ok_or_else(|| Error::InvalidArgument(format!("interface hwAddr {:?} is not a MAC address", want.hwAddr)))?;
+    // A NIC has a unicast address; all zeros is the loopback's (`lo` must not be renamed,
+    // readdressed or routed through under another name), a group address no NIC's.
+    if mac == [0; 6] || mac[0] & 1 == 1 {
+        return Err(Error::InvalidArgument(format!(
+            "interface hwAddr {:?} is not a NIC's unicast address (all zeros is the loopback's)",
+            want.hwAddr
+        )));
+    }
     let name = if want.name.is_empty() { want.device.as_str() } else { want.name.as_str() };
     if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) || name == "." || name == ".." {
         return Err(Error::InvalidArgument(format!("interface name {name:?} is not a valid Linux interface name")));
@@ -274,6 +282,16 @@ mod tests {
         i.hwAddr = "not-a-mac".into();
         req.interface = Some(i.clone()).into();
         assert!(matches!(update_interface(&req), Err(Error::InvalidArgument(m)) if m.contains("not a MAC")));
+        // The loopback's address (it would rename `lo`, and a route through it would pass a
+        // policy's "not through lo"), and a group address.
+        for not_a_nic in ["00:00:00:00:00:00", "01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff"] {
+            i.hwAddr = not_a_nic.into();
+            req.interface = Some(i.clone()).into();
+            assert!(
+                matches!(update_interface(&req), Err(Error::InvalidArgument(m)) if m.contains("unicast")),
+                "{not_a_nic}"
+            );
+        }
         i.hwAddr = "0a:58:0a:58:00:05".into();
         i.mtu = 10;
         req.interface = Some(i.clone()).into();

@@ -253,6 +253,10 @@ fn process_json(p: &oci::Process) -> Result<Value, SpecError> {
 
 /// libseccomp's name of the notify action (runtime spec `SCMP_ACT_NOTIFY`).
 const SECCOMP_NOTIFY: &str = "SCMP_ACT_NOTIFY";
+/// The errno action: the syscall is not made and returns `-errnoRet`.
+const SECCOMP_ERRNO: &str = "SCMP_ACT_ERRNO";
+/// The largest errno the kernel returns as such (`MAX_ERRNO`).
+const MAX_ERRNO: u32 = 4095;
 
 /// The runtime spec's `linux.seccomp`; names are kept as given, so libcontainer rejects unknown
 /// actions, architectures, flags and operators as a malformed spec.
@@ -261,6 +265,20 @@ fn seccomp(sc: &oci::LinuxSeccomp) -> Result<Value, SpecError> {
         return Err(SpecError::Unsupported(
             "seccomp notification (SCMP_ACT_NOTIFY) needs a listener outside the pod VM; not supported".into(),
         ));
+    }
+    // A rule that answers a syscall with success without making it (errno 0; libseccomp keeps
+    // the low 16 bits, so 65536 is 0 too) would let the node's profile turn the runner's own
+    // capset/prctl/setuid calls into silent no-ops: the process would keep the capabilities
+    // and the user the policy judged away. Only real errors may be faked.
+    for sys in &sc.Syscalls {
+        if sys.Action == SECCOMP_ERRNO && sys.has_errnoret() && !(1..=MAX_ERRNO).contains(&sys.errnoret()) {
+            return Err(SpecError::Invalid(format!(
+                "seccomp rule for {:?}: errnoRet {} is not an error (1..={MAX_ERRNO}); a rule may not fake a \
+                 syscall's success",
+                sys.Names,
+                sys.errnoret()
+            )));
+        }
     }
     let syscalls: Vec<Value> = sc
         .Syscalls
@@ -444,6 +462,35 @@ mod tests {
         l.Seccomp = Some(sc).into();
         s.Linux = Some(l).into();
         s
+    }
+
+    #[test]
+    fn seccomp_rules_faking_success_are_refused() {
+        for errno in [0, 65536, 4096] {
+            let mut sc = seccomp_profile();
+            let mut fake = oci::LinuxSyscall::new();
+            fake.Names = vec!["capset".into()];
+            fake.Action = "SCMP_ACT_ERRNO".into();
+            fake.set_errnoret(errno);
+            sc.Syscalls.push(fake);
+            let Err(err) = convert("c1", &with_seccomp(sc)) else { panic!("errnoRet {errno} converted") };
+            assert!(
+                matches!(&err, SpecError::Invalid(m) if m.contains("capset") && m.contains("not an error")),
+                "{errno}: {err}"
+            );
+        }
+        // Real errors pass, and an errno rule without errnoRet is EPERM (libcontainer's default).
+        let mut sc = seccomp_profile();
+        let mut eperm = oci::LinuxSyscall::new();
+        eperm.Names = vec!["capset".into()];
+        eperm.Action = "SCMP_ACT_ERRNO".into();
+        sc.Syscalls.push(eperm);
+        let mut enosys = oci::LinuxSyscall::new();
+        enosys.Names = vec!["clone3".into()];
+        enosys.Action = "SCMP_ACT_ERRNO".into();
+        enosys.set_errnoret(38);
+        sc.Syscalls.push(enosys);
+        convert("c1", &with_seccomp(sc)).expect("EPERM and ENOSYS rules convert");
     }
 
     #[test]

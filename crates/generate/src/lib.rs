@@ -626,6 +626,10 @@ mod tests {
             "KUBERNETES_PORT_443_TCP_PORT=443",
             "KUBERNETES_PORT_443_TCP_ADDR=10.96.0.1",
             "DB_SERVICE_HOST=fd00::a",
+            "DB_PORT=tcp://[fd00::a]:5432",
+            "DB_PORT_5432_TCP=tcp://[fd00::a]:5432",
+            "MY_PORT_SVC_PORT_53_UDP_PROTO=udp",
+            "MY_PORT_SVC_SERVICE_PORT_DNS_TCP=53",
         ];
         assert!(create(&allowed, "/srv"), "everything containerd and Kubernetes set");
         assert!(!create(&[], "/srv"), "the image's PATH left out");
@@ -641,6 +645,20 @@ mod tests {
             "db_service_host=10.0.0.1",
             "LD_PRELOAD_SERVICE_HOST=10.0.0.1=x",
             "no-equals-sign",
+            // Names of a service link with another shape of value: an application's switch.
+            "JMX_PORT=9999",
+            "DEBUG_PORT=5005",
+            "DB_SERVICE_PORT=10.0.0.1",
+            "DB_SERVICE_HOST=443x",
+            "DB_PORT=tcp://10.0.0.1",
+            "DB_PORT=tcp://10.0.0.1:5432:1",
+            "DB_PORT_5432_TCP=5432",
+            "DB_PORT_5432_TCP_PROTO=sh",
+            "DB_PORT_5432_TCP_PORT=tcp",
+            "DB_PORT_5432_HTTP=tcp://10.0.0.1:5432",
+            "DB_PORT_5432_TCP_EXTRA=1",
+            "_SERVICE_HOST=10.0.0.1",
+            "APP_PORT_ENABLED=1",
         ] {
             assert!(!create(&["PATH=/bin", bad], "/srv"), "{bad}");
         }

@@ -213,26 +213,73 @@ env_allowed(_, e) if {
 env_allowed(_, e) if {
     i := indexof(e, "=")
     i > 0
-    service_env_name(substring(e, 0, i))
-    network_value(substring(e, i + 1, -1))
+    service_env(substring(e, 0, i), substring(e, i + 1, -1))
 }
-service_env_name(n) if {
-    trim(n, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == ""
-    some marker in {"_SERVICE_HOST", "_SERVICE_PORT", "_PORT"}
-    contains(n, marker)
+# Kubernetes' service links, exactly as the kubelet writes them for a service S with port P of
+# protocol PROTO (and port name N): S_SERVICE_HOST=<ip>, S_SERVICE_PORT=<P>,
+# S_SERVICE_PORT_N=<P>, S_PORT=<proto>://<ip>:<P>, S_PORT_P_PROTO=<proto>://<ip>:<P>,
+# S_PORT_P_PROTO_PROTO=<proto>, S_PORT_P_PROTO_PORT=<P>, S_PORT_P_PROTO_ADDR=<ip>. Nothing
+# looser: a `JMX_PORT=9999` has the name of a link but is an application's switch.
+service_env(n, v) if { service_name(n, "_SERVICE_HOST"); ip_value(v) }
+service_env(n, v) if { service_name(n, "_SERVICE_PORT"); port_value(v) }
+service_env(n, v) if {
+    parts := split(n, "_SERVICE_PORT_")
+    count(parts) == 2
+    upper_name(parts[0])
+    upper_name(parts[1])
+    port_value(v)
 }
-network_chars := "0123456789abcdefABCDEF.:[]"
-network_value(v) if {
+service_env(n, v) if { service_name(n, "_PORT"); url_value(v) }
+service_env(n, v) if { port_link(n, []); url_value(v) }
+service_env(n, v) if { port_link(n, ["PROTO"]); v in {"tcp", "udp", "sctp"} }
+service_env(n, v) if { port_link(n, ["PORT"]); port_value(v) }
+service_env(n, v) if { port_link(n, ["ADDR"]); ip_value(v) }
+service_name(n, suffix) if {
+    endswith(n, suffix)
+    upper_name(substring(n, 0, count(n) - count(suffix)))
+}
+# S_PORT_<P>_<PROTO> followed by `tail`: the service name is what comes before the last
+# `_PORT_` (a service's own name may contain one).
+port_link(n, tail) if {
+    parts := split(n, "_PORT_")
+    count(parts) >= 2
+    upper_name(concat("_PORT_", array.slice(parts, 0, count(parts) - 1)))
+    rest := split(parts[count(parts) - 1], "_")
+    count(rest) == 2 + count(tail)
+    port_value(rest[0])
+    rest[1] in {"TCP", "UDP", "SCTP"}
+    array.slice(rest, 2, count(rest)) == tail
+}
+upper_name(s) if {
+    count(s) > 0
+    trim(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == ""
+}
+port_value(v) if {
     count(v) > 0
-    trim(v, network_chars) == ""
+    count(v) <= 5
+    trim(v, "0123456789") == ""
 }
-network_value(v) if { v in {"tcp", "udp", "sctp"} }
-network_value(v) if {
+ip_value(v) if {
+    count(v) > 0
+    trim(v, "0123456789abcdefABCDEF.:") == ""
+}
+url_value(v) if {
     some scheme in {"tcp://", "udp://", "sctp://"}
     startswith(v, scheme)
-    rest := substring(v, count(scheme), -1)
-    count(rest) > 0
-    trim(rest, network_chars) == ""
+    host_port(substring(v, count(scheme), -1))
+}
+host_port(hp) if {
+    parts := split(hp, ":")
+    count(parts) == 2
+    ip_value(parts[0])
+    port_value(parts[1])
+}
+host_port(hp) if {
+    startswith(hp, "[")
+    j := indexof(hp, "]:")
+    j > 1
+    ip_value(substring(hp, 1, j - 1))
+    port_value(substring(hp, j + 2, -1))
 }
 # What a process gets is judged: the last entry of each name (the agent drops the earlier
 # ones, as runc does). containerd lists the image's variables before the container spec's, so
