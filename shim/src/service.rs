@@ -806,38 +806,103 @@ fn runtime_config_path(options: Option<&Any>) -> Option<String> {
     None
 }
 
+/// Runs a handler's work in a task of its own, to its end. The ttrpc server drops a
+/// handler at its request's deadline (containerd passes its context's: CRI's StartContainer,
+/// 10 s for the delete after an exit, 3 s for Shutdown), and a create, start or delete cut
+/// off at an await left a container half set up or half torn down: its share mounted and
+/// layer disks attached with no record, a process running in the guest that the shim still
+/// had as created, disks unplugged from nobody's list.
+async fn to_the_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = TResult<T>> + Send + 'static,
+) -> TResult<T> {
+    tokio::spawn(work).await.unwrap_or_else(|e| Err(ShimError::Internal(format!("request handler: {e}")).into()))
+}
+
+/// Set when a handler is dropped before its work's answer reached it ([`CallerGone::here`]
+/// disarms it).
+struct CallerGone(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl CallerGone {
+    fn here(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CallerGone {
+    fn drop(&mut self) {
+        if let Some(gone) = &self.0 {
+            gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Inner {
+    /// A `Create` that succeeded after containerd stopped waiting for it: containerd counts
+    /// the task as never created (its cleanup `Delete` found nothing yet), so nobody would
+    /// ever delete it. Deleted here, and the daemon ends if that was all it had.
+    async fn abandoned_create(self: &Arc<Self>, id: &str) {
+        tracing::warn!(id, "containerd gave up on this create before it finished; undoing it");
+        let req = api::DeleteRequest { id: id.to_owned(), ..Default::default() };
+        if let Err(e) = self.delete(req).await {
+            tracing::warn!(id, error = %e, "deleting the abandoned task");
+        }
+        self.shutdown().await;
+    }
+}
+
 #[async_trait]
 impl Task for TaskService {
     async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> TResult<api::CreateTaskResponse> {
         tracing::info!(id = %req.id, "create");
-        Ok(self.0.create(req).await?)
+        let inner = self.0.clone();
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let caller = CallerGone(Some(gone.clone()));
+        let result = to_the_end(async move {
+            let id = req.id.clone();
+            let result = inner.create(req).await;
+            if result.is_ok() && gone.load(std::sync::atomic::Ordering::SeqCst) {
+                inner.abandoned_create(&id).await;
+            }
+            Ok(result?)
+        })
+        .await;
+        caller.here();
+        result
     }
 
     async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TResult<api::StartResponse> {
-        let started = std::time::Instant::now();
-        match self.0.start(req.clone()).await {
-            Ok(resp) => {
-                tracing::info!(start_ms = started.elapsed().as_millis() as u64, "start done");
-                Ok(resp)
-            }
-            Err(e) => {
-                // containerd waits on a process before starting it; a process that cannot
-                // start must count as exited or that Wait never returns.
-                if let Ok((_, p)) = self.0.proc(&req.id, &req.exec_id) {
-                    if p.status() == Status::CREATED {
-                        p.record_exit(START_FAILED_STATUS);
-                    }
+        let inner = self.0.clone();
+        to_the_end(async move {
+            let started = std::time::Instant::now();
+            match inner.start(req.clone()).await {
+                Ok(resp) => {
+                    tracing::info!(start_ms = started.elapsed().as_millis() as u64, "start done");
+                    Ok(resp)
                 }
-                Err(explain(self.0.pod().await.ok(), e).await.into())
+                Err(e) => {
+                    // containerd waits on a process before starting it; a process that cannot
+                    // start must count as exited or that Wait never returns.
+                    if let Ok((_, p)) = inner.proc(&req.id, &req.exec_id) {
+                        if p.status() == Status::CREATED {
+                            p.record_exit(START_FAILED_STATUS);
+                        }
+                    }
+                    Err(explain(inner.pod().await.ok(), e).await.into())
+                }
             }
-        }
+        })
+        .await
     }
 
     async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> TResult<api::DeleteResponse> {
-        match self.0.delete(req).await {
-            Ok(r) => Ok(r),
-            Err(e) => Err(explain(self.0.pod().await.ok(), e).await.into()),
-        }
+        let inner = self.0.clone();
+        to_the_end(async move {
+            match inner.delete(req).await {
+                Ok(r) => Ok(r),
+                Err(e) => Err(explain(inner.pod().await.ok(), e).await.into()),
+            }
+        })
+        .await
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TResult<api::Empty> {
@@ -1003,8 +1068,12 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TResult<api::Empty> {
-        self.0.shutdown().await;
-        Ok(api::Empty::new())
+        let inner = self.0.clone();
+        to_the_end(async move {
+            inner.shutdown().await;
+            Ok(api::Empty::new())
+        })
+        .await
     }
 }
 
@@ -1012,6 +1081,7 @@ impl Task for TaskService {
 mod tests {
     use super::*;
     use contrast_agent_protocol::AgentError;
+    use std::time::Duration;
 
     fn err(code: ttrpc::Code) -> AgentError {
         AgentError { method: "signal_process", code, message: "socket err: early eof".into() }
@@ -1024,6 +1094,35 @@ mod tests {
         async fn publish(&self, _: &'static str, _: Box<dyn MessageDyn>) -> Result<(), String> {
             Ok(())
         }
+    }
+
+    /// A handler dropped at its deadline does not cut its work off, and knows it was left.
+    #[tokio::test]
+    async fn work_outlives_a_dropped_handler() {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handler = {
+            let done = done.clone();
+            let caller = CallerGone(Some(gone.clone()));
+            async move {
+                let r = to_the_end(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    done.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok(())
+                })
+                .await;
+                caller.here();
+                r
+            }
+        };
+        assert!(tokio::time::timeout(Duration::from_millis(10), handler).await.is_err(), "the deadline passes");
+        assert!(gone.load(std::sync::atomic::Ordering::SeqCst), "the work learns its caller is gone");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst), "the work ran to its end");
+        // A caller that got its answer is not gone.
+        let here = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        CallerGone(Some(here.clone())).here();
+        assert!(!here.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     fn daemon() -> Arc<Inner> {

@@ -342,3 +342,31 @@ containerd_matrix! {
         assert_clean(&cd).await;
     }
 }
+
+containerd_matrix! {
+    /// kubelet's RunPodSandbox deadline passes while the shim boots the pod's VM: containerd
+    /// gives up and cleans up (its `Delete` finds no task yet, its `Shutdown` finds a create
+    /// running, then it closes the connection and runs `<shim> delete`), while the shim,
+    /// whose create now runs to its end instead of being cut off at the deadline, is still
+    /// booting. Nothing may be left, and the next pod starts.
+    async fn a_pod_containerd_gave_up_on_leaves_nothing(release: Release) {
+        let cd = containerd(release);
+        let mut cri = CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects");
+        // Booting the VM alone takes over a second under TCG.
+        let Err(err) =
+            cri.run_pod_within(CRI_HANDLER, pod_config("impatient", "default"), Duration::from_millis(500)).await
+        else {
+            panic!("the pod started within the deadline")
+        };
+        let err = format!("{err:#}").to_lowercase();
+        assert!(["deadline", "timeout", "cancel"].iter().any(|w| err.contains(w)), "{err}");
+        assert_clean(&cd).await;
+        // The next pod is unharmed.
+        let pod = cri.run_pod("patient", "default", CRI_HANDLER, HashMap::new()).await.expect("RunPodSandbox");
+        let c = cri.run_container(&pod, "fine", IMAGE, &["sleep", "1000"]).await.expect("a container");
+        let (code, _, _) = cri.exec_sync(&c, &["true"]).await.expect("ExecSync");
+        assert_eq!(code, 0);
+        cri.remove_pod(&pod.id).await.expect("remove the pod");
+        assert_clean(&cd).await;
+    }
+}

@@ -85,14 +85,34 @@ impl CriClient {
 
     /// `crictl runp` of a pod config built by the caller (see [`pod_config`]).
     pub async fn run_pod_config(&mut self, handler: &str, config: cri::PodSandboxConfig) -> Result<Pod> {
-        let resp = self
-            .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: handler.into(),
-            })
-            .await
-            .context("RunPodSandbox")?;
+        self.run_pod_deadline(handler, config, None).await
+    }
+
+    /// `RunPodSandbox` with a deadline of `timeout` (sent as `grpc-timeout`, which containerd
+    /// passes on to the runtime, as it does kubelet's).
+    pub async fn run_pod_within(
+        &mut self,
+        handler: &str,
+        config: cri::PodSandboxConfig,
+        timeout: std::time::Duration,
+    ) -> Result<Pod> {
+        self.run_pod_deadline(handler, config, Some(timeout)).await
+    }
+
+    async fn run_pod_deadline(
+        &mut self,
+        handler: &str,
+        config: cri::PodSandboxConfig,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Pod> {
+        let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        });
+        if let Some(t) = timeout {
+            req.set_timeout(t);
+        }
+        let resp = self.runtime.run_pod_sandbox(req).await.context("RunPodSandbox")?;
         Ok(Pod { id: resp.into_inner().pod_sandbox_id, config })
     }
 
