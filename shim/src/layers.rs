@@ -119,11 +119,17 @@ async fn cached_layer(
         .read_blob(digest, MAX_LAYER)
         .await
         .map_err(|e| ShimError::FailedPrecondition(format!("layer {digest}: {e}")))?;
-    let image = tokio::task::spawn_blocking(move || contrast_erofs::layer_image(&blob))
-        .await
-        .map_err(|e| ShimError::Internal(format!("layer {digest}: {e}")))?
-        .map_err(|e| ShimError::FailedPrecondition(format!("layer {digest} cannot be carried to the guest: {e}")))?;
-    write_cache(cache, name, &img, &meta, &image)
+    // Converting and writing the image (both in proportion to the layer) run off the shim's
+    // single-threaded runtime, which would otherwise answer nothing meanwhile.
+    let (name, cache_dir, img_path, meta_path) = (name.to_owned(), cache.to_owned(), img.clone(), meta.clone());
+    let converted = tokio::task::spawn_blocking(move || {
+        let image = contrast_erofs::layer_image(&blob).map_err(|e| e.to_string())?;
+        Ok::<_, String>(write_cache(&cache_dir, &name, &img_path, &meta_path, &image).map(|()| image))
+    })
+    .await
+    .map_err(|e| ShimError::Internal(format!("layer {digest}: {e}")))?;
+    let image = converted
+        .map_err(|e| ShimError::FailedPrecondition(format!("layer {digest} cannot be carried to the guest: {e}")))?
         .map_err(|e| ShimError::Io { what: format!("caching layer {digest} in {}", cache.display()), source: e })?;
     Ok(Cached { path: img, root_hash: hex(&image.root_hash), salt: hex(&image.salt), data_blocks: image.data_blocks })
 }

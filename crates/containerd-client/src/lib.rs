@@ -195,7 +195,11 @@ impl Client {
             .map_err(call)?
             .into_inner();
         let mut out = Vec::new();
+        // Hashed chunk by chunk as it arrives: one digest over a blob of up to gigabytes at
+        // the end would hold a single-threaded caller (the shim) for seconds.
+        let mut hasher = Sha256::new();
         while let Some(chunk) = stream.message().await.map_err(call)? {
+            hasher.update(&chunk.data);
             out.extend_from_slice(&chunk.data);
             if out.len() > max {
                 return Err(call(tonic::Status::resource_exhausted(format!(
@@ -204,7 +208,7 @@ impl Client {
             }
         }
         let want = digest.strip_prefix("sha256:").ok_or_else(|| Error::Digest { digest: digest.to_owned() })?;
-        let got: String = Sha256::digest(&out).iter().map(|b| format!("{b:02x}")).collect();
+        let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
         if got != want {
             return Err(Error::Digest { digest: digest.to_owned() });
         }
