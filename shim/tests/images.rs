@@ -126,6 +126,21 @@ containerd_matrix! {
             contrast_generate::pin(&from_node, &overrides[GOOD]).expect("pin"),
             contrast_generate::pin(&from_archive, &overrides[GOOD]).expect("pin")
         );
+        // A name with a digest is that image or none: the node's containerd cannot answer
+        // another image under it.
+        let target = client.image_manifest(GOOD).await.expect("manifest").target;
+        let repo = GOOD.rsplit_once(':').expect("a tag").0;
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        for digest in [target.as_str(), wrong.as_str()] {
+            let tagged = cd.ctr_command(CRI_NAMESPACE).args(["images", "tag", GOOD, &format!("{repo}@{digest}")]).output();
+            let tagged = tagged.expect("ctr images tag");
+            assert!(tagged.status.success(), "{}", String::from_utf8_lossy(&tagged.stderr));
+        }
+        contrast_generate::containerd_image(&mut client, &format!("{repo}@{target}")).await.expect("the pinned image");
+        let err = contrast_generate::containerd_image(&mut client, &format!("{repo}@{wrong}"))
+            .await
+            .expect_err("a name whose digest is not its image");
+        assert!(format!("{err:#}").contains(&format!("is {target}, not the {wrong}")), "{err:#}");
         let empty_dir = dir.path().join("pods/uid-layered/volumes/kubernetes.io~empty-dir/cache");
         std::fs::create_dir_all(&empty_dir).expect("kubelet's emptyDir");
         let volume = |destination: &str| cri::Mount {

@@ -81,6 +81,9 @@ struct ReadContentResponse {
 /// An image's manifest for linux/amd64: its config blob's digest and its layers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// The digest the image's name resolved to (an index's or a manifest's): what
+    /// `NAME@sha256:…` pins.
+    pub target: String,
     pub config: String,
     pub layers: Vec<Layer>,
 }
@@ -146,6 +149,16 @@ impl Client {
             .and_then(|i| i.target)
             .ok_or_else(|| Error::NoImage(image.to_owned(), self.namespace.clone()))?;
         let bad = |problem: String| Error::Manifest { image: image.to_owned(), problem };
+        // A name with a digest is that image or none (containerd keeps names as given).
+        if let Some((_, pinned)) = image.rsplit_once('@') {
+            if pinned != target.digest {
+                return Err(bad(format!(
+                    "containerd's image of that name is {}, not the {pinned} it names",
+                    target.digest
+                )));
+            }
+        }
+        let resolved = target.digest.clone();
         let mut descriptor = target;
         // An index: its linux/amd64 manifest (nested indexes followed a few levels).
         for _ in 0..4 {
@@ -177,7 +190,7 @@ impl Client {
                     })
                 })
                 .collect::<Result<_, Error>>()?;
-            return Ok(Manifest { config: config.to_owned(), layers });
+            return Ok(Manifest { target: resolved, config: config.to_owned(), layers });
         }
         Err(bad("indexes nested too deep".into()))
     }

@@ -112,6 +112,15 @@ pub fn archive_images(path: &std::path::Path) -> Result<Vec<SourceImage>> {
 /// each checked against its digest.
 pub async fn containerd_image(client: &mut contrast_containerd_client::Client, name: &str) -> Result<SourceImage> {
     let manifest = client.image_manifest(name).await?;
+    if !name.contains('@') {
+        // What a tag names is that containerd's say: the pins below follow whatever image it
+        // has under the name (a node's containerd would choose what the policy allows).
+        eprintln!(
+            "contrast-generate: {name} is {} in this containerd; name it {}@{} to pin that image \
+             regardless of who runs the containerd",
+            manifest.target, name, manifest.target
+        );
+    }
     let config = client.read_blob(&manifest.config, usize::MAX).await?;
     let config = ImageConfig::parse(&config).with_context(|| format!("image {name}"))?;
     let mut layers = Vec::new();

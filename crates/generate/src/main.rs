@@ -4,7 +4,8 @@
 //! For each image (an OCI image archive as `ctr image import` takes it, or an image in
 //! containerd), every layer blob becomes the EROFS + dm-verity image the node will hand to the
 //! guest (`contrast-erofs`, a pure function of the blob), and its root hash is pinned: the
-//! values come from the image's bytes alone, never from a node. The policy (`policy.rego`,
+//! values come from the image's bytes alone (with `--containerd`, which image a tag names is
+//! that containerd's say; `NAME@sha256:…` pins the image itself). The policy (`policy.rego`,
 //! kata's rule names, kata's input shape) allows a container only when its storages are
 //! exactly its image's pinned layers in order under one overlay that is its root, running its
 //! image's command (Entrypoint and Cmd, or `--command`) in its image's working directory (or
