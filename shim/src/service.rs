@@ -498,6 +498,17 @@ impl Inner {
         creq.sandbox_pidns = spec::shares_pod_pid_namespace(spec);
         let agent_started = std::time::Instant::now();
         if let Err(e) = pod.agent.create_container(&creq).await {
+            if matches!(e.code, ttrpc::Code::DEADLINE_EXCEEDED | ttrpc::Code::UNAVAILABLE) {
+                // No answer in time: the guest may still finish the create (it runs its
+                // creates to their end, and waits for one before removing its id).
+                let mut rreq = agent::RemoveContainerRequest::new();
+                rreq.container_id = req.id.clone();
+                if let Err(r) = pod.agent.remove_container(&rreq).await {
+                    if !r.is_unknown_container() {
+                        tracing::warn!(container = %req.id, error = %r, "removing a create that timed out");
+                    }
+                }
+            }
             undo().await;
             if pod.confidential() {
                 crate::layers::forget_refused_layer(&pod.config.runtime.layer_cache_dir, &e.to_string());

@@ -25,6 +25,15 @@ impl AgentService {
     }
 }
 
+/// Runs a request's work in a task of its own, to its end: the ttrpc server drops a handler
+/// at the deadline the host sends, and a create cut off there left its id reserved for good
+/// (every later create of it refused) and its storages mounted.
+async fn to_the_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work).await.unwrap_or_else(|e| Err(Error::Internal(format!("request handler: {e}")).into()))
+}
+
 fn io_error(e: std::io::Error) -> ttrpc::Error {
     Error::Internal(e.to_string()).into()
 }
@@ -44,31 +53,46 @@ impl agent_ttrpc::AgentService for AgentService {
     }
 
     async fn create_container(&self, _: &TtrpcContext, req: agent::CreateContainerRequest) -> Result<Empty> {
-        let allowed = match self.policy.check(&req) {
-            Ok(a) => a,
-            Err(e) => {
-                self.sandbox.discard_copies(&req.container_id);
-                return Err(Error::from(e).into());
-            }
-        };
-        self.sandbox.create_container(&req).await?;
-        self.policy.commit(allowed);
-        Ok(Empty::new())
+        let (sandbox, policy) = (self.sandbox.clone(), self.policy.clone());
+        to_the_end(async move {
+            let allowed = match policy.check(&req) {
+                Ok(a) => a,
+                Err(e) => {
+                    sandbox.discard_copies(&req.container_id);
+                    return Err(Error::from(e).into());
+                }
+            };
+            sandbox.create_container(&req).await?;
+            policy.commit(allowed);
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn start_container(&self, _: &TtrpcContext, req: agent::StartContainerRequest) -> Result<Empty> {
         self.allow(&req)?;
-        self.sandbox.start_container(&req.container_id).await?;
-        Ok(Empty::new())
+        let sandbox = self.sandbox.clone();
+        to_the_end(async move {
+            sandbox.start_container(&req.container_id).await?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn remove_container(&self, _: &TtrpcContext, req: agent::RemoveContainerRequest) -> Result<Empty> {
-        let allowed = self.policy.check(&req).map_err(Error::from)?;
-        let timeout =
-            if req.timeout == 0 { Sandbox::default_remove_timeout() } else { Duration::from_secs(req.timeout.into()) };
-        self.sandbox.remove_container(&req.container_id, timeout).await?;
-        self.policy.commit(allowed);
-        Ok(Empty::new())
+        let (sandbox, policy) = (self.sandbox.clone(), self.policy.clone());
+        to_the_end(async move {
+            let allowed = policy.check(&req).map_err(Error::from)?;
+            let timeout = if req.timeout == 0 {
+                Sandbox::default_remove_timeout()
+            } else {
+                Duration::from_secs(req.timeout.into())
+            };
+            sandbox.remove_container(&req.container_id, timeout).await?;
+            policy.commit(allowed);
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn exec_process(&self, _: &TtrpcContext, req: agent::ExecProcessRequest) -> Result<Empty> {

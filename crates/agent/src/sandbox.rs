@@ -530,6 +530,12 @@ impl Sandbox {
     }
 
     pub async fn remove_container(&self, id: &str, timeout: Duration) -> Result<(), Error> {
+        // A create of this id still running (the host gave up waiting for it): it is removed
+        // once it is done, not left behind because it was not there yet.
+        let deadline = tokio::time::Instant::now() + timeout;
+        while lock(&self.registry).creating.contains(id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let c = match self.container(id) {
             Ok(c) => c,
             Err(e) => {
@@ -727,6 +733,25 @@ mod tests {
     use nix::sys::signal::Signal;
 
     use super::{signal_caught, OomKills};
+
+    /// A remove of an id whose create is still running waits for that create (the host
+    /// gave up waiting for it and removes what it may have made), then acts on its outcome.
+    #[tokio::test]
+    async fn remove_waits_for_a_create_of_the_same_id() {
+        let sandbox = std::sync::Arc::new(super::Sandbox::new(crate::reaper::Reaper::new()));
+        let id = "contrast-unit-remove-waits";
+        super::lock(&sandbox.registry).creating.insert(id.to_owned());
+        let remove = tokio::spawn({
+            let sandbox = sandbox.clone();
+            async move { sandbox.remove_container(id, std::time::Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!remove.is_finished(), "the remove waits while the create runs");
+        // The create ends (failed here: nothing was made), and the remove goes on.
+        super::lock(&sandbox.registry).creating.remove(id);
+        let result = tokio::time::timeout(std::time::Duration::from_secs(2), remove).await.expect("in time");
+        assert!(matches!(result.expect("task"), Err(crate::error::Error::NotFound(_))));
+    }
 
     #[test]
     fn console_sockets_fit_a_unix_socket_path_for_cri_ids() {
