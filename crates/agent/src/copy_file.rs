@@ -90,7 +90,7 @@ pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
     }
     let io = |what: &str, e: std::io::Error| Error::Internal(format!("CopyFile {}: {what}: {e}", req.path));
     let parent = path.parent().unwrap_or(Path::new(COPY_DIR));
-    let dir_mode = if req.dir_mode == 0 { 0o755 } else { req.dir_mode & 0o7777 };
+    let dir_mode = permissions(req.dir_mode, 0o755);
     DirBuilder::new().recursive(true).mode(dir_mode).create(parent).map_err(|e| io("creating its directory", e))?;
     DirBuilder::new().recursive(true).mode(0o700).create(PARTIAL_DIR).map_err(|e| io("creating its directory", e))?;
     let part = partial_path(&path);
@@ -104,13 +104,22 @@ pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
         .map_err(|e| io("opening", e))?;
     file.write_all_at(&req.data, req.offset as u64).map_err(|e| io("writing", e))?;
     if end == Some(req.file_size) {
-        let mode = if req.file_mode & 0o7777 == 0 { 0o644 } else { req.file_mode & 0o7777 };
+        let mode = permissions(req.file_mode, 0o644);
         file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io("setting its mode", e))?;
         let owner = |id: i32| (id >= 0).then_some(id as u32);
         std::os::unix::fs::fchown(&file, owner(req.uid), owner(req.gid)).map_err(|e| io("setting its owner", e))?;
         std::fs::rename(&part, &path).map_err(|e| io("moving it into place", e))?;
     }
     Ok(())
+}
+
+/// The permission bits of a requested mode (`default` when it has none). Only these: a
+/// setuid or setgid file of the node's making would run as its owner inside the container.
+fn permissions(mode: u32, default: u32) -> u32 {
+    match mode & 0o777 {
+        0 => default,
+        bits => bits,
+    }
 }
 
 /// Everything copied in for container `id`: its copied files, its volume directory and its
@@ -146,6 +155,16 @@ pub fn remove(copies: &[PathBuf]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setuid_setgid_and_sticky_bits_are_not_copied() {
+        assert_eq!(permissions(0o100_4755, 0o644), 0o755, "setuid");
+        assert_eq!(permissions(0o2755, 0o644), 0o755, "setgid");
+        assert_eq!(permissions(0o1777, 0o755), 0o777, "sticky");
+        assert_eq!(permissions(0o100_000, 0o644), 0o644, "no bits: the default");
+        assert_eq!(permissions(0o4000, 0o644), 0o644, "only setuid: the default");
+        assert_eq!(permissions(0o640, 0o644), 0o640);
+    }
 
     #[test]
     fn only_canonical_paths_below_the_copy_dir() {

@@ -1068,6 +1068,14 @@ mod tests {
                 "proc as a bind",
                 serde_json::json!({ "destination": "/data", "type_": "proc", "source": "/etc", "options": ["bind"] }),
             ),
+            (
+                "… through /proc back into the container's own files",
+                serde_json::json!({ "destination": "/proc/self/root/etc", "type_": "tmpfs", "source": "tmpfs", "options": [] }),
+            ),
+            (
+                "… through a process's /proc directory",
+                serde_json::json!({ "destination": "/proc/1/cwd", "type_": "tmpfs", "source": "tmpfs", "options": [] }),
+            ),
         ] {
             assert_eq!(with_mount(m), regorus::Value::Bool(false), "{what}");
         }

@@ -388,6 +388,7 @@ mount_allowed(m) if {
     not is_bind(m)
     m.type_ in kernel_file_systems
     kernel_path(m.destination)
+    not proc_magic(m.destination)
 }
 mount_allowed(m) if {
     is_bind(m)
