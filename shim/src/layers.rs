@@ -139,7 +139,11 @@ async fn cached_layer(
 fn write_cache(cache: &Path, name: &str, img: &Path, meta: &Path, image: &LayerImage) -> std::io::Result<()> {
     std::fs::create_dir_all(cache)?;
     remove_abandoned_temporaries(cache);
-    let tmp = cache.join(format!(".{name}.{}.tmp", std::process::id()));
+    // One name per write, not per process: two creates of one shim can convert the same
+    // layer at once (off the runtime thread), and must not write into each other's file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache.join(format!(".{name}-{n}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, &image.bytes)?;
     std::fs::rename(&tmp, img)?;
     let m = serde_json::json!({

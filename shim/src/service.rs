@@ -241,8 +241,10 @@ impl Inner {
                 }
             };
             if let Some(streams) = proc_.streams.lock().await.as_mut() {
-                streams.drain().await;
+                // Nothing reads stdin any more; and a child left holding the output (a
+                // terminal exec's background job) must not keep the pump waiting with it.
                 streams.stop_stdin();
+                streams.drain().await;
             }
             if proc_.record_exit(status) {
                 // The guest can report the exit before it answers the signal that caused it.
@@ -498,18 +500,27 @@ impl Inner {
         creq.sandbox_pidns = spec::shares_pod_pid_namespace(spec);
         let agent_started = std::time::Instant::now();
         if let Err(e) = pod.agent.create_container(&creq).await {
+            let mut released = true;
             if matches!(e.code, ttrpc::Code::DEADLINE_EXCEEDED | ttrpc::Code::UNAVAILABLE) {
                 // No answer in time: the guest may still finish the create (it runs its
-                // creates to their end, and waits for one before removing its id).
+                // creates to their end, waits for one before removing its id, and removes it
+                // when it ends if the wait runs out).
                 let mut rreq = agent::RemoveContainerRequest::new();
                 rreq.container_id = req.id.clone();
                 if let Err(r) = pod.agent.remove_container(&rreq).await {
                     if !r.is_unknown_container() {
                         tracing::warn!(container = %req.id, error = %r, "removing a create that timed out");
+                        released = false;
                     }
                 }
             }
-            undo().await;
+            if released {
+                undo().await;
+            } else {
+                // The guest may still have its layers mounted: its disks stay plugged (and
+                // their targets taken) until the pod ends, rather than pulled from under it.
+                undo_share();
+            }
             if pod.confidential() {
                 crate::layers::forget_refused_layer(&pod.config.runtime.layer_cache_dir, &e.to_string());
             }
@@ -848,14 +859,17 @@ impl Drop for CallerGone {
 }
 
 impl Inner {
-    /// A `Create` that succeeded after containerd stopped waiting for it: containerd counts
-    /// the task as never created (its cleanup `Delete` found nothing yet), so nobody would
-    /// ever delete it. Deleted here, and the daemon ends if that was all it had.
-    async fn abandoned_create(self: &Arc<Self>, id: &str) {
-        tracing::warn!(id, "containerd gave up on this create before it finished; undoing it");
-        let req = api::DeleteRequest { id: id.to_owned(), ..Default::default() };
-        if let Err(e) = self.delete(req).await {
-            tracing::warn!(id, error = %e, "deleting the abandoned task");
+    /// A `Create` that ended after containerd stopped waiting for it: containerd counts the
+    /// task as never created (its cleanup `Delete` found nothing yet, its `Shutdown` was
+    /// refused while the create ran), so nobody would ever delete it or end the daemon. A
+    /// created task is deleted here, and the daemon ends if that leaves it nothing.
+    async fn abandoned_create(self: &Arc<Self>, id: &str, created: bool) {
+        tracing::warn!(id, created, "containerd gave up on this create before it ended; undoing it");
+        if created {
+            let req = api::DeleteRequest { id: id.to_owned(), ..Default::default() };
+            if let Err(e) = self.delete(req).await {
+                tracing::warn!(id, error = %e, "deleting the abandoned task");
+            }
         }
         self.shutdown().await;
     }
@@ -871,8 +885,8 @@ impl Task for TaskService {
         let result = to_the_end(async move {
             let id = req.id.clone();
             let result = inner.create(req).await;
-            if result.is_ok() && gone.load(std::sync::atomic::Ordering::SeqCst) {
-                inner.abandoned_create(&id).await;
+            if gone.load(std::sync::atomic::Ordering::SeqCst) {
+                inner.abandoned_create(&id, result.is_ok()).await;
             }
             Ok(result?)
         })

@@ -62,7 +62,17 @@ impl agent_ttrpc::AgentService for AgentService {
                     return Err(Error::from(e).into());
                 }
             };
-            sandbox.create_container(&req).await?;
+            let created = sandbox.create_container(&req).await;
+            if created.is_ok() && sandbox.take_doomed(&req.container_id) {
+                // The host removed it while it was being created (it gave up waiting).
+                crate::log!("container {}: removed as its create ended (the host gave up on it)", req.container_id);
+                let _ = sandbox.remove_container(&req.container_id, Sandbox::default_remove_timeout()).await;
+                return Err(
+                    Error::NotFound(format!("container {} (removed while it was created)", req.container_id)).into()
+                );
+            }
+            sandbox.take_doomed(&req.container_id);
+            created?;
             policy.commit(allowed);
             Ok(Empty::new())
         })

@@ -91,6 +91,9 @@ struct Registry {
     containers: HashMap<String, Arc<Container>>,
     /// Ids being created: reserved so that a duplicate fails at once.
     creating: std::collections::HashSet<String>,
+    /// Ids being created that the host asked to remove meanwhile (it gave up on the create):
+    /// removed as soon as their create ends.
+    doomed: std::collections::HashSet<String>,
     /// pid whose PID namespace is the sandbox's (the first container with its own).
     pidns_holder: Option<i32>,
     sandbox_storages: Vec<PathBuf>,
@@ -266,6 +269,12 @@ impl Sandbox {
         let container = result?;
         reg.containers.insert(id, container);
         Ok(())
+    }
+
+    /// Whether a remove came for `id` while it was being created and gave up waiting (the
+    /// create's caller removes it then).
+    pub fn take_doomed(&self, id: &str) -> bool {
+        lock(&self.registry).doomed.remove(id)
     }
 
     /// What the host copied in for a container that never came to be (a create the policy
@@ -530,10 +539,24 @@ impl Sandbox {
     }
 
     pub async fn remove_container(&self, id: &str, timeout: Duration) -> Result<(), Error> {
-        // A create of this id still running (the host gave up waiting for it): it is removed
-        // once it is done, not left behind because it was not there yet.
+        // A create of this id still running (the host gave up waiting for it): wait for it;
+        // if it outlasts the wait, it is marked and removed as soon as it ends
+        // ([`Sandbox::take_doomed`]), never left behind because it was not there yet.
         let deadline = tokio::time::Instant::now() + timeout;
-        while lock(&self.registry).creating.contains(id) && tokio::time::Instant::now() < deadline {
+        loop {
+            {
+                let mut reg = lock(&self.registry);
+                if !reg.creating.contains(id) {
+                    reg.doomed.remove(id);
+                    break;
+                }
+                reg.doomed.insert(id.to_owned());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "container {id} is still being created; it is removed as soon as its create ends"
+                )));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let c = match self.container(id) {
@@ -751,6 +774,15 @@ mod tests {
         super::lock(&sandbox.registry).creating.remove(id);
         let result = tokio::time::timeout(std::time::Duration::from_secs(2), remove).await.expect("in time");
         assert!(matches!(result.expect("task"), Err(crate::error::Error::NotFound(_))));
+        assert!(!sandbox.take_doomed(id), "a remove that saw the create end leaves no mark");
+
+        // A create that outlasts the remove's wait: the remove fails as unavailable and marks
+        // the id, which the create's caller then removes.
+        super::lock(&sandbox.registry).creating.insert(id.to_owned());
+        let err =
+            sandbox.remove_container(id, std::time::Duration::from_millis(100)).await.expect_err("still creating");
+        assert!(matches!(&err, crate::error::Error::Unavailable(m) if m.contains("still being created")), "{err}");
+        assert!(sandbox.take_doomed(id), "marked for removal when its create ends");
     }
 
     #[test]

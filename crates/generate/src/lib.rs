@@ -639,6 +639,13 @@ mod tests {
             "DB_PORT_5432_TCP=tcp://[fd00::a]:5432",
             "MY_PORT_SVC_PORT_53_UDP_PROTO=udp",
             "MY_PORT_SVC_SERVICE_PORT_DNS_TCP=53",
+            // Services whose own names hold the markers (`db-port`, `a-service-port-b`).
+            "DB_PORT_PORT=tcp://10.0.0.1:5432",
+            "DB_PORT_PORT_5432_TCP=tcp://10.0.0.1:5432",
+            "DB_PORT_PORT_5432_TCP_ADDR=10.0.0.1",
+            "DB_PORT_SERVICE_PORT=5432",
+            "A_SERVICE_PORT_B_SERVICE_PORT_HTTP=80",
+            "A_SERVICE_PORT_B_PORT_80_TCP_PROTO=tcp",
         ];
         assert!(create(&allowed, "/srv"), "everything containerd and Kubernetes set");
         assert!(!create(&[], "/srv"), "the image's PATH left out");

@@ -223,10 +223,9 @@ env_allowed(_, e) if {
 service_env(n, v) if { service_name(n, "_SERVICE_HOST"); ip_value(v) }
 service_env(n, v) if { service_name(n, "_SERVICE_PORT"); port_value(v) }
 service_env(n, v) if {
-    parts := split(n, "_SERVICE_PORT_")
-    count(parts) == 2
-    upper_name(parts[0])
-    upper_name(parts[1])
+    some i in indexof_n(n, "_SERVICE_PORT_")
+    upper_name(substring(n, 0, i))
+    upper_name(substring(n, i + count("_SERVICE_PORT_"), -1))
     port_value(v)
 }
 service_env(n, v) if { service_name(n, "_PORT"); url_value(v) }
@@ -238,13 +237,12 @@ service_name(n, suffix) if {
     endswith(n, suffix)
     upper_name(substring(n, 0, count(n) - count(suffix)))
 }
-# S_PORT_<P>_<PROTO> followed by `tail`: the service name is what comes before the last
-# `_PORT_` (a service's own name may contain one).
+# S_PORT_<P>_<PROTO> followed by `tail`. The service's own name may contain `_PORT_` (a
+# service `db-port`): every occurrence is tried as the one after the name.
 port_link(n, tail) if {
-    parts := split(n, "_PORT_")
-    count(parts) >= 2
-    upper_name(concat("_PORT_", array.slice(parts, 0, count(parts) - 1)))
-    rest := split(parts[count(parts) - 1], "_")
+    some i in indexof_n(n, "_PORT_")
+    upper_name(substring(n, 0, i))
+    rest := split(substring(n, i + count("_PORT_"), -1), "_")
     count(rest) == 2 + count(tail)
     port_value(rest[0])
     rest[1] in {"TCP", "UDP", "SCTP"}
