@@ -155,16 +155,6 @@ pub fn oom_kills(container_id: &str) -> u64 {
     read_keyed(&dir_of(container_id), "memory.events").into_iter().find(|(k, _)| k == "oom_kill").map_or(0, |(_, v)| v)
 }
 
-/// Ends every process left in cgroup `dir` (`cgroup.kill`, SIGKILL to all of them at once).
-pub fn kill_all(dir: &Path, container_id: &str) {
-    match std::fs::write(dir.join("cgroup.kill"), "1") {
-        Ok(()) => {}
-        // Already removed with its container.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => crate::log!("container {container_id}: cannot end the processes its init left: {e}"),
-    }
-}
-
 /// All pids in the container's cgroup.
 pub fn pids(container_id: &str) -> Vec<i32> {
     std::fs::read_to_string(dir_of(container_id).join("cgroup.procs"))

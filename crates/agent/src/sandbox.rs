@@ -378,20 +378,6 @@ impl Sandbox {
         if !share_pidns && lock(&self.registry).pidns_holder.is_none() {
             lock(&self.registry).pidns_holder = Some(init.pid);
         }
-        if share_pidns {
-            // In a PID namespace of its own, the kernel ends a container's processes with its
-            // init. In the pod's, the rest would live on (reparented to the namespace's
-            // holder), keep its output open, and its exit would never be reported: end them
-            // as runc does (containerd's kill-all on exit).
-            let mut exit = init.exit.clone();
-            let dir = cgroup::dir_of(id);
-            let id = id.to_owned();
-            tokio::spawn(async move {
-                if exit.wait_for(Option::is_some).await.is_ok() {
-                    cgroup::kill_all(&dir, &id);
-                }
-            });
-        }
         Ok(Container {
             id: id.to_owned(),
             bundle,
