@@ -92,9 +92,7 @@ impl Streams {
 
     /// Stops forwarding stdin and tells the agent the input ended.
     pub async fn close_stdin(&mut self, agent: &AgentClient, id: &str, exec_id: &str) {
-        if let Some(h) = self.stdin.take() {
-            h.abort();
-        }
+        self.stop_stdin();
         let mut req = agent::CloseStdinRequest::new();
         req.container_id = id.into();
         req.exec_id = exec_id.into();
@@ -104,9 +102,7 @@ impl Streams {
     }
 
     pub fn abort(&mut self) {
-        if let Some(h) = self.stdin.take() {
-            h.abort();
-        }
+        self.stop_stdin();
         self.outputs.drain(..).for_each(|h| h.abort());
     }
 

@@ -457,13 +457,7 @@ impl Inner {
                 Err(e) => {
                     // Files copied in for it before the failure go: the agent removes what
                     // was copied for an id it has no container of.
-                    let mut rreq = agent::RemoveContainerRequest::new();
-                    rreq.container_id = req.id.clone();
-                    if let Err(r) = pod.agent.remove_container(&rreq).await {
-                        if !r.is_unknown_container() {
-                            tracing::warn!(container = %req.id, error = %r, "discarding the copies of a failed create");
-                        }
-                    }
+                    remove_in_guest(pod, &req.id, "discarding the copies of a failed create").await;
                     return Err(e);
                 }
             };
@@ -500,20 +494,11 @@ impl Inner {
         creq.sandbox_pidns = spec::shares_pod_pid_namespace(spec);
         let agent_started = std::time::Instant::now();
         if let Err(e) = pod.agent.create_container(&creq).await {
-            let mut released = true;
-            if matches!(e.code, ttrpc::Code::DEADLINE_EXCEEDED | ttrpc::Code::UNAVAILABLE) {
-                // No answer in time: the guest may still finish the create (it runs its
-                // creates to their end, waits for one before removing its id, and removes it
-                // when it ends if the wait runs out).
-                let mut rreq = agent::RemoveContainerRequest::new();
-                rreq.container_id = req.id.clone();
-                if let Err(r) = pod.agent.remove_container(&rreq).await {
-                    if !r.is_unknown_container() {
-                        tracing::warn!(container = %req.id, error = %r, "removing a create that timed out");
-                        released = false;
-                    }
-                }
-            }
+            // No answer in time: the guest may still finish the create (it runs its creates to
+            // their end, waits for one before removing its id, and removes it when it ends if
+            // the wait runs out).
+            let timed_out = matches!(e.code, ttrpc::Code::DEADLINE_EXCEEDED | ttrpc::Code::UNAVAILABLE);
+            let released = !timed_out || remove_in_guest(pod, &req.id, "removing a create that timed out").await;
             if released {
                 undo().await;
             } else {
@@ -543,11 +528,7 @@ impl Inner {
             Ok(streams) => streams,
             Err(e) => {
                 // The guest has the container already: it goes with the rest.
-                let mut rreq = agent::RemoveContainerRequest::new();
-                rreq.container_id = req.id.clone();
-                if let Err(r) = pod.agent.remove_container(&rreq).await {
-                    tracing::warn!(container = %req.id, error = %r, "removing the container after its stdio failed");
-                }
+                remove_in_guest(pod, &req.id, "removing the container after its stdio failed").await;
                 undo().await;
                 return Err(ShimError::Io { what: "opening stdio FIFOs".into(), source: e });
             }
@@ -826,6 +807,21 @@ fn runtime_config_path(options: Option<&Any>) -> Option<String> {
         }
     }
     None
+}
+
+/// Removes container `id` from the guest after a create of it failed: whether the guest has
+/// none now (removed, or never there). A failure is logged as `what`.
+async fn remove_in_guest(pod: &Pod, id: &str, what: &str) -> bool {
+    let mut req = agent::RemoveContainerRequest::new();
+    req.container_id = id.to_owned();
+    match pod.agent.remove_container(&req).await {
+        Ok(_) => true,
+        Err(e) if e.is_unknown_container() => true,
+        Err(e) => {
+            tracing::warn!(container = %id, error = %e, "{what}");
+            false
+        }
+    }
 }
 
 /// Runs a handler's work in a task of its own, to its end. The ttrpc server drops a

@@ -63,7 +63,8 @@ impl agent_ttrpc::AgentService for AgentService {
                 }
             };
             let created = sandbox.create_container(&req).await;
-            if created.is_ok() && sandbox.take_doomed(&req.container_id) {
+            let doomed = sandbox.take_doomed(&req.container_id);
+            if created.is_ok() && doomed {
                 // The host removed it while it was being created (it gave up waiting).
                 crate::log!("container {}: removed as its create ended (the host gave up on it)", req.container_id);
                 let _ = sandbox.remove_container(&req.container_id, Sandbox::default_remove_timeout()).await;
@@ -71,7 +72,6 @@ impl agent_ttrpc::AgentService for AgentService {
                     Error::NotFound(format!("container {} (removed while it was created)", req.container_id)).into()
                 );
             }
-            sandbox.take_doomed(&req.container_id);
             created?;
             policy.commit(allowed);
             Ok(Empty::new())
