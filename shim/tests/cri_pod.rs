@@ -102,6 +102,25 @@ containerd_matrix! {
         assert_eq!(code, 0);
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("sleep 2147483647") && text.contains("sleep 1000"), "{text}");
+        // An init that exits leaving a child behind: nothing ends that child in a namespace
+        // the container does not own, and its output pipe stays open. The container still
+        // exits (runc's shim ends such leftovers too), and the child goes with it.
+        let leaver = cri.run_container(&pod, "leaver", IMAGE, &["sh", "-c", "sleep 3600 & exit 3"]).await.expect("leaver");
+        let end = Instant::now() + EXIT_DEADLINE;
+        let status = loop {
+            let status = cri.container_status(&leaver).await.expect("ContainerStatus");
+            if status.state == cri::ContainerState::ContainerExited as i32 || Instant::now() > end {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status.state, cri::ContainerState::ContainerExited as i32, "{status:?}");
+        assert_eq!(status.exit_code, 3, "{status:?}");
+        let (code, out, _) =
+            cri.exec_sync(&c, &["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"]).await.expect("ExecSync");
+        assert_eq!(code, 0);
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("sleep 3600"), "the leftover child runs on: {text}");
         let stopped = tokio::time::timeout(STOP_DEADLINE, cri.remove_pod(&pod.id)).await;
         assert!(stopped.is_ok(), "StopPodSandbox/RemovePodSandbox did not return within {STOP_DEADLINE:?}");
         stopped.expect("in time").expect("remove the pod");

@@ -156,6 +156,22 @@ pub fn oom_kills(container_id: &str) -> u64 {
 }
 
 /// All pids in the container's cgroup.
+/// Waits until no process is left in a container's cgroup (or it is gone); false if some
+/// still are after `timeout`.
+pub async fn wait_empty(container_id: &str, timeout: Duration) -> bool {
+    let dir = dir_of(container_id);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if !read_keyed(&dir, "cgroup.events").iter().any(|(k, v)| k == "populated" && *v != 0) {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(FREEZE_POLL).await;
+    }
+}
+
 pub fn pids(container_id: &str) -> Vec<i32> {
     std::fs::read_to_string(dir_of(container_id).join("cgroup.procs"))
         .unwrap_or_default()

@@ -96,7 +96,6 @@ struct Registry {
     doomed: std::collections::HashSet<String>,
     /// pid whose PID namespace is the sandbox's (the first container with its own).
     pidns_holder: Option<i32>,
-    sandbox_storages: Vec<PathBuf>,
     sandbox_id: Option<String>,
 }
 
@@ -225,7 +224,6 @@ impl Sandbox {
             }
         }
         let mut reg = lock(&self.registry);
-        reg.sandbox_storages = mounted;
         reg.sandbox_id = Some(if req.sandbox_id.is_empty() { "sandbox".into() } else { req.sandbox_id.clone() });
         Ok(())
     }
@@ -237,11 +235,11 @@ impl Sandbox {
                 log!("destroy sandbox: removing {id}: {e}");
             }
         }
-        let mut reg = lock(&self.registry);
-        for p in reg.sandbox_storages.drain(..) {
-            storage::unmount(&p);
-        }
-        reg.sandbox_id = None;
+        // The pod's shared directory (virtio-fs) stays mounted: the VM ends next, and
+        // unmounting it right after containers were killed shuts its superblock down under
+        // their file releases still on their way to virtiofsd — the 6.12 guest kernel then
+        // warns "Busy inodes after unmount" and faults in `fuse_release_end` (docs/reliability.md).
+        lock(&self.registry).sandbox_id = None;
         Ok(())
     }
 
@@ -361,7 +359,7 @@ impl Sandbox {
         }
         let terminal = oci.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let spawned = self
-            .spawn(id, terminal, |console_socket, stdio| Request::Create {
+            .spawn(id, terminal, share_pidns.then_some(id), |console_socket, stdio| Request::Create {
                 id: id.to_owned(),
                 bundle: bundle.clone(),
                 console_socket,
@@ -389,11 +387,14 @@ impl Sandbox {
         })
     }
 
-    /// Runs a runner operation that creates a process, with pipes or a terminal.
+    /// Runs a runner operation that creates a process, with pipes or a terminal. With
+    /// `leftovers`, what is still in that container's cgroup when the process exits is
+    /// killed before the exit is told ([`Sandbox::track`]).
     async fn spawn(
         &self,
         name: &str,
         terminal: bool,
+        leftovers: Option<&str>,
         request: impl FnOnce(Option<PathBuf>, bool) -> Request,
     ) -> Result<Process, Error> {
         if terminal {
@@ -415,20 +416,29 @@ impl Sandbox {
                 }
             };
             let io = ProcessIo::pty(master).map_err(|e| Error::Internal(format!("terminal: {e}")))?;
-            Ok(self.track(outcome, io))
+            Ok(self.track(outcome, io, leftovers.map(str::to_owned)))
         } else {
             let (io, child_ends) = ProcessIo::pipes().map_err(|e| Error::Internal(format!("pipes: {e}")))?;
             let req = request(None, true);
             let outcome = runner_client::run(&self.reaper, &req, Some(child_ends)).await?;
-            Ok(self.track(outcome, io))
+            Ok(self.track(outcome, io, leftovers.map(str::to_owned)))
         }
     }
 
-    fn track(&self, outcome: runner_client::Outcome, io: ProcessIo) -> Process {
+    /// Watches a process for its exit. A container init in a PID namespace it does not own
+    /// (the pod's) takes nothing with it when it exits: a child it left keeps running and
+    /// keeps the output open, and the host would see the container running for as long as
+    /// that child lives. As runc's shim does for such a container, what is left in its cgroup
+    /// (`leftovers`) is killed first.
+    fn track(&self, outcome: runner_client::Outcome, io: ProcessIo, leftovers: Option<String>) -> Process {
         let (tx, rx) = watch::channel(None);
         let exited = self.reaper.watch_since(outcome.pid, outcome.since);
         tokio::spawn(async move {
             let status = exited.await.unwrap_or(255);
+            if let Some(id) = leftovers.filter(|id| !cgroup::pids(id).is_empty()) {
+                log!("container {id}: its init exited; ending what it left in the pod's PID namespace");
+                signal_cgroup(&id, Signal::SIGKILL, false).await;
+            }
             let _ = tx.send(Some(status));
         });
         Process { pid: outcome.pid, io, exit: rx, timing: outcome.timing }
@@ -464,7 +474,7 @@ impl Sandbox {
         let terminal = process.terminal().unwrap_or(false);
         let name = format!("{}-{}", c.id, req.exec_id);
         let spawned = self
-            .spawn(&name, terminal, |console_socket, stdio| Request::Exec {
+            .spawn(&name, terminal, None, |console_socket, stdio| Request::Exec {
                 container_id: c.id.clone(),
                 process: file.clone(),
                 console_socket,
@@ -504,16 +514,7 @@ impl Sandbox {
             }
         }
         if exec_id.is_empty() {
-            // A paused container stays frozen; otherwise freeze so no process forks past us.
-            let freeze = c.state() != State::Paused && cgroup::set_frozen(id, true).await.is_ok();
-            for pid in cgroup::pids(id) {
-                let _ = kill(Pid::from_raw(pid), sig);
-            }
-            if freeze {
-                if let Err(e) = cgroup::set_frozen(id, false).await {
-                    log!("thawing container {id} after signalling it: {e:#}");
-                }
-            }
+            signal_cgroup(id, sig, c.state() == State::Paused).await;
         }
         Ok(())
     }
@@ -553,16 +554,24 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        if c.state() == State::Paused {
+            let _ = cgroup::set_frozen(id, false).await;
+        }
         if c.init.exited().is_none() {
-            if c.state() == State::Paused {
-                let _ = cgroup::set_frozen(id, false).await;
-            }
             for pid in cgroup::pids(id).into_iter().chain(std::iter::once(c.init.pid)) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
             if tokio::time::timeout(timeout, c.init.wait()).await.is_err() {
                 return Err(Error::Internal(format!("container {id} did not exit within {timeout:?} after SIGKILL")));
             }
+        }
+        // Anything still in its cgroup (an exec's children, or what is still dying) goes
+        // before the cgroup and the mounts it may use do.
+        if !cgroup::pids(id).is_empty() {
+            signal_cgroup(id, Signal::SIGKILL, false).await;
+        }
+        if !cgroup::wait_empty(id, timeout).await {
+            log!("container {id}: processes left in its cgroup {timeout:?} after SIGKILL: {:?}", cgroup::pids(id));
         }
         // Before the cgroup goes: a kill no GetOOMEvent has seen yet is still reported.
         let kills = cgroup::oom_kills(id);
@@ -729,6 +738,20 @@ fn console_socket_path(name: &str) -> PathBuf {
 
 /// Whether `/proc/<pid>/status` text says the process catches `sig` (`SigCgt`, a hex mask
 /// with bit `sig - 1` set; proc(5)).
+/// Sends `sig` to every process in a container's cgroup. Unless the container is paused (it
+/// stays frozen), the cgroup is frozen meanwhile so that no process forks past the signal.
+async fn signal_cgroup(id: &str, sig: Signal, paused: bool) {
+    let freeze = !paused && cgroup::set_frozen(id, true).await.is_ok();
+    for pid in cgroup::pids(id) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+    if freeze {
+        if let Err(e) = cgroup::set_frozen(id, false).await {
+            log!("thawing container {id} after signalling it: {e:#}");
+        }
+    }
+}
+
 fn signal_caught(status: &str, sig: Signal) -> bool {
     status
         .lines()
