@@ -27,6 +27,18 @@ async fn assert_clean(cd: &Containerd) {
     assert!(left.is_empty(), "left behind: {left:#?}\n{}", cd.log());
 }
 
+/// The container's status once it has exited, or as it is after [`EXIT_DEADLINE`].
+async fn exited(cri: &mut CriClient, container: &str) -> cri::ContainerStatus {
+    let end = Instant::now() + EXIT_DEADLINE;
+    loop {
+        let status = cri.container_status(container).await.expect("ContainerStatus");
+        if status.state == cri::ContainerState::ContainerExited as i32 || Instant::now() > end {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 containerd_matrix! {
     /// The pod's hostname is what `hostname` says in its containers, and the pod's sysctls
     /// (a safe one and a namespaced unsafe one, both of the pod's IPC namespace) are in force.
@@ -63,14 +75,7 @@ containerd_matrix! {
             ..Default::default()
         });
         let c = cri.run_container_config(&pod, config).await.expect("container");
-        let end = Instant::now() + EXIT_DEADLINE;
-        let status = loop {
-            let status = cri.container_status(&c).await.expect("ContainerStatus");
-            if status.state == cri::ContainerState::ContainerExited as i32 || Instant::now() > end {
-                break status;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let status = exited(&mut cri, &c).await;
         assert_eq!(status.state, cri::ContainerState::ContainerExited as i32, "{status:?}");
         assert_eq!(status.exit_code, 137, "{status:?}");
         assert_eq!(status.reason, "OOMKilled", "{status:?}");
@@ -106,14 +111,7 @@ containerd_matrix! {
         // the container does not own, and its output pipe stays open. The container still
         // exits (runc's shim ends such leftovers too), and the child goes with it.
         let leaver = cri.run_container(&pod, "leaver", IMAGE, &["sh", "-c", "sleep 3600 & exit 3"]).await.expect("leaver");
-        let end = Instant::now() + EXIT_DEADLINE;
-        let status = loop {
-            let status = cri.container_status(&leaver).await.expect("ContainerStatus");
-            if status.state == cri::ContainerState::ContainerExited as i32 || Instant::now() > end {
-                break status;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let status = exited(&mut cri, &leaver).await;
         assert_eq!(status.state, cri::ContainerState::ContainerExited as i32, "{status:?}");
         assert_eq!(status.exit_code, 3, "{status:?}");
         let (code, out, _) =
