@@ -102,6 +102,9 @@ struct Ctr {
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     /// Keeps the container's copied volumes up to date (confidential path), until delete.
     volume_watch: Mutex<Option<crate::copied_files::VolumeWatch>>,
+    /// Held by the container's delete: containerd's retry can meet an abandoned create's own
+    /// delete still running, and the second waits, then finds the container gone.
+    deleting: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -544,6 +547,7 @@ impl Inner {
             init,
             execs: Mutex::new(HashMap::new()),
             volume_watch: Mutex::new(volume_watch),
+            deleting: tokio::sync::Mutex::new(()),
         });
         lock(&self.ctrs).insert(req.id.clone(), ctr);
         let pid = self.task_pid(pod);
@@ -642,6 +646,10 @@ impl Inner {
                 exited_at: Some(at).into(),
                 ..Default::default()
             });
+        }
+        let _deleting = ctr.deleting.lock().await;
+        if !lock(&self.ctrs).get(&req.id).is_some_and(|c| Arc::ptr_eq(c, &ctr)) {
+            return Err(ShimError::NotFound(format!("container {} (deleted meanwhile)", req.id)));
         }
         if let Some(s) = p.streams.lock().await.as_mut() {
             s.abort();
