@@ -225,6 +225,15 @@ impl Inner {
         self.pod.lock().await.clone().ok_or_else(|| ShimError::FailedPrecondition("pod VM is not running".into()))
     }
 
+    /// [`explain`] with this shim's pod. Only an agent's error needs the pod: any other is
+    /// answered at once, not after a boot that holds the pod lock.
+    async fn explain(&self, e: ShimError) -> ShimError {
+        if !matches!(e, ShimError::Agent(_)) {
+            return e;
+        }
+        explain(self.pod().await.ok(), e).await
+    }
+
     fn task_pid(&self, pod: &Pod) -> u32 {
         pod.vm.qemu_pid()
     }
@@ -916,7 +925,7 @@ impl Task for TaskService {
                             p.record_exit(START_FAILED_STATUS);
                         }
                     }
-                    Err(explain(inner.pod().await.ok(), e).await.into())
+                    Err(inner.explain(e).await.into())
                 }
             }
         })
@@ -928,7 +937,7 @@ impl Task for TaskService {
         to_the_end(async move {
             match inner.delete(req).await {
                 Ok(r) => Ok(r),
-                Err(e) => Err(explain(inner.pod().await.ok(), e).await.into()),
+                Err(e) => Err(inner.explain(e).await.into()),
             }
         })
         .await
@@ -937,7 +946,7 @@ impl Task for TaskService {
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TResult<api::Empty> {
         match self.0.kill(req).await {
             Ok(()) => Ok(api::Empty::new()),
-            Err(e) => Err(explain(self.0.pod().await.ok(), e).await.into()),
+            Err(e) => Err(self.0.explain(e).await.into()),
         }
     }
 
