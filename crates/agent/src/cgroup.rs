@@ -155,12 +155,10 @@ pub fn oom_kills(container_id: &str) -> u64 {
     read_keyed(&dir_of(container_id), "memory.events").into_iter().find(|(k, _)| k == "oom_kill").map_or(0, |(_, v)| v)
 }
 
-/// All pids in the container's cgroup.
 /// Waits until no process is left in a container's cgroup (or it is gone); false if some
-/// still are after `timeout`.
-pub async fn wait_empty(container_id: &str, timeout: Duration) -> bool {
+/// still are at `deadline`.
+pub async fn wait_empty(container_id: &str, deadline: tokio::time::Instant) -> bool {
     let dir = dir_of(container_id);
-    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if !read_keyed(&dir, "cgroup.events").iter().any(|(k, v)| k == "populated" && *v != 0) {
             return true;
@@ -172,6 +170,13 @@ pub async fn wait_empty(container_id: &str, timeout: Duration) -> bool {
     }
 }
 
+/// Whether the container's cgroup is asked to be frozen (`cgroup.freeze`): a paused
+/// container, or one being signalled.
+pub fn freeze_requested(container_id: &str) -> bool {
+    std::fs::read_to_string(dir_of(container_id).join("cgroup.freeze")).is_ok_and(|v| v.trim() == "1")
+}
+
+/// All pids in the container's cgroup.
 pub fn pids(container_id: &str) -> Vec<i32> {
     std::fs::read_to_string(dir_of(container_id).join("cgroup.procs"))
         .unwrap_or_default()

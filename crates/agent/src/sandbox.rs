@@ -42,6 +42,9 @@ pub struct Process {
     pub pid: i32,
     pub io: ProcessIo,
     exit: watch::Receiver<Option<i32>>,
+    /// Set when the process is reaped, which can be before its exit is told (a container's
+    /// leftovers are killed in between, [`Sandbox::track`]).
+    reaped: Arc<std::sync::atomic::AtomicBool>,
     /// Where the runner operation that created it spent its time.
     timing: runner_client::Timing,
 }
@@ -49,6 +52,10 @@ pub struct Process {
 impl Process {
     pub fn exited(&self) -> Option<i32> {
         *self.exit.borrow()
+    }
+
+    fn reaped(&self) -> bool {
+        self.reaped.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub async fn wait(&self) -> i32 {
@@ -344,6 +351,10 @@ impl Sandbox {
             };
             join_pid_namespace(&mut oci, holder)?;
         }
+        // In a PID namespace it does not own — the pod's, or the VM's own (CRI `hostPID`) —
+        // nothing ends what the container's init leaves when it exits (runc's shim likewise
+        // ends such a container's processes then).
+        let own_pidns = !share_pidns && owns_pid_namespace(&oci);
         let bundle = Path::new(BUNDLE_ROOT).join(id);
         std::fs::create_dir_all(&bundle).map_err(|e| Error::Internal(format!("creating bundle: {e}")))?;
         let cleanup_bundle = || {
@@ -359,7 +370,7 @@ impl Sandbox {
         }
         let terminal = oci.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let spawned = self
-            .spawn(id, terminal, share_pidns.then_some(id), |console_socket, stdio| Request::Create {
+            .spawn(id, terminal, (!own_pidns).then_some(id), |console_socket, stdio| Request::Create {
                 id: id.to_owned(),
                 bundle: bundle.clone(),
                 console_socket,
@@ -433,15 +444,18 @@ impl Sandbox {
     fn track(&self, outcome: runner_client::Outcome, io: ProcessIo, leftovers: Option<String>) -> Process {
         let (tx, rx) = watch::channel(None);
         let exited = self.reaper.watch_since(outcome.pid, outcome.since);
+        let reaped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reaped_ = reaped.clone();
         tokio::spawn(async move {
             let status = exited.await.unwrap_or(255);
+            reaped_.store(true, std::sync::atomic::Ordering::SeqCst);
             if let Some(id) = leftovers.filter(|id| !cgroup::pids(id).is_empty()) {
                 log!("container {id}: its init exited; ending what it left in the pod's PID namespace");
-                signal_cgroup(&id, Signal::SIGKILL, false).await;
+                signal_cgroup(&id, Signal::SIGKILL).await;
             }
             let _ = tx.send(Some(status));
         });
-        Process { pid: outcome.pid, io, exit: rx, timing: outcome.timing }
+        Process { pid: outcome.pid, io, exit: rx, reaped, timing: outcome.timing }
     }
 
     pub async fn start_container(&self, id: &str) -> Result<(), Error> {
@@ -460,7 +474,7 @@ impl Sandbox {
         if !valid_id(&req.exec_id) {
             return Err(Error::InvalidArgument(format!("exec id {:?} is not valid", req.exec_id)));
         }
-        if c.state() != State::Running || c.init.exited().is_some() {
+        if c.state() != State::Running || c.init.reaped() {
             return Err(Error::FailedPrecondition(format!("container {} is not running", c.id)));
         }
         if lock(&c.execs).contains_key(&req.exec_id) || req.exec_id == c.id {
@@ -494,7 +508,7 @@ impl Sandbox {
     ///   meanwhile: that is how `Kill` with `all` arrives (kata's runtime sends an empty exec
     ///   id for it), and how a container in the pod's shared PID namespace is stopped.
     pub async fn signal_process(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), Error> {
-        let c = self.container(id)?;
+        self.container(id)?;
         let p = self.process(id, exec_id)?;
         let mut sig = i32::try_from(signal)
             .ok()
@@ -507,14 +521,14 @@ impl Sandbox {
                 sig = Signal::SIGKILL;
             }
         }
-        if p.exited().is_none() {
+        if !p.reaped() {
             match kill(Pid::from_raw(p.pid), sig) {
                 Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                 Err(e) => return Err(Error::Internal(format!("signalling pid {}: {e}", p.pid))),
             }
         }
         if exec_id.is_empty() {
-            signal_cgroup(id, sig, c.state() == State::Paused).await;
+            signal_cgroup(id, sig).await;
         }
         Ok(())
     }
@@ -557,20 +571,24 @@ impl Sandbox {
         if c.state() == State::Paused {
             let _ = cgroup::set_frozen(id, false).await;
         }
+        let deadline = tokio::time::Instant::now() + timeout;
         if c.init.exited().is_none() {
-            for pid in cgroup::pids(id).into_iter().chain(std::iter::once(c.init.pid)) {
+            // Its pid only while it is not reaped: the number is free again after that.
+            let init = (!c.init.reaped()).then_some(c.init.pid);
+            for pid in cgroup::pids(id).into_iter().chain(init) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
-            if tokio::time::timeout(timeout, c.init.wait()).await.is_err() {
+            if tokio::time::timeout_at(deadline, c.init.wait()).await.is_err() {
                 return Err(Error::Internal(format!("container {id} did not exit within {timeout:?} after SIGKILL")));
             }
         }
         // Anything still in its cgroup (an exec's children, or what is still dying) goes
-        // before the cgroup and the mounts it may use do.
+        // before the cgroup and the mounts it may use do; what outlasts the timeout is
+        // logged, and the removal goes on.
         if !cgroup::pids(id).is_empty() {
-            signal_cgroup(id, Signal::SIGKILL, false).await;
+            signal_cgroup(id, Signal::SIGKILL).await;
         }
-        if !cgroup::wait_empty(id, timeout).await {
+        if !cgroup::wait_empty(id, deadline).await {
             log!("container {id}: processes left in its cgroup {timeout:?} after SIGKILL: {:?}", cgroup::pids(id));
         }
         // Before the cgroup goes: a kill no GetOOMEvent has seen yet is still reported.
@@ -669,6 +687,13 @@ fn mount_all(storages: &[agent::Storage]) -> Result<Vec<PathBuf>, Error> {
     Ok(mounted)
 }
 
+/// Whether the spec gives the container a new PID namespace of its own.
+fn owns_pid_namespace(oci: &libcontainer::oci_spec::runtime::Spec) -> bool {
+    use libcontainer::oci_spec::runtime::LinuxNamespaceType;
+    let namespaces = oci.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    namespaces.is_some_and(|nss| nss.iter().any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none()))
+}
+
 fn join_pid_namespace(oci: &mut libcontainer::oci_spec::runtime::Spec, holder: i32) -> Result<(), Error> {
     use libcontainer::oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType};
     let Some(linux) = oci.linux_mut() else { return Ok(()) };
@@ -736,22 +761,29 @@ fn console_socket_path(name: &str) -> PathBuf {
     Path::new(CONSOLE_ROOT).join(format!("{n}-{short}.sock"))
 }
 
-/// Whether `/proc/<pid>/status` text says the process catches `sig` (`SigCgt`, a hex mask
-/// with bit `sig - 1` set; proc(5)).
-/// Sends `sig` to every process in a container's cgroup. Unless the container is paused (it
-/// stays frozen), the cgroup is frozen meanwhile so that no process forks past the signal.
-async fn signal_cgroup(id: &str, sig: Signal, paused: bool) {
-    let freeze = !paused && cgroup::set_frozen(id, true).await.is_ok();
+/// Sends `sig` to every process in a container's cgroup, frozen meanwhile so that no
+/// process forks past the signal. A cgroup frozen already (a paused container, or another
+/// signal's freeze) stays as it is: only a freeze of this call's own is undone, also one
+/// that did not complete in time.
+async fn signal_cgroup(id: &str, sig: Signal) {
+    let ours = !cgroup::freeze_requested(id);
+    if ours {
+        if let Err(e) = cgroup::set_frozen(id, true).await {
+            log!("freezing container {id} to signal it: {e:#}");
+        }
+    }
     for pid in cgroup::pids(id) {
         let _ = kill(Pid::from_raw(pid), sig);
     }
-    if freeze {
+    if ours {
         if let Err(e) = cgroup::set_frozen(id, false).await {
             log!("thawing container {id} after signalling it: {e:#}");
         }
     }
 }
 
+/// Whether `/proc/<pid>/status` text says the process catches `sig` (`SigCgt`, a hex mask
+/// with bit `sig - 1` set; proc(5)).
 fn signal_caught(status: &str, sig: Signal) -> bool {
     status
         .lines()
