@@ -12,7 +12,7 @@
 //! not update subPath mounts either.
 //! Any other host bind mount cannot reach such a guest and is left out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -56,6 +56,14 @@ pub struct CopiedVolume {
     guest: String,
     /// What was copied: each file's path in the volume, and its host file as it was then.
     sent: BTreeMap<PathBuf, Stamp>,
+    /// Whether the guest was told what the directory holds (which also makes it).
+    listed: bool,
+}
+
+impl CopiedVolume {
+    fn new(host: PathBuf, guest: String) -> Self {
+        CopiedVolume { host, guest, sent: BTreeMap::new(), listed: false }
+    }
 }
 
 /// A host file's identity and version: kubelet writes an update as new files.
@@ -97,8 +105,7 @@ pub async fn guest_mounts(
         }
         if let Some(name) = m.source().as_deref().and_then(|s| kubelet_volume(s, &COPIED_VOLUME_PLUGINS)) {
             let host = m.source().clone().expect("a source");
-            let mut volume =
-                CopiedVolume { host, guest: format!("{GUEST_DIR}/{container}.volumes/{name}"), sent: BTreeMap::new() };
+            let mut volume = CopiedVolume::new(host, format!("{GUEST_DIR}/{container}.volumes/{name}"));
             volume
                 .sync(agent, None)
                 .await
@@ -143,6 +150,20 @@ pub async fn guest_mounts(
         out.push(copy);
     }
     Ok((out, volumes))
+}
+
+/// Tells the guest what a copied directory holds: kata's `CopyFile` of a directory, with the
+/// paths of its files (relative to it, NUL-separated) as data. The agent makes the directory
+/// and removes whatever else is below it (`crates/agent/src/copy_file.rs`).
+async fn send_listing(agent: &AgentClient, path: &str, files: &BTreeSet<PathBuf>) -> Result<(), AgentError> {
+    let names: Vec<String> = files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let mut req = agent::CopyFileRequest::new();
+    req.path = path.to_owned();
+    req.data = names.join("\0").into_bytes();
+    req.file_size = req.data.len() as i64;
+    req.file_mode = 0o040_000 | 0o755;
+    req.dir_mode = 0o755;
+    agent.copy_file(&req).await.map(|_| ())
 }
 
 /// Sends `data` to the guest as the regular file `path` with `mode` and owner, in requests
@@ -221,15 +242,12 @@ async fn copy_subpath(agent: &AgentClient, host: &Path, guest: &str, destination
     });
     let (meta, data) = read.await.map_err(|e| bad(e.to_string()))?.map_err(|e| bad(e.to_string()))?;
     if meta.is_dir() {
-        let mut copy = CopiedVolume { host: host.to_owned(), guest: guest.to_owned(), sent: BTreeMap::new() };
-        // CopyFile makes files (and their directories), never an empty directory.
+        // An empty one (kubelet makes it for a key the volume does not have) is mounted
+        // empty, as runc would.
+        let mut copy = CopiedVolume::new(host.to_owned(), guest.to_owned());
         let what = format!("mount {}: subPath {}", destination.display(), host.display());
-        return match copy.sync(agent, None).await.map_err(|e| e.in_mount(&what))? {
-            0 => {
-                Err(bad("an empty directory (a key the volume does not have?) cannot be copied into the guest".into()))
-            }
-            _ => Ok(()),
-        };
+        copy.sync(agent, None).await.map_err(|e| e.in_mount(&what))?;
+        return Ok(());
     }
     match data {
         Some(data) if data.len() as u64 <= MAX_VOLUME_FILE => {
@@ -300,15 +318,17 @@ struct Changed {
     data: Vec<u8>,
 }
 
-/// The files of the volume at `host` that are not as `sent` has them, read. Kubelet removes
-/// an update's old files once it has switched to the new ones: a file gone between the walk
-/// and its read means walking again.
-fn changed_files(host: &Path, sent: &BTreeMap<PathBuf, Stamp>) -> Result<Vec<Changed>, String> {
+/// The files of the volume at `host` that are not as `sent` has them, read, and the paths of
+/// all its files. Kubelet removes an update's old files once it has switched to the new
+/// ones: a file gone between the walk and its read means walking again.
+fn changed_files(host: &Path, sent: &BTreeMap<PathBuf, Stamp>) -> Result<(Vec<Changed>, BTreeSet<PathBuf>), String> {
     let mut attempt = 0;
     'walk: loop {
         attempt += 1;
         let mut changed = Vec::new();
-        for (rel, (file, meta)) in volume_files(host)? {
+        let files = volume_files(host)?;
+        let present: BTreeSet<PathBuf> = files.keys().cloned().collect();
+        for (rel, (file, meta)) in files {
             let stamp = Stamp::of(&meta);
             if sent.get(&rel) == Some(&stamp) {
                 continue;
@@ -319,20 +339,22 @@ fn changed_files(host: &Path, sent: &BTreeMap<PathBuf, Stamp>) -> Result<Vec<Cha
                 Err(e) => return Err(format!("reading {}: {e}", file.display())),
             }
         }
-        return Ok(changed);
+        return Ok((changed, present));
     }
 }
 
 impl CopiedVolume {
     /// Copies every file that changed on the host since the last sync (all of them the first
-    /// time), unless `stop` is set first. A file kubelet removed stays in the guest's copy.
+    /// time), unless `stop` is set first; then, if kubelet removed a file (a key gone from a
+    /// configMap) or the volume has no files the guest's directory would be made by, tells the
+    /// guest what the directory holds ([`send_listing`]).
     async fn sync(
         &mut self,
         agent: &AgentClient,
         stop: Option<&tokio::sync::watch::Receiver<bool>>,
     ) -> Result<usize, SyncError> {
         let (host, sent) = (self.host.clone(), self.sent.clone());
-        let changed = tokio::task::spawn_blocking(move || changed_files(&host, &sent))
+        let (changed, present) = tokio::task::spawn_blocking(move || changed_files(&host, &sent))
             .await
             .map_err(|e| SyncError::Host(format!("walking the volume: {e}")))?
             .map_err(SyncError::Host)?;
@@ -350,6 +372,20 @@ impl CopiedVolume {
             self.sent.insert(f.rel, f.stamp);
             copied += 1;
         }
+        let gone: Vec<PathBuf> = self.sent.keys().filter(|rel| !present.contains(*rel)).cloned().collect();
+        if (gone.is_empty() && (self.listed || !self.sent.is_empty())) || stop.is_some_and(|s| *s.borrow()) {
+            return Ok(copied);
+        }
+        send_listing(agent, &self.guest, &present).await.map_err(|e| {
+            SyncError::Guest(AgentError {
+                message: format!("telling the guest what the directory holds: {}", e.message),
+                ..e
+            })
+        })?;
+        for rel in gone {
+            self.sent.remove(&rel);
+        }
+        self.listed = true;
         Ok(copied)
     }
 }

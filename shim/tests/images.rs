@@ -78,6 +78,7 @@ containerd_matrix! {
             &["cat", "/etc/app/greeting", "/etc/app/conf/level"],
             &["cat", "/proc/self/status"],
             &["cat", "/etc/greeting"],
+            &["sh", "-c", "echo /etc/app/* /etc/empty/*"],
         ]
         .iter()
         .map(|c| c.iter().map(|a| a.to_string()).collect())
@@ -96,7 +97,7 @@ containerd_matrix! {
                 GOOD.to_owned(),
                 contrast_generate::Overrides {
                     empty_dirs: vec![("cache".into(), "/cache".into())],
-                    config_volumes: vec!["/etc/app".into(), "/etc/greeting".into()],
+                    config_volumes: vec!["/etc/app".into(), "/etc/greeting".into(), "/etc/empty".into()],
                     // The pod spec's supplementalGroups.
                     groups: vec![4000],
                     ..Default::default()
@@ -157,6 +158,15 @@ containerd_matrix! {
             readonly: true,
             ..Default::default()
         };
+        // One with no keys (an optional configMap that does not exist), at /etc/empty.
+        let empty = dir.path().join("pods/uid-layered/volumes/kubernetes.io~configmap/empty");
+        kubelet_volume(&empty, "..2026_12_06_12_00_00.1", &[]);
+        let empty_mount = cri::Mount {
+            container_path: "/etc/empty".into(),
+            host_path: empty.to_string_lossy().into_owned(),
+            readonly: true,
+            ..Default::default()
+        };
         // One key of it by subPath at /etc/greeting: kubelet binds the file for the container
         // at volume-subpaths/<volume>/<container>/<mount index> (here a copy of it).
         let subpath = dir.path().join("pods/uid-layered/volume-subpaths/settings/app/2");
@@ -189,7 +199,7 @@ containerd_matrix! {
             config
         };
         let mut app = with_env("app", "GREETING", "hello");
-        app.mounts.push(greeting_mount);
+        app.mounts.extend([greeting_mount, empty_mount]);
         app.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 supplemental_groups: vec![4000],
@@ -327,6 +337,22 @@ containerd_matrix! {
             assert!(std::time::Instant::now() < deadline, "the update never reached the guest: {now:?}");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // A key removed from the configMap leaves the container's copy too.
+        kubelet_volume(&settings, "..2026_12_05_12_02_00.3", &[("greeting", "bye\n")]);
+        // (sh's own glob: the image has no ls; an empty directory's glob stays as written.)
+        let listing = ["sh", "-c", "echo /etc/app/* /etc/empty/*"];
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, out, _) = cri.exec_sync(&c, &listing).await.expect("exec");
+            let now = String::from_utf8_lossy(&out).into_owned();
+            if now == "/etc/app/greeting /etc/empty/*\n" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the removed key stays in the guest: {now:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (code, out, _) = cri.exec_sync(&c, &settings_cmd).await.expect("exec");
+        assert_eq!((code, out.as_slice()), (1, &b"bye\n"[..]), "conf/level is gone");
         // The subPath was copied once: Kubernetes does not update subPath mounts either.
         let (_, out, _) = cri.exec_sync(&c, &["cat", "/etc/greeting"]).await.expect("exec");
         assert_eq!(out, b"hi\n", "the subPath after the volume's update");

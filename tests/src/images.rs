@@ -114,8 +114,10 @@ pub fn write_archive_as(path: &Path, name: &str, layers: &[Vec<u8>], cmd: &[&str
 /// Writes kubelet's layout of a configMap (secret, projected, downwardAPI) volume at `root`:
 /// the files in the timestamped directory `stamp`, `..data` pointing at it, each key a
 /// link through `..data`. Called again with another `stamp`, it is kubelet's update: a new
-/// directory and `..data` swapped.
+/// directory, `..data` swapped, then the links of keys no longer there and the old
+/// directory removed.
 pub fn kubelet_volume(root: &std::path::Path, stamp: &str, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(root.join(stamp)).expect("dir");
     for (key, content) in files {
         let path = root.join(stamp).join(key);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
@@ -128,6 +130,16 @@ pub fn kubelet_volume(root: &std::path::Path, stamp: &str, files: &[(&str, &str)
         let top = key.split('/').next().expect("key");
         if root.join(top).symlink_metadata().is_err() {
             std::os::unix::fs::symlink(format!("..data/{top}"), root.join(top)).expect("key link");
+        }
+    }
+    for entry in std::fs::read_dir(root).expect("volume").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old_stamp = name.starts_with("..") && name != "..data" && name != stamp;
+        let gone_key = !name.starts_with("..") && !files.iter().any(|(key, _)| key.split('/').next() == Some(&name));
+        if old_stamp {
+            std::fs::remove_dir_all(entry.path()).expect("old directory");
+        } else if gone_key {
+            std::fs::remove_file(entry.path()).expect("removed key's link");
         }
     }
 }

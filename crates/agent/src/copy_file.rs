@@ -11,6 +11,14 @@
 //! `file_size` bytes are there, so a container never sees half a file, nor an updated one
 //! half written.
 //!
+//! kata's `CopyFile` of a directory makes it; here it also says what the directory holds,
+//! and is taken only for a copied volume's or subPath's own directory
+//! (`<id>.volumes/<name>`, `<id>.subpaths/<index>`): `data` lists the paths (relative to it,
+//! NUL-separated) of the files it keeps, and every other file and directory below it goes
+//! ([`keep_only`]). That is how a file kubelet removed from a volume (a key gone from a
+//! configMap) leaves the container's copy, and how a volume with no files gets its
+//! directory.
+//!
 //! A container's copies are `<id>-hosts`, `<id>-hostname`, `<id>-resolv.conf`, the
 //! directory `<id>.volumes` (one directory per volume in it) and the directory
 //! `<id>.subpaths` (a file or directory per subPath mount); they go when the container is
@@ -36,6 +44,7 @@ const MAX_FILE_SIZE: i64 = 1 << 20;
 /// `S_IFMT` / `S_IFREG`: a mode with a file type must name a regular file.
 const S_IFMT: u32 = 0o170_000;
 const S_IFREG: u32 = 0o100_000;
+const S_IFDIR: u32 = 0o040_000;
 
 /// Checks `path` and answers it as a path below [`COPY_DIR`].
 fn destination(path: &str) -> Result<PathBuf, Error> {
@@ -66,9 +75,12 @@ fn partial_path(path: &Path) -> PathBuf {
 pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
     let path = destination(&req.path)?;
     let kind = req.file_mode & S_IFMT;
+    if kind == S_IFDIR {
+        return keep_only(Path::new(COPY_DIR), &path, req);
+    }
     if kind != 0 && kind != S_IFREG {
         return Err(Error::InvalidArgument(format!(
-            "CopyFile {}: only regular files are taken (mode {:o})",
+            "CopyFile {}: only regular files and a volume's own directory are taken (mode {:o})",
             req.path, req.file_mode
         )));
     }
@@ -111,6 +123,63 @@ pub fn copy_file(req: &agent::CopyFileRequest) -> Result<(), Error> {
         std::fs::rename(&part, &path).map_err(|e| io("moving it into place", e))?;
     }
     Ok(())
+}
+
+/// Makes a copied volume's or subPath's own directory and keeps in it only the files
+/// `req.data` lists (relative paths, NUL-separated); every other entry below it goes, links
+/// never followed, and directories left empty with them.
+fn keep_only(base: &Path, path: &Path, req: &agent::CopyFileRequest) -> Result<(), Error> {
+    let bad = |why: String| Error::InvalidArgument(format!("CopyFile {} (a directory): {why}", req.path));
+    let own = path.strip_prefix(base).ok().and_then(|rest| {
+        let parts: Vec<&str> = rest.to_str()?.split('/').collect();
+        let [kind, name] = parts[..] else { return None };
+        let owner = kind.strip_suffix(".volumes").or_else(|| kind.strip_suffix(".subpaths"))?;
+        (!owner.is_empty() && !name.is_empty()).then_some(())
+    });
+    if own.is_none() {
+        return Err(bad("only a copied volume's or subPath's own directory is taken".into()));
+    }
+    if req.data.len() as i64 > MAX_FILE_SIZE {
+        return Err(bad(format!("a list of {} bytes, more than {MAX_FILE_SIZE}", req.data.len())));
+    }
+    let list = std::str::from_utf8(&req.data).map_err(|_| bad("the list is not UTF-8".into()))?;
+    let mut keep = std::collections::HashSet::new();
+    for entry in list.split('\0').filter(|e| !e.is_empty()) {
+        if entry.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+            return Err(bad(format!("{entry:?} is not a canonical relative path")));
+        }
+        keep.insert(PathBuf::from(entry));
+    }
+    let io = |what: &str, e: std::io::Error| Error::Internal(format!("CopyFile {}: {what}: {e}", req.path));
+    DirBuilder::new()
+        .recursive(true)
+        .mode(permissions(req.dir_mode, 0o755))
+        .create(path)
+        .map_err(|e| io("creating it", e))?;
+    prune(path, Path::new(""), &keep).map_err(|e| io("removing what it no longer holds", e))?;
+    Ok(())
+}
+
+/// Removes what is below `dir` (at `rel` in the copy) and not in `keep`; true if nothing is
+/// left in it.
+fn prune(dir: &Path, rel: &Path, keep: &std::collections::HashSet<PathBuf>) -> std::io::Result<bool> {
+    let mut empty = true;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let (path, rel) = (entry.path(), rel.join(entry.file_name()));
+        // The entry itself, never where a link points.
+        if entry.file_type()?.is_dir() {
+            if prune(&path, &rel, keep)? {
+                std::fs::remove_dir(&path)?;
+                continue;
+            }
+        } else if !keep.contains(&rel) {
+            std::fs::remove_file(&path)?;
+            continue;
+        }
+        empty = false;
+    }
+    Ok(empty)
 }
 
 /// The permission bits of a requested mode (`default` when it has none). Only these: a
@@ -232,5 +301,64 @@ mod tests {
         req.file_size = 2;
         req.file_mode = 0o120_777; // a symlink
         assert!(matches!(copy_file(&req), Err(Error::InvalidArgument(m)) if m.contains("regular files")));
+    }
+
+    fn listing(path: &str, files: &[&str]) -> agent::CopyFileRequest {
+        let mut req = agent::CopyFileRequest::new();
+        req.path = format!("{COPY_DIR}/{path}");
+        req.file_mode = S_IFDIR | 0o755;
+        req.data = files.join("\0").into_bytes();
+        req.file_size = req.data.len() as i64;
+        req
+    }
+
+    #[test]
+    fn a_directory_is_taken_only_as_a_volume_s_or_subpath_s_own() {
+        assert!(matches!(copy_file(&listing(".volumes/config", &[])), Err(Error::InvalidArgument(_))));
+        for bad in ["c-hosts", "c.volumes", "c.volumes/config/sub", "c.other/config"] {
+            let err = copy_file(&listing(bad, &[])).expect_err(bad);
+            assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("own directory")), "{bad}: {err:?}");
+        }
+        for bad in ["../x", "/etc/passwd", "a//b", "./a", "a/.."] {
+            let err = copy_file(&listing("c.volumes/config", &[bad])).expect_err(bad);
+            assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("canonical")), "{bad}: {err:?}");
+        }
+    }
+
+    /// A volume's copy keeps what the list names; a key removed on the node goes, with a
+    /// directory it leaves empty; a link is removed, never followed.
+    #[test]
+    fn a_listing_removes_what_it_does_not_name() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let root = base.path().join("c.volumes/config");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("precious"), "x").expect("outside");
+        for f in ["app.yaml", "old.yaml", "sub/kept", "sub/gone", "gone-dir/deeper/file"] {
+            std::fs::create_dir_all(root.join(f).parent().expect("parent")).expect("dirs");
+            std::fs::write(root.join(f), f).expect("file");
+        }
+        std::os::unix::fs::symlink(outside.path(), root.join("link")).expect("link");
+        let req = listing("c.volumes/config", &["app.yaml", "sub/kept", "not-here-yet"]);
+        keep_only(base.path(), &root, &req).expect("listing");
+        let mut left: Vec<String> = walkdir(&root);
+        left.sort();
+        assert_eq!(left, ["app.yaml", "sub", "sub/kept"]);
+        assert!(outside.path().join("precious").exists(), "a link's target is not touched");
+        // An empty list for a directory not there yet makes it.
+        let empty = base.path().join("c.subpaths/3");
+        keep_only(base.path(), &empty, &listing("c.subpaths/3", &[])).expect("empty listing");
+        assert!(empty.is_dir());
+    }
+
+    fn walkdir(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(root).expect("dir").flatten() {
+            let name = e.file_name().into_string().expect("utf-8");
+            if e.file_type().expect("type").is_dir() {
+                out.extend(walkdir(&e.path()).into_iter().map(|n| format!("{name}/{n}")));
+            }
+            out.push(name);
+        }
+        out
     }
 }

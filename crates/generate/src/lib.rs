@@ -421,6 +421,14 @@ mod tests {
         ] {
             assert_eq!(copy(&bad), regorus::Value::Bool(false), "{bad}");
         }
+        // The volume's own directory only as a directory: the list of the files it keeps.
+        let copy_mode = |path: &str, mode: u32| {
+            eval_rule(&rego, "CopyFileRequest", serde_json::json!({ "path": path, "file_mode": mode }))
+        };
+        assert_eq!(copy_mode(&format!("{dir}/c.volumes/config"), 0o040_755), regorus::Value::Bool(true));
+        assert_eq!(copy_mode(&format!("{dir}/c.volumes/config"), 0o100_644), regorus::Value::Bool(false), "a file");
+        assert_eq!(copy_mode(&format!("{dir}/c.volumes/-x"), 0o040_755), regorus::Value::Bool(false));
+        assert_eq!(copy_mode(&format!("{dir}/c.volumes"), 0o040_755), regorus::Value::Bool(false));
         // A subPath of one: copied once to its own place, mounted like the volume.
         let subpath = format!("{dir}/c.subpaths/2");
         assert!(config_volume(&subpath, sa, &["rbind", "ro"]));

@@ -454,6 +454,15 @@ own_copy_path(parts) if {
     plain_id(trim_suffix(parts[0], ".volumes"))
     volume_label(parts[1])
 }
+# A volume's own directory as a directory (S_IFDIR): the list of the files it keeps (the
+# agent removes the rest — a key removed from a configMap — and makes it if it is not there).
+own_copy_path(parts) if {
+    count(parts) == 2
+    endswith(parts[0], ".volumes")
+    plain_id(trim_suffix(parts[0], ".volumes"))
+    volume_label(parts[1])
+    bits.and(input.file_mode, 61440) == 16384
+}
 own_copy_path(parts) if {
     count(parts) > 1
     endswith(parts[0], ".subpaths")
