@@ -69,7 +69,11 @@ containerd_matrix! {
             Ok(p) => p,
             Err(e) => panic!("RunPodSandbox: {e:#}\n{}", cd.log()),
         };
-        let serve = format!("mkdir -p /www && echo {PAGE} > /www/index.html && exec httpd -f -p 8080 -h /www");
+        // The page on 8080, and on 8082 on IPv6 loopback only (a server listening on
+        // "localhost" that resolves it to ::1, as Node.js does).
+        let serve = format!(
+            "mkdir -p /www && echo {PAGE} > /www/index.html && httpd -p '[::1]:8082' -h /www && exec httpd -f -p 8080 -h /www"
+        );
         let server = cri.run_container(&a, "httpd", IMAGE, &["sh", "-c", &serve]).await.expect("httpd container");
         let (ip_a, netns_a) = cri.pod_network(&a.id).await.expect("PodSandboxStatus");
         assert!(ip_a.starts_with("10.88.0."), "pod IP from the test's CNI subnet, got {ip_a:?}");
@@ -134,6 +138,9 @@ containerd_matrix! {
         let forwarded = forwarded.expect("port-forward within the deadline").expect("PortForward session");
         let text = String::from_utf8_lossy(&forwarded.data);
         assert!(text.contains("200 OK") && text.contains(PAGE), "port-forward to 8080: {forwarded:?}\n{}", cd.log());
+        let v6 = tokio::time::timeout(SERVE_DEADLINE, cri.port_forward(&a.id, 8082, request, has_page)).await;
+        let v6 = v6.expect("port-forward within the deadline").expect("PortForward session");
+        assert!(String::from_utf8_lossy(&v6.data).contains(PAGE), "port-forward to [::1]:8082: {v6:?}");
         let closed = tokio::time::timeout(SERVE_DEADLINE, cri.port_forward(&a.id, 8081, request, |_| false)).await;
         let closed = closed.expect("a port nobody serves ends within the deadline").expect("PortForward session");
         assert!(closed.data.is_empty(), "nothing answers on 8081: {closed:?}");

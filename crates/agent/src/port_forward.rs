@@ -10,7 +10,7 @@
 //! reaches services that listen only on the pod's loopback, which the pod network never
 //! exposes. A policy without the rule (kata's) refuses every one.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,8 +151,20 @@ async fn open(port: u16, policy: &Policy) -> std::result::Result<TcpStream, (u8,
     let mut request = PortForwardRequest::new();
     request.port = port.into();
     policy.allow(&request).map_err(|e| (PORT_FORWARD_REFUSED, e.to_string()))?;
-    let failed = |why: String| (PORT_FORWARD_FAILED, format!("connecting to 127.0.0.1:{port} in the pod VM: {why}"));
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((Ipv4Addr::LOCALHOST, port))).await {
+    let failed = |why: String| {
+        (PORT_FORWARD_FAILED, format!("connecting to 127.0.0.1:{port} or [::1]:{port} in the pod VM: {why}"))
+    };
+    let connect = async {
+        match TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
+            // Nothing on IPv4: a server that listens on "localhost" may have it as ::1 only
+            // (Node.js does); containerd, too, tries ::1 after 127.0.0.1 with runc.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                TcpStream::connect((Ipv6Addr::LOCALHOST, port)).await
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(local)) => Ok(local),
         Ok(Err(e)) => Err(failed(e.to_string())),
         Err(_) => Err(failed(format!("no answer within {CONNECT_TIMEOUT:?}"))),
@@ -182,5 +194,16 @@ mod tests {
         let (status, reason) = open(free, &listing).await.expect_err("nothing listens");
         assert_eq!(status, PORT_FORWARD_FAILED, "{reason}");
         assert!(reason.contains(&format!("127.0.0.1:{free}")), "{reason}");
+    }
+
+    /// A server that listens on ::1 only (Node.js's "localhost") is reached too.
+    #[tokio::test]
+    async fn a_port_open_on_ipv6_loopback_only_is_reached() {
+        let server = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind ::1");
+        let port = server.local_addr().expect("addr").port();
+        let rego = format!("package agent_policy\nPortForwardRequest if {{ input.port == {port} }}\n");
+        let policy = Policy::enforcing(&rego).expect("policy");
+        let local = open(port, &policy).await.expect("connected over ::1");
+        assert_eq!(local.peer_addr().expect("peer").ip(), std::net::IpAddr::V6(Ipv6Addr::LOCALHOST));
     }
 }
