@@ -78,7 +78,7 @@ containerd_matrix! {
             &["cat", "/etc/app/greeting", "/etc/app/conf/level"],
             &["cat", "/proc/self/status"],
             &["cat", "/etc/greeting"],
-            &["sh", "-c", "echo /etc/app/* /etc/empty/*"],
+            &["sh", "-c", "echo /etc/app/* /etc/empty/*; test -d /etc/empty -a -d /etc/nokey"],
         ]
         .iter()
         .map(|c| c.iter().map(|a| a.to_string()).collect())
@@ -97,7 +97,12 @@ containerd_matrix! {
                 GOOD.to_owned(),
                 contrast_generate::Overrides {
                     empty_dirs: vec![("cache".into(), "/cache".into())],
-                    config_volumes: vec!["/etc/app".into(), "/etc/greeting".into(), "/etc/empty".into()],
+                    config_volumes: vec![
+                        "/etc/app".into(),
+                        "/etc/greeting".into(),
+                        "/etc/empty".into(),
+                        "/etc/nokey".into(),
+                    ],
                     // The pod spec's supplementalGroups.
                     groups: vec![4000],
                     ..Default::default()
@@ -178,6 +183,16 @@ containerd_matrix! {
             readonly: true,
             ..Default::default()
         };
+        // A key the volume does not have, by subPath at /etc/nokey: kubelet binds an empty
+        // directory, which runc would mount empty.
+        let nokey = dir.path().join("pods/uid-layered/volume-subpaths/settings/app/3");
+        std::fs::create_dir_all(&nokey).expect("empty subpath dir");
+        let nokey_mount = cri::Mount {
+            container_path: "/etc/nokey".into(),
+            host_path: nokey.to_string_lossy().into_owned(),
+            readonly: true,
+            ..Default::default()
+        };
         let annotations = HashMap::from([(INIT_DATA_ANNOTATION.to_owned(), init_data.annotation())]);
         let mut cri =
             CriClient::connect(Path::new(&cd.socket())).await.expect("CRI connects").streaming_from(cd.netns_path());
@@ -199,7 +214,7 @@ containerd_matrix! {
             config
         };
         let mut app = with_env("app", "GREETING", "hello");
-        app.mounts.extend([greeting_mount, empty_mount]);
+        app.mounts.extend([greeting_mount, empty_mount, nokey_mount]);
         app.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 supplemental_groups: vec![4000],
@@ -211,7 +226,7 @@ containerd_matrix! {
         // The node reaches the pod's loopback only on the ports the policy lists: 9000 is
         // refused by the guest; 9001 is allowed (nothing listens on it in this pod).
         for (port, reason) in
-            [(9000, "PortForwardRequest is blocked by policy"), (9001, "connecting to 127.0.0.1:9001 in the pod VM")]
+            [(9000, "PortForwardRequest is blocked by policy"), (9001, "connecting to 127.0.0.1:9001 or [::1]:9001 in the pod VM")]
         {
             let forwarded = cri.port_forward(&pod.id, port, b"hello", |_| false).await.expect("PortForward session");
             assert!(forwarded.data.is_empty(), "port {port}: {forwarded:?}");
@@ -339,13 +354,15 @@ containerd_matrix! {
         }
         // A key removed from the configMap leaves the container's copy too.
         kubelet_volume(&settings, "..2026_12_05_12_02_00.3", &[("greeting", "bye\n")]);
-        // (sh's own glob: the image has no ls; an empty directory's glob stays as written.)
-        let listing = ["sh", "-c", "echo /etc/app/* /etc/empty/*"];
+        // (sh's own glob: the image has no ls; an empty directory's glob stays as written,
+        // so `test -d` says the empty ones are directories.)
+        let listing = ["sh", "-c", "echo /etc/app/* /etc/empty/*; test -d /etc/empty -a -d /etc/nokey"];
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let (_, out, _) = cri.exec_sync(&c, &listing).await.expect("exec");
+            let (code, out, _) = cri.exec_sync(&c, &listing).await.expect("exec");
             let now = String::from_utf8_lossy(&out).into_owned();
             if now == "/etc/app/greeting /etc/empty/*\n" {
+                assert_eq!(code, 0, "the volume with no files and the empty subPath are directories");
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "the removed key stays in the guest: {now:?}");
