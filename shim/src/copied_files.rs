@@ -344,10 +344,10 @@ fn changed_files(host: &Path, sent: &BTreeMap<PathBuf, Stamp>) -> Result<(Vec<Ch
 }
 
 impl CopiedVolume {
-    /// Copies every file that changed on the host since the last sync (all of them the first
-    /// time), unless `stop` is set first; then, if kubelet removed a file (a key gone from a
-    /// configMap) or the volume has no files the guest's directory would be made by, tells the
-    /// guest what the directory holds ([`send_listing`]).
+    /// If kubelet removed a file (a key gone from a configMap), or the directory has no files
+    /// that would make it in the guest, first tells the guest what the directory holds
+    /// ([`send_listing`]); then copies every file that changed on the host since the last
+    /// sync (all of them the first time). Stops between requests once `stop` is set.
     async fn sync(
         &mut self,
         agent: &AgentClient,
@@ -358,9 +358,32 @@ impl CopiedVolume {
             .await
             .map_err(|e| SyncError::Host(format!("walking the volume: {e}")))?
             .map_err(SyncError::Host)?;
+        let stopped = || stop.is_some_and(|s| *s.borrow());
+        // First what went: a file that became a directory (or the reverse) must be gone
+        // before what replaces it is copied.
+        match listing_needed(&self.sent, &present, self.listed) {
+            Listing::None => {}
+            _ if stopped() => return Ok(0),
+            need => {
+                let listed = send_listing(agent, &self.guest, &present).await;
+                match listed {
+                    Ok(()) => self.listed = true,
+                    // A policy generated before the guest took such a listing: removed
+                    // files stay, as they did then; the copies go on.
+                    Err(e) if need == Listing::Removed && e.code == ttrpc::Code::PERMISSION_DENIED => {
+                        tracing::warn!(volume = %self.guest, error = %e.message, "the pod's policy does not allow removing files from a copied volume; they stay");
+                    }
+                    Err(e) => {
+                        let message = format!("telling the guest what the directory holds: {}", e.message);
+                        return Err(SyncError::Guest(AgentError { message, ..e }));
+                    }
+                }
+                self.sent.retain(|rel, _| present.contains(rel));
+            }
+        }
         let mut copied = 0;
         for f in changed {
-            if stop.is_some_and(|s| *s.borrow()) {
+            if stopped() {
                 break;
             }
             let path = format!("{}/{}", self.guest, f.rel.display());
@@ -372,21 +395,28 @@ impl CopiedVolume {
             self.sent.insert(f.rel, f.stamp);
             copied += 1;
         }
-        let gone: Vec<PathBuf> = self.sent.keys().filter(|rel| !present.contains(*rel)).cloned().collect();
-        if (gone.is_empty() && (self.listed || !self.sent.is_empty())) || stop.is_some_and(|s| *s.borrow()) {
-            return Ok(copied);
-        }
-        send_listing(agent, &self.guest, &present).await.map_err(|e| {
-            SyncError::Guest(AgentError {
-                message: format!("telling the guest what the directory holds: {}", e.message),
-                ..e
-            })
-        })?;
-        for rel in gone {
-            self.sent.remove(&rel);
-        }
-        self.listed = true;
         Ok(copied)
+    }
+}
+
+/// Why a sync tells the guest what a copied directory holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Listing {
+    None,
+    /// Files copied before are gone on the host.
+    Removed,
+    /// The directory has no files (and so nothing that would make it in the guest), and the
+    /// guest has not been told yet.
+    Empty,
+}
+
+fn listing_needed(sent: &BTreeMap<PathBuf, Stamp>, present: &BTreeSet<PathBuf>, listed: bool) -> Listing {
+    if sent.keys().any(|rel| !present.contains(rel)) {
+        Listing::Removed
+    } else if present.is_empty() && sent.is_empty() && !listed {
+        Listing::Empty
+    } else {
+        Listing::None
     }
 }
 
@@ -544,6 +574,20 @@ mod tests {
         assert_eq!(subpath("volume-subpaths/other/app/0"), None, "no such volume");
         assert_eq!(subpath("volume-subpaths/config/app/x"), None, "no index");
         assert_eq!(subpath("volumes/kubernetes.io~configmap/config"), None);
+    }
+
+    #[test]
+    fn a_listing_is_sent_for_removed_files_and_once_for_an_empty_directory() {
+        let stamp = Stamp { dev: 1, ino: 2, size: 3, mtime: (4, 5), mode: 0o644 };
+        let sent = |names: &[&str]| names.iter().map(|n| (PathBuf::from(n), stamp.clone())).collect::<BTreeMap<_, _>>();
+        let present = |names: &[&str]| names.iter().map(PathBuf::from).collect::<BTreeSet<_>>();
+        assert_eq!(listing_needed(&sent(&["a", "b"]), &present(&["a", "b", "c"]), false), Listing::None, "an addition");
+        assert_eq!(listing_needed(&sent(&["a", "b"]), &present(&["a"]), true), Listing::Removed);
+        // A file that became a directory: the file's path is gone.
+        assert_eq!(listing_needed(&sent(&["a"]), &present(&["a/b"]), false), Listing::Removed);
+        assert_eq!(listing_needed(&sent(&[]), &present(&[]), false), Listing::Empty);
+        assert_eq!(listing_needed(&sent(&[]), &present(&[]), true), Listing::None, "told once");
+        assert_eq!(listing_needed(&sent(&[]), &present(&["a"]), false), Listing::None, "its file makes it");
     }
 
     #[test]

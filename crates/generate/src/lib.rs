@@ -446,6 +446,7 @@ mod tests {
             assert!(!config_volume(&other, sa, &["rbind", "ro"]), "{other}");
         }
         assert_eq!(copy(&format!("{dir}/c.subpaths/2")), regorus::Value::Bool(true), "a file");
+        assert_eq!(copy_mode(&format!("{dir}/c.subpaths/2"), 0o040_755), regorus::Value::Bool(true), "an empty one");
         assert_eq!(copy(&format!("{dir}/c.subpaths/2/conf/extra.ini")), regorus::Value::Bool(true), "a directory's");
         for bad in [format!("{dir}/c.subpaths"), format!("{dir}/c.subpaths/x"), format!("{dir}/.subpaths/0")] {
             assert_eq!(copy(&bad), regorus::Value::Bool(false), "{bad}");
