@@ -52,7 +52,8 @@ for pkg in containerd runc busybox-static erofs-utils e2fsprogs xz-utils zstd \
            cryptsetup-bin libseccomp-dev libcap-ng-dev pkg-config musl-tools \
            protobuf-compiler fdisk containernetworking-plugins iproute2 \
            make gcc libc6-dev bc bison flex libelf-dev perl \
-           curl bzip2 ninja-build python3-venv libglib2.0-dev libpixman-1-dev cbindgen; do
+           curl bzip2 ninja-build python3-venv libglib2.0-dev libpixman-1-dev cbindgen \
+           dbus-daemon; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

@@ -75,7 +75,34 @@ impl Node {
     }
 }
 
+/// How long a systemd restart of containerd may take to end with the unit active again.
+const RESTART_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// The lock an install or uninstall holds from reading containerd's config until it has
+/// restarted containerd (node path; on the node's `/run`, so a refused install leaves nothing
+/// in the install base).
+const LOCK_FILE: &str = "/run/contrast-node-installer.lock";
+
+/// Takes the node's installer lock (waiting for another installer to finish): two at once —
+/// two runtime classes' DaemonSets, an old and a new release's after a reboot — would each
+/// write back the containerd config it read, and the last write would drop the other's
+/// handler while both reported success.
+fn lock_node(node: &Node) -> Result<std::fs::File> {
+    let path = node.host(Path::new(LOCK_FILE));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock().with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
 pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
+    let _lock = lock_node(node)?;
     // Everything that can refuse does so before the first write.
     let dir = node.handler_dir(&payload.handler);
     let runtime_config = render_config(node, payload)?;
@@ -114,16 +141,29 @@ pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
     }
     out.backup = replace_file(&target, &updated)?;
     out.config_changed = true;
-    if let Err(e) = restart(node) {
-        // Put the old config back so that a re-run sees the change (and restarts) again.
-        let undo = restore(&target, existing.as_deref(), out.backup.as_deref());
-        return match undo {
-            Ok(_) => Err(e.context(format!("containerd config {} left as it was", target.display()))),
-            Err(u) => Err(e.context(format!("and restoring {} failed: {u:#}", target.display()))),
-        };
-    }
+    restart_or_undo(node, &target, existing.as_deref(), out.backup.as_deref())?;
     out.restarted = true;
     Ok(out)
+}
+
+/// Restarts containerd after `target` was changed. If that fails, the old config goes back
+/// (a re-run then sees the change, and restarts, again) and containerd is restarted once more
+/// with it: a restart that stopped containerd and could not start it with the new config
+/// must not leave it down.
+fn restart_or_undo(node: &Node, target: &Path, existing: Option<&str>, backup: Option<&Path>) -> Result<()> {
+    let Err(e) = restart(node) else { return Ok(()) };
+    if let Err(u) = restore(target, existing, backup) {
+        return Err(e.context(format!("and restoring {} failed: {u:#}", target.display())));
+    }
+    match restart(node) {
+        Ok(()) => Err(
+            e.context(format!("containerd config {} left as it was (containerd restarted with it)", target.display()))
+        ),
+        Err(again) => Err(e.context(format!(
+            "containerd config {} left as it was, and restarting containerd with it failed too: {again:#}",
+            target.display()
+        ))),
+    }
 }
 
 /// node-feature-discovery's local feature directory (node path): a file there becomes node
@@ -145,6 +185,7 @@ pub fn write_node_feature(node: &Node, handler: &str) -> Result<()> {
 }
 
 pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
+    let _lock = lock_node(node)?;
     let feature = node.host(&Path::new(NFD_FEATURES_DIR).join(handler));
     match std::fs::remove_file(&feature) {
         Ok(()) => {}
@@ -158,8 +199,13 @@ pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
     // k3s without a template yet: the rendered file is only read (for the opt dir), never written.
     let from_target = config_file == node.host(&node.containerd_config);
     if from_target && config.remove_handler(handler)? {
+        // containerd restarted without the handler before its files go; if that fails, the
+        // handler stays (config and files), and a re-run tries again.
+        let existing = std::fs::read_to_string(&config_file).ok();
         out.backup = replace_file(&config_file, &config.to_text())?;
         out.config_changed = true;
+        restart_or_undo(node, &config_file, existing.as_deref(), out.backup.as_deref())?;
+        out.restarted = true;
     }
     let link = node.shim_link(&config);
     let ours = node.seen_by_containerd(&node.handler_dir(handler));
@@ -171,10 +217,6 @@ pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         out.files_written += 1;
-    }
-    if out.config_changed {
-        restart(node)?;
-        out.restarted = true;
     }
     Ok(out)
 }
@@ -387,7 +429,7 @@ fn restart(node: &Node) -> Result<()> {
         }
         Restart::Systemd(unit) => {
             let bus = node.host(Path::new("/run/dbus/system_bus_socket"));
-            match crate::systemd::restart_unit(&bus, unit) {
+            match crate::systemd::restart_unit(&bus, unit, RESTART_TIMEOUT) {
                 Ok(()) => Ok(()),
                 Err(dbus) => {
                     let fallback = match systemctl_in_pid1_mount_namespace(&["restart", unit]) {

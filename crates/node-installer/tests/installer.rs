@@ -346,10 +346,54 @@ fn failed_restart_leaves_the_config_as_it_was() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("over D-Bus") && err.contains("PID 1's mount namespace"), "{err}");
     assert_eq!(std::fs::read_to_string(host.config()).expect("config"), original);
+    // A restart that stopped containerd and could not start it with the new config: the old
+    // config goes back, and containerd is restarted with it (this command fails its first
+    // run only).
+    let flaky = format!("echo restart >> {0}; [ $(wc -l < {0}) -ge 2 ]", host.restarts.display());
+    let out = installer(&host.args("install", &flaky));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("left as it was (containerd restarted with it)"), "{err}");
+    assert_eq!(std::fs::read_to_string(host.config()).expect("config"), original);
+    assert_eq!(host.restart_count(), 2, "the failed restart, then the one with the old config");
+    std::fs::remove_file(&host.restarts).expect("reset the count");
     // A working restart afterwards does the whole change.
     let restart = host.restart_cmd();
     ok(&host.args("install", &restart));
     assert_eq!(host.restart_count(), 1);
+}
+
+/// Two installers at once (two runtime classes' DaemonSets): each reads, changes and writes
+/// containerd's config and restarts it; neither handler may be lost.
+#[test]
+fn installers_at_once_keep_each_other_s_handler() {
+    let host = Host::new();
+    std::fs::write(host.config(), "version = 2\n").expect("write");
+    // A slow restart widens the window between one installer's read and its write.
+    let restart = format!("sleep 1; echo restart >> {}", host.restarts.display());
+    let memories = ["1024", "2048"];
+    let settings: Vec<String> = memories.iter().map(|m| format!("hypervisor.qemu.default_memory={m}")).collect();
+    let runs: Vec<_> = settings
+        .iter()
+        .map(|set| {
+            let mut args: Vec<String> = host.args("install", &restart).iter().map(|a| a.to_string()).collect();
+            args.extend(["--set".to_owned(), set.clone()]);
+            std::thread::spawn(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                ok(&args)
+            })
+        })
+        .collect();
+    for run in runs {
+        run.join().expect("installer thread");
+    }
+    let config = std::fs::read_to_string(host.config()).expect("config");
+    for set in &settings {
+        let payload = host.payload.to_str().expect("utf-8 path");
+        let handler = ok(&["handler", "--platform", "insecure", "--payload", payload, "--set", set]).trim().to_owned();
+        assert!(config.contains(&format!("runtimes.{handler}]")), "{handler} lost:\n{config}");
+    }
+    assert_eq!(host.restart_count(), 2);
 }
 
 /// Confidential platforms boot the bzImage through the firmware the payload ships; the
