@@ -1,7 +1,7 @@
 //! `install` and `uninstall` on a node's file system.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -230,6 +230,16 @@ fn read_containerd_config(node: &Node) -> Result<(PathBuf, Option<String>)> {
         candidates.push(node.host(rendered));
     }
     for path in candidates {
+        // A link (NixOS keeps /etc files as links into its store): seen from the installer's
+        // container an absolute one dangles and would read as "no config", and the new file
+        // would replace the link, dropping every setting. The file it names is to be edited.
+        if let Ok(target) = std::fs::read_link(&path) {
+            bail!(
+                "containerd config {} is a symbolic link (to {}); name the file itself with --containerd-config",
+                path.display(),
+                target.display()
+            );
+        }
         match std::fs::read_to_string(&path) {
             Ok(text) => return Ok((path, Some(text))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -350,7 +360,10 @@ fn link_if_changed(link: &Path, target: &Path) -> Result<bool> {
 fn write_temp(dir: &Path, path: &Path, data: &[u8]) -> Result<PathBuf> {
     let name = path.file_name().context("path without a name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.contrast-tmp-{}", std::process::id()));
-    let result = std::fs::File::create(&tmp).and_then(|mut f| {
+    // Readable by its owner only until its mode is set: a config with registry credentials
+    // (0600) must not be world-readable for a moment, nor stay so after a crash.
+    let created = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp);
+    let result = created.and_then(|mut f| {
         f.write_all(data)?;
         f.sync_all()
     });
@@ -373,11 +386,18 @@ fn replace_file(path: &Path, text: &str) -> Result<Option<PathBuf>> {
     let mode = old.as_ref().map_or(0o644, |m| m.permissions().mode() & 0o7777);
     let mut backup = None;
     let result = (|| -> Result<()> {
+        if let Some(m) = &old {
+            std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid()))?;
+        }
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
         if old.is_some() {
             let b = backup_name(path);
             std::fs::copy(path, &b).with_context(|| format!("backing up to {}", b.display()))?;
-            backup = Some(b);
+            backup = Some(b.clone());
+            // `copy` keeps the mode; the owner too, as the config's.
+            if let Some(m) = &old {
+                std::os::unix::fs::chown(&b, Some(m.uid()), Some(m.gid()))?;
+            }
         }
         std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
         Ok(())

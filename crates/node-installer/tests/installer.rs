@@ -363,6 +363,41 @@ fn failed_restart_leaves_the_config_as_it_was() {
     assert_eq!(host.restart_count(), 1);
 }
 
+/// A config only its owner may read (registry credentials) keeps its mode and owner, and so
+/// does its backup.
+#[test]
+fn the_config_keeps_its_mode_and_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let host = Host::new();
+    std::fs::write(host.config(), "version = 2\n").expect("write");
+    std::fs::set_permissions(host.config(), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::os::unix::fs::chown(host.config(), Some(1234), Some(5678)).expect("chown");
+    let restart = host.restart_cmd();
+    ok(&host.args("install", &restart));
+    let [backup] = &backups(&host.config())[..] else { panic!("one backup") };
+    for file in [host.config(), backup.clone()] {
+        let m = std::fs::metadata(&file).expect("metadata");
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o600, 1234, 5678), "{}", file.display());
+    }
+}
+
+/// A config that is a link (NixOS's /etc) is refused, not replaced by a fresh file.
+#[test]
+fn a_linked_config_is_refused_and_left_alone() {
+    let host = Host::new();
+    let real = host.root.join("etc/static-containerd.toml");
+    std::fs::write(&real, "version = 2\n# managed elsewhere\n").expect("write");
+    std::os::unix::fs::symlink("/etc/static-containerd.toml", host.config()).expect("link");
+    let out = installer(&host.args("install", &host.restart_cmd()));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a symbolic link") && err.contains("--containerd-config"), "{err}");
+    assert!(std::fs::symlink_metadata(host.config()).expect("still there").file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&real).expect("real"), "version = 2\n# managed elsewhere\n");
+    assert!(!host.root.join("opt").exists(), "files installed for a refused config");
+    assert_eq!(host.restart_count(), 0);
+}
+
 /// Two installers at once (two runtime classes' DaemonSets): each reads, changes and writes
 /// containerd's config and restarts it; neither handler may be lost.
 #[test]
