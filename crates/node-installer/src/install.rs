@@ -69,6 +69,31 @@ impl Node {
         }
     }
 
+    /// The shim (as containerd sees it) of the installed handler whose shim was written last:
+    /// a re-run of an older release's installer, whose files are already there and so not
+    /// written again, does not move containerd 1.6 back to its shim.
+    fn newest_shim(&self) -> Result<Option<PathBuf>> {
+        let base = self.host(&self.install_base);
+        let entries = match std::fs::read_dir(&base) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", base.display())),
+        };
+        let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(handler) = name.to_str().filter(|n| n.starts_with("contrast-cc-")) else { continue };
+            let Ok(written) = std::fs::metadata(entry.path().join("bin").join(SHIM)).and_then(|m| m.modified()) else {
+                continue;
+            };
+            if newest.as_ref().is_none_or(|(t, _)| written > *t) {
+                let shim = self.seen_by_containerd(&self.handler_dir(handler).join("bin").join(SHIM));
+                newest = Some((written, shim));
+            }
+        }
+        Ok(newest.map(|(_, shim)| shim))
+    }
+
     /// Host path of `<containerd opt dir>/bin/<shim>`.
     fn shim_link(&self, config: &Config) -> PathBuf {
         self.host(&self.node_path_of(Path::new(&config.opt_dir())).join("bin").join(SHIM))
@@ -129,9 +154,10 @@ pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
         out.files_written += 1;
     }
     // containerd 1.6 ignores `runtime_path` when it starts a sandbox's shim and looks the binary
-    // up by name on its PATH, which includes its opt dir's bin/: link the newest handler's shim
-    // there (1.7 and later use `runtime_path`, so each handler keeps its own shim).
-    if link_if_changed(&node.shim_link(&config), Path::new(&handler.runtime_path))? {
+    // up by name on its PATH, which includes its opt dir's bin/: link the newest installed
+    // handler's shim there (1.7 and later use `runtime_path`, so each handler keeps its own).
+    let newest = node.newest_shim()?.unwrap_or_else(|| PathBuf::from(&handler.runtime_path));
+    if link_if_changed(&node.shim_link(&config), &newest)? {
         out.files_written += 1;
     }
     let target = node.host(&node.containerd_config);
@@ -209,13 +235,20 @@ pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
     }
     let link = node.shim_link(&config);
     let ours = node.seen_by_containerd(&node.handler_dir(handler));
-    if std::fs::read_link(&link).is_ok_and(|target| target.starts_with(&ours)) {
-        std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
-        out.files_written += 1;
-    }
+    let was_ours = std::fs::read_link(&link).is_ok_and(|target| target.starts_with(&ours));
     let dir = node.host(&node.handler_dir(handler));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        out.files_written += 1;
+    }
+    // The handlers still installed keep a shim on containerd 1.6's PATH.
+    if was_ours {
+        match node.newest_shim()? {
+            Some(other) => link_if_changed(&link, &other)?,
+            None => {
+                std::fs::remove_file(&link).map(|_| true).with_context(|| format!("removing {}", link.display()))?
+            }
+        };
         out.files_written += 1;
     }
     Ok(out)

@@ -398,6 +398,43 @@ fn a_linked_config_is_refused_and_left_alone() {
     assert_eq!(host.restart_count(), 0);
 }
 
+/// containerd 1.6 finds the shim by name in its opt dir's bin/: the link there names the
+/// shim written last, a re-run of an older install does not move it back, and removing the
+/// handler it names moves it to one still installed.
+#[test]
+fn the_opt_dir_shim_link_follows_the_installed_handlers() {
+    let host = Host::new();
+    std::fs::write(host.config(), "version = 2\n").expect("write");
+    let restart = host.restart_cmd();
+    let payload = host.payload.to_str().expect("utf-8 path");
+    let install = |memory: &str| {
+        let set = format!("hypervisor.qemu.default_memory={memory}");
+        let mut args = host.args("install", &restart);
+        args.extend(["--set", &set]);
+        ok(&args);
+        ok(&["handler", "--platform", "insecure", "--payload", payload, "--set", &set]).trim().to_owned()
+    };
+    let uninstall = |handler: &str| {
+        let mut args = host.args("uninstall", &restart);
+        args.extend(["--handler", handler]);
+        ok(&args);
+    };
+    let link = host.root.join("opt/containerd/bin/containerd-shim-contrast-cc-v2");
+    let shim_of =
+        |handler: &str| Some(PathBuf::from(format!("/opt/contrast/{handler}/bin/containerd-shim-contrast-cc-v2")));
+    let older = install("1024");
+    // Modification times are the order: apart by more than their resolution.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let newer = install("2048");
+    assert_eq!(std::fs::read_link(&link).ok(), shim_of(&newer));
+    install("1024");
+    assert_eq!(std::fs::read_link(&link).ok(), shim_of(&newer), "a re-run of the older one moved it back");
+    uninstall(&newer);
+    assert_eq!(std::fs::read_link(&link).ok(), shim_of(&older), "the handler still installed lost its shim");
+    uninstall(&older);
+    assert!(std::fs::symlink_metadata(&link).is_err(), "the link outlived every handler");
+}
+
 /// Two installers at once (two runtime classes' DaemonSets): each reads, changes and writes
 /// containerd's config and restarts it; neither handler may be lost.
 #[test]
