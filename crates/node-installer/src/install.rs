@@ -210,14 +210,20 @@ pub fn write_node_feature(node: &Node, handler: &str) -> Result<()> {
     std::fs::write(&path, format!("{handler}=true\n")).with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
-    let _lock = lock_node(node)?;
+/// Removes the feature file that labels the node as able to run `handler` (gone already is
+/// fine).
+pub fn remove_node_feature(node: &Node, handler: &str) -> Result<()> {
     let feature = node.host(&Path::new(NFD_FEATURES_DIR).join(handler));
     match std::fs::remove_file(&feature) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", feature.display())),
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", feature.display())),
     }
+}
+
+pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
+    let _lock = lock_node(node)?;
+    remove_node_feature(node, handler)?;
     let (config_file, original) = read_containerd_config(node)?;
     let mut out = Outcome::default();
     let mut config =

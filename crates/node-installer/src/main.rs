@@ -38,6 +38,8 @@ check/install/uninstall:
   --qemu PATH              node path of QEMU when the payload ships none (default /usr/bin/qemu-system-x86_64)
 install:
   --force                  install even when `check` finds the node cannot run the platform
+  --skip-unready           on such a node install nothing, remove the handler's node label, exit 0
+                           (the DaemonSet's way: no crash loop on nodes of another platform)
 uninstall:
   --handler NAME           remove this handler instead of the payload's
 manifests:
@@ -67,6 +69,7 @@ struct Args {
     namespace: Option<String>,
     pause_image: Option<String>,
     force: bool,
+    skip_unready: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -84,6 +87,7 @@ fn parse_args() -> Result<Args> {
             "--containerd-config" => a.containerd_config = Some(value()?.into()),
             "--k3s" => a.k3s = true,
             "--force" => a.force = true,
+            "--skip-unready" => a.skip_unready = true,
             "--restart-command" => a.restart_command = Some(value()?),
             "--restart-unit" => a.restart_unit = Some(value()?),
             "--qemu" => a.qemu = Some(value()?.into()),
@@ -149,6 +153,18 @@ fn run() -> Result<()> {
         "install" => {
             let p = load()?;
             let readiness = readiness(&a, &p);
+            if !readiness.ready() && !a.force && a.skip_unready {
+                // A node that cannot (or no longer can) run the platform gets no pods of it.
+                install::remove_node_feature(&node(&a), &p.handler)?;
+                println!(
+                    "{}: this node cannot run platform {}; nothing installed, not labelled {}:\n{}",
+                    p.handler,
+                    p.platform,
+                    install::node_label(&p.handler),
+                    readiness.render().trim_end()
+                );
+                return Ok(());
+            }
             if !readiness.ready() && !a.force {
                 bail!(
                     "this node cannot run platform {}; install refused (--force installs anyway):\n{}",

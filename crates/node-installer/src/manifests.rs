@@ -67,6 +67,8 @@ pub fn render(payload: &Payload, opts: &Options) -> Result<String> {
         HOST_ROOT.to_owned(),
         "--payload".to_owned(),
         PAYLOAD.to_owned(),
+        // Nodes of another platform (or none) in the cluster: no crash loop there, and no label.
+        "--skip-unready".to_owned(),
     ];
     for s in &opts.settings {
         args.push("--set".to_owned());

@@ -521,11 +521,21 @@ fn install_refuses_a_node_that_fails_check_unless_forced() {
     let out = installer(&check);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("platform insecure: NOT ready: vsock"));
+    // The DaemonSet's way: nothing installed, the label of an earlier install removed, exit 0.
+    let features = host.root.join("etc/kubernetes/node-feature-discovery/features.d");
+    std::fs::create_dir_all(&features).expect("features dir");
+    std::fs::write(features.join(host.handler()), "from before\n").expect("stale label");
+    let mut skipping = host.args("install", &restart);
+    skipping.push("--skip-unready");
+    let said = ok(&skipping);
+    assert!(said.contains("cannot run platform insecure") && said.contains("MISSING  vsock"), "{said}");
+    assert!(!features.join(host.handler()).exists(), "the stale label stays");
+    assert!(!host.root.join("opt/contrast").exists(), "installed on a node that fails check");
+    assert_eq!(host.restart_count(), 0);
     let mut forced = host.args("install", &restart);
     forced.push("--force");
     ok(&forced);
     assert_eq!(host.restart_count(), 1);
-    let features = host.root.join("etc/kubernetes/node-feature-discovery/features.d");
     assert!(!features.join(host.handler()).exists(), "a node that fails check is not labelled");
 }
 
