@@ -128,8 +128,11 @@ payload: shim image
 	cp packaging/config/configuration-*.toml $(PAYLOAD)/config/
 
 # RuntimeClass + DaemonSet for PLATFORM (default insecure), named after the payload's hash.
+# REGISTRY: where the nodes pull the installer image from (REGISTRY/contrast-node-installer:…).
+REGISTRY ?=
+REGISTRY_ARG = $(if $(REGISTRY),--registry $(REGISTRY))
 manifests: installer payload
-	$(INSTALLER_BIN) manifests --platform $(PLATFORM) --payload $(PAYLOAD) > $(BUILD)/contrast-$(PLATFORM).yaml
+	$(INSTALLER_BIN) manifests --platform $(PLATFORM) --payload $(PAYLOAD) $(REGISTRY_ARG) > $(BUILD)/contrast-$(PLATFORM).yaml
 	@echo "manifests: $(BUILD)/contrast-$(PLATFORM).yaml"
 
 # The installer's container image (FROM scratch), where podman or docker runs.
@@ -139,7 +142,7 @@ installer-image: installer payload
 	cp -r $(PAYLOAD) $(BUILD)/installer-context/payload
 	BUILDER=$$(command -v podman || command -v docker) || { echo "installer-image: needs podman or docker" >&2; exit 1; }; \
 	$$BUILDER build -f packaging/node-installer/Containerfile \
-		-t $$($(INSTALLER_BIN) image-ref --payload $(PAYLOAD)) $(BUILD)/installer-context
+		-t $$($(INSTALLER_BIN) image-ref --payload $(PAYLOAD) $(REGISTRY_ARG)) $(BUILD)/installer-context
 
 lint:
 	$(CARGO) fmt --all -- --check

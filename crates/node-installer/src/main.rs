@@ -44,6 +44,8 @@ uninstall:
   --handler NAME           remove this handler instead of the payload's
 manifests:
   --image REF              installer image (default: what `image-ref` prints, the tag `make installer-image` gives)
+  --registry REG           (manifests, image-ref) the registry the nodes pull the installer image from:
+                           REG/contrast-node-installer:<version>-<hash>
 image-ref:                 contrast-node-installer:<version>-<hash of this binary and the whole payload>
   --namespace NS           DaemonSet namespace (default kube-system)
   --pause-image REF        main container (default registry.k8s.io/pause:3.9)";
@@ -68,6 +70,7 @@ struct Args {
     image: Option<String>,
     namespace: Option<String>,
     pause_image: Option<String>,
+    registry: Option<String>,
     force: bool,
     skip_unready: bool,
 }
@@ -95,6 +98,7 @@ fn parse_args() -> Result<Args> {
             "--image" => a.image = Some(value()?),
             "--namespace" => a.namespace = Some(value()?),
             "--pause-image" => a.pause_image = Some(value()?),
+            "--registry" => a.registry = Some(value()?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -116,7 +120,11 @@ fn main() {
 fn image_ref(a: &Args) -> Result<String> {
     let dir = a.payload.clone().unwrap_or_else(|| PathBuf::from("/contrast"));
     let installer = std::env::current_exe().context("finding the installer binary")?;
-    payload::image_ref(&dir, &installer)
+    let name = payload::image_ref(&dir, &installer)?;
+    Ok(match a.registry.as_deref().map(|r| r.trim_end_matches('/')) {
+        Some(registry) if !registry.is_empty() => format!("{registry}/{name}"),
+        _ => name,
+    })
 }
 
 fn run() -> Result<()> {
@@ -134,7 +142,17 @@ fn run() -> Result<()> {
             let opts = manifests::Options {
                 image: match a.image.clone() {
                     Some(image) => image,
-                    None => image_ref(&a)?,
+                    None => {
+                        let image = image_ref(&a)?;
+                        if a.registry.is_none() {
+                            eprintln!(
+                                "note: the installer image {image} names no registry; kubelet pulls it as \
+                                 docker.io/library/{image} unless each node has it. Push it to a registry \
+                                 and pass --registry (make installer-image manifests REGISTRY=…)"
+                            );
+                        }
+                        image
+                    }
                 },
                 namespace: a.namespace.clone().unwrap_or_else(|| "kube-system".into()),
                 pause_image: a.pause_image.clone().unwrap_or_else(|| "registry.k8s.io/pause:3.9".into()),

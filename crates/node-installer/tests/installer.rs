@@ -324,6 +324,13 @@ fn the_default_installer_image_is_named_after_the_payload() {
     // --image still wins.
     let given = ok(&["manifests", "--platform", "insecure", "--payload", payload, "--image", "registry.example/i:1"]);
     assert!(given.contains("image: registry.example/i:1\n"), "{given}");
+    // With the registry the nodes pull from: the same content-addressed name under it, for
+    // `make installer-image` and the manifests alike.
+    let under = ok(&["image-ref", "--payload", payload, "--registry", "registry.example/contrast/"]).trim().to_owned();
+    assert_eq!(under, format!("registry.example/contrast/{changed}"));
+    let pulled =
+        ok(&["manifests", "--platform", "insecure", "--payload", payload, "--registry", "registry.example/contrast"]);
+    assert!(pulled.contains(&format!("image: {under}\n")), "{pulled}");
 }
 
 #[test]
