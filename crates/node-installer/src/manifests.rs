@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, HostPathVolumeSource, PodSpec, PodTemplateSpec, SecurityContext, Volume, VolumeMount,
+    Container, HostPathVolumeSource, PodSpec, PodTemplateSpec, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::node::v1::{Overhead, RuntimeClass, Scheduling};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -102,6 +102,11 @@ pub fn render(payload: &Payload, opts: &Options) -> Result<String> {
                 spec: Some(PodSpec {
                     // systemctl in PID 1's mount namespace is the restart fallback.
                     host_pid: Some(true),
+                    // It talks to no API server.
+                    automount_service_account_token: Some(false),
+                    // Nodes set aside for confidential pods are often tainted; the installer
+                    // decides for itself whether a node can run the platform.
+                    tolerations: Some(vec![Toleration { operator: Some("Exists".to_owned()), ..Default::default() }]),
                     init_containers: Some(vec![installer]),
                     containers: vec![pause],
                     volumes: Some(vec![Volume {

@@ -294,6 +294,10 @@ fn manifests_are_kubernetes_objects_with_matching_names() {
     assert_eq!(init.volume_mounts.as_ref().expect("mounts")[0].mount_path, "/host");
     assert_eq!(spec.volumes.expect("volumes")[0].host_path.as_ref().expect("hostPath").path, "/");
     assert_eq!(spec.containers[0].name, "pause");
+    assert!(args.iter().any(|a| a == "--skip-unready"), "{args:?}");
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let tolerations = spec.tolerations.expect("tolerations");
+    assert!(tolerations.iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()), "{tolerations:?}");
 }
 
 /// The DaemonSet's image by default is the one `make installer-image` tags (`image-ref`):
