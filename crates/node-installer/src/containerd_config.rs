@@ -56,6 +56,20 @@ impl Config {
         Ok(Config { doc, version })
     }
 
+    /// The `imports` entries: drop-in files, the last component possibly a `*`/`?` pattern.
+    pub fn imports(&self) -> Vec<String> {
+        let Some(list) = self.doc.get("imports").and_then(Item::as_array) else { return Vec::new() };
+        list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+    }
+
+    /// Whether an imported file's `text` has a table of the CRI plugin our runtime lives under:
+    /// containerd 1.x puts each plugin table of an import in place of the main file's (it does
+    /// not merge them), so our runtime would be gone.
+    pub fn import_replaces_runtimes(&self, text: &str) -> bool {
+        let plugin = runtimes_path(self.version).map_or("io.containerd.grpc.v1.cri", |p| p[1]);
+        text.parse::<DocumentMut>().ok().is_some_and(|d| d.get("plugins").and_then(|p| p.get(plugin)).is_some())
+    }
+
     pub fn to_text(&self) -> String {
         self.doc.to_string()
     }

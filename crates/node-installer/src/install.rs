@@ -140,6 +140,15 @@ pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
     let mut config =
         Config::parse(original.as_deref()).with_context(|| format!("containerd config {}", config_file.display()))?;
     config.set_handler(&handler)?;
+    for file in imports_replacing_runtimes(node, &config, &config_file) {
+        eprintln!(
+            "warning: {} (imported by {}) has its own table of the CRI plugin: containerd 1.x puts it in \
+             place of the main file's, without runtime {}; add the runtime there, or move that table",
+            file.display(),
+            config_file.display(),
+            handler.name
+        );
+    }
     let updated = config.to_text();
 
     let mut out = Outcome::default();
@@ -170,6 +179,52 @@ pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
     restart_or_undo(node, &target, existing.as_deref(), out.backup.as_deref())?;
     out.restarted = true;
     Ok(out)
+}
+
+/// The files `config` imports (node paths resolved below the host root, a `*`/`?` pattern
+/// in the last component expanded) that would replace the table our runtime is in.
+fn imports_replacing_runtimes(node: &Node, config: &Config, config_file: &Path) -> Vec<PathBuf> {
+    let dir = config_file.parent().unwrap_or(Path::new("/"));
+    let mut found = Vec::new();
+    for import in config.imports() {
+        // Relative to the main file's directory, as containerd takes them.
+        let path = if import.starts_with('/') { node.host(Path::new(&import)) } else { dir.join(&import) };
+        let (Some(parent), Some(pattern)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+            continue;
+        };
+        let files: Vec<PathBuf> = if pattern.contains(['*', '?']) {
+            let Ok(entries) = std::fs::read_dir(parent) else { continue };
+            let mut names: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(|n| wildcard_match(pattern, n)))
+                .map(|e| e.path())
+                .collect();
+            names.sort();
+            names
+        } else {
+            vec![path.clone()]
+        };
+        for file in files {
+            if std::fs::read_to_string(&file).is_ok_and(|text| config.import_replaces_runtimes(&text)) {
+                found.push(file);
+            }
+        }
+    }
+    found
+}
+
+/// Shell-style `*` and `?` matching of a whole file name.
+fn wildcard_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            Some(('?', rest)) => !n.is_empty() && go(rest, &n[1..]),
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    go(&p, &n)
 }
 
 /// Restarts containerd after `target` was changed. If that fails, the old config goes back
@@ -523,4 +578,20 @@ fn systemctl_in_pid1_mount_namespace(args: &[&str]) -> Result<std::process::Outp
         });
     }
     cmd.output().context("running systemctl in PID 1's mount namespace")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard_match;
+
+    #[test]
+    fn import_patterns_match_whole_names() {
+        for (pattern, name) in [("*.toml", "99-nvidia.toml"), ("*", "x"), ("a?c.toml", "abc.toml"), ("x*y*z", "xaybz")]
+        {
+            assert!(wildcard_match(pattern, name), "{pattern} {name}");
+        }
+        for (pattern, name) in [("*.toml", "a.toml.bak"), ("a?c", "ac"), ("abc", "abcd"), ("x*y", "xz")] {
+            assert!(!wildcard_match(pattern, name), "{pattern} {name}");
+        }
+    }
 }

@@ -446,6 +446,30 @@ fn the_opt_dir_shim_link_follows_the_installed_handlers() {
     assert!(std::fs::symlink_metadata(&link).is_err(), "the link outlived every handler");
 }
 
+/// A drop-in with its own CRI plugin table (containerd 1.x puts it in place of the main
+/// file's, our runtime with it): the install goes on and says so, naming the file.
+#[test]
+fn an_import_that_replaces_the_cri_plugin_is_named() {
+    let host = Host::new();
+    std::fs::write(host.config(), "version = 2\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n").expect("write");
+    let drop_ins = host.root.join("etc/containerd/conf.d");
+    std::fs::create_dir_all(&drop_ins).expect("conf.d");
+    std::fs::write(
+        drop_ins.join("99-gpu.toml"),
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\ndefault_runtime_name = \"gpu\"\n",
+    )
+    .expect("drop-in");
+    std::fs::write(drop_ins.join("10-registry.toml"), "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n")
+        .expect("drop-in");
+    std::fs::write(drop_ins.join("20-other.toml"), "version = 2\n[plugins.\"io.containerd.internal.v1.opt\"]\n")
+        .expect("drop-in");
+    let out = installer(&host.args("install", &host.restart_cmd()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("conf.d/99-gpu.toml (imported by") && err.contains("conf.d/10-registry.toml"), "{err}");
+    assert!(!err.contains("20-other.toml"), "{err}");
+}
+
 /// Two installers at once (two runtime classes' DaemonSets): each reads, changes and writes
 /// containerd's config and restarts it; neither handler may be lost.
 #[test]
