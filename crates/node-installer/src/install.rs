@@ -69,29 +69,24 @@ impl Node {
         }
     }
 
-    /// The shim (as containerd sees it) of the installed handler whose shim was written last:
-    /// a re-run of an older release's installer, whose files are already there and so not
-    /// written again, does not move containerd 1.6 back to its shim.
-    fn newest_shim(&self) -> Result<Option<PathBuf>> {
-        let base = self.host(&self.install_base);
-        let entries = match std::fs::read_dir(&base) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", base.display())),
-        };
-        let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(handler) = name.to_str().filter(|n| n.starts_with("contrast-cc-")) else { continue };
-            let Ok(written) = std::fs::metadata(entry.path().join("bin").join(SHIM)).and_then(|m| m.modified()) else {
+    /// The shim (as containerd sees it) of the handler `config` lists, other than `except`,
+    /// whose shim was written last (ties: the greater name): a re-run of an older release's
+    /// installer, whose files are already there and so not written again, does not move
+    /// containerd 1.6 back to its shim, and a directory no config names (an install undone)
+    /// is not chosen.
+    fn newest_shim(&self, config: &Config, except: Option<&str>) -> Result<Option<PathBuf>> {
+        let mut newest: Option<(std::time::SystemTime, String)> = None;
+        for handler in config.handlers() {
+            if except == Some(handler.as_str()) {
                 continue;
-            };
-            if newest.as_ref().is_none_or(|(t, _)| written > *t) {
-                let shim = self.seen_by_containerd(&self.handler_dir(handler).join("bin").join(SHIM));
-                newest = Some((written, shim));
+            }
+            let shim = self.host(&self.handler_dir(&handler).join("bin").join(SHIM));
+            let Ok(written) = std::fs::metadata(&shim).and_then(|m| m.modified()) else { continue };
+            if newest.as_ref().is_none_or(|(t, name)| (written, &handler) > (*t, name)) {
+                newest = Some((written, handler));
             }
         }
-        Ok(newest.map(|(_, shim)| shim))
+        Ok(newest.map(|(_, handler)| self.seen_by_containerd(&self.handler_dir(&handler).join("bin").join(SHIM))))
     }
 
     /// Host path of `<containerd opt dir>/bin/<shim>`.
@@ -112,16 +107,30 @@ const LOCK_FILE: &str = "/run/contrast-node-installer.lock";
 /// write back the containerd config it read, and the last write would drop the other's
 /// handler while both reported success.
 fn lock_node(node: &Node) -> Result<std::fs::File> {
-    let path = node.host(Path::new(LOCK_FILE));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let open = |path: &Path| -> Result<std::fs::File> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))
+    };
+    let mut path = node.host(Path::new(LOCK_FILE));
+    let file = match open(&path) {
+        Ok(f) => f,
+        // The node's / mounted without its /run (not recursively, so a read-only /run of the
+        // root file system): beside the install base instead.
+        Err(e) => {
+            path = node.host(&node.install_base).with_extension("installer.lock");
+            open(&path).map_err(|e2| e2.context(format!("(and {e:#})")))?
+        }
+    };
+    if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
+        eprintln!("waiting for another installer on this node (lock {})", path.display());
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
     file.lock().with_context(|| format!("locking {}", path.display()))?;
     Ok(file)
 }
@@ -153,10 +162,12 @@ pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
 
     let mut out = Outcome::default();
     let host_dir = node.host(&dir);
+    let mut wrote_shim = false;
     for f in &payload.files {
         let data = std::fs::read(&f.source).with_context(|| format!("reading {}", f.source.display()))?;
         if write_if_changed(&host_dir.join(&f.rel), &data, f.mode)? {
             out.files_written += 1;
+            wrote_shim |= f.rel == format!("bin/{SHIM}");
         }
     }
     if write_if_changed(&host_dir.join("etc/configuration.toml"), runtime_config.as_bytes(), 0o644)? {
@@ -165,7 +176,12 @@ pub fn install(node: &Node, payload: &Payload) -> Result<Outcome> {
     // containerd 1.6 ignores `runtime_path` when it starts a sandbox's shim and looks the binary
     // up by name on its PATH, which includes its opt dir's bin/: link the newest installed
     // handler's shim there (1.7 and later use `runtime_path`, so each handler keeps its own).
-    let newest = node.newest_shim()?.unwrap_or_else(|| PathBuf::from(&handler.runtime_path));
+    // Its own shim when this run wrote it (whatever the clock says of the others).
+    let newest = if wrote_shim {
+        PathBuf::from(&handler.runtime_path)
+    } else {
+        node.newest_shim(&config, None)?.unwrap_or_else(|| PathBuf::from(&handler.runtime_path))
+    };
     if link_if_changed(&node.shim_link(&config), &newest)? {
         out.files_written += 1;
     }
@@ -296,20 +312,20 @@ pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
     }
     let link = node.shim_link(&config);
     let ours = node.seen_by_containerd(&node.handler_dir(handler));
-    let was_ours = std::fs::read_link(&link).is_ok_and(|target| target.starts_with(&ours));
-    let dir = node.host(&node.handler_dir(handler));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        out.files_written += 1;
-    }
-    // The handlers still installed keep a shim on containerd 1.6's PATH.
-    if was_ours {
-        match node.newest_shim()? {
+    // The handlers still installed keep a shim on containerd 1.6's PATH (re-pointed before
+    // this one's goes, so the link never names a removed shim).
+    if std::fs::read_link(&link).is_ok_and(|target| target.starts_with(&ours)) {
+        match node.newest_shim(&config, Some(handler))? {
             Some(other) => link_if_changed(&link, &other)?,
             None => {
                 std::fs::remove_file(&link).map(|_| true).with_context(|| format!("removing {}", link.display()))?
             }
         };
+        out.files_written += 1;
+    }
+    let dir = node.host(&node.handler_dir(handler));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         out.files_written += 1;
     }
     Ok(out)
@@ -545,7 +561,10 @@ fn restart(node: &Node) -> Result<()> {
             let bus = node.host(Path::new("/run/dbus/system_bus_socket"));
             match crate::systemd::restart_unit(&bus, unit, RESTART_TIMEOUT) {
                 Ok(()) => Ok(()),
-                Err(dbus) => {
+                // The restart ran and containerd did not come back: restarting it again the
+                // other way would only fail again (and count towards systemd's start limit).
+                Err(crate::systemd::RestartError::Failed(e)) => Err(e.context(format!("restarting {unit} over D-Bus"))),
+                Err(crate::systemd::RestartError::NotStarted(dbus)) => {
                     let fallback = match systemctl_in_pid1_mount_namespace(&["restart", unit]) {
                         Ok(out) if out.status.success() => return Ok(()),
                         Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),

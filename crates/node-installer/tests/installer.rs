@@ -351,7 +351,8 @@ fn failed_restart_leaves_the_config_as_it_was() {
     // Without a restart command and without systemd, both systemd routes fail and say why.
     let mut args = host.args("install", "");
     args.truncate(args.len() - 2);
-    args.extend(["--restart-unit", "containerd.service"]);
+    // A unit no node has: on a machine with systemd the fallback must not restart its containerd.
+    args.extend(["--restart-unit", "contrast-test-no-such-unit.service"]);
     let out = installer(&args);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -471,15 +472,19 @@ fn an_import_that_replaces_the_cri_plugin_is_named() {
 }
 
 /// Two installers at once (two runtime classes' DaemonSets): each reads, changes and writes
-/// containerd's config and restarts it; neither handler may be lost.
+/// containerd's config and restarts it; they take turns, and neither handler is lost.
 #[test]
 fn installers_at_once_keep_each_other_s_handler() {
     let host = Host::new();
     std::fs::write(host.config(), "version = 2\n").expect("write");
-    // A slow restart widens the window between one installer's read and its write.
-    let restart = format!("sleep 1; echo restart >> {}", host.restarts.display());
-    let memories = ["1024", "2048"];
-    let settings: Vec<String> = memories.iter().map(|m| format!("hypervisor.qemu.default_memory={m}")).collect();
+    let restart = host.restart_cmd();
+    // The lock they take turns on, held here first: neither may finish while it is held.
+    let lock_path = host.root.join("run/contrast-node-installer.lock");
+    std::fs::create_dir_all(lock_path.parent().expect("run")).expect("run dir");
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).expect("lock");
+    lock.lock().expect("taken");
+    let settings: Vec<String> =
+        ["1024", "2048"].iter().map(|m| format!("hypervisor.qemu.default_memory={m}")).collect();
     let runs: Vec<_> = settings
         .iter()
         .map(|set| {
@@ -487,12 +492,17 @@ fn installers_at_once_keep_each_other_s_handler() {
             args.extend(["--set".to_owned(), set.clone()]);
             std::thread::spawn(move || {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                ok(&args)
+                installer(&args)
             })
         })
         .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(runs.iter().all(|r| !r.is_finished()), "an installer went on while the lock was held");
+    assert_eq!(host.restart_count(), 0);
+    lock.unlock().expect("released");
     for run in runs {
-        run.join().expect("installer thread");
+        let out = run.join().expect("installer thread");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let config = std::fs::read_to_string(host.config()).expect("config");
     for set in &settings {
