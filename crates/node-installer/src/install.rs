@@ -292,8 +292,42 @@ pub fn remove_node_feature(node: &Node, handler: &str) -> Result<()> {
     }
 }
 
-pub fn uninstall(node: &Node, handler: &str) -> Result<Outcome> {
+/// The processes started from `handler`'s directory — its shims, each serving pods of the
+/// handler — as (pid, command line), from `/proc` (the node's, with `hostPID`). A process's
+/// binary is read through `/proc/<pid>/exe`, which names the node's path even from the
+/// installer's mount namespace (and the host path when they are one).
+pub fn handler_processes(node: &Node, handler: &str) -> Vec<(i32, String)> {
+    let dirs = [node.seen_by_containerd(&node.handler_dir(handler)), node.host(&node.handler_dir(handler))];
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else { continue };
+        if dirs.iter().any(|d| exe.starts_with(d)) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let words: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            found.push((pid, words.join(" ")));
+        }
+    }
+    found
+}
+
+/// Removes `handler` from the node. Refused while shims of it run (unless `force`): their
+/// pods would outlive the files containerd's cleanup of a dead shim needs (`<shim> delete`).
+pub fn uninstall(node: &Node, handler: &str, force: bool) -> Result<Outcome> {
     let _lock = lock_node(node)?;
+    let running = handler_processes(node, handler);
+    if !running.is_empty() && !force {
+        let list: Vec<String> = running.iter().map(|(pid, cmd)| format!("pid {pid}: {cmd}")).collect();
+        bail!(
+            "{handler} still runs on this node ({}); delete its pods first (--force removes it anyway)",
+            list.join("; ")
+        );
+    }
     remove_node_feature(node, handler)?;
     let (config_file, original) = read_containerd_config(node)?;
     let mut out = Outcome::default();

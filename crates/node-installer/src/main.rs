@@ -42,6 +42,7 @@ install:
                            (the DaemonSet's way: no crash loop on nodes of another platform)
 uninstall:
   --handler NAME           remove this handler instead of the payload's
+  --force                  remove it even while shims of it run (pods of it on the node)
 manifests:
   --image REF              installer image (default: what `image-ref` prints, the tag `make installer-image` gives)
   --registry REG           (manifests, image-ref) the registry the nodes pull the installer image from:
@@ -210,7 +211,7 @@ fn run() -> Result<()> {
             if !handler.starts_with("contrast-cc-") || handler.contains('/') {
                 bail!("{handler:?} is not a Contrast runtime handler name");
             }
-            let out = install::uninstall(&node(&a), &handler)?;
+            let out = install::uninstall(&node(&a), &handler, a.force)?;
             report(&handler, "uninstalled", &out);
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),

@@ -471,6 +471,29 @@ fn an_import_that_replaces_the_cri_plugin_is_named() {
     assert!(!err.contains("20-other.toml"), "{err}");
 }
 
+/// Uninstall while a shim of the handler runs (a pod of it on the node) is refused, naming
+/// it: the pod would outlive the files containerd's cleanup of a dead shim needs.
+#[test]
+fn uninstall_waits_for_the_handler_s_pods() {
+    let host = Host::new();
+    std::fs::write(host.config(), "version = 2\n").expect("write");
+    let restart = host.restart_cmd();
+    ok(&host.args("install", &restart));
+    let shim = host.root.join("opt/contrast").join(host.handler()).join("bin/containerd-shim-contrast-cc-v2");
+    std::fs::copy("/bin/sleep", &shim).expect("a long-running stand-in for the shim");
+    let mut running = std::process::Command::new(&shim).arg("60").spawn().expect("start it");
+    let out = installer(&host.args("uninstall", &restart));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = running.kill();
+    let _ = running.wait();
+    assert!(!out.status.success(), "uninstalled under a running shim");
+    assert!(err.contains("still runs on this node") && err.contains(&format!("pid {}", running.id())), "{err}");
+    assert!(shim.exists() && std::fs::read_to_string(host.config()).expect("config").contains(&host.handler()));
+    assert_eq!(host.restart_count(), 1, "only the install's restart");
+    ok(&host.args("uninstall", &restart));
+    assert!(!shim.exists());
+}
+
 /// Two installers at once (two runtime classes' DaemonSets): each reads, changes and writes
 /// containerd's config and restarts it; they take turns, and neither handler is lost.
 #[test]
