@@ -11,7 +11,29 @@ const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-contrast-cc-v2");
 /// containerd must see a task exit within this long after QEMU dies (issue acceptance).
 const EXIT_SEEN_DEADLINE: Duration = Duration::from_secs(1);
 /// Time `ctr events` gets to subscribe before the event it must see can happen.
-const EVENTS_SUBSCRIBE_GRACE: Duration = Duration::from_millis(500);
+/// How long `ctr events` may take to subscribe (see [`events_subscribed`]).
+const EVENTS_SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until `ctr events`, writing to `file`, is subscribed: an event made for the purpose
+/// (a namespace created and removed) shows in its output. A fixed 500 ms grace was too short
+/// under load (CI, 2026-12-06: the exit event came before the subscription, the file stayed
+/// empty).
+fn events_subscribed(cd: &Containerd, file: &Path) {
+    let probe = "contrast-events-probe";
+    let deadline = Instant::now() + EVENTS_SUBSCRIBE_DEADLINE;
+    loop {
+        cd.ctr_ok(&["namespaces", "create", probe]).expect("a namespace to see");
+        let _ = cd.ctr(&["namespaces", "remove", probe]);
+        std::thread::sleep(Duration::from_millis(100));
+        if std::fs::read_to_string(file).is_ok_and(|log| log.contains("/namespaces/create")) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ctr events did not subscribe within {EVENTS_SUBSCRIBE_DEADLINE:?}"
+        );
+    }
+}
 /// How long the OOM test watches for repeated TaskOOM events after the kill (the agent polls
 /// every 500 ms, so a flood would show several).
 const OOM_FLOOD_WINDOW: Duration = Duration::from_secs(3);
@@ -197,7 +219,7 @@ containerd_matrix! {
         let events_file = cd.dir.path().join("events.txt");
         let mut events =
             cd.ctr_spawn(&["events"], std::fs::File::create(&events_file).expect("events file")).expect("ctr events");
-        std::thread::sleep(EVENTS_SUBSCRIBE_GRACE);
+        events_subscribed(&cd, &events_file);
         let killed_at = chrono::Utc::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu[0]), nix::sys::signal::Signal::SIGKILL).expect("kill QEMU");
         wait_status(&cd, "victim", "STOPPED", CLEANUP_DEADLINE);
@@ -357,7 +379,7 @@ containerd_matrix! {
         let events_file = cd.dir.path().join("events.txt");
         let mut events =
             cd.ctr_spawn(&["events"], std::fs::File::create(&events_file).expect("events file")).expect("ctr events");
-        std::thread::sleep(EVENTS_SUBSCRIBE_GRACE);
+        events_subscribed(&cd, &events_file);
         // busybox dd allocates its whole block: 128 MiB against a 64 MiB limit.
         let args = ["run", "--runtime", RUNTIME, "--memory-limit", "67108864", "--rm", IMAGE, "oom"];
         let out = cd.ctr(&[&args[..], &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]].concat());
